@@ -1,0 +1,59 @@
+//! dpc's codecs: every model file format read into, and written from, DeePMD-kit's
+//! serialization tree (`tree::Value`). This crate knows nothing of graphs or devices.
+
+pub mod detect;
+pub mod dp;
+mod error;
+pub mod json;
+pub mod tree;
+pub mod yaml;
+
+use std::path::Path;
+
+pub use detect::Format;
+pub use error::FormatError;
+pub use tree::{DType, Dict, NdArray, Value};
+
+/// Read any supported model file into its serialization tree.
+pub fn read_model(path: &Path) -> Result<Value, FormatError> {
+    let format = Format::from_path(path)?;
+    if path.is_dir() && format != Format::SavedModel {
+        return Err(FormatError::invalid(format!("{} is a directory, not a model file", path.display())));
+    }
+    let bytes = std::fs::read(path).map_err(|e| FormatError::Io(format!("cannot read {}: {e}", path.display())))?;
+    read_model_bytes(format, bytes, path)
+}
+
+/// Read a model from bytes already in memory; `path` names it in errors.
+pub fn read_model_bytes(format: Format, bytes: Vec<u8>, path: &Path) -> Result<Value, FormatError> {
+    detect::check_magic(format, &bytes, path)?;
+    let ctx = path.display().to_string();
+    match format {
+        Format::Dp | Format::Hlo => dp::read(bytes),
+        Format::Yaml => {
+            let text = String::from_utf8(bytes).map_err(|_| FormatError::invalid("the YAML file is not UTF-8"))?;
+            yaml::read(&text)
+        }
+        other => Err(FormatError::unsupported(format!(
+            "reading .{} models is not implemented yet (dpc reads .dp and .yaml/.yml today)",
+            other.name()
+        ))),
+    }
+    .map_err(|e| e.context(&ctx))
+}
+
+/// Write a serialization tree in the format the path's extension names.
+pub fn write_model(path: &Path, tree: &Value) -> Result<(), FormatError> {
+    let format = Format::from_path(path)?;
+    let bytes = match format {
+        Format::Dp => dp::write(tree)?,
+        Format::Yaml => yaml::write(tree)?.into_bytes(),
+        other => {
+            return Err(FormatError::unsupported(format!(
+                "writing .{} models is not implemented yet (dpc writes .dp and .yaml/.yml today)",
+                other.name()
+            )))
+        }
+    };
+    std::fs::write(path, bytes).map_err(|e| FormatError::Io(format!("cannot write {}: {e}", path.display())))
+}

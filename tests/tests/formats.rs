@@ -1,0 +1,85 @@
+//! The `.dp` and `.yaml` codecs against files DeePMD-kit wrote: read, compare, write, re-read.
+
+mod common;
+
+use dpc_formats::{read_model, write_model, Value};
+
+/// Two trees are equal, arrays bit for bit (NaN-safe), ignoring the top-level metadata keys
+/// that differ between two saves of one model (`time`, `software`, `version`).
+fn assert_same_tree(a: &Value, b: &Value, path: &str) {
+    match (a, b) {
+        (Value::Dict(x), Value::Dict(y)) => {
+            let skip = |k: &str| path.is_empty() && matches!(k, "time" | "software" | "version");
+            let kx: Vec<_> = x.keys().filter(|k| !skip(k)).collect();
+            let mut ky: Vec<_> = y.keys().filter(|k| !skip(k)).collect();
+            let mut kx_sorted = kx.clone();
+            kx_sorted.sort();
+            ky.sort();
+            assert_eq!(kx_sorted, ky, "keys differ at {path}");
+            for k in kx {
+                assert_same_tree(&x[k], &y[k], &format!("{path}/{k}"));
+            }
+        }
+        (Value::List(x), Value::List(y)) => {
+            assert_eq!(x.len(), y.len(), "list length differs at {path}");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_same_tree(p, q, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.shape, y.shape, "shape differs at {path}");
+            assert_eq!(x.dtype, y.dtype, "dtype differs at {path}");
+            assert!(x.bytes == y.bytes, "array bytes differ at {path}");
+        }
+        // A 0-d variable is a float in YAML and a 0-d dataset in HDF5.
+        (Value::Array(x), Value::Float(f)) | (Value::Float(f), Value::Array(x)) if x.len() == 1 => {
+            assert_eq!(x.get_f64(0).to_bits(), f.to_bits(), "scalar differs at {path}")
+        }
+        (Value::Float(x), Value::Float(y)) => assert_eq!(x.to_bits(), y.to_bits(), "float differs at {path}"),
+        _ => assert_eq!(a, b, "values differ at {path}"),
+    }
+}
+
+#[test]
+fn dp_and_yaml_twins_hold_the_same_tree() {
+    for name in common::MODELS.iter().chain(&["dpa2", "dpa3", "se_e2_a_big"]) {
+        let dir = common::fixtures().join("models").join(name);
+        let dp = read_model(&dir.join("model.dp")).unwrap();
+        let yaml_path = dir.join("model.yaml");
+        if yaml_path.exists() {
+            let yaml = read_model(&yaml_path).unwrap();
+            assert_same_tree(&dp, &yaml, "");
+        }
+        assert!(dp.get("model").and_then(|m| m.get("descriptor")).is_some(), "{name}");
+    }
+}
+
+#[test]
+fn write_then_read_is_lossless_in_both_containers() {
+    let dir = common::scratch("formats-roundtrip");
+    for name in common::MODELS {
+        let src = common::fixtures().join("models").join(name).join("model.dp");
+        let tree = read_model(&src).unwrap();
+        for ext in ["dp", "yaml"] {
+            let out = dir.join(format!("{name}.{ext}"));
+            write_model(&out, &tree).unwrap();
+            let back = read_model(&out).unwrap();
+            assert_same_tree(&tree, &back, "");
+        }
+    }
+    let hlo = common::fixtures().join("models/se_e2_a_tos/model.hlo");
+    let tree = read_model(&hlo).unwrap();
+    let mut blobs = 0;
+    tree.for_each_leaf_array(&mut |v| blobs += matches!(v, Value::Bytes(_)) as usize);
+    assert_eq!(blobs, 4, "the .hlo container carries four StableHLO exports");
+    let out = dir.join("copy.dp");
+    write_model(&out, &tree).unwrap();
+    assert_same_tree(&tree, &read_model(&out).unwrap(), "");
+}
+
+#[test]
+fn upstream_yaml_reads() {
+    let tree = read_model(&common::fixtures().join("upstream/deeppot_sea.yaml")).unwrap();
+    let davg = tree.get("model").unwrap().get("descriptor").unwrap().get("@variables").unwrap().get("davg").unwrap();
+    assert_eq!(davg.as_array().unwrap().shape, vec![2, 138, 4]);
+}
