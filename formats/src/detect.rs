@@ -41,7 +41,11 @@ impl Format {
 
     /// The format a path names by its extension.
     pub fn from_path(path: &Path) -> Result<Format, FormatError> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         Ok(match ext.as_str() {
             "dp" => Format::Dp,
             "yaml" | "yml" => Format::Yaml,
@@ -77,8 +81,10 @@ pub fn check_magic(format: Format, bytes: &[u8], path: &Path) -> Result<(), Form
             .iter()
             .any(|&off| bytes.get(off..off + HDF5_MAGIC.len()) == Some(HDF5_MAGIC)),
         Format::Pth | Format::Pte => bytes.starts_with(b"PK\x03\x04"),
-        Format::Yaml => std::str::from_utf8(&bytes[..bytes.len().min(4096)]).is_ok()
-            || std::str::from_utf8(&bytes[..bytes.len().min(4096).saturating_sub(3)]).is_ok(),
+        Format::Yaml => {
+            std::str::from_utf8(&bytes[..bytes.len().min(4096)]).is_ok()
+                || std::str::from_utf8(&bytes[..bytes.len().min(4096).saturating_sub(3)]).is_ok()
+        }
         _ => true,
     };
     if ok {

@@ -23,15 +23,18 @@ pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
         Value::Str(path) => {
             let name = path.trim_start_matches('/');
             used += 1;
-            datasets
-                .get(name)
-                .cloned()
-                .ok_or_else(|| FormatError::invalid(format!("the tree refers to dataset {path}, which the file lacks")))
+            datasets.get(name).cloned().ok_or_else(|| {
+                FormatError::invalid(format!(
+                    "the tree refers to dataset {path}, which the file lacks"
+                ))
+            })
         }
         other => Ok(other),
     })?;
     if !tree.as_dict().is_some() {
-        return Err(FormatError::invalid("the root attribute `json` is not a JSON object"));
+        return Err(FormatError::invalid(
+            "the root attribute `json` is not a JSON object",
+        ));
     }
     Ok(tree)
 }
@@ -39,7 +42,9 @@ pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
 /// Write a tree as a `.dp`/`.hlo` file and return its bytes.
 pub fn write(tree: &Value) -> Result<Vec<u8>, FormatError> {
     if tree.as_dict().is_none() {
-        return Err(FormatError::invalid("a model tree must be a dict at the top"));
+        return Err(FormatError::invalid(
+            "a model tree must be a dict at the top",
+        ));
     }
     let mut datasets: Vec<(String, Value)> = Vec::new();
     let skeleton = map_variables(tree.clone(), false, &mut |v| {
@@ -63,8 +68,9 @@ pub fn write(tree: &Value) -> Result<Vec<u8>, FormatError> {
 }
 
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, FormatError> {
-    catch_unwind(AssertUnwindSafe(f))
-        .map_err(|_| FormatError::invalid("the HDF5 reader failed on this file (corrupt or unsupported layout)"))
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
+        FormatError::invalid("the HDF5 reader failed on this file (corrupt or unsupported layout)")
+    })
 }
 
 fn h5err(e: impl std::fmt::Display) -> FormatError {
@@ -78,19 +84,29 @@ fn read_hdf5(bytes: Vec<u8>) -> Result<(String, HashMap<String, Value>), FormatE
     let json_text = attrs
         .get("json")
         .and_then(AttrValue::as_str)
-        .ok_or_else(|| FormatError::invalid("no string attribute `json` at the HDF5 root: not a DeePMD-kit model"))?
+        .ok_or_else(|| {
+            FormatError::invalid(
+                "no string attribute `json` at the HDF5 root: not a DeePMD-kit model",
+            )
+        })?
         .to_owned();
     let mut datasets = HashMap::new();
     for name in root.datasets().map_err(h5err)? {
         let d = file.dataset(&name).map_err(h5err)?;
-        let shape: Vec<usize> = d.shape().map_err(h5err)?.into_iter().map(|x| x as usize).collect();
+        let shape: Vec<usize> = d
+            .shape()
+            .map_err(h5err)?
+            .into_iter()
+            .map(|x| x as usize)
+            .collect();
         let dt = d.datatype().map_err(h5err)?;
         let mut raw = d.read_raw().map_err(h5err)?;
         let value = match &dt {
             Datatype::Opaque { .. } => Value::Bytes(raw),
             _ => {
-                let (dtype, big_endian) = dtype_of(&dt)
-                    .ok_or_else(|| FormatError::invalid(format!("dataset {name}: unsupported HDF5 type {dt:?}")))?;
+                let (dtype, big_endian) = dtype_of(&dt).ok_or_else(|| {
+                    FormatError::invalid(format!("dataset {name}: unsupported HDF5 type {dt:?}"))
+                })?;
                 if big_endian {
                     raw.chunks_exact_mut(dtype.size()).for_each(|c| c.reverse());
                 }
@@ -104,7 +120,9 @@ fn read_hdf5(bytes: Vec<u8>) -> Result<(String, HashMap<String, Value>), FormatE
 
 fn dtype_of(dt: &Datatype) -> Option<(DType, bool)> {
     Some(match dt {
-        Datatype::FloatingPoint { size, byte_order, .. } => {
+        Datatype::FloatingPoint {
+            size, byte_order, ..
+        } => {
             let t = match size {
                 2 => DType::F16,
                 4 => DType::F32,
@@ -113,7 +131,11 @@ fn dtype_of(dt: &Datatype) -> Option<(DType, bool)> {
             };
             (t, *byte_order == DatatypeByteOrder::BigEndian)
         }
-        Datatype::FixedPoint { size, byte_order, layout } => {
+        Datatype::FixedPoint {
+            size,
+            byte_order,
+            layout,
+        } => {
             let t = match (size, layout.signed) {
                 (1, true) => DType::I8,
                 (2, true) => DType::I16,
@@ -145,7 +167,10 @@ fn hdf5_type(dtype: DType) -> Result<Datatype, FormatError> {
         DType::U32 => h::make_u32_type(),
         DType::U64 => h::make_u64_type(),
         DType::F16 | DType::Bool => {
-            return Err(FormatError::unsupported(format!("writing {} arrays to HDF5", dtype.name())))
+            return Err(FormatError::unsupported(format!(
+                "writing {} arrays to HDF5",
+                dtype.name()
+            )))
         }
     })
 }
@@ -162,11 +187,20 @@ fn write_hdf5(json_text: String, datasets: Vec<(String, Value)>) -> Result<Vec<u
             Value::Array(a) => {
                 let n = a.len() as u64;
                 let shape: Vec<u64> = a.shape.iter().map(|&x| x as u64).collect();
-                ds.with_raw_data(hdf5_type(a.dtype)?, a.bytes, n).with_shape(&shape);
+                ds.with_raw_data(hdf5_type(a.dtype)?, a.bytes, n)
+                    .with_shape(&shape);
             }
             Value::Bytes(bytes) => {
                 let n = bytes.len() as u64;
-                ds.with_raw_data(Datatype::Opaque { size: 1, tag: vec![] }, bytes, n).with_shape(&[n]);
+                ds.with_raw_data(
+                    Datatype::Opaque {
+                        size: 1,
+                        tag: vec![],
+                    },
+                    bytes,
+                    n,
+                )
+                .with_shape(&[n]);
             }
             _ => unreachable!("only arrays and blobs are collected"),
         }

@@ -7,7 +7,11 @@ use crate::FormatError;
 
 /// Parse a JSON document into a tree (arrays stay lists; see `Value`).
 pub fn parse(text: &str) -> Result<Value, FormatError> {
-    let mut p = Parser { s: text.as_bytes(), i: 0, depth: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+        depth: 0,
+    };
     p.ws();
     let v = p.value()?;
     p.ws();
@@ -65,7 +69,10 @@ impl Parser<'_> {
         }
     }
 
-    fn nested(&mut self, f: impl FnOnce(&mut Self) -> Result<Value, FormatError>) -> Result<Value, FormatError> {
+    fn nested(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<Value, FormatError>,
+    ) -> Result<Value, FormatError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(self.err("nesting too deep"));
@@ -128,7 +135,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, FormatError> {
-        let h = self.s.get(self.i..self.i + 4).ok_or_else(|| self.err("truncated \\u escape"))?;
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.err("truncated \\u escape"))?;
         let h = std::str::from_utf8(h).map_err(|_| self.err("bad \\u escape"))?;
         let v = u32::from_str_radix(h, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.i += 4;
@@ -197,7 +207,9 @@ impl Parser<'_> {
                 return Ok(Value::Int(i));
             }
         }
-        text.parse::<f64>().map(Value::Float).map_err(|_| self.err("bad number"))
+        text.parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| self.err("bad number"))
     }
 }
 
@@ -239,7 +251,9 @@ fn write_into(v: &Value, out: &mut String) -> Result<(), FormatError> {
             out.push('}');
         }
         Value::Array(_) | Value::Bytes(_) => {
-            return Err(FormatError::invalid("an array reached the JSON writer; store it as a variable"))
+            return Err(FormatError::invalid(
+                "an array reached the JSON writer; store it as a variable",
+            ))
         }
     }
     Ok(())
@@ -269,10 +283,18 @@ pub fn python_float_repr(f: f64, nan: &str, inf: &str) -> String {
         return nan.to_string();
     }
     if f.is_infinite() {
-        return if f > 0.0 { inf.to_string() } else { format!("-{inf}") };
+        return if f > 0.0 {
+            inf.to_string()
+        } else {
+            format!("-{inf}")
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // `{:e}` gives the shortest round-trip digits as d.ddde<exp>.
     let sci = format!("{:e}", f);
@@ -304,23 +326,37 @@ mod tests {
         assert_eq!(python_float_repr(1e16, "NaN", "Infinity"), "1e+16");
         assert_eq!(python_float_repr(123456.75, "NaN", "Infinity"), "123456.75");
         assert_eq!(python_float_repr(-2.5, "NaN", "Infinity"), "-2.5");
-        assert_eq!(python_float_repr(f64::NEG_INFINITY, "NaN", "Infinity"), "-Infinity");
+        assert_eq!(
+            python_float_repr(f64::NEG_INFINITY, "NaN", "Infinity"),
+            "-Infinity"
+        );
     }
 
     #[test]
     fn round_trip_keeps_order_ints_and_specials() {
-        let text = r#"{"b":1,"a":[1.0,-0.0,NaN,Infinity,-Infinity,"x\"y\u00e9"],"c":null,"d":true}"#;
+        let text =
+            r#"{"b":1,"a":[1.0,-0.0,NaN,Infinity,-Infinity,"x\"y\u00e9"],"c":null,"d":true}"#;
         let v = parse(text).unwrap();
         let keys: Vec<_> = v.as_dict().unwrap().keys().cloned().collect();
         assert_eq!(keys, ["b", "a", "c", "d"]);
         assert_eq!(v.get("b"), Some(&Value::Int(1)));
         let back = write(&v).unwrap();
-        assert_eq!(back, r#"{"b":1,"a":[1.0,-0.0,NaN,Infinity,-Infinity,"x\"yé"],"c":null,"d":true}"#);
+        assert_eq!(
+            back,
+            r#"{"b":1,"a":[1.0,-0.0,NaN,Infinity,-Infinity,"x\"yé"],"c":null,"d":true}"#
+        );
     }
 
     #[test]
     fn float_bits_survive() {
-        for x in [0.1, 1.0 / 3.0, 6.02214076e23, 5e-324, f64::MAX, -1.2345678901234567e-300] {
+        for x in [
+            0.1,
+            1.0 / 3.0,
+            6.02214076e23,
+            5e-324,
+            f64::MAX,
+            -1.2345678901234567e-300,
+        ] {
             let s = write(&Value::Float(x)).unwrap();
             match parse(&s).unwrap() {
                 Value::Float(y) => assert_eq!(x.to_bits(), y.to_bits(), "{s}"),
@@ -331,7 +367,16 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in ["", "{", "[1,", "{\"a\" 1}", "\"abc", "[1] x", "{\"a\":\"\\u12\"}", "tru"] {
+        for bad in [
+            "",
+            "{",
+            "[1,",
+            "{\"a\" 1}",
+            "\"abc",
+            "[1] x",
+            "{\"a\":\"\\u12\"}",
+            "tru",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         let deep = "[".repeat(10_000);

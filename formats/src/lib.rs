@@ -18,9 +18,13 @@ pub use tree::{DType, Dict, NdArray, Value};
 pub fn read_model(path: &Path) -> Result<Value, FormatError> {
     let format = Format::from_path(path)?;
     if path.is_dir() && format != Format::SavedModel {
-        return Err(FormatError::invalid(format!("{} is a directory, not a model file", path.display())));
+        return Err(FormatError::invalid(format!(
+            "{} is a directory, not a model file",
+            path.display()
+        )));
     }
-    let bytes = std::fs::read(path).map_err(|e| FormatError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| FormatError::Io(format!("cannot read {}: {e}", path.display())))?;
     read_model_bytes(format, bytes, path)
 }
 
@@ -31,7 +35,8 @@ pub fn read_model_bytes(format: Format, bytes: Vec<u8>, path: &Path) -> Result<V
     match format {
         Format::Dp | Format::Hlo => dp::read(bytes),
         Format::Yaml => {
-            let text = String::from_utf8(bytes).map_err(|_| FormatError::invalid("the YAML file is not UTF-8"))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| FormatError::invalid("the YAML file is not UTF-8"))?;
             yaml::read(&text)
         }
         other => Err(FormatError::unsupported(format!(
@@ -55,5 +60,6 @@ pub fn write_model(path: &Path, tree: &Value) -> Result<(), FormatError> {
             )))
         }
     };
-    std::fs::write(path, bytes).map_err(|e| FormatError::Io(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, bytes)
+        .map_err(|e| FormatError::Io(format!("cannot write {}: {e}", path.display())))
 }

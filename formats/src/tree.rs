@@ -105,7 +105,11 @@ pub struct NdArray {
 
 impl NdArray {
     /// Build from raw bytes, checking that the byte count matches the shape.
-    pub fn from_bytes(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<Self, FormatError> {
+    pub fn from_bytes(
+        dtype: DType,
+        shape: Vec<usize>,
+        bytes: Vec<u8>,
+    ) -> Result<Self, FormatError> {
         let n: usize = shape.iter().product();
         if n.checked_mul(dtype.size()) != Some(bytes.len()) {
             return Err(FormatError::invalid(format!(
@@ -116,17 +120,29 @@ impl NdArray {
                 bytes.len()
             )));
         }
-        Ok(NdArray { dtype, shape, bytes })
+        Ok(NdArray {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 
     pub fn from_f64(shape: Vec<usize>, data: &[f64]) -> Self {
         let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        NdArray { dtype: DType::F64, shape, bytes }
+        NdArray {
+            dtype: DType::F64,
+            shape,
+            bytes,
+        }
     }
 
     pub fn from_i64(shape: Vec<usize>, data: &[i64]) -> Self {
         let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        NdArray { dtype: DType::I64, shape, bytes }
+        NdArray {
+            dtype: DType::I64,
+            shape,
+            bytes,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -321,9 +337,11 @@ pub fn map_variables(
             }
             Ok(Value::Dict(out))
         }
-        Value::List(l) => {
-            Ok(Value::List(l.into_iter().map(|c| map_variables(c, in_variables, f)).collect::<Result<_, _>>()?))
-        }
+        Value::List(l) => Ok(Value::List(
+            l.into_iter()
+                .map(|c| map_variables(c, in_variables, f))
+                .collect::<Result<_, _>>()?,
+        )),
         Value::Null => Ok(Value::Null),
         other if in_variables => f(other),
         other => Ok(other),

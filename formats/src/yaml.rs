@@ -14,7 +14,9 @@ pub fn read(text: &str) -> Result<Value, FormatError> {
         serde_yaml_ng::from_str(text).map_err(|e| FormatError::invalid(format!("YAML: {e}")))?;
     let tree = from_yaml(raw, 0)?;
     if tree.as_dict().is_none() {
-        return Err(FormatError::invalid("the YAML document is not a mapping: not a DeePMD-kit model"));
+        return Err(FormatError::invalid(
+            "the YAML document is not a mapping: not a DeePMD-kit model",
+        ));
     }
     map_variables(tree, false, &mut |v| match v {
         Value::Dict(d) if d.get("@class").and_then(Value::as_str) == Some("np.ndarray") => {
@@ -38,11 +40,18 @@ fn from_yaml(v: serde_yaml_ng::Value, depth: usize) -> Result<Value, FormatError
             if let Some(i) = n.as_i64() {
                 Value::Int(i)
             } else {
-                Value::Float(n.as_f64().ok_or_else(|| FormatError::invalid("YAML number out of range"))?)
+                Value::Float(
+                    n.as_f64()
+                        .ok_or_else(|| FormatError::invalid("YAML number out of range"))?,
+                )
             }
         }
         Y::String(s) => Value::Str(s),
-        Y::Sequence(s) => Value::List(s.into_iter().map(|x| from_yaml(x, depth + 1)).collect::<Result<_, _>>()?),
+        Y::Sequence(s) => Value::List(
+            s.into_iter()
+                .map(|x| from_yaml(x, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
         Y::Mapping(m) => {
             let mut d = Dict::with_capacity(m.len());
             for (k, v) in m {
@@ -50,7 +59,11 @@ fn from_yaml(v: serde_yaml_ng::Value, depth: usize) -> Result<Value, FormatError
                     Y::String(s) => s,
                     Y::Number(n) => n.to_string(),
                     Y::Bool(b) => b.to_string(),
-                    other => return Err(FormatError::invalid(format!("unsupported YAML key {other:?}"))),
+                    other => {
+                        return Err(FormatError::invalid(format!(
+                            "unsupported YAML key {other:?}"
+                        )))
+                    }
                 };
                 d.insert(key, from_yaml(v, depth + 1)?);
             }
@@ -67,7 +80,9 @@ fn ndarray_from_dict(d: &Dict) -> Result<NdArray, FormatError> {
         .ok_or_else(|| FormatError::invalid("np.ndarray without a `dtype`"))?;
     let dtype = DType::from_name(dtype_name)
         .ok_or_else(|| FormatError::unsupported(format!("array dtype `{dtype_name}`")))?;
-    let value = d.get("value").ok_or_else(|| FormatError::invalid("np.ndarray without a `value`"))?;
+    let value = d
+        .get("value")
+        .ok_or_else(|| FormatError::invalid("np.ndarray without a `value`"))?;
     let mut shape = Vec::new();
     let mut probe = value;
     while let Value::List(l) = probe {
@@ -86,11 +101,18 @@ fn ndarray_from_dict(d: &Dict) -> Result<NdArray, FormatError> {
     NdArray::from_bytes(dtype, shape, bytes)
 }
 
-fn flatten<'a>(v: &'a Value, shape: &[usize], depth: usize, out: &mut Vec<&'a Value>) -> Result<(), FormatError> {
+fn flatten<'a>(
+    v: &'a Value,
+    shape: &[usize],
+    depth: usize,
+    out: &mut Vec<&'a Value>,
+) -> Result<(), FormatError> {
     match v {
         Value::List(l) => {
             if depth >= shape.len() || l.len() != shape[depth] {
-                return Err(FormatError::invalid("np.ndarray `value` is a ragged nested list"));
+                return Err(FormatError::invalid(
+                    "np.ndarray `value` is a ragged nested list",
+                ));
             }
             l.iter().try_for_each(|x| flatten(x, shape, depth + 1, out))
         }
@@ -98,12 +120,19 @@ fn flatten<'a>(v: &'a Value, shape: &[usize], depth: usize, out: &mut Vec<&'a Va
             out.push(scalar);
             Ok(())
         }
-        _ => Err(FormatError::invalid("np.ndarray `value` is a ragged nested list")),
+        _ => Err(FormatError::invalid(
+            "np.ndarray `value` is a ragged nested list",
+        )),
     }
 }
 
 fn push_element(dtype: DType, x: &Value, bytes: &mut Vec<u8>) -> Result<(), FormatError> {
-    let bad = || FormatError::invalid(format!("np.ndarray element {x:?} does not fit dtype {}", dtype.name()));
+    let bad = || {
+        FormatError::invalid(format!(
+            "np.ndarray element {x:?} does not fit dtype {}",
+            dtype.name()
+        ))
+    };
     if dtype.is_float() {
         let f = x.as_f64().ok_or_else(bad)?;
         match dtype {
@@ -134,7 +163,9 @@ fn push_element(dtype: DType, x: &Value, bytes: &mut Vec<u8>) -> Result<(), Form
 /// Write a tree as YAML that PyYAML's `safe_load` (and so DeePMD-kit) reads back identically.
 pub fn write(tree: &Value) -> Result<String, FormatError> {
     let Value::Dict(d) = tree else {
-        return Err(FormatError::invalid("a model tree must be a dict at the top"));
+        return Err(FormatError::invalid(
+            "a model tree must be a dict at the top",
+        ));
     };
     let mut out = String::new();
     emit_dict(d, 0, &mut out)?;
@@ -167,7 +198,10 @@ fn emit_child(v: &Value, indent: usize, out: &mut String) -> Result<(), FormatEr
             out.push('\n');
             emit_dict(&ndarray_dict(a)?, indent + 2, out)
         }
-        Value::List(l) if l.iter().any(|x| matches!(x, Value::Dict(_) | Value::List(_) | Value::Array(_))) => {
+        Value::List(l)
+            if l.iter()
+                .any(|x| matches!(x, Value::Dict(_) | Value::List(_) | Value::Array(_))) =>
+        {
             out.push('\n');
             for item in l {
                 out.push_str(&" ".repeat(indent));
@@ -208,7 +242,11 @@ fn nest(flat: &[Value], shape: &[usize]) -> Value {
         None => flat[0].clone(),
         Some((&n, rest)) => {
             let stride: usize = rest.iter().product();
-            Value::List((0..n).map(|i| nest(&flat[i * stride..(i + 1) * stride], rest)).collect())
+            Value::List(
+                (0..n)
+                    .map(|i| nest(&flat[i * stride..(i + 1) * stride], rest))
+                    .collect(),
+            )
         }
     }
 }
@@ -253,9 +291,13 @@ fn yaml_float(f: f64) -> String {
 
 /// A string as a YAML scalar: plain when it cannot be mistaken for anything else, else quoted.
 fn scalar_str(s: &str) -> String {
-    const SPECIAL: [&str; 12] = ["y", "n", "yes", "no", "on", "off", "true", "false", "null", "nan", "inf", "~"];
+    const SPECIAL: [&str; 12] = [
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "nan", "inf", "~",
+    ];
     let plain = !s.is_empty()
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !SPECIAL.contains(&s.to_ascii_lowercase().as_str());
     if plain {
@@ -283,13 +325,25 @@ mod tests {
     fn round_trip_with_arrays() {
         let text = "\"@variables\":\n  w:\n    \"@class\": np.ndarray\n    \"@is_variable\": true\n    \"@version\": 1\n    dtype: float64\n    value: [[1.0, 2.5e-07], [3.0, .nan]]\n  s: 0.5\nname: \"yes\"\nsel: [46, 92]\nlayers:\n- a: 1\n  b: []\n- c: {}\n";
         let tree = read(text).unwrap();
-        let w = tree.get("@variables").unwrap().get("w").unwrap().as_array().unwrap();
+        let w = tree
+            .get("@variables")
+            .unwrap()
+            .get("w")
+            .unwrap()
+            .as_array()
+            .unwrap();
         assert_eq!(w.shape, vec![2, 2]);
         assert_eq!(w.get_f64(1), 2.5e-7);
         assert_eq!(tree.get("name").unwrap().as_str(), Some("yes"));
         let again = read(&write(&tree).unwrap()).unwrap();
         // NaN != NaN, so compare bytes of the array and the rest structurally.
-        let w2 = again.get("@variables").unwrap().get("w").unwrap().as_array().unwrap();
+        let w2 = again
+            .get("@variables")
+            .unwrap()
+            .get("w")
+            .unwrap()
+            .as_array()
+            .unwrap();
         assert_eq!(w.bytes, w2.bytes);
         assert_eq!(tree.get("layers"), again.get("layers"));
         assert_eq!(tree.get("sel"), again.get("sel"));

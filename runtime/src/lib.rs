@@ -1,1 +1,8 @@
+//! dpc's runtime: neighbor lists, the CPU executor, and `DeepPot`, which evaluates a model
+//! on atomic configurations with DeePMD-kit's semantics.
 
+pub mod cpu;
+mod deep_pot;
+pub mod nlist;
+
+pub use deep_pot::{DeepPot, EvalError, Frame, Output};

@@ -33,16 +33,25 @@ fn assert_same_tree(a: &Value, b: &Value, path: &str) {
         }
         // A 0-d variable is a float in YAML and a 0-d dataset in HDF5.
         (Value::Array(x), Value::Float(f)) | (Value::Float(f), Value::Array(x)) if x.len() == 1 => {
-            assert_eq!(x.get_f64(0).to_bits(), f.to_bits(), "scalar differs at {path}")
+            assert_eq!(
+                x.get_f64(0).to_bits(),
+                f.to_bits(),
+                "scalar differs at {path}"
+            )
         }
-        (Value::Float(x), Value::Float(y)) => assert_eq!(x.to_bits(), y.to_bits(), "float differs at {path}"),
+        (Value::Float(x), Value::Float(y)) => {
+            assert_eq!(x.to_bits(), y.to_bits(), "float differs at {path}")
+        }
         _ => assert_eq!(a, b, "values differ at {path}"),
     }
 }
 
 #[test]
 fn dp_and_yaml_twins_hold_the_same_tree() {
-    for name in common::MODELS.iter().chain(&["dpa2", "dpa3", "se_e2_a_big"]) {
+    for name in common::MODELS
+        .iter()
+        .chain(&["dpa2", "dpa3", "se_e2_a_big"])
+    {
         let dir = common::fixtures().join("models").join(name);
         let dp = read_model(&dir.join("model.dp")).unwrap();
         let yaml_path = dir.join("model.yaml");
@@ -50,7 +59,10 @@ fn dp_and_yaml_twins_hold_the_same_tree() {
             let yaml = read_model(&yaml_path).unwrap();
             assert_same_tree(&dp, &yaml, "");
         }
-        assert!(dp.get("model").and_then(|m| m.get("descriptor")).is_some(), "{name}");
+        assert!(
+            dp.get("model").and_then(|m| m.get("descriptor")).is_some(),
+            "{name}"
+        );
     }
 }
 
@@ -58,7 +70,10 @@ fn dp_and_yaml_twins_hold_the_same_tree() {
 fn write_then_read_is_lossless_in_both_containers() {
     let dir = common::scratch("formats-roundtrip");
     for name in common::MODELS {
-        let src = common::fixtures().join("models").join(name).join("model.dp");
+        let src = common::fixtures()
+            .join("models")
+            .join(name)
+            .join("model.dp");
         let tree = read_model(&src).unwrap();
         for ext in ["dp", "yaml"] {
             let out = dir.join(format!("{name}.{ext}"));
@@ -71,7 +86,10 @@ fn write_then_read_is_lossless_in_both_containers() {
     let tree = read_model(&hlo).unwrap();
     let mut blobs = 0;
     tree.for_each_leaf_array(&mut |v| blobs += matches!(v, Value::Bytes(_)) as usize);
-    assert_eq!(blobs, 4, "the .hlo container carries four StableHLO exports");
+    assert_eq!(
+        blobs, 4,
+        "the .hlo container carries four StableHLO exports"
+    );
     let out = dir.join("copy.dp");
     write_model(&out, &tree).unwrap();
     assert_same_tree(&tree, &read_model(&out).unwrap(), "");
@@ -80,6 +98,14 @@ fn write_then_read_is_lossless_in_both_containers() {
 #[test]
 fn upstream_yaml_reads() {
     let tree = read_model(&common::fixtures().join("upstream/deeppot_sea.yaml")).unwrap();
-    let davg = tree.get("model").unwrap().get("descriptor").unwrap().get("@variables").unwrap().get("davg").unwrap();
+    let davg = tree
+        .get("model")
+        .unwrap()
+        .get("descriptor")
+        .unwrap()
+        .get("@variables")
+        .unwrap()
+        .get("davg")
+        .unwrap();
     assert_eq!(davg.as_array().unwrap().shape, vec![2, 138, 4]);
 }

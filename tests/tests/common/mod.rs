@@ -26,3 +26,76 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// The descriptors issue 2 supports, each with model.dp, model.yaml and reference/<name>.json.
 pub const MODELS: [&str; 5] = ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_atten"];
+
+use dpc_formats::Value;
+
+/// One configuration of a `reference/<name>.json` file with DeePMD-kit's expected outputs.
+pub struct RefConfig {
+    pub name: String,
+    pub coord: Vec<f64>,
+    pub atype: Vec<i32>,
+    pub cell: Option<Vec<f64>>,
+    pub energy: f64,
+    pub force: Vec<f64>,
+    pub virial: Vec<f64>,
+    pub atom_energy: Vec<f64>,
+    pub atom_virial: Vec<f64>,
+}
+
+pub fn floats(v: &Value) -> Vec<f64> {
+    fn walk(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::List(l) => l.iter().for_each(|x| walk(x, out)),
+            other => out.push(other.as_f64().expect("number")),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
+
+/// The configurations of `reference/<name>.json`.
+pub fn reference(name: &str) -> Vec<RefConfig> {
+    let text =
+        std::fs::read_to_string(fixtures().join("reference").join(format!("{name}.json"))).unwrap();
+    let doc = dpc_formats::json::parse(&text).unwrap();
+    doc.get("configs")
+        .unwrap()
+        .as_list()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let e = c.get("expected").unwrap();
+            RefConfig {
+                name: c.get("name").unwrap().as_str().unwrap().to_string(),
+                coord: floats(c.get("coord").unwrap()),
+                atype: floats(c.get("atom_types").unwrap())
+                    .iter()
+                    .map(|&t| t as i32)
+                    .collect(),
+                cell: c.get("box").filter(|b| !b.is_null()).map(floats),
+                energy: e.get("energy").unwrap().as_f64().unwrap(),
+                force: floats(e.get("force").unwrap()),
+                virial: floats(e.get("virial").unwrap()),
+                atom_energy: floats(e.get("atom_energy").unwrap()),
+                atom_virial: floats(e.get("atom_virial").unwrap()),
+            }
+        })
+        .collect()
+}
+
+/// Largest violation of |a - b| <= atol + rtol |b|, as a multiple of the allowance (<= 1 passes).
+pub fn worst(a: &[f64], b: &[f64], atol: f64, rtol: f64) -> (f64, f64) {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let mut ratio: f64 = 0.0;
+    let mut absmax: f64 = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        absmax = absmax.max(d);
+        ratio = ratio.max(d / (atol + rtol * y.abs()));
+        if !d.is_finite() {
+            ratio = f64::INFINITY;
+        }
+    }
+    (ratio, absmax)
+}

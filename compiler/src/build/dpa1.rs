@@ -1,0 +1,210 @@
+//! `se_atten` / DPA-1 and `se_atten_v2` (`deepmd/dpmodel/descriptor/dpa1.py`, with the
+//! PyTorch backend's numerics where they differ: normalisation floors, see the spec notes).
+//!
+//! Per centre i and neighbour slot j (all types in one distance-sorted list):
+//! type-aware embedding G_ij, then gated self-attention over j, then
+//! `gr_i = (1/nnei) sum_j G_ij^T R_ij` and `D_i = gr_i gr_i[:axis]^T` (+ centre type embedding).
+
+use super::env_mat::{apply_keep, env_mat, pair_keep};
+use super::nn::{cast_tensor, layer, layer_norm, net};
+use super::Inputs;
+use crate::graph::{DType, Dim, Graph, GraphError, Tensor, ValueId};
+use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
+
+type R = Result<ValueId, GraphError>;
+
+/// The softmax logit of masked keys: finite, so no NaN appears even in all-masked rows.
+const MASKED_LOGIT: f64 = -1e30;
+/// DeePMD-kit's `attnw_shift`.
+const ATTN_SHIFT: f64 = 20.0;
+/// PyTorch's `F.normalize` floor.
+const NORM_EPS: f64 = 1e-12;
+
+pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
+    let dt = d.dtype;
+    let nnei = Dim::fixed(d.nnei);
+    let env = env_mat(g, inp, nlist, &d.env, &d.stats, false, dt)?;
+    let keep = pair_keep(g, inp, nlist, &d.exclude_types, d.ntypes)?;
+    let nmask = match keep {
+        Some(k) => g.and(env.mask, k)?,
+        None => env.mask,
+    };
+    let nmask_f = g.cast(nmask, dt)?;
+    let sw = g.mul(env.sw, nmask_f)?; // [nloc, nnei]
+    let zero_i = g.scalar(0.0, DType::I32);
+    let nl0 = g.select(nmask, nlist, zero_i)?;
+    let rr = apply_keep(g, env.rr, keep)?; // [nloc, nnei, 4]
+    let ss = g.slice_n(rr, 2, 0, 1)?;
+
+    let table = type_table(g, &d.type_embedding, dt)?; // [ntp, nt]
+    let ntp = g.shape(table)[0].factor;
+    let nt = g.shape(table)[1];
+
+    let gmat = match d.tebd_input {
+        TebdInput::Concat => {
+            let temb_ext = g.gather(table, inp.atype)?; // [nall, nt]
+            let nei_t = g.gather(temb_ext, nl0)?; // [nloc, nnei, nt]
+            let x = if d.type_one_side {
+                g.concat(&[ss, nei_t], 2)?
+            } else {
+                let cen = g.gather(table, inp.atype_loc)?;
+                let cen = g.reshape(cen, vec![Dim::NLOC, Dim::ONE, nt])?;
+                let cen = g.broadcast(cen, vec![Dim::NLOC, nnei, nt])?;
+                g.concat(&[ss, nei_t, cen], 2)?
+            };
+            net(g, x, &d.embedding)?
+        }
+        TebdInput::Strip => {
+            let strip = d
+                .embedding_strip
+                .as_ref()
+                .expect("validated: strip mode has embeddings_strip");
+            let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
+            let gt = if d.type_one_side {
+                let tt = net(g, table, strip)?; // [ntp, ng]
+                g.gather(tt, nei_type)?
+            } else {
+                // Row c*ntp + n of the pair table is [T[n], T[c]].
+                let sq = vec![Dim::fixed(ntp), Dim::fixed(ntp), nt];
+                let tn = g.reshape(table, vec![Dim::ONE, Dim::fixed(ntp), nt])?;
+                let tn = g.broadcast(tn, sq.clone())?;
+                let tc = g.reshape(table, vec![Dim::fixed(ntp), Dim::ONE, nt])?;
+                let tc = g.broadcast(tc, sq)?;
+                let pair = g.concat(&[tn, tc], 2)?;
+                let pair =
+                    g.reshape(pair, vec![Dim::fixed(ntp * ntp), Dim::fixed(2 * nt.factor)])?;
+                let tt = net(g, pair, strip)?; // [ntp*ntp, ng]
+                let ci = g.reshape(inp.atype_loc, vec![Dim::NLOC, Dim::ONE])?;
+                let ntp_c = g.scalar(ntp as f64, DType::I32);
+                let ci = g.mul(ci, ntp_c)?;
+                let idx = g.add(ci, nei_type)?;
+                g.gather(tt, idx)?
+            };
+            let gt = if d.smooth_type_embedding {
+                let sw3 = g.reshape(sw, vec![Dim::NLOC, nnei, Dim::ONE])?;
+                g.mul(gt, sw3)?
+            } else {
+                gt
+            };
+            let gs = net(g, ss, &d.embedding)?;
+            let prod = g.mul(gs, gt)?;
+            g.add(prod, gs)?
+        }
+    };
+
+    let mut x = gmat; // [nloc, nnei, ng]
+    if !d.attention.is_empty() {
+        let r3 = g.slice_n(rr, 2, 1, 4)?;
+        let input_r = l2_normalize(g, r3)?;
+        for a in &d.attention {
+            let att = gated_attention(g, a, x, sw, nmask, input_r)?;
+            let y = g.add(x, att)?;
+            x = layer_norm(g, y, &a.norm)?;
+        }
+    }
+
+    let xt = g.transpose(x, vec![0, 2, 1])?; // [nloc, ng, nnei]
+    let gr = g.matmul(xt, rr)?; // [nloc, ng, 4]
+    let gr = g.scale(gr, 1.0 / d.nnei as f64)?;
+    let ng = g.shape(gr)[1].factor;
+    let gr1 = g.slice_n(gr, 1, 0, d.axis_neuron)?;
+    let gr1t = g.transpose(gr1, vec![0, 2, 1])?;
+    let dm = g.matmul(gr, gr1t)?;
+    let dm = g.reshape(dm, vec![Dim::NLOC, Dim::fixed(ng * d.axis_neuron)])?;
+    if d.concat_output_tebd {
+        let cen = g.gather(table, inp.atype_loc)?;
+        g.concat(&[dm, cen], 1)
+    } else {
+        Ok(dm)
+    }
+}
+
+/// The type-embedding table: the net applied to one-hot rows, plus a zero padding row.
+fn type_table(g: &mut Graph, te: &TypeEmbedding, dt: DType) -> R {
+    let n = te.ntypes;
+    let mut eye = vec![0.0; n * n];
+    for i in 0..n {
+        eye[i * n + i] = 1.0;
+    }
+    let netdt = te.net.layers.first().map_or(dt, |l| l.dtype);
+    let eye = g.constant(cast_tensor(&Tensor::f64(vec![n, n], eye), netdt));
+    let e = net(g, eye, &te.net)?;
+    let e = g.cast(e, dt)?;
+    if te.padding {
+        g.pad(e, 0, Dim::fixed(0), Dim::fixed(n + 1))
+    } else {
+        Ok(e)
+    }
+}
+
+/// `x / max(|x|, 1e-12)` over the last axis, written as `x / sqrt(max(|x|^2, 1e-24))` so
+/// the derivative at a zero vector is finite.
+fn l2_normalize(g: &mut Graph, x: ValueId) -> R {
+    let last = g.ty(x).rank() - 1;
+    let sq = g.mul(x, x)?;
+    let n2 = g.sum(sq, &[last], true)?;
+    let floor = g.scalar_like(NORM_EPS * NORM_EPS, x);
+    let n2 = g.maximum(n2, floor)?;
+    let n = g.sqrt(n2)?;
+    g.div(x, n)
+}
+
+fn softmax_last(g: &mut Graph, a: ValueId) -> R {
+    let last = g.ty(a).rank() - 1;
+    let m = g.reduce_max(a, &[last], true)?;
+    let m = g.stop_gradient(m)?;
+    let s = g.sub(a, m)?;
+    let e = g.exp(s)?;
+    let z = g.sum(e, &[last], true)?;
+    g.div(e, z)
+}
+
+fn gated_attention(
+    g: &mut Graph,
+    a: &AttentionLayer,
+    x: ValueId,
+    sw: ValueId,
+    nmask: ValueId,
+    input_r: ValueId,
+) -> R {
+    let hd = a.hidden_dim;
+    let nnei = g.shape(x)[1];
+    let qkv = layer(g, x, &a.in_proj)?; // [nloc, nnei, 3hd]
+    let mut q = g.slice_n(qkv, 2, 0, hd)?;
+    let mut k = g.slice_n(qkv, 2, hd, 2 * hd)?;
+    let mut v = g.slice_n(qkv, 2, 2 * hd, 3 * hd)?;
+    if a.normalize {
+        q = l2_normalize(g, q)?;
+        k = l2_normalize(g, k)?;
+        v = l2_normalize(g, v)?;
+    }
+    let q = g.scale(q, a.scaling)?;
+    let kt = g.transpose(k, vec![0, 2, 1])?;
+    let mut w = g.matmul(q, kt)?; // [nloc, nnei(query), nnei(key)]
+    let sw_q = g.reshape(sw, vec![Dim::NLOC, nnei, Dim::ONE])?;
+    let sw_k = g.reshape(sw, vec![Dim::NLOC, Dim::ONE, nnei])?;
+    let sw2 = g.mul(sw_q, sw_k)?;
+    if a.smooth {
+        let s = g.add_scalar(w, ATTN_SHIFT)?;
+        let s = g.mul(s, sw2)?;
+        w = g.add_scalar(s, -ATTN_SHIFT)?;
+    } else {
+        let key_ok = g.reshape(nmask, vec![Dim::NLOC, Dim::ONE, nnei])?;
+        let masked = g.scalar_like(MASKED_LOGIT, w);
+        w = g.select(key_ok, w, masked)?;
+    }
+    let mut p = softmax_last(g, w)?;
+    let query_ok = g.reshape(nmask, vec![Dim::NLOC, nnei, Dim::ONE])?;
+    let zero = g.scalar_like(0.0, p);
+    p = g.select(query_ok, p, zero)?;
+    if a.smooth {
+        p = g.mul(p, sw2)?;
+    }
+    if a.dotr {
+        let rt = g.transpose(input_r, vec![0, 2, 1])?;
+        let angle = g.matmul(input_r, rt)?;
+        p = g.mul(p, angle)?;
+    }
+    let o = g.matmul(p, v)?; // [nloc, nnei, hd]
+    layer(g, o, &a.out_proj)
+}

@@ -1,0 +1,167 @@
+//! Model -> Graph: the forward pass of a DeePMD-kit energy model as IR, then its forces and
+//! virials by reverse-mode autodiff of the same IR.
+//!
+//! The graph is DeePMD-kit's "lower" interface (`call_common_lower`): it takes the extended
+//! system (local atoms first, then ghosts) and a formatted neighbour list, and returns
+//! per-extended-atom forces and virials; the runtime folds ghosts back onto their owners.
+
+mod dpa1;
+mod env_mat;
+mod fitting;
+mod nn;
+mod se_a;
+mod se_r;
+mod se_t;
+
+use crate::graph::autodiff::vjp;
+use crate::graph::{DType, Dim, Graph, GraphError, TensorType, ValueId};
+use crate::model::{Descriptor, Model};
+
+/// What the graph should compute besides energies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BuildOptions {
+    /// Per-atom virials with DeePMD-kit's correction term (three more backward passes).
+    pub atomic_virial: bool,
+}
+
+/// Names of the graph's inputs and outputs.
+pub mod io {
+    /// `f64[nall, 3]` extended coordinates, local atoms first.
+    pub const COORD: &str = "coord";
+    /// `i32[nall]` extended atom types (all >= 0).
+    pub const ATYPE: &str = "atype";
+    /// `i32[nloc, nnei]` neighbour list into the extended atoms, -1 padded, formatted for the
+    /// model (per-type blocks of `sel[t]` slots, or one distance-sorted block if mixed).
+    pub const NLIST: &str = "nlist";
+    /// `f64[numb_fparam]` frame parameters (only if the model has them).
+    pub const FPARAM: &str = "fparam";
+    /// `f64[nloc, numb_aparam]` atomic parameters (only if the model has them).
+    pub const APARAM: &str = "aparam";
+    /// `f64[nloc]` atomic energies.
+    pub const ATOM_ENERGY: &str = "atom_energy";
+    /// `f64[]` total energy.
+    pub const ENERGY: &str = "energy";
+    /// `f64[nall, 3]` force on every extended atom, `-dE/dR`.
+    pub const FORCE: &str = "extended_force";
+    /// `f64[nall, 9]` virial of every extended atom, row-major `F_a R_b` (+ correction).
+    pub const VIRIAL: &str = "extended_virial";
+}
+
+/// The values every descriptor builder reads.
+pub(crate) struct Inputs {
+    pub coord: ValueId,
+    pub atype: ValueId,
+    pub atype_loc: ValueId,
+    pub fparam: Option<ValueId>,
+    pub aparam: Option<ValueId>,
+}
+
+/// Build the graph for `model`.
+pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphError> {
+    let mut g = Graph::new();
+    let coord = g.input(
+        io::COORD,
+        TensorType::new(DType::F64, vec![Dim::NALL, Dim::fixed(3)]),
+    );
+    let atype = g.input(io::ATYPE, TensorType::new(DType::I32, vec![Dim::NALL]));
+    let nlist = g.input(
+        io::NLIST,
+        TensorType::new(DType::I32, vec![Dim::NLOC, Dim::fixed(model.nnei())]),
+    );
+    let nfp = model.dim_fparam();
+    let nap = model.dim_aparam();
+    let fparam = (nfp > 0).then(|| {
+        g.input(
+            io::FPARAM,
+            TensorType::new(DType::F64, vec![Dim::fixed(nfp)]),
+        )
+    });
+    let aparam = (nap > 0).then(|| {
+        g.input(
+            io::APARAM,
+            TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(nap)]),
+        )
+    });
+    let atype_loc = g.slice(atype, 0, Dim::fixed(0), Dim::NLOC)?;
+    let inp = Inputs {
+        coord,
+        atype,
+        atype_loc,
+        fparam,
+        aparam,
+    };
+
+    let nlist = env_mat::exclude_pairs(
+        &mut g,
+        &inp,
+        nlist,
+        &model.pair_exclude_types,
+        model.ntypes(),
+    )?;
+    let desc = match &model.descriptor {
+        Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
+        Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,
+        Descriptor::SeT(d) => se_t::build(&mut g, &inp, d, nlist)?,
+        Descriptor::Dpa1(d) => dpa1::build(&mut g, &inp, d, nlist)?,
+    };
+    let desc = g.cast(desc, DType::F64)?;
+    let ae = fitting::build(&mut g, &inp, &model.fitting, desc)?;
+    let out_bias = g.constant(crate::graph::Tensor::f64(
+        vec![model.ntypes()],
+        model.out_bias.clone(),
+    ));
+    let out_bias = g.gather(out_bias, atype_loc)?;
+    let ae = g.add(ae, out_bias)?;
+    let ae = fitting::exclude_atoms(&mut g, &inp, ae, &model.atom_exclude_types, model.ntypes())?;
+    let energy = g.sum(ae, &[0], false)?;
+    g.set_output(io::ATOM_ENERGY, ae);
+    g.set_output(io::ENERGY, energy);
+    derivatives(&mut g, coord, ae, energy, opts)?;
+    Ok(g)
+}
+
+/// Forces `-dE/dR` and virials `F (x) R` of every extended atom; with `atomic_virial`, plus
+/// DeePMD-kit's correction `d(sum_i e_i R_i,b)/dR_k,a` (R_i local, held constant), which
+/// makes each atom's virial independent of how the box is wrapped (the corrections sum to 0).
+fn derivatives(
+    g: &mut Graph,
+    coord: ValueId,
+    ae: ValueId,
+    energy: ValueId,
+    opts: BuildOptions,
+) -> Result<(), GraphError> {
+    let one = g.scalar(1.0, DType::F64);
+    let grad = vjp(g, energy, one, &[coord])?[0];
+    let force = match grad {
+        Some(d) => g.neg(d)?,
+        None => {
+            let z = g.scalar(0.0, DType::F64);
+            g.broadcast(z, vec![Dim::NALL, Dim::fixed(3)])?
+        }
+    };
+    let f3 = g.reshape(force, vec![Dim::NALL, Dim::fixed(3), Dim::ONE])?;
+    let r3 = g.reshape(coord, vec![Dim::NALL, Dim::ONE, Dim::fixed(3)])?;
+    let mut virial = g.mul(f3, r3)?; // [nall, 3 (force comp), 3 (coord comp)]
+    if opts.atomic_virial {
+        let local = g.slice(coord, 0, Dim::fixed(0), Dim::NLOC)?;
+        let mut cols = Vec::with_capacity(3);
+        for b in 0..3 {
+            let seed = g.slice_n(local, 1, b, b + 1)?;
+            let seed = g.reshape(seed, vec![Dim::NLOC])?;
+            let corr = match vjp(g, ae, seed, &[coord])?[0] {
+                Some(c) => c,
+                None => {
+                    let z = g.scalar(0.0, DType::F64);
+                    g.broadcast(z, vec![Dim::NALL, Dim::fixed(3)])?
+                }
+            };
+            cols.push(g.reshape(corr, vec![Dim::NALL, Dim::fixed(3), Dim::ONE])?);
+        }
+        let corr = g.concat(&cols, 2)?;
+        virial = g.add(virial, corr)?;
+    }
+    let virial = g.reshape(virial, vec![Dim::NALL, Dim::fixed(9)])?;
+    g.set_output(io::FORCE, force);
+    g.set_output(io::VIRIAL, virial);
+    Ok(())
+}

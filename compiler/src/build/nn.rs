@@ -1,0 +1,134 @@
+//! Dense layers, networks, activations and layer norm as graph nodes.
+
+use crate::graph::{Cmp, Graph, GraphError, Tensor, ValueId};
+use crate::model::{Activation, Layer, LayerNorm, Net};
+
+type R = Result<ValueId, GraphError>;
+
+/// Apply a layer to `x [..., in]`, giving `[..., out]` in `x`'s dtype.
+pub fn layer(g: &mut Graph, x: ValueId, l: &Layer) -> R {
+    let xt = g.ty(x).clone();
+    let rank = xt.rank();
+    let lead = xt.shape[..rank - 1].to_vec();
+    let rows = crate::graph::types::numel(&lead)
+        .ok_or_else(|| GraphError("layer input too large".into()))?;
+    let x2 = g.cast(x, l.dtype)?;
+    let x2 = g.reshape(x2, vec![rows, xt.shape[rank - 1]])?;
+    let w = g.constant(l.w.clone());
+    let mut y = g.matmul(x2, w)?;
+    if let Some(b) = &l.b {
+        let b = g.constant(b.clone());
+        y = g.add(y, b)?;
+    }
+    y = activation(g, y, l.activation)?;
+    if let Some(idt) = &l.idt {
+        let idt = g.constant(idt.clone());
+        y = g.mul(y, idt)?;
+    }
+    if l.resnet && l.n_out() == l.n_in() {
+        y = g.add(y, x2)?;
+    } else if l.resnet && l.n_out() == 2 * l.n_in() {
+        let xx = g.concat(&[x2, x2], 1)?;
+        y = g.add(y, xx)?;
+    }
+    let mut out = lead;
+    out.push(crate::graph::Dim::fixed(l.n_out()));
+    let y = g.reshape(y, out)?;
+    g.cast(y, xt.dtype)
+}
+
+pub fn net(g: &mut Graph, x: ValueId, n: &Net) -> R {
+    n.layers.iter().try_fold(x, |x, l| layer(g, x, l))
+}
+
+pub fn activation(g: &mut Graph, x: ValueId, a: Activation) -> R {
+    match a {
+        Activation::Linear => Ok(x),
+        Activation::Tanh => g.tanh(x),
+        Activation::Sigmoid => g.sigmoid(x),
+        Activation::Relu => {
+            let zero = g.scalar_like(0.0, x);
+            let pos = g.cmp(Cmp::Gt, x, zero)?;
+            g.select(pos, x, zero)
+        }
+        Activation::Relu6 => {
+            let zero = g.scalar_like(0.0, x);
+            let six = g.scalar_like(6.0, x);
+            let neg = g.cmp(Cmp::Lt, x, zero)?;
+            let big = g.cmp(Cmp::Gt, x, six)?;
+            let top = g.select(big, six, x)?;
+            g.select(neg, zero, top)
+        }
+        Activation::Softplus => {
+            // PyTorch's softplus (the .pth reference): x above 20, else log(1 + e^x).
+            // The exp branch sees min(x, 20) so its unselected gradient stays finite.
+            let twenty = g.scalar_like(20.0, x);
+            let big = g.cmp(Cmp::Gt, x, twenty)?;
+            let xs = g.minimum(x, twenty)?;
+            let e = g.exp(xs)?;
+            let e1 = g.add_scalar(e, 1.0)?;
+            let sp = g.log(e1)?;
+            g.select(big, x, sp)
+        }
+        Activation::Silu => {
+            let s = g.sigmoid(x)?;
+            g.mul(x, s)
+        }
+        Activation::Gelu => {
+            // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            let x2 = g.mul(x, x)?;
+            let x3 = g.mul(x2, x)?;
+            let c = g.scale(x3, 0.044715)?;
+            let inner = g.add(x, c)?;
+            let inner = g.scale(inner, (2.0 / std::f64::consts::PI).sqrt())?;
+            let t = g.tanh(inner)?;
+            let t1 = g.add_scalar(t, 1.0)?;
+            let hx = g.scale(x, 0.5)?;
+            g.mul(hx, t1)
+        }
+        Activation::Silut(thr) => {
+            let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+            let slope = sig(thr) + thr * sig(thr) * (1.0 - sig(thr));
+            let konst = thr * sig(thr);
+            let s = g.sigmoid(x)?;
+            let silu = g.mul(x, s)?;
+            let shifted = g.add_scalar(x, -thr)?;
+            let scaled = g.scale(shifted, slope)?;
+            let t = g.tanh(scaled)?;
+            let tail = g.add_scalar(t, konst)?;
+            let thr_v = g.scalar_like(thr, x);
+            let below = g.cmp(Cmp::Lt, x, thr_v)?;
+            g.select(below, silu, tail)
+        }
+    }
+}
+
+/// Layer norm over the last axis (population variance).
+pub fn layer_norm(g: &mut Graph, x: ValueId, ln: &LayerNorm) -> R {
+    let last = g.ty(x).rank() - 1;
+    let mean = g.mean(x, &[last], true)?;
+    let centred = g.sub(x, mean)?;
+    let sq = g.mul(centred, centred)?;
+    let var = g.mean(sq, &[last], true)?;
+    let var = g.add_scalar(var, ln.eps)?;
+    let sd = g.sqrt(var)?;
+    let y = g.div(centred, sd)?;
+    let dt = g.dtype(x);
+    let w = g.constant(cast_tensor(&ln.w, dt));
+    let b = g.constant(cast_tensor(&ln.b, dt));
+    let y = g.mul(y, w)?;
+    g.add(y, b)
+}
+
+/// A copy of `t` in dtype `dt` (weights are stored in their layer's precision).
+pub fn cast_tensor(t: &Tensor, dt: crate::graph::DType) -> Tensor {
+    use crate::graph::DType;
+    match dt {
+        DType::F64 => Tensor::f64(t.shape.clone(), t.to_f64_vec()),
+        DType::F32 => Tensor::f32(
+            t.shape.clone(),
+            t.to_f64_vec().iter().map(|&v| v as f32).collect(),
+        ),
+        _ => t.clone(),
+    }
+}

@@ -1,0 +1,84 @@
+//! `se_e2_a` (`deepmd/dpmodel/descriptor/se_e2_a.py`):
+//! `G_ij = Emb(s_ij)`, `gr_i = (1/nnei) sum_j G_ij^T R_ij`, `D_i = gr_i gr_i[:axis]^T`.
+
+use super::env_mat::{apply_keep, env_mat, pair_keep};
+use super::nn::net;
+use super::Inputs;
+use crate::graph::{Cmp, DType, Dim, Graph, GraphError, ValueId};
+use crate::model::SeA;
+
+pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<ValueId, GraphError> {
+    let ntypes = d.sel.len();
+    let nnei: usize = d.sel.iter().sum();
+    let env = env_mat(g, inp, nlist, &d.env, &d.stats, false, d.dtype)?;
+    let keep = pair_keep(g, inp, nlist, &d.exclude_types, ntypes)?;
+    let rr = apply_keep(g, env.rr, keep)?;
+    let mut gr: Option<ValueId> = None;
+    let mut start = 0;
+    for (tt, &s) in d.sel.iter().enumerate() {
+        if s == 0 {
+            continue;
+        }
+        let tr = g.slice_n(rr, 1, start, start + s)?; // [nloc, s, 4]
+        let ss = g.slice_n(tr, 2, 0, 1)?; // [nloc, s, 1]
+        let mut add = |g: &mut Graph, c: ValueId| -> Result<(), GraphError> {
+            gr = Some(match gr {
+                None => c,
+                Some(acc) => g.add(acc, c)?,
+            });
+            Ok(())
+        };
+        if d.type_one_side {
+            if let Some(n) = d.embeddings.get(&[tt]) {
+                let c = contract(g, ss, tr, n)?;
+                add(g, c)?;
+            }
+        } else {
+            for ti in 0..ntypes {
+                let Some(n) = d.embeddings.get(&[ti, tt]) else {
+                    continue;
+                };
+                let c = contract(g, ss, tr, n)?;
+                let c = centre_type_only(g, inp, c, ti, d.dtype)?;
+                add(g, c)?;
+            }
+        }
+        start += s;
+    }
+    let gr = gr.ok_or_else(|| GraphError("se_e2_a: no embedding network applies".into()))?;
+    let gr = g.scale(gr, 1.0 / nnei as f64)?; // [nloc, ng, 4]
+    let ng = g.shape(gr)[1].factor;
+    let gr1 = g.slice_n(gr, 1, 0, d.axis_neuron)?; // [nloc, axis, 4]
+    let gr1t = g.transpose(gr1, vec![0, 2, 1])?;
+    let dm = g.matmul(gr, gr1t)?; // [nloc, ng, axis]
+    g.reshape(dm, vec![Dim::NLOC, Dim::fixed(ng * d.axis_neuron)])
+}
+
+/// `sum_j Emb(s_j)^T R_j`: `[nloc, ng, 4]`.
+fn contract(
+    g: &mut Graph,
+    ss: ValueId,
+    tr: ValueId,
+    n: &crate::model::Net,
+) -> Result<ValueId, GraphError> {
+    let gg = net(g, ss, n)?; // [nloc, s, ng]
+    let ggt = g.transpose(gg, vec![0, 2, 1])?;
+    g.matmul(ggt, tr)
+}
+
+/// Keep `x [nloc, ...]` only for centres of type `t` (zero elsewhere).
+pub fn centre_type_only(
+    g: &mut Graph,
+    inp: &Inputs,
+    x: ValueId,
+    t: usize,
+    dtype: DType,
+) -> Result<ValueId, GraphError> {
+    let tv = g.scalar(t as f64, DType::I32);
+    let is_t = g.cmp(Cmp::Eq, inp.atype_loc, tv)?;
+    let mut shape = vec![Dim::NLOC];
+    shape.extend(std::iter::repeat_n(Dim::ONE, g.ty(x).rank() - 1));
+    let is_t = g.reshape(is_t, shape)?;
+    let zero = g.scalar(0.0, dtype);
+    g.select(is_t, x, zero)
+}

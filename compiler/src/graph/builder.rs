@@ -1,0 +1,260 @@
+//! Convenience constructors on `Graph`: one method per op, plus a few compositions
+//! (`sum_to`, `scalar`, `mean`) that model builders and autodiff share.
+
+use std::sync::Arc;
+
+use super::op::{reduced_shape, Binary, Cmp, Op, Unary};
+use super::tensor::Tensor;
+use super::types::{DType, Dim, Shape};
+use super::{Graph, GraphError, ValueId};
+
+type R = Result<ValueId, GraphError>;
+
+impl Graph {
+    pub fn constant(&mut self, t: Tensor) -> ValueId {
+        self.push(Op::Const(Arc::new(t)), &[])
+            .expect("a constant always types")
+    }
+
+    /// A rank-0 constant of the given dtype.
+    pub fn scalar(&mut self, v: f64, dtype: DType) -> ValueId {
+        self.constant(Tensor::scalar(dtype, v))
+    }
+
+    /// A rank-0 constant of `like`'s dtype.
+    pub fn scalar_like(&mut self, v: f64, like: ValueId) -> ValueId {
+        let d = self.dtype(like);
+        self.scalar(v, d)
+    }
+
+    pub fn unary(&mut self, u: Unary, x: ValueId) -> R {
+        self.push(Op::Unary(u), &[x])
+    }
+
+    pub fn binary(&mut self, b: Binary, x: ValueId, y: ValueId) -> R {
+        self.push(Op::Binary(b), &[x, y])
+    }
+
+    pub fn add(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::Add, x, y)
+    }
+
+    pub fn sub(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::Sub, x, y)
+    }
+
+    pub fn mul(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::Mul, x, y)
+    }
+
+    pub fn div(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::Div, x, y)
+    }
+
+    pub fn maximum(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::Max, x, y)
+    }
+
+    pub fn minimum(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::Min, x, y)
+    }
+
+    pub fn and(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::And, x, y)
+    }
+
+    pub fn or(&mut self, x: ValueId, y: ValueId) -> R {
+        self.binary(Binary::Or, x, y)
+    }
+
+    pub fn not(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Not, x)
+    }
+
+    pub fn neg(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Neg, x)
+    }
+
+    pub fn exp(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Exp, x)
+    }
+
+    pub fn log(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Log, x)
+    }
+
+    pub fn tanh(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Tanh, x)
+    }
+
+    pub fn sqrt(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Sqrt, x)
+    }
+
+    pub fn recip(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Recip, x)
+    }
+
+    pub fn sigmoid(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Sigmoid, x)
+    }
+
+    /// `x * c` for a float constant `c`.
+    pub fn scale(&mut self, x: ValueId, c: f64) -> R {
+        let s = self.scalar_like(c, x);
+        self.mul(x, s)
+    }
+
+    /// `x + c` for a float constant `c`.
+    pub fn add_scalar(&mut self, x: ValueId, c: f64) -> R {
+        let s = self.scalar_like(c, x);
+        self.add(x, s)
+    }
+
+    pub fn cmp(&mut self, c: Cmp, x: ValueId, y: ValueId) -> R {
+        self.push(Op::Compare(c), &[x, y])
+    }
+
+    pub fn select(&mut self, c: ValueId, x: ValueId, y: ValueId) -> R {
+        self.push(Op::Select, &[c, x, y])
+    }
+
+    pub fn cast(&mut self, x: ValueId, d: DType) -> R {
+        if self.dtype(x) == d {
+            return Ok(x);
+        }
+        self.push(Op::Cast(d), &[x])
+    }
+
+    pub fn matmul(&mut self, x: ValueId, y: ValueId) -> R {
+        self.push(Op::MatMul, &[x, y])
+    }
+
+    pub fn reshape(&mut self, x: ValueId, to: Shape) -> R {
+        if self.shape(x) == to.as_slice() {
+            return Ok(x);
+        }
+        self.push(Op::Reshape(to), &[x])
+    }
+
+    pub fn transpose(&mut self, x: ValueId, perm: Vec<usize>) -> R {
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return Ok(x);
+        }
+        self.push(Op::Transpose(perm), &[x])
+    }
+
+    /// Swap the last two axes.
+    pub fn transpose_last2(&mut self, x: ValueId) -> R {
+        let r = self.ty(x).rank();
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        self.transpose(x, perm)
+    }
+
+    pub fn broadcast(&mut self, x: ValueId, to: Shape) -> R {
+        if self.shape(x) == to.as_slice() {
+            return Ok(x);
+        }
+        self.push(Op::Broadcast(to), &[x])
+    }
+
+    pub fn slice(&mut self, x: ValueId, axis: usize, start: Dim, end: Dim) -> R {
+        if start == Dim::fixed(0) && self.shape(x).get(axis) == Some(&end) {
+            return Ok(x);
+        }
+        self.push(Op::Slice { axis, start, end }, &[x])
+    }
+
+    /// `x[.., a..b, ..]` with constant bounds.
+    pub fn slice_n(&mut self, x: ValueId, axis: usize, a: usize, b: usize) -> R {
+        self.slice(x, axis, Dim::fixed(a), Dim::fixed(b))
+    }
+
+    /// Place `x` at offset `before` within zeros of length `size` along `axis`.
+    pub fn pad(&mut self, x: ValueId, axis: usize, before: Dim, size: Dim) -> R {
+        self.push(Op::Pad { axis, before, size }, &[x])
+    }
+
+    pub fn concat(&mut self, xs: &[ValueId], axis: usize) -> R {
+        if xs.len() == 1 {
+            return Ok(xs[0]);
+        }
+        self.push(Op::Concat { axis }, xs)
+    }
+
+    pub fn sum(&mut self, x: ValueId, axes: &[usize], keepdims: bool) -> R {
+        if axes.is_empty() {
+            return Ok(x);
+        }
+        self.push(
+            Op::ReduceSum {
+                axes: axes.to_vec(),
+                keepdims,
+            },
+            &[x],
+        )
+    }
+
+    /// Mean over axes of constant size.
+    pub fn mean(&mut self, x: ValueId, axes: &[usize], keepdims: bool) -> R {
+        let shape = self.shape(x).to_vec();
+        let mut n = 1usize;
+        for &a in axes {
+            match shape[a].sym {
+                None => n *= shape[a].factor,
+                Some(_) => return Err(GraphError("mean over a symbolic axis".into())),
+            }
+        }
+        let s = self.sum(x, axes, keepdims)?;
+        self.scale(s, 1.0 / n as f64)
+    }
+
+    pub fn reduce_max(&mut self, x: ValueId, axes: &[usize], keepdims: bool) -> R {
+        self.push(
+            Op::ReduceMax {
+                axes: axes.to_vec(),
+                keepdims,
+            },
+            &[x],
+        )
+    }
+
+    pub fn gather(&mut self, table: ValueId, idx: ValueId) -> R {
+        self.push(Op::Gather, &[table, idx])
+    }
+
+    pub fn scatter_add(&mut self, idx: ValueId, upd: ValueId, rows: Dim) -> R {
+        self.push(Op::ScatterAdd { rows }, &[idx, upd])
+    }
+
+    pub fn stop_gradient(&mut self, x: ValueId) -> R {
+        self.push(Op::StopGradient, &[x])
+    }
+
+    /// Sum `x` down to `shape` (the inverse of numpy broadcasting; used by VJPs).
+    pub fn sum_to(&mut self, x: ValueId, shape: &[Dim]) -> R {
+        let xs = self.shape(x).to_vec();
+        if xs == shape {
+            return Ok(x);
+        }
+        let lead = xs.len() - shape.len();
+        let mut axes: Vec<usize> = (0..lead).collect();
+        for (i, d) in shape.iter().enumerate() {
+            if d.is_one() && !xs[lead + i].is_one() {
+                axes.push(lead + i);
+            }
+        }
+        let s = self.sum(x, &axes, true)?;
+        let kept = reduced_shape(&xs, &(0..lead).collect::<Vec<_>>(), false);
+        let s = if lead > 0 { self.reshape(s, kept)? } else { s };
+        self.reshape(s, shape.to_vec())
+    }
+
+    /// Insert a unit axis at `axis`.
+    pub fn expand_dims(&mut self, x: ValueId, axis: usize) -> R {
+        let mut s = self.shape(x).to_vec();
+        s.insert(axis, Dim::ONE);
+        self.reshape(x, s)
+    }
+}

@@ -1,0 +1,444 @@
+//! The operations of the tensor IR and their type rules.
+//!
+//! Ops sit at the granularity of DeePMD-kit's own array code: elementwise maths with numpy
+//! broadcasting, matmul, reshapes, reductions, and row gather/scatter for neighbour lists.
+//! Every float op that can sit on the path from coordinates to energy has a VJP rule in
+//! `autodiff.rs`; integer and boolean ops carry no gradient.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::tensor::Tensor;
+use super::types::{numel, DType, Dim, Shape, TensorType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Tanh,
+    Sqrt,
+    Recip,
+    Sigmoid,
+    /// Logical not (bool only).
+    Not,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    /// Logical and / or (bool only).
+    And,
+    Or,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+/// One operation. Arguments are listed per variant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// The graph's input number `n` (no arguments).
+    Input(usize),
+    /// A constant (no arguments).
+    Const(Arc<Tensor>),
+    /// `(x)`, elementwise.
+    Unary(Unary),
+    /// `(a, b)`, elementwise with numpy broadcasting; both of one dtype.
+    Binary(Binary),
+    /// `(a, b) -> bool`, elementwise with broadcasting.
+    Compare(Cmp),
+    /// `(cond, a, b)`: `cond ? a : b`, elementwise with broadcasting.
+    Select,
+    /// `(x)` converted to another dtype.
+    Cast(DType),
+    /// `(a [..., m, k], b [..., k, n] | [k, n]) -> [..., m, n]`.
+    MatMul,
+    /// `(x)` with the same elements in a new shape.
+    Reshape(Shape),
+    /// `(x)` with axes permuted: output axis `i` is input axis `perm[i]`.
+    Transpose(Vec<usize>),
+    /// `(x)` broadcast (numpy rules) to a shape.
+    Broadcast(Shape),
+    /// `(x)` restricted to `start..end` along `axis`.
+    Slice { axis: usize, start: Dim, end: Dim },
+    /// `(x)` placed at offset `before` in zeros of length `size` along `axis`.
+    Pad { axis: usize, before: Dim, size: Dim },
+    /// `(x0, x1, ...)` joined along `axis`.
+    Concat { axis: usize },
+    /// `(x)` summed over `axes`.
+    ReduceSum { axes: Vec<usize>, keepdims: bool },
+    /// `(x)` maximum over `axes` (no gradient: use under `StopGradient`).
+    ReduceMax { axes: Vec<usize>, keepdims: bool },
+    /// `(table [r, ...], idx i32 [...]) -> idx.shape ++ table.shape[1..]`: rows of `table`.
+    Gather,
+    /// `(idx i32 [...], upd [idx.shape ++ rest]) -> [rows] ++ rest`: sums `upd` into rows.
+    ScatterAdd { rows: Dim },
+    /// `(x)` unchanged, but autodiff treats it as a constant.
+    StopGradient,
+}
+
+impl Op {
+    /// The op's name in the text format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input(_) => "input",
+            Op::Const(_) => "const",
+            Op::Unary(u) => match u {
+                Unary::Neg => "neg",
+                Unary::Exp => "exp",
+                Unary::Log => "log",
+                Unary::Tanh => "tanh",
+                Unary::Sqrt => "sqrt",
+                Unary::Recip => "recip",
+                Unary::Sigmoid => "sigmoid",
+                Unary::Not => "not",
+            },
+            Op::Binary(b) => match b {
+                Binary::Add => "add",
+                Binary::Sub => "sub",
+                Binary::Mul => "mul",
+                Binary::Div => "div",
+                Binary::Max => "max",
+                Binary::Min => "min",
+                Binary::And => "and",
+                Binary::Or => "or",
+            },
+            Op::Compare(c) => match c {
+                Cmp::Lt => "lt",
+                Cmp::Le => "le",
+                Cmp::Gt => "gt",
+                Cmp::Ge => "ge",
+                Cmp::Eq => "eq",
+                Cmp::Ne => "ne",
+            },
+            Op::Select => "select",
+            Op::Cast(_) => "cast",
+            Op::MatMul => "matmul",
+            Op::Reshape(_) => "reshape",
+            Op::Transpose(_) => "transpose",
+            Op::Broadcast(_) => "broadcast",
+            Op::Slice { .. } => "slice",
+            Op::Pad { .. } => "pad",
+            Op::Concat { .. } => "concat",
+            Op::ReduceSum { .. } => "reduce_sum",
+            Op::ReduceMax { .. } => "reduce_max",
+            Op::Gather => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
+            Op::StopGradient => "stop_gradient",
+        }
+    }
+
+    /// The number of arguments the op takes (`None`: any number, at least one).
+    pub fn arity(&self) -> Option<usize> {
+        Some(match self {
+            Op::Input(_) | Op::Const(_) => 0,
+            Op::Unary(_)
+            | Op::Cast(_)
+            | Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::Broadcast(_)
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::StopGradient => 1,
+            Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
+            Op::Select => 3,
+            Op::Concat { .. } => return None,
+        })
+    }
+
+    /// The result type for these argument types, or why they are wrong.
+    /// `Input` is typed by the graph's input list, not here.
+    pub fn infer(&self, args: &[&TensorType]) -> Result<TensorType, String> {
+        if let Some(n) = self.arity() {
+            if args.len() != n {
+                return Err(format!(
+                    "{} takes {n} arguments, got {}",
+                    self.name(),
+                    args.len()
+                ));
+            }
+        } else if args.is_empty() {
+            return Err(format!("{} needs at least one argument", self.name()));
+        }
+        let a = args.first().copied();
+        match self {
+            Op::Input(_) => Err("input types come from the graph's input list".into()),
+            Op::Const(t) => Ok(TensorType::new(
+                t.dtype(),
+                t.shape.iter().map(|&n| Dim::fixed(n)).collect(),
+            )),
+            Op::Unary(u) => {
+                let a = a.unwrap();
+                let ok = if *u == Unary::Not {
+                    a.dtype == DType::Bool
+                } else {
+                    a.dtype.is_float()
+                };
+                if !ok {
+                    return Err(format!("{} does not apply to {}", self.name(), a.dtype));
+                }
+                Ok(a.clone())
+            }
+            Op::Binary(b) => {
+                let (x, y) = (args[0], args[1]);
+                if x.dtype != y.dtype {
+                    return Err(format!("{} of {} and {}", self.name(), x.dtype, y.dtype));
+                }
+                let ok = match b {
+                    Binary::And | Binary::Or => x.dtype == DType::Bool,
+                    Binary::Div => x.dtype.is_float(),
+                    _ => x.dtype != DType::Bool,
+                };
+                if !ok {
+                    return Err(format!("{} does not apply to {}", self.name(), x.dtype));
+                }
+                Ok(TensorType::new(
+                    x.dtype,
+                    broadcast_shapes(&x.shape, &y.shape)?,
+                ))
+            }
+            Op::Compare(_) => {
+                let (x, y) = (args[0], args[1]);
+                if x.dtype != y.dtype || x.dtype == DType::Bool {
+                    return Err(format!("{} of {} and {}", self.name(), x.dtype, y.dtype));
+                }
+                Ok(TensorType::new(
+                    DType::Bool,
+                    broadcast_shapes(&x.shape, &y.shape)?,
+                ))
+            }
+            Op::Select => {
+                let (c, x, y) = (args[0], args[1], args[2]);
+                if c.dtype != DType::Bool || x.dtype != y.dtype {
+                    return Err(format!("select({}, {}, {})", c.dtype, x.dtype, y.dtype));
+                }
+                let s = broadcast_shapes(&broadcast_shapes(&c.shape, &x.shape)?, &y.shape)?;
+                Ok(TensorType::new(x.dtype, s))
+            }
+            Op::Cast(d) => Ok(TensorType::new(*d, a.unwrap().shape.clone())),
+            Op::MatMul => {
+                let (x, y) = (args[0], args[1]);
+                if x.dtype != y.dtype || !x.dtype.is_float() {
+                    return Err(format!("matmul of {} and {}", x.dtype, y.dtype));
+                }
+                if x.rank() < 2 || y.rank() < 2 {
+                    return Err("matmul needs rank >= 2".into());
+                }
+                let (xb, xm) = x.shape.split_at(x.rank() - 2);
+                let (yb, ym) = y.shape.split_at(y.rank() - 2);
+                if xm[1] != ym[0] {
+                    return Err(format!("matmul inner dims {} and {} differ", xm[1], ym[0]));
+                }
+                if !yb.is_empty() && yb != xb {
+                    return Err("matmul batch dims differ".into());
+                }
+                let mut s = xb.to_vec();
+                s.push(xm[0]);
+                s.push(ym[1]);
+                Ok(TensorType::new(x.dtype, s))
+            }
+            Op::Reshape(to) => {
+                let x = a.unwrap();
+                if numel(&x.shape) != numel(to) || numel(to).is_none() {
+                    return Err(format!(
+                        "reshape {} to {} changes the element count",
+                        x,
+                        fmt_shape(to)
+                    ));
+                }
+                Ok(TensorType::new(x.dtype, to.clone()))
+            }
+            Op::Transpose(perm) => {
+                let x = a.unwrap();
+                let mut seen = vec![false; x.rank()];
+                if perm.len() != x.rank()
+                    || perm
+                        .iter()
+                        .any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true))
+                {
+                    return Err(format!(
+                        "transpose {perm:?} is not a permutation of rank {}",
+                        x.rank()
+                    ));
+                }
+                Ok(TensorType::new(
+                    x.dtype,
+                    perm.iter().map(|&p| x.shape[p]).collect(),
+                ))
+            }
+            Op::Broadcast(to) => {
+                let x = a.unwrap();
+                if broadcast_shapes(&x.shape, to)? != *to {
+                    return Err(format!("cannot broadcast {} to {}", x, fmt_shape(to)));
+                }
+                Ok(TensorType::new(x.dtype, to.clone()))
+            }
+            Op::Slice { axis, start, end } => {
+                let x = a.unwrap();
+                let len = x.shape.get(*axis).ok_or("slice axis out of range")?;
+                let n = end.sub(*start).ok_or("slice end before start")?;
+                if !end.le(*len) {
+                    return Err(format!("slice end {end} beyond dim {len}"));
+                }
+                let mut s = x.shape.clone();
+                s[*axis] = n;
+                Ok(TensorType::new(x.dtype, s))
+            }
+            Op::Pad { axis, before, size } => {
+                let x = a.unwrap();
+                let len = *x.shape.get(*axis).ok_or("pad axis out of range")?;
+                if !len.add(*before).is_some_and(|e| e.le(*size))
+                    && !(before.factor == 0 && len.le(*size))
+                {
+                    return Err(format!("pad of {len} at {before} does not fit in {size}"));
+                }
+                let mut s = x.shape.clone();
+                s[*axis] = *size;
+                Ok(TensorType::new(x.dtype, s))
+            }
+            Op::Concat { axis } => {
+                let first = args[0];
+                let mut total = Dim::fixed(0);
+                for x in args {
+                    if x.dtype != first.dtype || x.rank() != first.rank() || *axis >= x.rank() {
+                        return Err("concat of mismatched tensors".into());
+                    }
+                    for (i, (p, q)) in x.shape.iter().zip(&first.shape).enumerate() {
+                        if i != *axis && p != q {
+                            return Err(format!("concat: dim {i} differs ({p} vs {q})"));
+                        }
+                    }
+                    total = total
+                        .add(x.shape[*axis])
+                        .ok_or("concat size not expressible")?;
+                }
+                let mut s = first.shape.clone();
+                s[*axis] = total;
+                Ok(TensorType::new(first.dtype, s))
+            }
+            Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+                let x = a.unwrap();
+                if axes.iter().any(|&ax| ax >= x.rank()) {
+                    return Err("reduce axis out of range".into());
+                }
+                if x.dtype == DType::Bool {
+                    return Err("reduce of bool".into());
+                }
+                Ok(TensorType::new(
+                    x.dtype,
+                    reduced_shape(&x.shape, axes, *keepdims),
+                ))
+            }
+            Op::Gather => {
+                let (t, i) = (args[0], args[1]);
+                if i.dtype != DType::I32 || t.rank() == 0 {
+                    return Err(format!("gather({t}, {i}) needs i32 indices into rank >= 1"));
+                }
+                let mut s = i.shape.clone();
+                s.extend_from_slice(&t.shape[1..]);
+                Ok(TensorType::new(t.dtype, s))
+            }
+            Op::ScatterAdd { rows } => {
+                let (i, u) = (args[0], args[1]);
+                if i.dtype != DType::I32 || !u.shape.starts_with(&i.shape) || u.dtype == DType::Bool
+                {
+                    return Err(format!(
+                        "scatter_add({i}, {u}): updates must start with the index shape"
+                    ));
+                }
+                let mut s = vec![*rows];
+                s.extend_from_slice(&u.shape[i.rank()..]);
+                Ok(TensorType::new(u.dtype, s))
+            }
+            Op::StopGradient => Ok(a.unwrap().clone()),
+        }
+    }
+}
+
+/// Numpy broadcasting of two shapes.
+pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Result<Shape, String> {
+    let n = a.len().max(b.len());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            Dim::ONE
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            Dim::ONE
+        };
+        out.push(if da == db || db.is_one() {
+            da
+        } else if da.is_one() {
+            db
+        } else {
+            return Err(format!(
+                "shapes {} and {} do not broadcast",
+                fmt_shape(a),
+                fmt_shape(b)
+            ));
+        });
+    }
+    Ok(out)
+}
+
+pub fn reduced_shape(shape: &[Dim], axes: &[usize], keepdims: bool) -> Shape {
+    shape
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            if axes.contains(&i) {
+                keepdims.then_some(Dim::ONE)
+            } else {
+                Some(*d)
+            }
+        })
+        .collect()
+}
+
+pub fn fmt_shape(s: &[Dim]) -> String {
+    let parts: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(","))
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            Op::Input(n) => write!(f, " {n}"),
+            Op::Cast(d) => write!(f, " {d}"),
+            Op::Reshape(s) | Op::Broadcast(s) => write!(f, " {}", fmt_shape(s)),
+            Op::Transpose(p) => write!(f, " {p:?}"),
+            Op::Slice { axis, start, end } => write!(f, " axis={axis} {start}..{end}"),
+            Op::Pad { axis, before, size } => write!(f, " axis={axis} at={before} size={size}"),
+            Op::Concat { axis } => write!(f, " axis={axis}"),
+            Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+                write!(
+                    f,
+                    " axes={axes:?}{}",
+                    if *keepdims { " keepdims" } else { "" }
+                )
+            }
+            Op::ScatterAdd { rows } => write!(f, " rows={rows}"),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! Reference CPU kernels for each IR op, on row-major tensors.
+//!
+//! Plain loops over strided indices; matmul goes through `matrixmultiply`. These are the
+//! correctness baseline every faster path is checked against.
+
+use dpc_compiler::graph::{Binary, Cmp, Data, Tensor, Unary};
+
+use super::ExecError;
+
+type R<T> = Result<T, ExecError>;
+
+/// Row-major strides of a shape.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Strides of `shape` read as if broadcast to `out` (0 on broadcast axes).
+fn bcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let st = strides(shape);
+    let lead = out.len() - shape.len();
+    (0..out.len())
+        .map(|i| {
+            if i < lead || shape[i - lead] == 1 {
+                0
+            } else {
+                st[i - lead]
+            }
+        })
+        .collect()
+}
+
+/// Numpy broadcast of concrete shapes.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let x = if i + a.len() >= n {
+                a[i + a.len() - n]
+            } else {
+                1
+            };
+            let y = if i + b.len() >= n {
+                b[i + b.len() - n]
+            } else {
+                1
+            };
+            match (x, y) {
+                _ if x == y => Ok(x),
+                (1, _) => Ok(y),
+                (_, 1) => Ok(x),
+                _ => Err(ExecError::Shape(format!(
+                    "shapes {a:?} and {b:?} do not broadcast"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Call `f(out_index, [offset in each input])` for every element of `out`, in order.
+fn for_each_bcast<const N: usize>(
+    out: &[usize],
+    inputs: [&[usize]; N],
+    mut f: impl FnMut(usize, [usize; N]),
+) {
+    let total: usize = out.iter().product();
+    if total == 0 {
+        return;
+    }
+    let st: Vec<Vec<usize>> = inputs.iter().map(|s| bcast_strides(s, out)).collect();
+    // Fast path: no broadcasting at all.
+    if inputs.iter().all(|s| *s == out) {
+        for i in 0..total {
+            f(i, [i; N]);
+        }
+        return;
+    }
+    let rank = out.len();
+    let mut idx = vec![0usize; rank];
+    let mut off = [0usize; N];
+    for i in 0..total {
+        f(i, off);
+        // Increment the multi-index, updating offsets.
+        for ax in (0..rank).rev() {
+            idx[ax] += 1;
+            for k in 0..N {
+                off[k] += st[k][ax];
+            }
+            if idx[ax] < out[ax] {
+                break;
+            }
+            for k in 0..N {
+                off[k] -= st[k][ax] * out[ax];
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+/// Float element types the kernels are generic over.
+pub trait Float:
+    Copy
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::iter::Sum
+    + Default
+    + 'static
+{
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn tanh(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn one() -> Self;
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn one() -> Self {
+                1.0
+            }
+        }
+    };
+}
+impl_float!(f32);
+impl_float!(f64);
+
+fn unary_f<T: Float>(u: Unary, x: &[T]) -> Vec<T> {
+    let f: fn(T) -> T = match u {
+        Unary::Neg => |x| -x,
+        Unary::Exp => |x| x.exp(),
+        Unary::Log => |x| x.ln(),
+        Unary::Tanh => |x| x.tanh(),
+        Unary::Sqrt => |x| x.sqrt(),
+        Unary::Recip => |x| T::one() / x,
+        Unary::Sigmoid => |x| T::one() / (T::one() + (-x).exp()),
+        Unary::Not => unreachable!("not is boolean"),
+    };
+    x.iter().map(|&v| f(v)).collect()
+}
+
+pub fn unary(u: Unary, x: &Tensor) -> R<Tensor> {
+    let data = match (&x.data, u) {
+        (Data::F64(v), _) => Data::F64(unary_f(u, v)),
+        (Data::F32(v), _) => Data::F32(unary_f(u, v)),
+        (Data::Bool(v), Unary::Not) => Data::Bool(v.iter().map(|b| !b).collect()),
+        _ => return Err(ExecError::Type(format!("{u:?} of {:?}", x.dtype()))),
+    };
+    Ok(Tensor {
+        shape: x.shape.clone(),
+        data,
+    })
+}
+
+fn bin_num<
+    T: Copy
+        + PartialOrd
+        + std::ops::Add<Output = T>
+        + std::ops::Sub<Output = T>
+        + std::ops::Mul<Output = T>,
+>(
+    b: Binary,
+    div: Option<fn(T, T) -> T>,
+) -> R<fn(T, T) -> T> {
+    Ok(match b {
+        Binary::Add => |x, y| x + y,
+        Binary::Sub => |x, y| x - y,
+        Binary::Mul => |x, y| x * y,
+        Binary::Max => |x, y| if x >= y { x } else { y },
+        Binary::Min => |x, y| if x <= y { x } else { y },
+        Binary::Div => div.ok_or_else(|| ExecError::Type("integer division".into()))?,
+        Binary::And | Binary::Or => return Err(ExecError::Type("logical op on numbers".into())),
+    })
+}
+
+fn zip_bcast<A: Copy, B: Copy, C: Default + Clone>(
+    out: &[usize],
+    a: (&[A], &[usize]),
+    b: (&[B], &[usize]),
+    f: impl Fn(A, B) -> C,
+) -> Vec<C> {
+    let mut o = vec![C::default(); out.iter().product()];
+    for_each_bcast(out, [a.1, b.1], |i, [ia, ib]| o[i] = f(a.0[ia], b.0[ib]));
+    o
+}
+
+pub fn binary(b: Binary, x: &Tensor, y: &Tensor) -> R<Tensor> {
+    let out = broadcast_shape(&x.shape, &y.shape)?;
+    let (xs, ys) = (&x.shape[..], &y.shape[..]);
+    let data = match (&x.data, &y.data) {
+        (Data::F64(p), Data::F64(q)) => Data::F64(zip_bcast(
+            &out,
+            (p, xs),
+            (q, ys),
+            bin_num::<f64>(b, Some(|a, c| a / c))?,
+        )),
+        (Data::F32(p), Data::F32(q)) => Data::F32(zip_bcast(
+            &out,
+            (p, xs),
+            (q, ys),
+            bin_num::<f32>(b, Some(|a, c| a / c))?,
+        )),
+        (Data::I32(p), Data::I32(q)) => {
+            Data::I32(zip_bcast(&out, (p, xs), (q, ys), bin_num::<i32>(b, None)?))
+        }
+        (Data::Bool(p), Data::Bool(q)) => {
+            let f: fn(bool, bool) -> bool = match b {
+                Binary::And => |a, c| a && c,
+                Binary::Or => |a, c| a || c,
+                _ => return Err(ExecError::Type(format!("{b:?} of bools"))),
+            };
+            Data::Bool(zip_bcast(&out, (p, xs), (q, ys), f))
+        }
+        _ => {
+            return Err(ExecError::Type(format!(
+                "{b:?} of {:?} and {:?}",
+                x.dtype(),
+                y.dtype()
+            )))
+        }
+    };
+    Ok(Tensor { shape: out, data })
+}
+
+fn cmp_fn<T: PartialOrd>(c: Cmp) -> fn(T, T) -> bool {
+    match c {
+        Cmp::Lt => |a, b| a < b,
+        Cmp::Le => |a, b| a <= b,
+        Cmp::Gt => |a, b| a > b,
+        Cmp::Ge => |a, b| a >= b,
+        Cmp::Eq => |a, b| a == b,
+        Cmp::Ne => |a, b| a != b,
+    }
+}
+
+pub fn compare(c: Cmp, x: &Tensor, y: &Tensor) -> R<Tensor> {
+    let out = broadcast_shape(&x.shape, &y.shape)?;
+    let (xs, ys) = (&x.shape[..], &y.shape[..]);
+    let v = match (&x.data, &y.data) {
+        (Data::F64(p), Data::F64(q)) => zip_bcast(&out, (p, xs), (q, ys), cmp_fn::<f64>(c)),
+        (Data::F32(p), Data::F32(q)) => zip_bcast(&out, (p, xs), (q, ys), cmp_fn::<f32>(c)),
+        (Data::I32(p), Data::I32(q)) => zip_bcast(&out, (p, xs), (q, ys), cmp_fn::<i32>(c)),
+        _ => {
+            return Err(ExecError::Type(format!(
+                "{c:?} of {:?} and {:?}",
+                x.dtype(),
+                y.dtype()
+            )))
+        }
+    };
+    Ok(Tensor::bool(out, v))
+}
+
+pub fn select(c: &Tensor, x: &Tensor, y: &Tensor) -> R<Tensor> {
+    let out = broadcast_shape(&broadcast_shape(&c.shape, &x.shape)?, &y.shape)?;
+    let Data::Bool(cv) = &c.data else {
+        return Err(ExecError::Type("select condition must be bool".into()));
+    };
+    fn sel<T: Copy + Default>(
+        out: &[usize],
+        c: (&[bool], &[usize]),
+        x: (&[T], &[usize]),
+        y: (&[T], &[usize]),
+    ) -> Vec<T> {
+        let mut o = vec![T::default(); out.iter().product()];
+        for_each_bcast(out, [c.1, x.1, y.1], |i, [ic, ix, iy]| {
+            o[i] = if c.0[ic] { x.0[ix] } else { y.0[iy] }
+        });
+        o
+    }
+    let cc = (&cv[..], &c.shape[..]);
+    let data = match (&x.data, &y.data) {
+        (Data::F64(p), Data::F64(q)) => Data::F64(sel(&out, cc, (p, &x.shape), (q, &y.shape))),
+        (Data::F32(p), Data::F32(q)) => Data::F32(sel(&out, cc, (p, &x.shape), (q, &y.shape))),
+        (Data::I32(p), Data::I32(q)) => Data::I32(sel(&out, cc, (p, &x.shape), (q, &y.shape))),
+        (Data::Bool(p), Data::Bool(q)) => Data::Bool(sel(&out, cc, (p, &x.shape), (q, &y.shape))),
+        _ => return Err(ExecError::Type("select branches differ in type".into())),
+    };
+    Ok(Tensor { shape: out, data })
+}
+
+pub fn cast(x: &Tensor, to: dpc_compiler::graph::DType) -> Tensor {
+    use dpc_compiler::graph::DType as D;
+    let v = x.to_f64_vec();
+    let data = match to {
+        D::F64 => Data::F64(v),
+        D::F32 => match &x.data {
+            Data::F32(p) => Data::F32(p.clone()),
+            _ => Data::F32(v.iter().map(|&a| a as f32).collect()),
+        },
+        D::I32 => Data::I32(v.iter().map(|&a| a as i32).collect()),
+        D::Bool => Data::Bool(v.iter().map(|&a| a != 0.0).collect()),
+    };
+    Tensor {
+        shape: x.shape.clone(),
+        data,
+    }
+}
+
+pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
+    let (k2, n) = (b.shape[rb - 2], b.shape[rb - 1]);
+    if k != k2 {
+        return Err(ExecError::Shape(format!(
+            "matmul {:?} x {:?}",
+            a.shape, b.shape
+        )));
+    }
+    let batch: usize = a.shape[..ra - 2].iter().product();
+    let b_batched = rb > 2;
+    let mut shape = a.shape[..ra - 2].to_vec();
+    shape.extend([m, n]);
+    macro_rules! mm {
+        ($p:expr, $q:expr, $gemm:path, $zero:expr) => {{
+            let mut o = vec![$zero; batch * m * n];
+            if m * n > 0 {
+                for bi in 0..batch {
+                    let ap = &$p[bi * m * k..];
+                    let bp = if b_batched {
+                        &$q[bi * k * n..]
+                    } else {
+                        &$q[..]
+                    };
+                    let op = &mut o[bi * m * n..];
+                    // SAFETY: the slices hold m*k, k*n and m*n elements from these offsets,
+                    // with row-major strides (k,1), (n,1), (n,1).
+                    unsafe {
+                        $gemm(
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            ap.as_ptr(),
+                            k as isize,
+                            1,
+                            bp.as_ptr(),
+                            n as isize,
+                            1,
+                            0.0,
+                            op.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        );
+                    }
+                }
+            }
+            o
+        }};
+    }
+    let data = match (&a.data, &b.data) {
+        (Data::F64(p), Data::F64(q)) => Data::F64(mm!(p, q, matrixmultiply::dgemm, 0.0f64)),
+        (Data::F32(p), Data::F32(q)) => Data::F32(mm!(p, q, matrixmultiply::sgemm, 0.0f32)),
+        _ => return Err(ExecError::Type("matmul of non-floats".into())),
+    };
+    Ok(Tensor { shape, data })
+}
+
+/// Apply a per-element index map: output element `i` is input element `src(i)`.
+fn gather_by<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+    idx.iter().map(|&i| v[i]).collect()
+}
+
+fn remap(x: &Tensor, shape: Vec<usize>, idx: &[usize]) -> Tensor {
+    let data = match &x.data {
+        Data::F64(v) => Data::F64(gather_by(v, idx)),
+        Data::F32(v) => Data::F32(gather_by(v, idx)),
+        Data::I32(v) => Data::I32(gather_by(v, idx)),
+        Data::Bool(v) => Data::Bool(gather_by(v, idx)),
+    };
+    Tensor { shape, data }
+}
+
+pub fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
+    let out: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+    let st = strides(&x.shape);
+    let permuted: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+    let mut idx = Vec::with_capacity(x.len());
+    // Offsets of the output walk, in input coordinates.
+    walk(&out, &permuted, |off| idx.push(off));
+    remap(x, out, &idx)
+}
+
+/// Visit every multi-index of `shape` in row-major order, passing `sum(index * stride)`.
+fn walk(shape: &[usize], st: &[usize], mut f: impl FnMut(usize)) {
+    let total: usize = shape.iter().product();
+    if total == 0 {
+        return;
+    }
+    let rank = shape.len();
+    let mut idx = vec![0usize; rank];
+    let mut off = 0usize;
+    for _ in 0..total {
+        f(off);
+        for ax in (0..rank).rev() {
+            idx[ax] += 1;
+            off += st[ax];
+            if idx[ax] < shape[ax] {
+                break;
+            }
+            off -= st[ax] * shape[ax];
+            idx[ax] = 0;
+        }
+    }
+}
+
+pub fn broadcast(x: &Tensor, to: &[usize]) -> R<Tensor> {
+    if broadcast_shape(&x.shape, to)? != to {
+        return Err(ExecError::Shape(format!(
+            "broadcast {:?} to {to:?}",
+            x.shape
+        )));
+    }
+    let st = bcast_strides(&x.shape, to);
+    let mut idx = Vec::with_capacity(to.iter().product());
+    walk(to, &st, |off| idx.push(off));
+    Ok(remap(x, to.to_vec(), &idx))
+}
+
+pub fn slice(x: &Tensor, axis: usize, start: usize, end: usize) -> R<Tensor> {
+    if end > x.shape[axis] || start > end {
+        return Err(ExecError::Shape(format!(
+            "slice {start}..{end} of axis {axis} in {:?}",
+            x.shape
+        )));
+    }
+    let mut out = x.shape.clone();
+    out[axis] = end - start;
+    let st = strides(&x.shape);
+    let base = start * st[axis];
+    let mut idx = Vec::with_capacity(out.iter().product());
+    walk(&out, &st, |off| idx.push(base + off));
+    Ok(remap(x, out, &idx))
+}
+
+/// Concatenate along `axis`.
+pub fn concat(xs: &[&Tensor], axis: usize) -> R<Tensor> {
+    let first = xs[0];
+    let outer: usize = first.shape[..axis].iter().product();
+    let inner: usize = first.shape[axis + 1..].iter().product();
+    let mut shape = first.shape.clone();
+    shape[axis] = xs.iter().map(|x| x.shape[axis]).sum();
+    macro_rules! cat {
+        ($variant:ident) => {{
+            let mut o = Vec::with_capacity(shape.iter().product());
+            for i in 0..outer {
+                for x in xs {
+                    let Data::$variant(v) = &x.data else {
+                        return Err(ExecError::Type("concat of mixed types".into()));
+                    };
+                    let chunk = x.shape[axis] * inner;
+                    o.extend_from_slice(&v[i * chunk..(i + 1) * chunk]);
+                }
+            }
+            Data::$variant(o)
+        }};
+    }
+    let data = match &first.data {
+        Data::F64(_) => cat!(F64),
+        Data::F32(_) => cat!(F32),
+        Data::I32(_) => cat!(I32),
+        Data::Bool(_) => cat!(Bool),
+    };
+    Ok(Tensor { shape, data })
+}
+
+pub fn pad(x: &Tensor, axis: usize, before: usize, after: usize) -> R<Tensor> {
+    let dt = x.dtype();
+    let mut parts = Vec::new();
+    let mut zb = x.shape.clone();
+    zb[axis] = before;
+    let mut za = x.shape.clone();
+    za[axis] = after;
+    let (zb, za) = (Tensor::zeros(dt, zb), Tensor::zeros(dt, za));
+    if before > 0 {
+        parts.push(&zb);
+    }
+    parts.push(x);
+    if after > 0 {
+        parts.push(&za);
+    }
+    concat(&parts, axis)
+}
+
+/// Output shape and, per input element, its output offset, for a reduction over `axes`.
+fn reduce_map(shape: &[usize], axes: &[usize], keepdims: bool) -> (Vec<usize>, Vec<usize>) {
+    let kept: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+        .collect();
+    let kst = strides(&kept);
+    let st: Vec<usize> = (0..shape.len())
+        .map(|i| if axes.contains(&i) { 0 } else { kst[i] })
+        .collect();
+    let mut map = Vec::with_capacity(shape.iter().product());
+    walk(shape, &st, |off| map.push(off));
+    let out = if keepdims {
+        kept
+    } else {
+        shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect()
+    };
+    (out, map)
+}
+
+pub fn reduce_sum(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
+    let (out, map) = reduce_map(&x.shape, axes, keepdims);
+    let n: usize = out.iter().product();
+    fn acc<T: Copy + Default + std::ops::Add<Output = T>>(
+        v: &[T],
+        map: &[usize],
+        n: usize,
+    ) -> Vec<T> {
+        let mut o = vec![T::default(); n];
+        for (x, &m) in v.iter().zip(map) {
+            o[m] = o[m] + *x;
+        }
+        o
+    }
+    let data = match &x.data {
+        Data::F64(v) => Data::F64(acc(v, &map, n)),
+        Data::F32(v) => Data::F32(acc(v, &map, n)),
+        Data::I32(v) => Data::I32(acc(v, &map, n)),
+        Data::Bool(_) => return Err(ExecError::Type("sum of bools".into())),
+    };
+    Ok(Tensor { shape: out, data })
+}
+
+pub fn reduce_max(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
+    let (out, map) = reduce_map(&x.shape, axes, keepdims);
+    let n: usize = out.iter().product();
+    fn mx<T: Copy + PartialOrd>(v: &[T], map: &[usize], n: usize, lowest: T) -> Vec<T> {
+        let mut o = vec![lowest; n];
+        for (x, &m) in v.iter().zip(map) {
+            if *x > o[m] {
+                o[m] = *x;
+            }
+        }
+        o
+    }
+    let data = match &x.data {
+        Data::F64(v) => Data::F64(mx(v, &map, n, f64::NEG_INFINITY)),
+        Data::F32(v) => Data::F32(mx(v, &map, n, f32::NEG_INFINITY)),
+        Data::I32(v) => Data::I32(mx(v, &map, n, i32::MIN)),
+        Data::Bool(_) => return Err(ExecError::Type("max of bools".into())),
+    };
+    Ok(Tensor { shape: out, data })
+}
+
+fn check_index(i: i32, rows: usize) -> R<usize> {
+    if i < 0 || i as usize >= rows {
+        return Err(ExecError::Index(format!("index {i} outside 0..{rows}")));
+    }
+    Ok(i as usize)
+}
+
+pub fn gather(table: &Tensor, idx: &Tensor) -> R<Tensor> {
+    let Data::I32(iv) = &idx.data else {
+        return Err(ExecError::Type("gather index must be i32".into()));
+    };
+    let rows = table.shape[0];
+    let row: usize = table.shape[1..].iter().product();
+    let mut map = Vec::with_capacity(iv.len() * row);
+    for &i in iv {
+        let r = check_index(i, rows)?;
+        map.extend(r * row..(r + 1) * row);
+    }
+    let mut shape = idx.shape.clone();
+    shape.extend_from_slice(&table.shape[1..]);
+    Ok(remap(table, shape, &map))
+}
+
+pub fn scatter_add(idx: &Tensor, upd: &Tensor, rows: usize) -> R<Tensor> {
+    let Data::I32(iv) = &idx.data else {
+        return Err(ExecError::Type("scatter index must be i32".into()));
+    };
+    let row: usize = upd.shape[idx.shape.len()..].iter().product();
+    let mut shape = vec![rows];
+    shape.extend_from_slice(&upd.shape[idx.shape.len()..]);
+    fn sc<T: Copy + Default + std::ops::Add<Output = T>>(
+        iv: &[i32],
+        u: &[T],
+        rows: usize,
+        row: usize,
+    ) -> R<Vec<T>> {
+        let mut o = vec![T::default(); rows * row];
+        for (k, &i) in iv.iter().enumerate() {
+            let r = check_index(i, rows)?;
+            for j in 0..row {
+                o[r * row + j] = o[r * row + j] + u[k * row + j];
+            }
+        }
+        Ok(o)
+    }
+    let data = match &upd.data {
+        Data::F64(u) => Data::F64(sc(iv, u, rows, row)?),
+        Data::F32(u) => Data::F32(sc(iv, u, rows, row)?),
+        Data::I32(u) => Data::I32(sc(iv, u, rows, row)?),
+        Data::Bool(_) => return Err(ExecError::Type("scatter of bools".into())),
+    };
+    Ok(Tensor { shape, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_binary_and_reduce() {
+        let a = Tensor::f64(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
+        let b = Tensor::f64(vec![3], vec![10., 20., 30.]);
+        let c = binary(Binary::Add, &a, &b).unwrap();
+        assert_eq!(c.as_f64().unwrap(), &[11., 22., 33., 14., 25., 36.]);
+        let col = Tensor::f64(vec![2, 1], vec![1., 2.]);
+        let d = binary(Binary::Mul, &a, &col).unwrap();
+        assert_eq!(d.as_f64().unwrap(), &[1., 2., 3., 8., 10., 12.]);
+        let s = reduce_sum(&a, &[0], false).unwrap();
+        assert_eq!(s.shape, vec![3]);
+        assert_eq!(s.as_f64().unwrap(), &[5., 7., 9.]);
+        let s = reduce_sum(&a, &[1], true).unwrap();
+        assert_eq!(s.shape, vec![2, 1]);
+        assert_eq!(s.as_f64().unwrap(), &[6., 15.]);
+    }
+
+    #[test]
+    fn layout_ops() {
+        let a = Tensor::f64(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
+        let t = transpose(&a, &[1, 0]);
+        assert_eq!(t.as_f64().unwrap(), &[1., 4., 2., 5., 3., 6.]);
+        let s = slice(&a, 1, 1, 3).unwrap();
+        assert_eq!(s.as_f64().unwrap(), &[2., 3., 5., 6.]);
+        let p = pad(&s, 1, 1, 0).unwrap();
+        assert_eq!(p.as_f64().unwrap(), &[0., 2., 3., 0., 5., 6.]);
+        let c = concat(&[&a, &s], 1).unwrap();
+        assert_eq!(
+            c.as_f64().unwrap(),
+            &[1., 2., 3., 2., 3., 4., 5., 6., 5., 6.]
+        );
+        let m = matmul(&a, &t).unwrap();
+        assert_eq!(m.as_f64().unwrap(), &[14., 32., 32., 77.]);
+    }
+
+    #[test]
+    fn gather_scatter_check_bounds() {
+        let t = Tensor::f64(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]);
+        let i = Tensor::i32(vec![2], vec![2, 0]);
+        let g = gather(&t, &i).unwrap();
+        assert_eq!(g.as_f64().unwrap(), &[5., 6., 1., 2.]);
+        let s = scatter_add(&i, &g, 3).unwrap();
+        assert_eq!(s.as_f64().unwrap(), &[1., 2., 0., 0., 5., 6.]);
+        assert!(gather(&t, &Tensor::i32(vec![1], vec![3])).is_err());
+        assert!(gather(&t, &Tensor::i32(vec![1], vec![-1])).is_err());
+    }
+}

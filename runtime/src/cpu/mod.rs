@@ -1,0 +1,212 @@
+//! The CPU executor: runs a graph node by node with the reference kernels, freeing each
+//! value after its last use.
+
+mod kernels;
+
+use std::fmt;
+
+use dpc_compiler::graph::{Bindings, Graph, Op, Tensor};
+
+pub use kernels::strides;
+
+/// Why a graph could not run on the given inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecError {
+    Input(String),
+    Shape(String),
+    Type(String),
+    Index(String),
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::Input(m) => write!(f, "bad graph input: {m}"),
+            ExecError::Shape(m) => write!(f, "shape error: {m}"),
+            ExecError::Type(m) => write!(f, "type error: {m}"),
+            ExecError::Index(m) => write!(f, "index error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// A graph prepared for repeated runs: which nodes the outputs need, and when each value
+/// can be dropped.
+pub struct Executor {
+    graph: Graph,
+    needed: Vec<bool>,
+    last_use: Vec<usize>,
+}
+
+impl Executor {
+    pub fn new(graph: Graph) -> Executor {
+        let n = graph.nodes.len();
+        let mut needed = vec![false; n];
+        for (_, v) in &graph.outputs {
+            needed[v.index()] = true;
+        }
+        for i in (0..n).rev() {
+            if needed[i] {
+                for a in &graph.nodes[i].args {
+                    needed[a.index()] = true;
+                }
+            }
+        }
+        let mut last_use = vec![0usize; n];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if needed[i] {
+                for a in &node.args {
+                    last_use[a.index()] = i;
+                }
+            }
+        }
+        for (_, v) in &graph.outputs {
+            last_use[v.index()] = usize::MAX;
+        }
+        Executor {
+            graph,
+            needed,
+            last_use,
+        }
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Run on `inputs` (in the graph's input order) with the symbol sizes `bind`.
+    /// Returns the outputs in the graph's output order.
+    pub fn run(&self, inputs: Vec<Tensor>, bind: Bindings) -> Result<Vec<Tensor>, ExecError> {
+        let g = &self.graph;
+        if inputs.len() != g.inputs.len() {
+            return Err(ExecError::Input(format!(
+                "{} inputs given, the graph takes {}",
+                inputs.len(),
+                g.inputs.len()
+            )));
+        }
+        for (t, spec) in inputs.iter().zip(&g.inputs) {
+            let want = bind.shape(&spec.ty.shape);
+            if t.shape != want || t.dtype() != spec.ty.dtype {
+                return Err(ExecError::Input(format!(
+                    "`{}` is {:?}{:?}, expected {:?}{:?}",
+                    spec.name,
+                    t.dtype(),
+                    t.shape,
+                    spec.ty.dtype,
+                    want
+                )));
+            }
+        }
+        let mut inputs: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
+        let mut vals: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !self.needed[i] {
+                continue;
+            }
+            let out = {
+                let arg = |k: usize| -> &Tensor {
+                    vals[node.args[k].index()]
+                        .as_ref()
+                        .expect("argument computed before use")
+                };
+                eval(
+                    &node.op,
+                    &node
+                        .args
+                        .iter()
+                        .enumerate()
+                        .map(|(k, _)| arg(k))
+                        .collect::<Vec<_>>(),
+                    &mut inputs,
+                    bind,
+                )?
+            };
+            let want = bind.shape(&node.ty.shape);
+            if out.shape != want {
+                return Err(ExecError::Shape(format!(
+                    "%{i} ({}) produced {:?}, typed {want:?}",
+                    node.op.name(),
+                    out.shape
+                )));
+            }
+            vals[i] = Some(out);
+            for a in &node.args {
+                if self.last_use[a.index()] == i {
+                    vals[a.index()] = None;
+                }
+            }
+        }
+        Ok(g.outputs
+            .iter()
+            .map(|(_, v)| vals[v.index()].clone().expect("output computed"))
+            .collect())
+    }
+
+    /// The position of output `name`.
+    pub fn output_index(&self, name: &str) -> Option<usize> {
+        self.graph.outputs.iter().position(|(n, _)| n == name)
+    }
+}
+
+fn eval(
+    op: &Op,
+    a: &[&Tensor],
+    inputs: &mut [Option<Tensor>],
+    bind: Bindings,
+) -> Result<Tensor, ExecError> {
+    use kernels as k;
+    Ok(match op {
+        Op::Input(n) => inputs[*n]
+            .take()
+            .ok_or_else(|| ExecError::Input(format!("input {n} used twice")))?,
+        Op::Const(t) => (**t).clone(),
+        Op::Unary(u) => k::unary(*u, a[0])?,
+        Op::Binary(b) => k::binary(*b, a[0], a[1])?,
+        Op::Compare(c) => k::compare(*c, a[0], a[1])?,
+        Op::Select => k::select(a[0], a[1], a[2])?,
+        Op::Cast(d) => k::cast(a[0], *d),
+        Op::MatMul => k::matmul(a[0], a[1])?,
+        Op::Reshape(s) => {
+            let shape = bind.shape(s);
+            if shape.iter().product::<usize>() != a[0].len() {
+                return Err(ExecError::Shape(format!(
+                    "reshape {:?} to {shape:?}",
+                    a[0].shape
+                )));
+            }
+            Tensor {
+                shape,
+                data: a[0].data.clone(),
+            }
+        }
+        Op::Transpose(p) => k::transpose(a[0], p),
+        Op::Broadcast(s) => k::broadcast(a[0], &bind.shape(s))?,
+        Op::Slice { axis, start, end } => {
+            k::slice(a[0], *axis, start.eval(&bind), end.eval(&bind))?
+        }
+        Op::Pad { axis, before, size } => {
+            let (b, s, len) = (before.eval(&bind), size.eval(&bind), a[0].shape[*axis]);
+            if b + len > s {
+                return Err(ExecError::Shape(format!("pad of {len} at {b} in {s}")));
+            }
+            k::pad(a[0], *axis, b, s - b - len)?
+        }
+        Op::Concat { axis } => k::concat(a, *axis)?,
+        Op::ReduceSum { axes, keepdims } => k::reduce_sum(a[0], axes, *keepdims)?,
+        Op::ReduceMax { axes, keepdims } => k::reduce_max(a[0], axes, *keepdims)?,
+        Op::Gather => k::gather(a[0], a[1])?,
+        Op::ScatterAdd { rows } => k::scatter_add(a[0], a[1], rows.eval(&bind))?,
+        Op::StopGradient => a[0].clone(),
+    })
+}
+
+/// Run a graph once (convenience for tests and one-off evaluations).
+pub fn run_once(
+    graph: &Graph,
+    inputs: Vec<Tensor>,
+    bind: Bindings,
+) -> Result<Vec<Tensor>, ExecError> {
+    Executor::new(graph.clone()).run(inputs, bind)
+}

@@ -1,0 +1,303 @@
+//! Periodic images and neighbour lists with DeePMD-kit's selection semantics
+//! (`deepmd/pt/utils/nlist.py`, `region.py`):
+//!
+//! - periodic coordinates are wrapped into the cell, then images are taken over every
+//!   lattice shift within `ceil(rcut / face distance)` cells (any triclinic cell, including
+//!   cells smaller than rcut);
+//! - each local atom keeps its `sum(sel)` nearest neighbours among all extended atoms
+//!   (itself excluded), drops those beyond rcut, and, unless the model mixes types, splits
+//!   them into per-type blocks of `sel[t]` slots (nearest first, -1 padded).
+//!
+//! Only ghosts that end up in some list are kept, so `nall` stays small; results do not
+//! depend on which unused images exist.
+
+use std::fmt;
+
+/// A simulation cell: rows are the lattice vectors a, b, c.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cell {
+    pub h: [[f64; 3]; 3],
+    inv: [[f64; 3]; 3],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NlistError(pub String);
+
+impl fmt::Display for NlistError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NlistError {}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn norm(a: [f64; 3]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+impl Cell {
+    /// From the 9 numbers of a DeePMD-kit box (row-major, rows = cell vectors).
+    pub fn new(b: &[f64]) -> Result<Cell, NlistError> {
+        if b.len() != 9 {
+            return Err(NlistError(format!("a box has 9 numbers, got {}", b.len())));
+        }
+        if b.iter().any(|x| !x.is_finite()) {
+            return Err(NlistError("the box contains NaN or infinite values".into()));
+        }
+        let h = [[b[0], b[1], b[2]], [b[3], b[4], b[5]], [b[6], b[7], b[8]]];
+        let det = dot(h[0], cross(h[1], h[2]));
+        let scale = norm(h[0]) * norm(h[1]) * norm(h[2]);
+        if !(scale > 0.0) || det.abs() <= 1e-10 * scale {
+            return Err(NlistError(format!(
+                "the box is singular (volume {det:e}): its cell vectors are not independent"
+            )));
+        }
+        // inv = adj(h) / det, with h row-major: inverse columns are cross products of rows.
+        let c0 = cross(h[1], h[2]);
+        let c1 = cross(h[2], h[0]);
+        let c2 = cross(h[0], h[1]);
+        let inv = [
+            [c0[0] / det, c1[0] / det, c2[0] / det],
+            [c0[1] / det, c1[1] / det, c2[1] / det],
+            [c0[2] / det, c1[2] / det, c2[2] / det],
+        ];
+        Ok(Cell { h, inv })
+    }
+
+    /// Distances between opposite faces (DeePMD-kit's `to_face_distance`).
+    pub fn face_distances(&self) -> [f64; 3] {
+        let vol = dot(self.h[0], cross(self.h[1], self.h[2])).abs();
+        [
+            vol / norm(cross(self.h[1], self.h[2])),
+            vol / norm(cross(self.h[2], self.h[0])),
+            vol / norm(cross(self.h[0], self.h[1])),
+        ]
+    }
+
+    /// Fractional coordinates `x h^-1`.
+    pub fn to_frac(&self, x: [f64; 3]) -> [f64; 3] {
+        let mut s = [0.0; 3];
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = x[0] * self.inv[0][j] + x[1] * self.inv[1][j] + x[2] * self.inv[2][j];
+        }
+        s
+    }
+
+    pub fn to_cart(&self, s: [f64; 3]) -> [f64; 3] {
+        let mut x = [0.0; 3];
+        for (j, xj) in x.iter_mut().enumerate() {
+            *xj = s[0] * self.h[0][j] + s[1] * self.h[1][j] + s[2] * self.h[2][j];
+        }
+        x
+    }
+
+    /// Wrap a position into the cell (`normalize_coord`).
+    pub fn wrap(&self, x: [f64; 3]) -> [f64; 3] {
+        let s = self.to_frac(x).map(|v| v - v.floor());
+        self.to_cart(s)
+    }
+}
+
+/// A local system extended with its ghost images, and the formatted neighbour list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Extended {
+    pub nloc: usize,
+    pub nall: usize,
+    /// `[nall * 3]`, local atoms first.
+    pub coord: Vec<f64>,
+    /// `[nall]`.
+    pub atype: Vec<i32>,
+    /// Extended atom -> the local atom it images.
+    pub mapping: Vec<usize>,
+    /// `[nloc * nnei]`, indices into the extended atoms, -1 padded.
+    pub nlist: Vec<i32>,
+    pub nnei: usize,
+}
+
+/// Coincident atoms (closer than this, in Å) are an error: the model is singular there.
+pub const OVERLAP_DISTANCE: f64 = 1e-8;
+
+/// Build the extended system and neighbour list. `atype` holds valid types only.
+pub fn build(
+    coord: &[f64],
+    atype: &[i32],
+    cell: Option<&Cell>,
+    rcut: f64,
+    sel: &[usize],
+    mixed_types: bool,
+) -> Result<Extended, NlistError> {
+    let nloc = atype.len();
+    let pos = |i: usize| [coord[3 * i], coord[3 * i + 1], coord[3 * i + 2]];
+    let local: Vec<[f64; 3]> = match cell {
+        Some(c) => (0..nloc).map(|i| c.wrap(pos(i))).collect(),
+        None => (0..nloc).map(pos).collect(),
+    };
+    let shifts = match cell {
+        Some(c) => image_shifts(c, rcut)?,
+        None => vec![[0.0; 3]],
+    };
+    let nsel: usize = sel.iter().sum();
+    let rc2 = rcut * rcut;
+    // Candidate neighbours of atom i: (distance^2, shift index, atom j).
+    let mut per_atom: Vec<Vec<(f64, usize, usize)>> = Vec::with_capacity(nloc);
+    for i in 0..nloc {
+        let xi = local[i];
+        let mut cands = Vec::new();
+        for (s, sh) in shifts.iter().enumerate() {
+            for (j, xj) in local.iter().enumerate() {
+                if s == 0 && j == i {
+                    continue;
+                }
+                let d = [
+                    xj[0] + sh[0] - xi[0],
+                    xj[1] + sh[1] - xi[1],
+                    xj[2] + sh[2] - xi[2],
+                ];
+                let r2 = dot(d, d);
+                if r2 <= rc2 {
+                    if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
+                        return Err(NlistError(format!(
+                            "atoms {i} and {j} overlap (distance {:.3e} Å{}): the potential is singular there",
+                            r2.sqrt(),
+                            if s == 0 { "" } else { ", through the periodic boundary" }
+                        )));
+                    }
+                    cands.push((r2, s, j));
+                }
+            }
+        }
+        cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        cands.truncate(nsel);
+        per_atom.push(cands);
+    }
+    // Number the ghosts that are used, in (shift, atom) order.
+    let mut ghost_ids: Vec<(usize, usize)> = per_atom
+        .iter()
+        .flatten()
+        .filter(|c| c.1 != 0)
+        .map(|c| (c.1, c.2))
+        .collect();
+    ghost_ids.sort_unstable();
+    ghost_ids.dedup();
+    let nall = nloc + ghost_ids.len();
+    let index_of = |s: usize, j: usize| -> i32 {
+        if s == 0 {
+            j as i32
+        } else {
+            (nloc + ghost_ids.binary_search(&(s, j)).expect("ghost numbered")) as i32
+        }
+    };
+    let mut ext_coord = Vec::with_capacity(nall * 3);
+    let mut ext_type = Vec::with_capacity(nall);
+    let mut mapping = Vec::with_capacity(nall);
+    for (j, x) in local.iter().enumerate() {
+        ext_coord.extend_from_slice(x);
+        ext_type.push(atype[j]);
+        mapping.push(j);
+    }
+    for &(s, j) in &ghost_ids {
+        let x = local[j];
+        let sh = shifts[s];
+        ext_coord.extend_from_slice(&[x[0] + sh[0], x[1] + sh[1], x[2] + sh[2]]);
+        ext_type.push(atype[j]);
+        mapping.push(j);
+    }
+    let mut nlist = vec![-1i32; nloc * nsel];
+    for (i, cands) in per_atom.iter().enumerate() {
+        let row = &mut nlist[i * nsel..(i + 1) * nsel];
+        if mixed_types {
+            for (slot, c) in cands.iter().enumerate() {
+                row[slot] = index_of(c.1, c.2);
+            }
+        } else {
+            let mut start = 0;
+            for (t, &st) in sel.iter().enumerate() {
+                let of_type = cands.iter().filter(|c| atype[c.2] == t as i32).take(st);
+                for (k, c) in of_type.enumerate() {
+                    row[start + k] = index_of(c.1, c.2);
+                }
+                start += st;
+            }
+        }
+    }
+    Ok(Extended {
+        nloc,
+        nall,
+        coord: ext_coord,
+        atype: ext_type,
+        mapping,
+        nlist,
+        nnei: nsel,
+    })
+}
+
+/// Lattice shift vectors covering rcut, the zero shift first, then by length.
+fn image_shifts(c: &Cell, rcut: f64) -> Result<Vec<[f64; 3]>, NlistError> {
+    let faces = c.face_distances();
+    let nb: Vec<i64> = faces.iter().map(|d| (rcut / d).ceil() as i64).collect();
+    let count: i64 = nb.iter().map(|n| 2 * n + 1).product();
+    if count > 2_000_000 {
+        return Err(NlistError(format!(
+            "the cell is far thinner than the cutoff ({count} periodic images needed; face distances {faces:?} Å, rcut {rcut} Å)"
+        )));
+    }
+    let mut shifts = Vec::with_capacity(count as usize);
+    for i in -nb[0]..=nb[0] {
+        for j in -nb[1]..=nb[1] {
+            for k in -nb[2]..=nb[2] {
+                let s = c.to_cart([i as f64, j as f64, k as f64]);
+                shifts.push((i * i + j * j + k * k, s));
+            }
+        }
+    }
+    shifts.sort_by(|a, b| norm(a.1).total_cmp(&norm(b.1)).then(a.0.cmp(&b.0)));
+    // The zero shift has length 0 and sorts first.
+    Ok(shifts.into_iter().map(|(_, s)| s).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_box_sees_its_own_images() {
+        // One atom in a 2 Å cube with rcut 2.5: images at 2 Å (6) and 2.83 Å (none; > 2.5).
+        let cell = Cell::new(&[2.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0]).unwrap();
+        let e = build(&[0.5, 0.5, 0.5], &[0], Some(&cell), 2.5, &[10], false).unwrap();
+        let row = &e.nlist[..10];
+        assert_eq!(row.iter().filter(|&&x| x >= 0).count(), 6);
+        assert!(row
+            .iter()
+            .filter(|&&x| x >= 0)
+            .all(|&x| e.mapping[x as usize] == 0));
+        assert_eq!(e.nall, 7);
+    }
+
+    #[test]
+    fn types_split_into_blocks_nearest_first() {
+        let coord = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 1.5];
+        let e = build(&coord, &[0, 1, 0, 1], None, 3.0, &[2, 2], false).unwrap();
+        assert_eq!(&e.nlist[..4], &[2, -1, 1, 3]);
+        let m = build(&coord, &[0, 1, 0, 1], None, 3.0, &[4], true).unwrap();
+        assert_eq!(&m.nlist[..4], &[1, 3, 2, -1]);
+    }
+
+    #[test]
+    fn singular_boxes_and_overlaps_are_errors() {
+        assert!(Cell::new(&[1.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0]).is_err());
+        assert!(Cell::new(&[1.0, 0.0, 0.0, 0.0, f64::NAN, 0.0, 0.0, 0.0, 1.0]).is_err());
+        assert!(build(&[0.0; 6], &[0, 0], None, 3.0, &[4], false).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! `DeepPot` against DeePMD-kit 3.2.0's own numbers (`../shared/fixtures/reference`): energy,
+//! force, virial, atom energy and atom virial within 1e-10 absolute + 1e-12 relative.
+
+mod common;
+
+use dpc_runtime::{DeepPot, Frame};
+
+const ATOL: f64 = 1e-10;
+const RTOL: f64 = 1e-12;
+
+fn check_model(name: &str, file: &str) {
+    let pot = DeepPot::load(&common::fixtures().join("models").join(name).join(file)).unwrap();
+    for c in common::reference(name) {
+        let frame = Frame {
+            coord: &c.coord,
+            atype: &c.atype,
+            cell: c.cell.as_deref(),
+            fparam: None,
+            aparam: None,
+        };
+        let out = pot.compute(&frame, true).unwrap();
+        let checks = [
+            (
+                "energy",
+                common::worst(&[out.energy], &[c.energy], ATOL, RTOL),
+            ),
+            ("force", common::worst(&out.force, &c.force, ATOL, RTOL)),
+            ("virial", common::worst(&out.virial, &c.virial, ATOL, RTOL)),
+            (
+                "atom_energy",
+                common::worst(&out.atom_energy, &c.atom_energy, ATOL, RTOL),
+            ),
+            (
+                "atom_virial",
+                common::worst(
+                    out.atom_virial.as_ref().unwrap(),
+                    &c.atom_virial,
+                    ATOL,
+                    RTOL,
+                ),
+            ),
+        ];
+        for (what, (ratio, absmax)) in checks {
+            eprintln!("{name}/{file} {} {what}: max |diff| {absmax:.2e}", c.name);
+            assert!(
+                ratio <= 1.0,
+                "{name}/{file} {} {what}: max |diff| {absmax:e} exceeds 1e-10 + 1e-12 rel",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn se_e2_a_dp() {
+    check_model("se_e2_a", "model.dp");
+}
+
+#[test]
+fn se_e2_a_yaml() {
+    check_model("se_e2_a", "model.yaml");
+}
+
+#[test]
+fn se_e2_a_tos_dp() {
+    check_model("se_e2_a_tos", "model.dp");
+}
+
+#[test]
+fn se_e2_a_tos_yaml() {
+    check_model("se_e2_a_tos", "model.yaml");
+}
+
+#[test]
+fn se_e2_r_dp() {
+    check_model("se_e2_r", "model.dp");
+}
+
+#[test]
+fn se_e2_r_yaml() {
+    check_model("se_e2_r", "model.yaml");
+}
+
+#[test]
+fn se_e3_dp() {
+    check_model("se_e3", "model.dp");
+}
+
+#[test]
+fn se_e3_yaml() {
+    check_model("se_e3", "model.yaml");
+}
+
+#[test]
+fn se_atten_dp() {
+    check_model("se_atten", "model.dp");
+}
+
+#[test]
+fn se_atten_yaml() {
+    check_model("se_atten", "model.yaml");
+}
