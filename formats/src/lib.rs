@@ -5,6 +5,7 @@ pub mod detect;
 pub mod dp;
 mod error;
 pub mod json;
+pub mod npy;
 pub mod tree;
 pub mod yaml;
 

@@ -1,0 +1,91 @@
+//! `dpc info MODEL`
+
+use anyhow::Result;
+use dpc_compiler::model::{Descriptor, Model};
+use dpc_formats::Value;
+
+use crate::source::read_tree;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file or built-in model.
+    model: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (tree, format) = read_tree(&a.model)?;
+    println!("model        {}", a.model);
+    println!("format       {format}");
+    for key in ["software", "version", "backend", "time"] {
+        if let Some(v) = tree.get(key).and_then(Value::as_str) {
+            println!("{key:<12} {v}");
+        }
+    }
+    let model = Model::from_tree(&tree)?;
+    let d = &model.descriptor;
+    println!("type_map     {}", model.type_map.join(" "));
+    println!("descriptor   {}", d.name());
+    println!(
+        "rcut         {} Å (smooth from {} Å)",
+        d.rcut(),
+        d.env().rcut_smth
+    );
+    let sel = model.sel();
+    if d.mixed_types() {
+        println!("sel          {} (all types together)", sel[0]);
+    } else {
+        println!("sel          {:?} (nnei {})", sel, model.nnei());
+    }
+    match d {
+        Descriptor::SeA(s) => println!(
+            "embedding    type_one_side {}, axis_neuron {}",
+            s.type_one_side, s.axis_neuron
+        ),
+        Descriptor::Dpa1(s) => println!(
+            "attention    {} layers, tebd {:?}, smooth {}",
+            s.attention.len(),
+            s.tebd_input,
+            s.smooth_type_embedding
+        ),
+        _ => {}
+    }
+    println!("dim_descrpt  {}", d.dim_out());
+    println!(
+        "precision    descriptor {}, fitting {}",
+        d.dtype(),
+        model.fitting.dtype
+    );
+    println!(
+        "dim_fparam   {}{}",
+        model.dim_fparam(),
+        if model.fitting.default_fparam.is_some() {
+            " (has default)"
+        } else {
+            ""
+        }
+    );
+    println!("dim_aparam   {}", model.dim_aparam());
+    if let Some(m) = model.min_nbor_dist {
+        println!("min_nbor     {m} Å");
+    }
+    if !model.pair_exclude_types.is_empty() || !model.atom_exclude_types.is_empty() {
+        println!(
+            "exclusions   pairs {:?}, atoms {:?}",
+            model.pair_exclude_types, model.atom_exclude_types
+        );
+    }
+    let params = tree.get("model").unwrap_or(&tree).count_array_elements();
+    println!("parameters   {params}");
+    let mut blobs = Vec::new();
+    if let Some(vars) = tree.get("@variables").and_then(Value::as_dict) {
+        for (k, v) in vars {
+            if let Value::Bytes(b) = v {
+                blobs.push(format!("{k} ({} bytes)", b.len()));
+            }
+        }
+    }
+    if !blobs.is_empty() {
+        println!("exports      {}", blobs.join(", "));
+    }
+    Ok(())
+}

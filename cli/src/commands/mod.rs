@@ -1,0 +1,4 @@
+pub mod compile;
+pub mod eval;
+pub mod info;
+pub mod test;
