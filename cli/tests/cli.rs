@@ -1,0 +1,127 @@
+//! The `dpc` binary end to end, as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn dpc(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dpc")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dpc-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn numbers(v: &dpc_formats::Value, key: &str) -> Vec<f64> {
+    v.get(key).unwrap().as_list().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn eval_builtin_water_matches_deepmd_kit() {
+    let (ok, out, err) = dpc(&["eval", "builtin:water"]);
+    assert!(ok, "{err}");
+    let v = dpc_formats::json::parse(&out).unwrap();
+    // deeppot-testcase.yaml block 1: sum of atomic energies.
+    let e = v.get("energy").unwrap().as_f64().unwrap();
+    assert!((e - -929.7371700503966).abs() < 1e-10, "{e}");
+    let f = numbers(&v, "force");
+    assert!((f[0] - 6.277522211496972503e-03).abs() < 1e-10);
+    assert_eq!(numbers(&v, "atom_virial").len(), 54);
+}
+
+#[test]
+fn eval_reads_a_list_of_frames_and_writes_a_file() {
+    let dir = scratch("eval");
+    let conf = dir.join("conf.json");
+    std::fs::write(
+        &conf,
+        r#"[{"coord": [[0,0,0],[0.96,0,0],[-0.24,0.93,0]], "atype": [0,1,1], "box": null},
+            {"coord": [0,0,0, 0.96,0,0, -0.24,0.93,0], "atom_types": [0,1,1],
+             "cell": [[5,0,0],[0,5,0],[0,0,5]]}]"#,
+    )
+    .unwrap();
+    let out = dir.join("out.json");
+    let model = fixtures().join("upstream/deeppot_sea.yaml");
+    let (ok, _, err) = dpc(&["eval", model.to_str().unwrap(), "--input", conf.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v = dpc_formats::json::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let frames = v.as_list().unwrap();
+    assert_eq!(frames.len(), 2);
+    // In a 5 Å box (rcut 6) the molecule sees its periodic images: energies differ.
+    let e0 = frames[0].get("energy").unwrap().as_f64().unwrap();
+    let e1 = frames[1].get("energy").unwrap().as_f64().unwrap();
+    assert!(e0.is_finite() && e1.is_finite() && e0 != e1);
+}
+
+#[test]
+fn bad_inputs_exit_nonzero_with_a_message() {
+    let dir = scratch("bad");
+    let model = fixtures().join("models/se_e2_a/model.dp");
+    let m = model.to_str().unwrap();
+    let cases: [(&str, &str); 6] = [
+        (r#"{"coord": [0,0,0, NaN,0,0], "atype": [0,0], "box": null}"#, "NaN"),
+        (r#"{"coord": [0,0,0, 2,0,0], "atype": [0,7], "box": null}"#, "type 7"),
+        (r#"{"coord": [], "atype": [], "box": null}"#, "empty"),
+        (r#"{"coord": [0,0,0, 2,0,0], "atype": [0,1], "box": [1,0,0, 1,0,0, 0,0,1]}"#, "singular"),
+        (r#"{"coord": [0,0,0, 2,0], "atype": [0,1]}"#, "coordinates"),
+        (r#"{"coord": [0,0,0"#, "JSON"),
+    ];
+    for (i, (json, word)) in cases.iter().enumerate() {
+        let conf = dir.join(format!("c{i}.json"));
+        std::fs::write(&conf, json).unwrap();
+        let (ok, _, err) = dpc(&["eval", m, "--input", conf.to_str().unwrap()]);
+        assert!(!ok, "case {i} succeeded");
+        assert!(err.contains(word), "case {i}: {err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+    }
+    // Broken model files.
+    let truncated = dir.join("cut.dp");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let not_hdf5 = dir.join("text.dp");
+    std::fs::write(&not_hdf5, "hello").unwrap();
+    let unknown = dir.join("model.onnx");
+    std::fs::write(&unknown, "x").unwrap();
+    for (p, word) in [(&truncated, "HDF5"), (&not_hdf5, "not an HDF5 file"), (&unknown, "unknown model extension")] {
+        let (ok, _, err) = dpc(&["info", p.to_str().unwrap()]);
+        assert!(!ok);
+        assert!(err.contains(word), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (ok, _, err) = dpc(&["info", "/nonexistent/model.dp"]);
+    assert!(!ok && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn info_and_emit_ir() {
+    let (ok, out, err) = dpc(&["info", fixtures().join("models/se_atten/model.yaml").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("se_atten") && out.contains("Cu Au") && out.contains("sel          72"), "{out}");
+    let (ok, out, err) = dpc(&["compile", "builtin:water", "--emit-ir"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("graph(coord: f64[nall,3], atype: i32[nall], nlist: i32[nloc,138])"), "{}", &out[..200]);
+    assert!(out.contains("return atom_energy = %"));
+    assert!(out.contains("scatter_add"), "forces come from autodiff of gather");
+    let (ok, _, err) = dpc(&["compile", "builtin:water"]);
+    assert!(!ok && err.contains("--emit-ir"), "{err}");
+}
+
+#[test]
+fn test_command_reports_like_dp_test() {
+    let model = fixtures().join("models/se_e2_a/model.dp");
+    let sys = fixtures().join("data/valid");
+    let (ok, out, err) = dpc(&["test", "-m", model.to_str().unwrap(), "-s", sys.to_str().unwrap(), "-n", "4"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("# number of test data : 4"), "{out}");
+    // `dp --pt test` on model.pth and all 16 frames prints Energy MAE 2.195852e+00 eV.
+    let (ok, out, _) = dpc(&["test", "-m", model.to_str().unwrap(), "-s", sys.to_str().unwrap()]);
+    assert!(ok);
+    assert!(out.contains("Energy MAE         : 2.195852e+00 eV"), "{out}");
+    assert!(out.contains("Force  RMSE        : 5.704154e-01 eV/Å"), "{out}");
+}
