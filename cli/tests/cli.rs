@@ -4,8 +4,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn dpc(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dpc")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_dpc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn fixtures() -> PathBuf {
@@ -19,7 +26,13 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn numbers(v: &dpc_formats::Value, key: &str) -> Vec<f64> {
-    v.get(key).unwrap().as_list().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.get(key)
+        .unwrap()
+        .as_list()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -48,7 +61,14 @@ fn eval_reads_a_list_of_frames_and_writes_a_file() {
     .unwrap();
     let out = dir.join("out.json");
     let model = fixtures().join("upstream/deeppot_sea.yaml");
-    let (ok, _, err) = dpc(&["eval", model.to_str().unwrap(), "--input", conf.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let (ok, _, err) = dpc(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--input",
+        conf.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let v = dpc_formats::json::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let frames = v.as_list().unwrap();
@@ -65,10 +85,19 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     let model = fixtures().join("models/se_e2_a/model.dp");
     let m = model.to_str().unwrap();
     let cases: [(&str, &str); 6] = [
-        (r#"{"coord": [0,0,0, NaN,0,0], "atype": [0,0], "box": null}"#, "NaN"),
-        (r#"{"coord": [0,0,0, 2,0,0], "atype": [0,7], "box": null}"#, "type 7"),
+        (
+            r#"{"coord": [0,0,0, NaN,0,0], "atype": [0,0], "box": null}"#,
+            "NaN",
+        ),
+        (
+            r#"{"coord": [0,0,0, 2,0,0], "atype": [0,7], "box": null}"#,
+            "type 7",
+        ),
         (r#"{"coord": [], "atype": [], "box": null}"#, "empty"),
-        (r#"{"coord": [0,0,0, 2,0,0], "atype": [0,1], "box": [1,0,0, 1,0,0, 0,0,1]}"#, "singular"),
+        (
+            r#"{"coord": [0,0,0, 2,0,0], "atype": [0,1], "box": [1,0,0, 1,0,0, 0,0,1]}"#,
+            "singular",
+        ),
         (r#"{"coord": [0,0,0, 2,0], "atype": [0,1]}"#, "coordinates"),
         (r#"{"coord": [0,0,0"#, "JSON"),
     ];
@@ -88,7 +117,11 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     std::fs::write(&not_hdf5, "hello").unwrap();
     let unknown = dir.join("model.onnx");
     std::fs::write(&unknown, "x").unwrap();
-    for (p, word) in [(&truncated, "HDF5"), (&not_hdf5, "not an HDF5 file"), (&unknown, "unknown model extension")] {
+    for (p, word) in [
+        (&truncated, "HDF5"),
+        (&not_hdf5, "not an HDF5 file"),
+        (&unknown, "unknown model extension"),
+    ] {
         let (ok, _, err) = dpc(&["info", p.to_str().unwrap()]);
         assert!(!ok);
         assert!(err.contains(word), "{err}");
@@ -100,14 +133,30 @@ fn bad_inputs_exit_nonzero_with_a_message() {
 
 #[test]
 fn info_and_emit_ir() {
-    let (ok, out, err) = dpc(&["info", fixtures().join("models/se_atten/model.yaml").to_str().unwrap()]);
+    let (ok, out, err) = dpc(&[
+        "info",
+        fixtures()
+            .join("models/se_atten/model.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
     assert!(ok, "{err}");
-    assert!(out.contains("se_atten") && out.contains("Cu Au") && out.contains("sel          72"), "{out}");
+    assert!(
+        out.contains("se_atten") && out.contains("Cu Au") && out.contains("sel          72"),
+        "{out}"
+    );
     let (ok, out, err) = dpc(&["compile", "builtin:water", "--emit-ir"]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("graph(coord: f64[nall,3], atype: i32[nall], nlist: i32[nloc,138])"), "{}", &out[..200]);
+    assert!(
+        out.starts_with("graph(coord: f64[nall,3], atype: i32[nall], nlist: i32[nloc,138])"),
+        "{}",
+        &out[..200]
+    );
     assert!(out.contains("return atom_energy = %"));
-    assert!(out.contains("scatter_add"), "forces come from autodiff of gather");
+    assert!(
+        out.contains("scatter_add"),
+        "forces come from autodiff of gather"
+    );
     let (ok, _, err) = dpc(&["compile", "builtin:water"]);
     assert!(!ok && err.contains("--emit-ir"), "{err}");
 }
@@ -116,12 +165,32 @@ fn info_and_emit_ir() {
 fn test_command_reports_like_dp_test() {
     let model = fixtures().join("models/se_e2_a/model.dp");
     let sys = fixtures().join("data/valid");
-    let (ok, out, err) = dpc(&["test", "-m", model.to_str().unwrap(), "-s", sys.to_str().unwrap(), "-n", "4"]);
+    let (ok, out, err) = dpc(&[
+        "test",
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        sys.to_str().unwrap(),
+        "-n",
+        "4",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("# number of test data : 4"), "{out}");
     // `dp --pt test` on model.pth and all 16 frames prints Energy MAE 2.195852e+00 eV.
-    let (ok, out, _) = dpc(&["test", "-m", model.to_str().unwrap(), "-s", sys.to_str().unwrap()]);
+    let (ok, out, _) = dpc(&[
+        "test",
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        sys.to_str().unwrap(),
+    ]);
     assert!(ok);
-    assert!(out.contains("Energy MAE         : 2.195852e+00 eV"), "{out}");
-    assert!(out.contains("Force  RMSE        : 5.704154e-01 eV/Å"), "{out}");
+    assert!(
+        out.contains("Energy MAE         : 2.195852e+00 eV"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Force  RMSE        : 5.704154e-01 eV/Å"),
+        "{out}"
+    );
 }

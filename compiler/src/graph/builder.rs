@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::op::{reduced_shape, Binary, Cmp, Op, Unary};
+use super::op::{Binary, Cmp, Op, Unary};
 use super::tensor::Tensor;
 use super::types::{DType, Dim, Shape};
 use super::{Graph, GraphError, ValueId};
@@ -246,8 +246,7 @@ impl Graph {
             }
         }
         let s = self.sum(x, &axes, true)?;
-        let kept = reduced_shape(&xs, &(0..lead).collect::<Vec<_>>(), false);
-        let s = if lead > 0 { self.reshape(s, kept)? } else { s };
+        // The summed leading axes have size 1 now; the remaining shape is `shape`.
         self.reshape(s, shape.to_vec())
     }
 
