@@ -44,7 +44,7 @@ fn eval_builtin_water_matches_deepmd_kit() {
     let e = v.get("energy").unwrap().as_f64().unwrap();
     assert!((e - -929.7371700503966).abs() < 1e-10, "{e}");
     let f = numbers(&v, "force");
-    assert!((f[0] - 6.277522211496972503e-03).abs() < 1e-10);
+    assert!((f[0] - 6.277_522_211_496_972_5e-3).abs() < 1e-10);
     assert_eq!(numbers(&v, "atom_virial").len(), 54);
 }
 

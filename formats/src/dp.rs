@@ -31,7 +31,7 @@ pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
         }
         other => Ok(other),
     })?;
-    if !tree.as_dict().is_some() {
+    if tree.as_dict().is_none() {
         return Err(FormatError::invalid(
             "the root attribute `json` is not a JSON object",
         ));

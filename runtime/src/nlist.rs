@@ -59,7 +59,7 @@ impl Cell {
         let h = [[b[0], b[1], b[2]], [b[3], b[4], b[5]], [b[6], b[7], b[8]]];
         let det = dot(h[0], cross(h[1], h[2]));
         let scale = norm(h[0]) * norm(h[1]) * norm(h[2]);
-        if !(scale > 0.0) || det.abs() <= 1e-10 * scale {
+        if scale <= 0.0 || det.abs() <= 1e-10 * scale {
             return Err(NlistError(format!(
                 "the box is singular (volume {det:e}): its cell vectors are not independent"
             )));

@@ -11,7 +11,10 @@ use dpc_formats::{read_model, write_model};
 /// A Python interpreter that can `import` the given modules, or why there is none.
 fn python_with(candidates: &[PathBuf], modules: &str) -> Result<PathBuf, String> {
     for py in candidates {
-        let ok = Command::new(py).args(["-c", &format!("import {modules}")]).output().map(|o| o.status.success());
+        let ok = Command::new(py)
+            .args(["-c", &format!("import {modules}")])
+            .output()
+            .map(|o| o.status.success());
         if matches!(ok, Ok(true)) {
             return Ok(py.clone());
         }
@@ -25,7 +28,14 @@ fn interop_dir() -> PathBuf {
 
 fn run(py: &Path, args: &[&Path]) -> (bool, String) {
     let out = Command::new(py).args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn candidates(var: &str) -> Vec<PathBuf> {
@@ -51,12 +61,21 @@ fn h5py_reads_what_dpc_writes() {
     };
     let dir = common::scratch("h5py");
     for name in common::MODELS {
-        let src = common::fixtures().join("models").join(name).join("model.dp");
+        let src = common::fixtures()
+            .join("models")
+            .join(name)
+            .join("model.dp");
         let tree = read_model(&src).unwrap();
-        let (dp, yaml) = (dir.join(format!("{name}.dp")), dir.join(format!("{name}.yaml")));
+        let (dp, yaml) = (
+            dir.join(format!("{name}.dp")),
+            dir.join(format!("{name}.yaml")),
+        );
         write_model(&dp, &tree).unwrap();
         write_model(&yaml, &tree).unwrap();
-        let (ok, out) = run(&py, &[&interop_dir().join("h5py_check.py"), &src, &dp, &yaml]);
+        let (ok, out) = run(
+            &py,
+            &[&interop_dir().join("h5py_check.py"), &src, &dp, &yaml],
+        );
         assert!(ok, "{name}: {out}");
     }
 }
@@ -64,7 +83,8 @@ fn h5py_reads_what_dpc_writes() {
 #[test]
 fn deepmd_kit_loads_what_dpc_writes() {
     let mut cands = candidates("DPC_DEEPMD_PYTHON");
-    cands.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
+    cands
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
     let py = match python_with(&cands, "deepmd.infer") {
         Ok(p) => p,
         Err(why) => {
@@ -74,21 +94,51 @@ fn deepmd_kit_loads_what_dpc_writes() {
     };
     let dir = common::scratch("deepmd");
     for name in ["se_e2_a", "se_atten"] {
-        let tree = read_model(&common::fixtures().join("models").join(name).join("model.yaml")).unwrap();
-        let (dp, yaml) = (dir.join(format!("{name}.dp")), dir.join(format!("{name}.yaml")));
+        let tree = read_model(
+            &common::fixtures()
+                .join("models")
+                .join(name)
+                .join("model.yaml"),
+        )
+        .unwrap();
+        let (dp, yaml) = (
+            dir.join(format!("{name}.dp")),
+            dir.join(format!("{name}.yaml")),
+        );
         write_model(&dp, &tree).unwrap();
         write_model(&yaml, &tree).unwrap();
-        let reference = common::fixtures().join("reference").join(format!("{name}.json"));
+        let reference = common::fixtures()
+            .join("reference")
+            .join(format!("{name}.json"));
         // `dp` must be on PATH next to that python.
         let bin = py.parent().unwrap().to_path_buf();
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let out = Command::new(&py)
             .env("PATH", path)
-            .args([&interop_dir().join("deepmd_check.py"), &dp, &yaml, &reference, &dir])
+            .args([
+                &interop_dir().join("deepmd_check.py"),
+                &dp,
+                &yaml,
+                &reference,
+                &dir,
+            ])
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.status.success(), "{name}: {text}");
-        eprintln!("{name}: DeePMD-kit on dpc-written files: {}", text.lines().find(|l| l.starts_with("max |diff|")).unwrap_or(""));
+        eprintln!(
+            "{name}: DeePMD-kit on dpc-written files: {}",
+            text.lines()
+                .find(|l| l.starts_with("max |diff|"))
+                .unwrap_or("")
+        );
     }
 }

@@ -231,7 +231,7 @@ fn rule(
         Op::Pad { axis, before, .. } => {
             let len = shape_of(g, args[0])[*axis];
             let end = before
-                .add(len)
+                .checked_add(len)
                 .ok_or_else(|| GraphError("pad size".into()))?;
             one(g.slice(gy, *axis, *before, end)?)
         }
@@ -241,7 +241,7 @@ fn rule(
             for (a, want) in args.iter().zip(wanted) {
                 let len = shape_of(g, *a)[*axis];
                 let end = start
-                    .add(len)
+                    .checked_add(len)
                     .ok_or_else(|| GraphError("concat size".into()))?;
                 out.push(if *want {
                     Some(g.slice(gy, *axis, start, end)?)

@@ -291,7 +291,7 @@ impl Op {
             Op::Slice { axis, start, end } => {
                 let x = a.unwrap();
                 let len = x.shape.get(*axis).ok_or("slice axis out of range")?;
-                let n = end.sub(*start).ok_or("slice end before start")?;
+                let n = end.checked_sub(*start).ok_or("slice end before start")?;
                 if !end.le(*len) {
                     return Err(format!("slice end {end} beyond dim {len}"));
                 }
@@ -302,9 +302,9 @@ impl Op {
             Op::Pad { axis, before, size } => {
                 let x = a.unwrap();
                 let len = *x.shape.get(*axis).ok_or("pad axis out of range")?;
-                if !len.add(*before).is_some_and(|e| e.le(*size))
-                    && !(before.factor == 0 && len.le(*size))
-                {
+                let fits = len.checked_add(*before).is_some_and(|e| e.le(*size))
+                    || (before.factor == 0 && len.le(*size));
+                if !fits {
                     return Err(format!("pad of {len} at {before} does not fit in {size}"));
                 }
                 let mut s = x.shape.clone();
@@ -324,7 +324,7 @@ impl Op {
                         }
                     }
                     total = total
-                        .add(x.shape[*axis])
+                        .checked_add(x.shape[*axis])
                         .ok_or("concat size not expressible")?;
                 }
                 let mut s = first.shape.clone();

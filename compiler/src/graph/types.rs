@@ -95,7 +95,7 @@ impl Dim {
     }
 
     /// The product, if it stays a multiple of at most one symbol.
-    pub fn mul(self, other: Dim) -> Option<Dim> {
+    pub fn checked_mul(self, other: Dim) -> Option<Dim> {
         let sym = match (self.sym, other.sym) {
             (Some(_), Some(_)) => return None,
             (a, b) => a.or(b),
@@ -113,7 +113,7 @@ impl Dim {
     }
 
     /// The sum, if both are multiples of the same symbol (or both constant).
-    pub fn add(self, other: Dim) -> Option<Dim> {
+    pub fn checked_add(self, other: Dim) -> Option<Dim> {
         if self.factor == 0 {
             return Some(other);
         }
@@ -127,7 +127,7 @@ impl Dim {
     }
 
     /// The difference, if non-negative and expressible.
-    pub fn sub(self, other: Dim) -> Option<Dim> {
+    pub fn checked_sub(self, other: Dim) -> Option<Dim> {
         if other.factor == 0 {
             return Some(self);
         }
@@ -157,8 +157,8 @@ impl Dim {
     }
 
     /// `self / other`, when exact.
-    pub fn div(self, other: Dim) -> Option<Dim> {
-        if other.factor == 0 || self.factor % other.factor != 0 {
+    pub fn checked_div(self, other: Dim) -> Option<Dim> {
+        if other.factor == 0 || !self.factor.is_multiple_of(other.factor) {
             return None;
         }
         let sym = match (self.sym, other.sym) {
@@ -196,7 +196,9 @@ pub type Shape = Vec<Dim>;
 
 /// The product of a shape's dims, if expressible as a `Dim`.
 pub fn numel(shape: &[Dim]) -> Option<Dim> {
-    shape.iter().try_fold(Dim::ONE, |acc, d| acc.mul(*d))
+    shape
+        .iter()
+        .try_fold(Dim::ONE, |acc, d| acc.checked_mul(*d))
 }
 
 /// Type of a graph value.

@@ -207,7 +207,7 @@ impl Descriptor {
 fn env_params(at: &At) -> Result<EnvParams, ModelError> {
     let rcut = at.f64("rcut")?;
     let rcut_smth = at.f64("rcut_smth")?;
-    if !(rcut > 0.0 && rcut.is_finite()) || !(rcut_smth < rcut) || !rcut_smth.is_finite() {
+    if !(rcut > 0.0 && rcut.is_finite() && rcut_smth < rcut && rcut_smth.is_finite()) {
         return Err(at.err(format!(
             "need 0 < rcut and rcut_smth < rcut (rcut {rcut}, rcut_smth {rcut_smth})"
         )));
