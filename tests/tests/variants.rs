@@ -1,0 +1,101 @@
+//! Models that exercise options the shared fixtures do not (exclusions, strip-mode and
+//! smooth attention, se_atten_v2, activations, fparam/aparam with defaults, atom_ener,
+//! float32, sel overflow), against DeePMD-kit 3.2.0's PyTorch numbers
+//! (`tests/fixtures/variants`, made by `make_variants.py` there).
+
+mod common;
+
+use dpc_formats::Value;
+use dpc_runtime::{DeepPot, Frame};
+
+fn doc() -> Value {
+    let text =
+        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
+    dpc_formats::json::parse(&text).unwrap()
+}
+
+fn opt_floats(v: Option<&Value>) -> Option<Vec<f64>> {
+    v.filter(|x| !x.is_null()).map(common::floats)
+}
+
+/// Check one variant; float32 models get a float32-sized tolerance.
+fn check(name: &str) {
+    let doc = doc();
+    let entry = doc.get(name).unwrap_or_else(|| panic!("no variant {name}"));
+    let pot = DeepPot::load(
+        &common::local_fixtures()
+            .join("variants")
+            .join(entry.get("model").unwrap().as_str().unwrap()),
+    )
+    .unwrap();
+    let (atol, rtol) = if name.ends_with("f32") {
+        (1e-5, 1e-6)
+    } else {
+        (1e-10, 1e-12)
+    };
+    for c in entry.get("configs").unwrap().as_list().unwrap() {
+        let coord = common::floats(c.get("coord").unwrap());
+        let atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
+            .iter()
+            .map(|&t| t as i32)
+            .collect();
+        let cell = opt_floats(c.get("box"));
+        let fparam = opt_floats(c.get("fparam"));
+        let aparam = opt_floats(c.get("aparam"));
+        let frame = Frame {
+            coord: &coord,
+            atype: &atype,
+            cell: cell.as_deref(),
+            fparam: fparam.as_deref(),
+            aparam: aparam.as_deref(),
+        };
+        let out = pot.compute(&frame, true).unwrap();
+        let e = c.get("expected").unwrap();
+        let cname = c.get("name").unwrap().as_str().unwrap();
+        for (what, got) in [
+            ("energy", vec![out.energy]),
+            ("force", out.force.clone()),
+            ("virial", out.virial.to_vec()),
+            ("atom_energy", out.atom_energy.clone()),
+            ("atom_virial", out.atom_virial.clone().unwrap()),
+        ] {
+            let (ratio, absmax) =
+                common::worst(&got, &common::floats(e.get(what).unwrap()), atol, rtol);
+            eprintln!("{name} {cname} {what}: max |diff| {absmax:.2e}");
+            assert!(ratio <= 1.0, "{name} {cname} {what}: max |diff| {absmax:e}");
+        }
+    }
+}
+
+macro_rules! variants {
+    ($($name:ident),* $(,)?) => {
+        $(#[test] fn $name() { check(stringify!($name)); })*
+
+        #[test]
+        fn every_variant_has_a_test() {
+            let listed = [$(stringify!($name)),*];
+            for k in doc().as_dict().unwrap().keys() {
+                assert!(listed.contains(&k.as_str()), "variant {k} is not tested");
+            }
+        }
+    };
+}
+
+variants!(
+    se_e2_a_excl,
+    se_e2_a_tos_pairexcl,
+    se_e2_a_gelu_relu,
+    se_e2_r_excl,
+    se_e3_3types,
+    dpa1_strip_smooth,
+    dpa1_concat_tos_t,
+    se_atten_v2,
+    dpa1_noattn_silut,
+    se_e2_a_fparam_aparam,
+    se_e2_a_atom_ener,
+    dpa1_atom_ener,
+    se_e2_a_f32,
+    se_e2_a_overflow,
+    dpa1_overflow,
+    dpa1_softplus,
+);
