@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use dpc_formats::{Format, Value};
 
 /// DeePMD-kit's own test model (water, se_e2_a), so `dpc` works with no files at hand.
@@ -37,7 +37,7 @@ pub fn read_tree(spec: &str) -> Result<(Value, String)> {
     }
     let path = Path::new(spec);
     let format = Format::from_path(path)?;
-    let tree = dpc_formats::read_model(path).with_context(|| format!("reading {spec}"))?;
+    let tree = dpc_formats::read_model(path)?;
     Ok((tree, format.name().to_string()))
 }
 

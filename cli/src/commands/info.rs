@@ -21,10 +21,21 @@ pub fn run(a: Args) -> Result<()> {
             println!("{key:<12} {v}");
         }
     }
+    let m = tree.get("model").unwrap_or(&tree);
+    if let Some(t) = m.get("type_map").and_then(Value::as_list) {
+        let names: Vec<&str> = t.iter().filter_map(Value::as_str).collect();
+        println!("type_map     {}", names.join(" "));
+    }
+    if let Some(kind) = m
+        .get("descriptor")
+        .and_then(|d| d.get("type"))
+        .and_then(Value::as_str)
+    {
+        println!("descriptor   {kind}");
+    }
     let model = Model::from_tree(&tree)?;
     let d = &model.descriptor;
-    println!("type_map     {}", model.type_map.join(" "));
-    println!("descriptor   {}", d.name());
+    println!("evaluates as {}", d.name());
     println!(
         "rcut         {} Å (smooth from {} Å)",
         d.rcut(),
