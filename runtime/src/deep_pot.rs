@@ -78,6 +78,19 @@ pub struct Frame<'a> {
     pub aparam: Option<&'a [f64]>,
 }
 
+impl<'a> Frame<'a> {
+    /// A frame without frame or atomic parameters.
+    pub fn new(coord: &'a [f64], atype: &'a [i32], cell: Option<&'a [f64]>) -> Frame<'a> {
+        Frame {
+            coord,
+            atype,
+            cell,
+            fparam: None,
+            aparam: None,
+        }
+    }
+}
+
 /// Energies, forces and virials of one frame (eV, eV/Å, eV).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {

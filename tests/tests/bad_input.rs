@@ -151,16 +151,7 @@ fn pot() -> DeepPot {
 }
 
 fn input_err(coord: &[f64], atype: &[i32], cell: Option<&[f64]>) -> String {
-    match pot().compute(
-        &Frame {
-            coord,
-            atype,
-            cell,
-            fparam: None,
-            aparam: None,
-        },
-        true,
-    ) {
+    match pot().compute(&Frame::new(coord, atype, cell), true) {
         Err(EvalError::Input(m)) => m,
         other => panic!("expected an input error, got {other:?}"),
     }

@@ -16,17 +16,7 @@ fn load(name: &str) -> DeepPot {
 }
 
 fn eval(pot: &DeepPot, coord: &[f64], atype: &[i32], cell: Option<&[f64]>) -> Output {
-    pot.compute(
-        &Frame {
-            coord,
-            atype,
-            cell,
-            fparam: None,
-            aparam: None,
-        },
-        true,
-    )
-    .unwrap()
+    pot.compute(&Frame::new(coord, atype, cell), true).unwrap()
 }
 
 /// A configuration per model: periodic triclinic and the non-periodic cluster.

@@ -287,81 +287,90 @@ fn check_types(at: &At, sel: &[usize], ntypes: usize) -> Result<(), ModelError> 
     Ok(())
 }
 
-fn parse_se_a(at: At, ntypes: usize) -> Result<SeA, ModelError> {
+/// What se_e2_a, se_e2_r and se_e3 share: version range, cutoff, `sel`, statistics with
+/// `ncomp` components, exclusions and a collection of `ndim` embedding nets of input width 1.
+struct SeParts {
+    env: EnvParams,
+    sel: Vec<usize>,
+    stats: Stats,
+    exclude_types: Vec<(usize, usize)>,
+    embeddings: NetCollection,
+    ng: usize,
+    dtype: DType,
+}
+
+fn parse_se_parts(
+    at: &At,
+    ntypes: usize,
+    ncomp: usize,
+    ndim: usize,
+) -> Result<SeParts, ModelError> {
     at.version(1, 1, 3)?;
-    let env = env_params(&at)?;
+    let env = env_params(at)?;
     let sel = at.usizes("sel")?;
-    check_types(&at, &sel, ntypes)?;
+    check_types(at, &sel, ntypes)?;
     let nnei = sel.iter().sum();
-    let dtype = dtype_of(&at)?;
-    let type_one_side = at.bool_or("type_one_side", true)?;
+    let dtype = dtype_of(at)?;
     let embeddings = NetCollection::parse(at.get("embeddings")?.at())?;
-    let want_ndim = if type_one_side { 1 } else { 2 };
-    if embeddings.ndim != want_ndim || embeddings.ntypes != ntypes {
+    if embeddings.ndim != ndim || embeddings.ntypes != ntypes {
         return Err(at.err(format!(
-            "embeddings have ndim {} for {} types, expected {want_ndim} for {ntypes}",
+            "embeddings have ndim {} for {} types, expected {ndim} for {ntypes}",
             embeddings.ndim, embeddings.ntypes
         )));
     }
-    let ng = check_nets(&at, &embeddings, 1)?;
-    let axis_neuron = at.usize("axis_neuron")?;
-    if axis_neuron == 0 || axis_neuron > ng {
-        return Err(at.err(format!("axis_neuron {axis_neuron} must be in 1..={ng}")));
-    }
-    Ok(SeA {
+    let ng = check_nets(at, &embeddings, 1)?;
+    Ok(SeParts {
         env,
-        stats: stats(&at, ntypes, nnei, 4, dtype)?,
+        stats: stats(at, ntypes, nnei, ncomp, dtype)?,
         sel,
-        axis_neuron,
-        type_one_side,
         exclude_types: at.pairs("exclude_types", ntypes)?,
         embeddings,
+        ng,
         dtype,
     })
 }
 
+fn parse_se_a(at: At, ntypes: usize) -> Result<SeA, ModelError> {
+    let type_one_side = at.bool_or("type_one_side", true)?;
+    let p = parse_se_parts(&at, ntypes, 4, if type_one_side { 1 } else { 2 })?;
+    let axis_neuron = at.usize("axis_neuron")?;
+    if axis_neuron == 0 || axis_neuron > p.ng {
+        return Err(at.err(format!("axis_neuron {axis_neuron} must be in 1..={}", p.ng)));
+    }
+    Ok(SeA {
+        env: p.env,
+        sel: p.sel,
+        stats: p.stats,
+        axis_neuron,
+        type_one_side,
+        exclude_types: p.exclude_types,
+        embeddings: p.embeddings,
+        dtype: p.dtype,
+    })
+}
+
 fn parse_se_r(at: At, ntypes: usize) -> Result<SeR, ModelError> {
-    at.version(1, 1, 3)?;
-    let env = env_params(&at)?;
-    let sel = at.usizes("sel")?;
-    check_types(&at, &sel, ntypes)?;
-    let nnei = sel.iter().sum();
-    let dtype = dtype_of(&at)?;
     if !at.bool_or("type_one_side", true)? {
         return Err(at.unsupported(
             "se_e2_r with type_one_side = false (DeePMD-kit does not implement it either)",
         ));
     }
-    let embeddings = NetCollection::parse(at.get("embeddings")?.at())?;
-    if embeddings.ndim != 1 || embeddings.ntypes != ntypes {
-        return Err(at.err("se_e2_r embeddings must have ndim 1, one per type"));
-    }
-    check_nets(&at, &embeddings, 1)?;
+    let p = parse_se_parts(&at, ntypes, 1, 1)?;
     Ok(SeR {
-        env,
-        stats: stats(&at, ntypes, nnei, 1, dtype)?,
-        sel,
-        exclude_types: at.pairs("exclude_types", ntypes)?,
-        embeddings,
-        dtype,
+        env: p.env,
+        sel: p.sel,
+        stats: p.stats,
+        exclude_types: p.exclude_types,
+        embeddings: p.embeddings,
+        dtype: p.dtype,
     })
 }
 
 fn parse_se_t(at: At, ntypes: usize) -> Result<SeT, ModelError> {
-    at.version(1, 1, 3)?;
-    let env = env_params(&at)?;
-    let sel = at.usizes("sel")?;
-    check_types(&at, &sel, ntypes)?;
-    let nnei = sel.iter().sum();
-    let dtype = dtype_of(&at)?;
-    let embeddings = NetCollection::parse(at.get("embeddings")?.at())?;
-    if embeddings.ndim != 2 || embeddings.ntypes != ntypes {
-        return Err(at.err("se_e3 embeddings must have ndim 2"));
-    }
-    check_nets(&at, &embeddings, 1)?;
+    let p = parse_se_parts(&at, ntypes, 4, 2)?;
     for ti in 0..ntypes {
         for tj in ti..ntypes {
-            if sel[ti] > 0 && sel[tj] > 0 && embeddings.get(&[ti, tj]).is_none() {
+            if p.sel[ti] > 0 && p.sel[tj] > 0 && p.embeddings.get(&[ti, tj]).is_none() {
                 return Err(at.err(format!(
                     "missing embedding network for neighbour types ({ti}, {tj})"
                 )));
@@ -369,12 +378,12 @@ fn parse_se_t(at: At, ntypes: usize) -> Result<SeT, ModelError> {
         }
     }
     Ok(SeT {
-        env,
-        stats: stats(&at, ntypes, nnei, 4, dtype)?,
-        sel,
-        exclude_types: at.pairs("exclude_types", ntypes)?,
-        embeddings,
-        dtype,
+        env: p.env,
+        sel: p.sel,
+        stats: p.stats,
+        exclude_types: p.exclude_types,
+        embeddings: p.embeddings,
+        dtype: p.dtype,
     })
 }
 

@@ -28,6 +28,58 @@ pub fn scratch(name: &str) -> PathBuf {
 pub const MODELS: [&str; 5] = ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_atten"];
 
 use dpc_formats::Value;
+use dpc_runtime::Output;
+
+/// DeePMD-kit's outputs for one configuration.
+pub struct Expected {
+    pub energy: f64,
+    pub force: Vec<f64>,
+    pub virial: Vec<f64>,
+    pub atom_energy: Vec<f64>,
+    pub atom_virial: Vec<f64>,
+}
+
+impl Expected {
+    /// From a dict with keys energy, force, virial, atom_energy, atom_virial.
+    pub fn from_value(e: &Value) -> Expected {
+        Expected {
+            energy: e.get("energy").unwrap().as_f64().unwrap(),
+            force: floats(e.get("force").unwrap()),
+            virial: floats(e.get("virial").unwrap()),
+            atom_energy: floats(e.get("atom_energy").unwrap()),
+            atom_virial: floats(e.get("atom_virial").unwrap()),
+        }
+    }
+}
+
+/// Assert every output is within `atol + rtol |expected|`, printing each max |diff|.
+pub fn assert_close(label: &str, out: &Output, exp: &Expected, atol: f64, rtol: f64) {
+    let checks = [
+        ("energy", worst(&[out.energy], &[exp.energy], atol, rtol)),
+        ("force", worst(&out.force, &exp.force, atol, rtol)),
+        ("virial", worst(&out.virial, &exp.virial, atol, rtol)),
+        (
+            "atom_energy",
+            worst(&out.atom_energy, &exp.atom_energy, atol, rtol),
+        ),
+        (
+            "atom_virial",
+            worst(
+                out.atom_virial.as_ref().expect("atomic virial computed"),
+                &exp.atom_virial,
+                atol,
+                rtol,
+            ),
+        ),
+    ];
+    for (what, (ratio, absmax)) in checks {
+        eprintln!("{label} {what}: max |diff| {absmax:.2e}");
+        assert!(
+            ratio <= 1.0,
+            "{label} {what}: max |diff| {absmax:e} exceeds {atol:e} + {rtol:e} relative"
+        );
+    }
+}
 
 /// One configuration of a `reference/<name>.json` file with DeePMD-kit's expected outputs.
 pub struct RefConfig {
@@ -35,11 +87,7 @@ pub struct RefConfig {
     pub coord: Vec<f64>,
     pub atype: Vec<i32>,
     pub cell: Option<Vec<f64>>,
-    pub energy: f64,
-    pub force: Vec<f64>,
-    pub virial: Vec<f64>,
-    pub atom_energy: Vec<f64>,
-    pub atom_virial: Vec<f64>,
+    pub expected: Expected,
 }
 
 pub fn floats(v: &Value) -> Vec<f64> {
@@ -64,22 +112,15 @@ pub fn reference(name: &str) -> Vec<RefConfig> {
         .as_list()
         .unwrap()
         .iter()
-        .map(|c| {
-            let e = c.get("expected").unwrap();
-            RefConfig {
-                name: c.get("name").unwrap().as_str().unwrap().to_string(),
-                coord: floats(c.get("coord").unwrap()),
-                atype: floats(c.get("atom_types").unwrap())
-                    .iter()
-                    .map(|&t| t as i32)
-                    .collect(),
-                cell: c.get("box").filter(|b| !b.is_null()).map(floats),
-                energy: e.get("energy").unwrap().as_f64().unwrap(),
-                force: floats(e.get("force").unwrap()),
-                virial: floats(e.get("virial").unwrap()),
-                atom_energy: floats(e.get("atom_energy").unwrap()),
-                atom_virial: floats(e.get("atom_virial").unwrap()),
-            }
+        .map(|c| RefConfig {
+            name: c.get("name").unwrap().as_str().unwrap().to_string(),
+            coord: floats(c.get("coord").unwrap()),
+            atype: floats(c.get("atom_types").unwrap())
+                .iter()
+                .map(|&t| t as i32)
+                .collect(),
+            cell: c.get("box").filter(|b| !b.is_null()).map(floats),
+            expected: Expected::from_value(c.get("expected").unwrap()),
         })
         .collect()
 }
