@@ -148,39 +148,55 @@ pub fn build(
         Some(c) => image_shifts(c, rcut)?,
         None => vec![[0.0; 3]],
     };
-    let nsel: usize = sel.iter().sum();
-    let rc2 = rcut * rcut;
-    // Candidate neighbours of atom i: (distance^2, shift index, atom j).
-    let mut per_atom: Vec<Vec<(f64, usize, usize)>> = Vec::with_capacity(nloc);
-    for i in 0..nloc {
-        let xi = local[i];
-        let mut cands = Vec::new();
-        for (s, sh) in shifts.iter().enumerate() {
-            for (j, xj) in local.iter().enumerate() {
-                if s == 0 && j == i {
-                    continue;
-                }
-                let d = [
-                    xj[0] + sh[0] - xi[0],
-                    xj[1] + sh[1] - xi[1],
-                    xj[2] + sh[2] - xi[2],
-                ];
-                let r2 = dot(d, d);
-                if r2 <= rc2 {
-                    if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
-                        return Err(NlistError(format!(
-                            "atoms {i} and {j} overlap (distance {:.3e} Å{}): the potential is singular there",
-                            r2.sqrt(),
-                            if s == 0 { "" } else { ", through the periodic boundary" }
-                        )));
-                    }
-                    cands.push((r2, s, j));
+    // Candidate neighbours: every local atom, and every periodic image close enough to the
+    // cell to matter (each fractional coordinate within rcut/face-distance of [0, 1]).
+    let mut cand: Vec<([f64; 3], usize, usize)> = local.iter().enumerate().map(|(j, x)| (*x, 0, j)).collect();
+    if let Some(c) = cell {
+        let faces = c.face_distances();
+        let margin = [rcut / faces[0], rcut / faces[1], rcut / faces[2]];
+        let frac: Vec<[f64; 3]> = local.iter().map(|x| c.to_frac(*x)).collect();
+        for (s, sh) in shifts.iter().enumerate().skip(1) {
+            let ds = c.to_frac(*sh).map(f64::round);
+            for (j, f) in frac.iter().enumerate() {
+                let inside = (0..3).all(|k| {
+                    let v = f[k] + ds[k];
+                    v >= -margin[k] && v <= 1.0 + margin[k]
+                });
+                if inside {
+                    let x = local[j];
+                    cand.push(([x[0] + sh[0], x[1] + sh[1], x[2] + sh[2]], s, j));
                 }
             }
         }
-        cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        cands.truncate(nsel);
-        per_atom.push(cands);
+    }
+    let grid = Grid::new(&cand, rcut);
+    let nsel: usize = sel.iter().sum();
+    let rc2 = rcut * rcut;
+    // Neighbours of atom i within rcut: (distance^2, shift index, atom j), nearest first.
+    let mut per_atom: Vec<Vec<(f64, usize, usize)>> = Vec::with_capacity(nloc);
+    for (i, &xi) in local.iter().enumerate() {
+        let mut found = Vec::new();
+        for k in grid.around(xi) {
+            let (xj, s, j) = cand[k];
+            if s == 0 && j == i {
+                continue;
+            }
+            let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
+            let r2 = dot(d, d);
+            if r2 <= rc2 {
+                if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
+                    return Err(NlistError(format!(
+                        "atoms {i} and {j} overlap (distance {:.3e} Å{}): the potential is singular there",
+                        r2.sqrt(),
+                        if s == 0 { "" } else { ", through the periodic boundary" }
+                    )));
+                }
+                found.push((r2, s, j));
+            }
+        }
+        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        found.truncate(nsel);
+        per_atom.push(found);
     }
     // Number the ghosts that are used, in (shift, atom) order.
     let mut ghost_ids: Vec<(usize, usize)> = per_atom
@@ -243,6 +259,44 @@ pub fn build(
     })
 }
 
+/// Points binned into cubes of edge rcut, so the neighbours of a point are in the 27 cubes
+/// around it: neighbour search in O(N) instead of O(N^2).
+struct Grid {
+    origin: [f64; 3],
+    inv_edge: f64,
+    bins: std::collections::HashMap<[i64; 3], Vec<usize>>,
+}
+
+impl Grid {
+    fn new(points: &[([f64; 3], usize, usize)], rcut: f64) -> Grid {
+        let mut origin = [f64::INFINITY; 3];
+        for (p, _, _) in points {
+            for k in 0..3 {
+                origin[k] = origin[k].min(p[k]);
+            }
+        }
+        let mut g = Grid { origin, inv_edge: 1.0 / rcut, bins: std::collections::HashMap::new() };
+        for (n, (p, _, _)) in points.iter().enumerate() {
+            g.bins.entry(g.key(*p)).or_default().push(n);
+        }
+        g
+    }
+
+    fn key(&self, p: [f64; 3]) -> [i64; 3] {
+        [0, 1, 2].map(|k| ((p[k] - self.origin[k]) * self.inv_edge).floor() as i64)
+    }
+
+    /// Indices of the points in the 27 cubes around `p`.
+    fn around(&self, p: [f64; 3]) -> impl Iterator<Item = usize> + '_ {
+        let c = self.key(p);
+        (-1..=1i64)
+            .flat_map(move |a| (-1..=1i64).flat_map(move |b| (-1..=1i64).map(move |d| [c[0] + a, c[1] + b, c[2] + d])))
+            .filter_map(|k| self.bins.get(&k))
+            .flatten()
+            .copied()
+    }
+}
+
 /// Lattice shift vectors covering rcut, the zero shift first, then by length.
 fn image_shifts(c: &Cell, rcut: f64) -> Result<Vec<[f64; 3]>, NlistError> {
     let faces = c.face_distances();
@@ -292,6 +346,65 @@ mod tests {
         assert_eq!(&e.nlist[..4], &[2, -1, 1, 3]);
         let m = build(&coord, &[0, 1, 0, 1], None, 3.0, &[4], true).unwrap();
         assert_eq!(&m.nlist[..4], &[1, 3, 2, -1]);
+    }
+
+    /// All neighbours within rcut by brute force over every image: (distance, owner) sorted.
+    fn brute(coord: &[f64], cell: &Cell, rcut: f64, i: usize) -> Vec<(f64, usize)> {
+        let n = coord.len() / 3;
+        let x = |k: usize| cell.wrap([coord[3 * k], coord[3 * k + 1], coord[3 * k + 2]]);
+        let xi = x(i);
+        let mut out = Vec::new();
+        for s in image_shifts(cell, rcut).unwrap() {
+            for j in 0..n {
+                let xj = x(j);
+                let d = norm([xj[0] + s[0] - xi[0], xj[1] + s[1] - xi[1], xj[2] + s[2] - xi[2]]);
+                if d <= rcut && d > 1e-12 {
+                    out.push((d, j));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn cell_list_finds_what_brute_force_finds() {
+        let mut state = 12345u64;
+        let mut rnd = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (h, rcut) in [
+            ([7.0, 0.0, 0.0, 2.1, 6.5, 0.0, -1.3, 1.7, 6.8], 4.0),
+            ([3.1, 0.0, 0.0, 0.9, 2.9, 0.0, 0.4, -0.6, 3.3], 5.0),
+        ] {
+            let cell = Cell::new(&h).unwrap();
+            let n = 30;
+            let coord: Vec<f64> = (0..n)
+                .flat_map(|_| {
+                    let s = [rnd() * 1.4 - 0.2, rnd() * 1.4 - 0.2, rnd() * 1.4 - 0.2];
+                    cell.to_cart(s)
+                })
+                .collect();
+            let e = build(&coord, &vec![0; n], Some(&cell), rcut, &[1000], true).unwrap();
+            for i in 0..n {
+                let want = brute(&coord, &cell, rcut, i);
+                let row = &e.nlist[i * 1000..(i + 1) * 1000];
+                let got: Vec<(f64, usize)> = row
+                    .iter()
+                    .filter(|&&k| k >= 0)
+                    .map(|&k| {
+                        let k = k as usize;
+                        let d = norm([0, 1, 2].map(|c| e.coord[3 * k + c] - e.coord[3 * i + c]));
+                        (d, e.mapping[k])
+                    })
+                    .collect();
+                assert_eq!(got.len(), want.len(), "atom {i}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g.0 - w.0).abs() < 1e-12, "atom {i}: {g:?} vs {w:?}");
+                }
+            }
+        }
     }
 
     #[test]
