@@ -111,6 +111,8 @@ pub struct DeepPot {
     tree: Value,
     plain: Executor,
     atomic: OnceLock<Result<Executor, EvalError>>,
+    /// Centres per graph run; `None` picks by neighbour count.
+    chunk: Option<usize>,
 }
 
 fn compile(model: &Model, opts: BuildOptions) -> Result<Executor, EvalError> {
@@ -139,7 +141,14 @@ impl DeepPot {
             tree,
             plain,
             atomic: OnceLock::new(),
+            chunk: None,
         })
+    }
+
+    /// Run at most `n` centre atoms through the graph at a time (bounds memory; results are
+    /// the same up to summation order).
+    pub fn set_chunk_size(&mut self, n: usize) {
+        self.chunk = Some(n.max(1));
     }
 
     pub fn model(&self) -> &Model {
@@ -249,51 +258,71 @@ impl DeepPot {
             m.mixed_types(),
         )?;
         let exec = self.executor(atomic)?;
-        let mut inputs = vec![
-            Tensor::f64(vec![ext.nall, 3], ext.coord.clone()),
-            Tensor::i32(vec![ext.nall], ext.atype.clone()),
-            Tensor::i32(vec![nloc, ext.nnei], ext.nlist.clone()),
-        ];
-        if let Some(fp) = fparam {
-            inputs.push(Tensor::f64(vec![fp.len()], fp));
-        }
-        if nap > 0 {
+        let aparam: Option<Vec<f64>> = (nap > 0).then(|| {
             let a = frame.aparam.unwrap();
-            let ap: Vec<f64> = real
-                .iter()
+            real.iter()
                 .flat_map(|&i| a[i * nap..(i + 1) * nap].iter().copied())
-                .collect();
-            inputs.push(Tensor::f64(vec![nloc, nap], ap));
-        }
-        let res = exec.run(
-            inputs,
-            Bindings {
-                nloc,
-                nall: ext.nall,
-            },
-        )?;
-        let get = |name: &str| -> &[f64] {
-            let k = exec.output_index(name).expect("graph has the output");
-            res[k].as_f64().expect("outputs are f64")
-        };
-        out.energy = get(io::ENERGY)[0];
-        let ae = get(io::ATOM_ENERGY);
-        let fe = get(io::FORCE);
-        let ve = get(io::VIRIAL);
-        for (k, &i) in real.iter().enumerate() {
-            out.atom_energy[i] = ae[k];
-        }
-        for (e, &owner) in ext.mapping.iter().enumerate() {
-            let i = real[owner];
-            for d in 0..3 {
-                out.force[3 * i + d] += fe[3 * e + d];
+                .collect()
+        });
+        // Centres go through the graph in chunks, each with only the atoms its neighbour
+        // lists touch, so memory stays bounded however large the system is. Energies,
+        // forces and virials (with the correction term) are sums over centres, so the
+        // chunks add up to the whole.
+        let chunk = self.chunk.unwrap_or_else(|| chunk_size(ext.nnei));
+        for start in (0..nloc).step_by(chunk) {
+            let end = (start + chunk).min(nloc);
+            let sub = SubSystem::new(&ext, start, end);
+            let mut inputs = vec![
+                Tensor::f64(
+                    vec![sub.atoms.len(), 3],
+                    sub.atoms
+                        .iter()
+                        .flat_map(|&k| ext.coord[3 * k..3 * k + 3].iter().copied())
+                        .collect(),
+                ),
+                Tensor::i32(
+                    vec![sub.atoms.len()],
+                    sub.atoms.iter().map(|&k| ext.atype[k]).collect(),
+                ),
+                Tensor::i32(vec![end - start, ext.nnei], sub.nlist),
+            ];
+            if let Some(fp) = &fparam {
+                inputs.push(Tensor::f64(vec![fp.len()], fp.clone()));
             }
-            for d in 0..9 {
-                out.virial[d] += ve[9 * e + d];
+            if let Some(ap) = &aparam {
+                inputs.push(Tensor::f64(
+                    vec![end - start, nap],
+                    ap[start * nap..end * nap].to_vec(),
+                ));
             }
-            if let Some(av) = out.atom_virial.as_mut() {
+            let res = exec.run(
+                inputs,
+                Bindings {
+                    nloc: end - start,
+                    nall: sub.atoms.len(),
+                },
+            )?;
+            let get = |name: &str| -> &[f64] {
+                let k = exec.output_index(name).expect("graph has the output");
+                res[k].as_f64().expect("outputs are f64")
+            };
+            out.energy += get(io::ENERGY)[0];
+            for (k, &e) in get(io::ATOM_ENERGY).iter().enumerate() {
+                out.atom_energy[real[start + k]] = e;
+            }
+            let (fe, ve) = (get(io::FORCE), get(io::VIRIAL));
+            for (s, &k) in sub.atoms.iter().enumerate() {
+                let i = real[ext.mapping[k]];
+                for d in 0..3 {
+                    out.force[3 * i + d] += fe[3 * s + d];
+                }
                 for d in 0..9 {
-                    av[9 * i + d] += ve[9 * e + d];
+                    out.virial[d] += ve[9 * s + d];
+                }
+                if let Some(av) = out.atom_virial.as_mut() {
+                    for d in 0..9 {
+                        av[9 * i + d] += ve[9 * s + d];
+                    }
                 }
             }
         }
@@ -331,5 +360,50 @@ impl DeepPot {
             return Err(EvalError::Input("fparam contains NaN or infinity".into()));
         }
         Ok(Some(v))
+    }
+}
+
+/// Centres per graph run: about 64k neighbour slots, so the reference executor's largest
+/// intermediates stay in the tens of megabytes.
+fn chunk_size(nnei: usize) -> usize {
+    (65_536 / nnei.max(1)).clamp(16, 4096)
+}
+
+/// The centres `start..end` of an extended system, renumbered: those centres first, then
+/// every other atom their neighbour lists refer to.
+struct SubSystem {
+    /// Extended-system index of each sub-system atom.
+    atoms: Vec<usize>,
+    /// `[(end - start) * nnei]` in sub-system indices, -1 padded.
+    nlist: Vec<i32>,
+}
+
+impl SubSystem {
+    fn new(ext: &nlist::Extended, start: usize, end: usize) -> SubSystem {
+        let rows = &ext.nlist[start * ext.nnei..end * ext.nnei];
+        if start == 0 && end == ext.nloc {
+            return SubSystem {
+                atoms: (0..ext.nall).collect(),
+                nlist: rows.to_vec(),
+            };
+        }
+        let mut index = std::collections::HashMap::with_capacity(4 * (end - start));
+        let mut atoms: Vec<usize> = (start..end).collect();
+        for (s, &k) in atoms.iter().enumerate() {
+            index.insert(k, s as i32);
+        }
+        let nlist = rows
+            .iter()
+            .map(|&k| {
+                if k < 0 {
+                    return -1;
+                }
+                *index.entry(k as usize).or_insert_with(|| {
+                    atoms.push(k as usize);
+                    atoms.len() as i32 - 1
+                })
+            })
+            .collect();
+        SubSystem { atoms, nlist }
     }
 }

@@ -150,7 +150,8 @@ pub fn build(
     };
     // Candidate neighbours: every local atom, and every periodic image close enough to the
     // cell to matter (each fractional coordinate within rcut/face-distance of [0, 1]).
-    let mut cand: Vec<([f64; 3], usize, usize)> = local.iter().enumerate().map(|(j, x)| (*x, 0, j)).collect();
+    let mut cand: Vec<([f64; 3], usize, usize)> =
+        local.iter().enumerate().map(|(j, x)| (*x, 0, j)).collect();
     if let Some(c) = cell {
         let faces = c.face_distances();
         let margin = [rcut / faces[0], rcut / faces[1], rcut / faces[2]];
@@ -169,13 +170,16 @@ pub fn build(
             }
         }
     }
+    check_memory(nloc, cand.len(), sel.iter().sum())?;
     let grid = Grid::new(&cand, rcut);
     let nsel: usize = sel.iter().sum();
     let rc2 = rcut * rcut;
-    // Neighbours of atom i within rcut: (distance^2, shift index, atom j), nearest first.
-    let mut per_atom: Vec<Vec<(f64, usize, usize)>> = Vec::with_capacity(nloc);
+    // Rows hold candidate indices first; they are renumbered to extended indices below.
+    let mut nlist = vec![-1i64; nloc * nsel];
+    let mut used = vec![false; cand.len()];
+    let mut found: Vec<(f64, usize)> = Vec::new();
     for (i, &xi) in local.iter().enumerate() {
-        let mut found = Vec::new();
+        found.clear();
         for k in grid.around(xi) {
             let (xj, s, j) = cand[k];
             if s == 0 && j == i {
@@ -191,63 +195,58 @@ pub fn build(
                         if s == 0 { "" } else { ", through the periodic boundary" }
                     )));
                 }
-                found.push((r2, s, j));
+                found.push((r2, k));
             }
         }
-        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        // Nearest first; ties in candidate order, i.e. by (image shift, atom).
+        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         found.truncate(nsel);
-        per_atom.push(found);
-    }
-    // Number the ghosts that are used, in (shift, atom) order.
-    let mut ghost_ids: Vec<(usize, usize)> = per_atom
-        .iter()
-        .flatten()
-        .filter(|c| c.1 != 0)
-        .map(|c| (c.1, c.2))
-        .collect();
-    ghost_ids.sort_unstable();
-    ghost_ids.dedup();
-    let nall = nloc + ghost_ids.len();
-    let index_of = |s: usize, j: usize| -> i32 {
-        if s == 0 {
-            j as i32
-        } else {
-            (nloc + ghost_ids.binary_search(&(s, j)).expect("ghost numbered")) as i32
-        }
-    };
-    let mut ext_coord = Vec::with_capacity(nall * 3);
-    let mut ext_type = Vec::with_capacity(nall);
-    let mut mapping = Vec::with_capacity(nall);
-    for (j, x) in local.iter().enumerate() {
-        ext_coord.extend_from_slice(x);
-        ext_type.push(atype[j]);
-        mapping.push(j);
-    }
-    for &(s, j) in &ghost_ids {
-        let x = local[j];
-        let sh = shifts[s];
-        ext_coord.extend_from_slice(&[x[0] + sh[0], x[1] + sh[1], x[2] + sh[2]]);
-        ext_type.push(atype[j]);
-        mapping.push(j);
-    }
-    let mut nlist = vec![-1i32; nloc * nsel];
-    for (i, cands) in per_atom.iter().enumerate() {
         let row = &mut nlist[i * nsel..(i + 1) * nsel];
         if mixed_types {
-            for (slot, c) in cands.iter().enumerate() {
-                row[slot] = index_of(c.1, c.2);
+            for (slot, &(_, k)) in found.iter().enumerate() {
+                row[slot] = k as i64;
             }
         } else {
             let mut start = 0;
             for (t, &st) in sel.iter().enumerate() {
-                let of_type = cands.iter().filter(|c| atype[c.2] == t as i32).take(st);
-                for (k, c) in of_type.enumerate() {
-                    row[start + k] = index_of(c.1, c.2);
+                let of_type = found
+                    .iter()
+                    .filter(|f| atype[cand[f.1].2] == t as i32)
+                    .take(st);
+                for (n, &(_, k)) in of_type.enumerate() {
+                    row[start + n] = k as i64;
                 }
                 start += st;
             }
         }
+        for &k in row.iter().filter(|&&k| k >= 0) {
+            used[k as usize] = true;
+        }
     }
+    // Local atoms are candidates 0..nloc; used ghosts follow in candidate order.
+    let mut ext_index = vec![-1i64; cand.len()];
+    let mut ext_coord = Vec::with_capacity(nloc * 3);
+    let mut ext_type = Vec::with_capacity(nloc);
+    let mut mapping = Vec::with_capacity(nloc);
+    for (k, &(x, s, j)) in cand.iter().enumerate() {
+        if s == 0 || used[k] {
+            ext_index[k] = mapping.len() as i64;
+            ext_coord.extend_from_slice(&x);
+            ext_type.push(atype[j]);
+            mapping.push(j);
+        }
+    }
+    let nall = mapping.len();
+    let nlist = nlist
+        .into_iter()
+        .map(|k| {
+            if k < 0 {
+                -1
+            } else {
+                ext_index[k as usize] as i32
+            }
+        })
+        .collect();
     Ok(Extended {
         nloc,
         nall,
@@ -257,6 +256,35 @@ pub fn build(
         nlist,
         nnei: nsel,
     })
+}
+
+/// Refuse systems whose neighbour data would not fit in memory, instead of being killed.
+fn check_memory(nloc: usize, ncand: usize, nsel: usize) -> Result<(), NlistError> {
+    let need = nloc as f64 * nsel as f64 * 12.0 + ncand as f64 * 100.0;
+    if ncand > i32::MAX as usize / 2 {
+        return Err(NlistError(format!(
+            "the system is too large: {ncand} atoms with periodic images (limit {})",
+            i32::MAX / 2
+        )));
+    }
+    if let Some(avail) = available_memory() {
+        if need > 0.8 * avail {
+            return Err(NlistError(format!(
+                "the system is too large for this machine: its neighbour lists need about {:.1} GB, {:.1} GB are available",
+                need / 1e9,
+                avail / 1e9
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from /proc/meminfo (Linux); `None` elsewhere.
+fn available_memory() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
 }
 
 /// Points binned into cubes of edge rcut, so the neighbours of a point are in the 27 cubes
@@ -275,7 +303,11 @@ impl Grid {
                 origin[k] = origin[k].min(p[k]);
             }
         }
-        let mut g = Grid { origin, inv_edge: 1.0 / rcut, bins: std::collections::HashMap::new() };
+        let mut g = Grid {
+            origin,
+            inv_edge: 1.0 / rcut,
+            bins: std::collections::HashMap::new(),
+        };
         for (n, (p, _, _)) in points.iter().enumerate() {
             g.bins.entry(g.key(*p)).or_default().push(n);
         }
@@ -290,7 +322,10 @@ impl Grid {
     fn around(&self, p: [f64; 3]) -> impl Iterator<Item = usize> + '_ {
         let c = self.key(p);
         (-1..=1i64)
-            .flat_map(move |a| (-1..=1i64).flat_map(move |b| (-1..=1i64).map(move |d| [c[0] + a, c[1] + b, c[2] + d])))
+            .flat_map(move |a| {
+                (-1..=1i64)
+                    .flat_map(move |b| (-1..=1i64).map(move |d| [c[0] + a, c[1] + b, c[2] + d]))
+            })
             .filter_map(|k| self.bins.get(&k))
             .flatten()
             .copied()
@@ -357,7 +392,11 @@ mod tests {
         for s in image_shifts(cell, rcut).unwrap() {
             for j in 0..n {
                 let xj = x(j);
-                let d = norm([xj[0] + s[0] - xi[0], xj[1] + s[1] - xi[1], xj[2] + s[2] - xi[2]]);
+                let d = norm([
+                    xj[0] + s[0] - xi[0],
+                    xj[1] + s[1] - xi[1],
+                    xj[2] + s[2] - xi[2],
+                ]);
                 if d <= rcut && d > 1e-12 {
                     out.push((d, j));
                 }
@@ -371,7 +410,9 @@ mod tests {
     fn cell_list_finds_what_brute_force_finds() {
         let mut state = 12345u64;
         let mut rnd = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         for (h, rcut) in [
@@ -405,6 +446,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn systems_too_large_for_memory_are_refused() {
+        let e = check_memory(900_000_000, 900_000_000, 138).unwrap_err();
+        assert!(e.0.contains("too large"), "{}", e.0);
+        assert!(check_memory(3_000_000_000, 3_000_000_000, 10).is_err());
+        assert!(check_memory(1000, 27_000, 138).is_ok());
     }
 
     #[test]
