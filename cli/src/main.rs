@@ -1,9 +1,18 @@
 //! `dpc`: compile, convert and evaluate DeePMD-kit models without DeePMD-kit.
 
+/// `writeln!` into a `String` (cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 mod commands;
 mod conf;
 mod source;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +38,10 @@ enum Command {
     Test(commands::test::Args),
     /// Compile a model; `--emit-ir` prints the tensor graph.
     Compile(commands::compile::Args),
+    /// Write a model in another format, chosen by the output's extension.
+    Convert(commands::convert::ConvertArgs),
+    /// Write a model in the format named by `--format`.
+    Emit(commands::convert::EmitArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,9 +51,24 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Test(a) => commands::test::run(a),
         Command::Compile(a) => commands::compile::run(a),
+        Command::Convert(a) => commands::convert::convert(a),
+        Command::Emit(a) => commands::convert::emit(a),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(text) => {
+            // A closed pipe (`dpc ... | head`) is not an error worth a message.
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: writing the output: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

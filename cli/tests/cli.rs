@@ -194,3 +194,54 @@ fn test_command_reports_like_dp_test() {
         "{out}"
     );
 }
+
+#[test]
+fn convert_round_trips_lose_nothing() {
+    let dir = scratch("convert");
+    let src = fixtures().join("models/se_e2_a_tos/model.hlo");
+    let (a, b, c) = (dir.join("a.dp"), dir.join("b.yaml"), dir.join("c.dp"));
+    for (from, to) in [
+        (src.as_path(), a.as_path()),
+        (a.as_path(), b.as_path()),
+        (b.as_path(), c.as_path()),
+    ] {
+        let (ok, _, err) = dpc(&["convert", from.to_str().unwrap(), to.to_str().unwrap()]);
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = dpc(&[
+        "emit",
+        c.to_str().unwrap(),
+        "--format",
+        "yaml",
+        "-o",
+        dir.join("d.yaml").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let model = |p: &std::path::Path| {
+        dpc_formats::read_model(p)
+            .unwrap()
+            .get("model")
+            .unwrap()
+            .clone()
+    };
+    let original = model(&src);
+    for p in [&a, &b, &c, &dir.join("d.yaml")] {
+        assert_eq!(
+            model(p),
+            original,
+            "{} differs from the .hlo's model",
+            p.display()
+        );
+    }
+    // The exports are compiled artifacts, not the model: they are not carried over.
+    let a_tree = dpc_formats::read_model(&a).unwrap();
+    assert!(a_tree.get("constants").is_none());
+    assert!(a_tree.get("@variables").unwrap().get("stablehlo").is_none());
+    // Not-yet-written targets say so.
+    let (ok, _, err) = dpc(&[
+        "convert",
+        a.to_str().unwrap(),
+        dir.join("x.pth").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("not supported yet"), "{err}");
+}

@@ -1,11 +1,13 @@
 //! dpc's codecs: every model file format read into, and written from, DeePMD-kit's
 //! serialization tree (`tree::Value`). This crate knows nothing of graphs or devices.
 
+pub mod archive;
 pub mod detect;
 pub mod dp;
 mod error;
 pub mod json;
 pub mod npy;
+pub mod pte;
 pub mod tree;
 pub mod yaml;
 
@@ -35,13 +37,14 @@ pub fn read_model_bytes(format: Format, bytes: Vec<u8>, path: &Path) -> Result<V
     let ctx = path.display().to_string();
     match format {
         Format::Dp | Format::Hlo => dp::read(bytes),
+        Format::Pte => pte::read(bytes),
         Format::Yaml => {
             let text = String::from_utf8(bytes)
                 .map_err(|_| FormatError::invalid("the YAML file is not UTF-8"))?;
             yaml::read(&text)
         }
         other => Err(FormatError::unsupported(format!(
-            "reading .{} models is not implemented yet (dpc reads .dp and .yaml/.yml today)",
+            "reading .{} models is not implemented yet (dpc reads .dp, .yaml/.yml, .hlo/.xlo and .pte/.pt2 today)",
             other.name()
         ))),
     }

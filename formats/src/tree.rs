@@ -347,3 +347,102 @@ pub fn map_variables(
         other => Ok(other),
     }
 }
+
+/// Replace every `np.ndarray` variable dict in a tree by the array it encodes.
+pub fn inline_ndarrays(tree: Value) -> Result<Value, FormatError> {
+    map_variables(tree, false, &mut |v| match v {
+        Value::Dict(d) if d.get("@class").and_then(Value::as_str) == Some("np.ndarray") => {
+            ndarray_from_dict(&d).map(Value::Array)
+        }
+        other => Ok(other),
+    })
+}
+
+/// An array from its `{"@class": "np.ndarray", "dtype", "value"}` encoding (YAML, and the
+/// JSON inside `.pte`/`.pt2`).
+pub fn ndarray_from_dict(d: &Dict) -> Result<NdArray, FormatError> {
+    let dtype_name = d
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FormatError::invalid("np.ndarray without a `dtype`"))?;
+    let dtype = DType::from_name(dtype_name)
+        .ok_or_else(|| FormatError::unsupported(format!("array dtype `{dtype_name}`")))?;
+    let value = d
+        .get("value")
+        .ok_or_else(|| FormatError::invalid("np.ndarray without a `value`"))?;
+    let mut shape = Vec::new();
+    let mut probe = value;
+    while let Value::List(l) = probe {
+        shape.push(l.len());
+        match l.first() {
+            Some(first) => probe = first,
+            None => break,
+        }
+    }
+    let mut flat = Vec::new();
+    flatten(value, &shape, 0, &mut flat)?;
+    let mut bytes = Vec::with_capacity(flat.len() * dtype.size());
+    for x in flat {
+        push_element(dtype, x, &mut bytes)?;
+    }
+    NdArray::from_bytes(dtype, shape, bytes)
+}
+
+fn flatten<'a>(
+    v: &'a Value,
+    shape: &[usize],
+    depth: usize,
+    out: &mut Vec<&'a Value>,
+) -> Result<(), FormatError> {
+    match v {
+        Value::List(l) => {
+            if depth >= shape.len() || l.len() != shape[depth] {
+                return Err(FormatError::invalid(
+                    "np.ndarray `value` is a ragged nested list",
+                ));
+            }
+            l.iter().try_for_each(|x| flatten(x, shape, depth + 1, out))
+        }
+        scalar if depth == shape.len() => {
+            out.push(scalar);
+            Ok(())
+        }
+        _ => Err(FormatError::invalid(
+            "np.ndarray `value` is a ragged nested list",
+        )),
+    }
+}
+
+fn push_element(dtype: DType, x: &Value, bytes: &mut Vec<u8>) -> Result<(), FormatError> {
+    let bad = || {
+        FormatError::invalid(format!(
+            "np.ndarray element {x:?} does not fit dtype {}",
+            dtype.name()
+        ))
+    };
+    if dtype.is_float() {
+        let f = x.as_f64().ok_or_else(bad)?;
+        match dtype {
+            DType::F64 => bytes.extend(f.to_le_bytes()),
+            DType::F32 => bytes.extend((f as f32).to_le_bytes()),
+            _ => return Err(FormatError::unsupported("float16 arrays in YAML")),
+        }
+        return Ok(());
+    }
+    let i = match x {
+        Value::Bool(b) => *b as i64,
+        _ => x.as_i64().ok_or_else(bad)?,
+    };
+    match dtype {
+        DType::I8 => bytes.extend(i8::try_from(i).map_err(|_| bad())?.to_le_bytes()),
+        DType::I16 => bytes.extend(i16::try_from(i).map_err(|_| bad())?.to_le_bytes()),
+        DType::I32 => bytes.extend(i32::try_from(i).map_err(|_| bad())?.to_le_bytes()),
+        DType::I64 => bytes.extend(i.to_le_bytes()),
+        DType::U8 | DType::Bool => bytes.extend(u8::try_from(i).map_err(|_| bad())?.to_le_bytes()),
+        DType::U16 => bytes.extend(u16::try_from(i).map_err(|_| bad())?.to_le_bytes()),
+        DType::U32 => bytes.extend(u32::try_from(i).map_err(|_| bad())?.to_le_bytes()),
+        DType::U64 => bytes.extend(u64::try_from(i).map_err(|_| bad())?.to_le_bytes()),
+        _ => unreachable!(),
+    }
+    Ok(())
+}

@@ -22,7 +22,9 @@ pub struct Args {
     summary: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Returns what to print on standard output.
+pub fn run(a: Args) -> Result<String> {
+    let mut out = String::new();
     if !a.emit_ir {
         bail!("only `--emit-ir` is available today; compiling to device executables (.xlo/.hlo) is not implemented yet");
     }
@@ -38,9 +40,9 @@ pub fn run(a: Args) -> Result<()> {
         bail!("the built graph fails verification (a dpc bug):\n{e}");
     }
     if a.summary {
-        println!("{}", print::summary(&graph));
+        outln!(out, "{}", print::summary(&graph));
     } else {
-        print!("{}", print::print(&graph));
+        out.push_str(&print::print(&graph));
     }
-    Ok(())
+    Ok(out)
 }

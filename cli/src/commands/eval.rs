@@ -21,7 +21,9 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Returns what to print on standard output.
+pub fn run(a: Args) -> Result<String> {
+    let mut out = String::new();
     let text = match (&a.input, sample_input(&a.model)) {
         (Some(p), _) => {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
@@ -54,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
     text.push('\n');
     match a.output {
         Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
-        None => print!("{text}"),
+        None => out.push_str(&text),
     }
-    Ok(())
+    Ok(out)
 }

@@ -12,47 +12,53 @@ pub struct Args {
     model: String,
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Returns what to print on standard output.
+pub fn run(a: Args) -> Result<String> {
+    let mut out = String::new();
     let (tree, format) = read_tree(&a.model)?;
-    println!("model        {}", a.model);
-    println!("format       {format}");
+    outln!(out, "model        {}", a.model);
+    outln!(out, "format       {format}");
     for key in ["software", "version", "backend", "time"] {
         if let Some(v) = tree.get(key).and_then(Value::as_str) {
-            println!("{key:<12} {v}");
+            outln!(out, "{key:<12} {v}");
         }
     }
     let m = tree.get("model").unwrap_or(&tree);
     if let Some(t) = m.get("type_map").and_then(Value::as_list) {
         let names: Vec<&str> = t.iter().filter_map(Value::as_str).collect();
-        println!("type_map     {}", names.join(" "));
+        outln!(out, "type_map     {}", names.join(" "));
     }
     if let Some(kind) = m
         .get("descriptor")
         .and_then(|d| d.get("type"))
         .and_then(Value::as_str)
     {
-        println!("descriptor   {kind}");
+        outln!(out, "descriptor   {kind}");
     }
     let model = Model::from_tree(&tree)?;
     let d = &model.descriptor;
-    println!("evaluates as {}", d.name());
-    println!(
+    outln!(out, "evaluates as {}", d.name());
+    outln!(
+        out,
         "rcut         {} Å (smooth from {} Å)",
         d.rcut(),
         d.env().rcut_smth
     );
     let sel = model.sel();
     if d.mixed_types() {
-        println!("sel          {} (all types together)", sel[0]);
+        outln!(out, "sel          {} (all types together)", sel[0]);
     } else {
-        println!("sel          {:?} (nnei {})", sel, model.nnei());
+        outln!(out, "sel          {:?} (nnei {})", sel, model.nnei());
     }
     match d {
-        Descriptor::SeA(s) => println!(
+        Descriptor::SeA(s) => outln!(
+            out,
             "embedding    type_one_side {}, axis_neuron {}",
-            s.type_one_side, s.axis_neuron
+            s.type_one_side,
+            s.axis_neuron
         ),
-        Descriptor::Dpa1(s) => println!(
+        Descriptor::Dpa1(s) => outln!(
+            out,
             "attention    {} layers, tebd {:?}, smooth {}",
             s.attention.len(),
             s.tebd_input,
@@ -60,13 +66,15 @@ pub fn run(a: Args) -> Result<()> {
         ),
         _ => {}
     }
-    println!("dim_descrpt  {}", d.dim_out());
-    println!(
+    outln!(out, "dim_descrpt  {}", d.dim_out());
+    outln!(
+        out,
         "precision    descriptor {}, fitting {}",
         d.dtype(),
         model.fitting.dtype
     );
-    println!(
+    outln!(
+        out,
         "dim_fparam   {}{}",
         model.dim_fparam(),
         if model.fitting.default_fparam.is_some() {
@@ -75,18 +83,20 @@ pub fn run(a: Args) -> Result<()> {
             ""
         }
     );
-    println!("dim_aparam   {}", model.dim_aparam());
+    outln!(out, "dim_aparam   {}", model.dim_aparam());
     if let Some(m) = model.min_nbor_dist {
-        println!("min_nbor     {m} Å");
+        outln!(out, "min_nbor     {m} Å");
     }
     if !model.pair_exclude_types.is_empty() || !model.atom_exclude_types.is_empty() {
-        println!(
+        outln!(
+            out,
             "exclusions   pairs {:?}, atoms {:?}",
-            model.pair_exclude_types, model.atom_exclude_types
+            model.pair_exclude_types,
+            model.atom_exclude_types
         );
     }
     let params = tree.get("model").unwrap_or(&tree).count_array_elements();
-    println!("parameters   {params}");
+    outln!(out, "parameters   {params}");
     let mut blobs = Vec::new();
     if let Some(vars) = tree.get("@variables").and_then(Value::as_dict) {
         for (k, v) in vars {
@@ -96,7 +106,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     if !blobs.is_empty() {
-        println!("exports      {}", blobs.join(", "));
+        outln!(out, "exports      {}", blobs.join(", "));
     }
-    Ok(())
+    Ok(out)
 }

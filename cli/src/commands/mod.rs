@@ -1,4 +1,5 @@
 pub mod compile;
+pub mod convert;
 pub mod eval;
 pub mod info;
 pub mod test;

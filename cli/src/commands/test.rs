@@ -78,7 +78,9 @@ fn sci(x: f64) -> String {
     format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Returns what to print on standard output.
+pub fn run(a: Args) -> Result<String> {
+    let mut out = String::new();
     let (tree, _) = read_tree(&a.model)?;
     let pot = DeepPot::from_tree(tree)?;
     let model = pot.model();
@@ -203,26 +205,26 @@ pub fn run(a: Args) -> Result<()> {
             tested += 1;
         }
     }
-    println!("# number of test data : {tested} ");
+    outln!(out, "# number of test data : {tested} ");
     if e.n > 0 {
-        println!("Energy MAE         : {} eV", sci(e.mae()));
-        println!("Energy RMSE        : {} eV", sci(e.rmse()));
-        println!("Energy MAE/Natoms  : {} eV", sci(ea.mae()));
-        println!("Energy RMSE/Natoms : {} eV", sci(ea.rmse()));
+        outln!(out, "Energy MAE         : {} eV", sci(e.mae()));
+        outln!(out, "Energy RMSE        : {} eV", sci(e.rmse()));
+        outln!(out, "Energy MAE/Natoms  : {} eV", sci(ea.mae()));
+        outln!(out, "Energy RMSE/Natoms : {} eV", sci(ea.rmse()));
     }
     if f.n > 0 {
-        println!("Force  MAE         : {} eV/Å", sci(f.mae()));
-        println!("Force  RMSE        : {} eV/Å", sci(f.rmse()));
+        outln!(out, "Force  MAE         : {} eV/Å", sci(f.mae()));
+        outln!(out, "Force  RMSE        : {} eV/Å", sci(f.rmse()));
     }
     if v.n > 0 {
-        println!("Virial MAE         : {} eV", sci(v.mae()));
-        println!("Virial RMSE        : {} eV", sci(v.rmse()));
-        println!("Virial MAE/Natoms  : {} eV", sci(va.mae()));
-        println!("Virial RMSE/Natoms : {} eV", sci(va.rmse()));
+        outln!(out, "Virial MAE         : {} eV", sci(v.mae()));
+        outln!(out, "Virial RMSE        : {} eV", sci(v.rmse()));
+        outln!(out, "Virial MAE/Natoms  : {} eV", sci(va.mae()));
+        outln!(out, "Virial RMSE/Natoms : {} eV", sci(va.rmse()));
     }
     if st.n > 0 {
-        println!("Stress MAE         : {} eV/Å³", sci(st.mae()));
-        println!("Stress RMSE        : {} eV/Å³", sci(st.rmse()));
+        outln!(out, "Stress MAE         : {} eV/Å³", sci(st.mae()));
+        outln!(out, "Stress RMSE        : {} eV/Å³", sci(st.rmse()));
     }
-    Ok(())
+    Ok(out)
 }

@@ -1,0 +1,121 @@
+//! `dpc convert IN OUT` and `dpc emit MODEL --format FMT -o OUT`: write a model in another
+//! format, through the serialization tree (lossless: weights are copied bit for bit).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use dpc_compiler::model::Model;
+use dpc_formats::{Format, Value};
+
+use crate::source::read_tree;
+
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// Model to read (any supported format, or a built-in model).
+    input: String,
+    /// File to write; its extension picks the format.
+    output: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct EmitArgs {
+    /// Model to read (any supported format, or a built-in model).
+    model: String,
+    /// Target format: dp, yaml (pb, pth, pte, pt2, savedmodel, hlo, xlo: not yet).
+    #[arg(long)]
+    format: String,
+    /// File to write.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<String> {
+    let format = Format::from_path(&a.output)?;
+    write(&a.input, &a.output, format)
+}
+
+pub fn emit(a: EmitArgs) -> Result<String> {
+    let format = match a.format.to_ascii_lowercase().as_str() {
+        "dp" => Format::Dp,
+        "yaml" | "yml" => Format::Yaml,
+        "hlo" | "xlo" => Format::Hlo,
+        "pth" => Format::Pth,
+        "pb" => Format::Pb,
+        "pte" | "pt2" => Format::Pte,
+        "savedmodel" => Format::SavedModel,
+        "json" | "paddle" => Format::Paddle,
+        other => {
+            bail!("unknown format `{other}` (dp, yaml, pb, pth, pte, pt2, savedmodel, hlo, xlo)")
+        }
+    };
+    write(&a.model, &a.output, format)
+}
+
+fn write(input: &str, output: &Path, format: Format) -> Result<String> {
+    let (tree, from) = read_tree(input)?;
+    let tree = hub_tree(tree);
+    // Refuse to write something dpc could not read back as a model.
+    Model::from_tree(&tree)?;
+    let bytes = match format {
+        Format::Dp => dpc_formats::dp::write(&tree)?,
+        Format::Yaml => dpc_formats::yaml::write(&tree)?.into_bytes(),
+        other => bail!(
+            "writing .{} models is not supported yet (dpc writes .dp and .yaml today; the other emitters are planned)",
+            other.name()
+        ),
+    };
+    std::fs::write(output, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+    Ok(format!(
+        "wrote {} ({} -> {})\n",
+        output.display(),
+        from,
+        format.name()
+    ))
+}
+
+/// The model as DeePMD-kit's converters pass it between backends: exports compiled for
+/// one runtime (`.hlo`'s StableHLO blobs and `constants`) are derived data and are dropped;
+/// the writer's metadata names dpc.
+fn hub_tree(tree: Value) -> Value {
+    let Value::Dict(mut d) = tree else {
+        return tree;
+    };
+    d.shift_remove("constants");
+    if let Some(Value::Dict(vars)) = d.get_mut("@variables") {
+        vars.retain(|k, _| !k.starts_with("stablehlo"));
+    }
+    d.insert("software".into(), Value::Str("dpc".into()));
+    d.insert(
+        "version".into(),
+        Value::Str(env!("CARGO_PKG_VERSION").into()),
+    );
+    d.insert("time".into(), Value::Str(utc_now()));
+    Value::Dict(d)
+}
+
+/// The current UTC time as Python's `str(datetime.now(timezone.utc))` writes it.
+fn utc_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_micros()
+    )
+}
