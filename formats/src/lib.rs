@@ -7,7 +7,9 @@ pub mod dp;
 mod error;
 pub mod json;
 pub mod npy;
+pub mod pickle;
 pub mod pte;
+pub mod torchscript;
 pub mod tree;
 pub mod yaml;
 
