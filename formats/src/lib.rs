@@ -9,6 +9,7 @@ pub mod json;
 pub mod npy;
 pub mod pickle;
 pub mod pte;
+pub mod pth;
 pub mod torchscript;
 pub mod tree;
 pub mod yaml;
@@ -40,13 +41,14 @@ pub fn read_model_bytes(format: Format, bytes: Vec<u8>, path: &Path) -> Result<V
     match format {
         Format::Dp | Format::Hlo => dp::read(bytes),
         Format::Pte => pte::read(bytes),
+        Format::Pth => pth::read(bytes),
         Format::Yaml => {
             let text = String::from_utf8(bytes)
                 .map_err(|_| FormatError::invalid("the YAML file is not UTF-8"))?;
             yaml::read(&text)
         }
         other => Err(FormatError::unsupported(format!(
-            "reading .{} models is not implemented yet (dpc reads .dp, .yaml/.yml, .hlo/.xlo and .pte/.pt2 today)",
+            "reading .{} models is not implemented yet (dpc reads .dp, .yaml/.yml, .hlo/.xlo, .pte/.pt2 and .pth today)",
             other.name()
         ))),
     }

@@ -55,8 +55,13 @@ fn targets() -> Vec<Target> {
             run: |d| model(Format::Pte, d),
         },
         Target {
-            name: "torchscript",
+            name: "pth",
             seeds: vec!["models/se_e2_a/model.pth", "upstream/deeppot_sea.pth"],
+            run: |d| model(Format::Pth, d),
+        },
+        Target {
+            name: "pickle",
+            seeds: vec!["models/se_atten/model.pth"],
             run: |d| {
                 if let Ok(mut ts) = dpc_formats::torchscript::TorchScript::open(d.to_vec()) {
                     let ids: Vec<usize> = (0..ts.data.nodes.len())
@@ -164,6 +169,11 @@ fn main() {
     let crash_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crashes");
     // Panics are caught and reported here; keep the default message short.
     std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
+    let known: Vec<&str> = targets().iter().map(|t| t.name).collect();
+    if let Some(u) = only.iter().find(|o| !known.contains(&o.as_str())) {
+        eprintln!("unknown target `{u}` (targets: {})", known.join(", "));
+        std::process::exit(2);
+    }
     let mut failed = false;
     for t in targets()
         .into_iter()

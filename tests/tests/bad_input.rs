@@ -217,3 +217,85 @@ fn virtual_atoms_are_ignored() {
     assert_eq!(with.force[3 * c.atype.len()..], [0.0; 3]);
     assert_eq!(with.atom_energy[c.atype.len()], 0.0);
 }
+
+/// A zip like a TorchScript archive whose `data.pkl` is `pickle`.
+fn archive_with_pickle(pickle: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("model/data.pkl", opts).unwrap();
+        z.write_all(pickle).unwrap();
+        z.start_file("model/byteorder", opts).unwrap();
+        z.write_all(b"little").unwrap();
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+#[test]
+fn hostile_pickles_are_refused_not_run() {
+    let marker = std::env::temp_dir().join(format!("dpc-pwned-{}", std::process::id()));
+    let cmd = format!("touch {}", marker.display());
+    for (module, name) in [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("builtins", "exec"),
+        ("subprocess", "Popen"),
+        ("torch", "load"),
+    ] {
+        // GLOBAL module.name; MARK; BINUNICODE cmd; TUPLE; REDUCE; STOP
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(format!("c{module}\n{name}\n(").as_bytes());
+        p.push(b'X');
+        p.extend((cmd.len() as u32).to_le_bytes());
+        p.extend(cmd.as_bytes());
+        p.extend(b"tR.");
+        let err = read_model_bytes(Format::Pth, archive_with_pickle(&p), Path::new("evil.pth"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("refusing") && err.contains(&format!("{module}.{name}")),
+            "{err}"
+        );
+    }
+    assert!(!marker.exists(), "a pickle executed code");
+}
+
+#[test]
+fn broken_pth_and_pte_files_are_errors() {
+    for (format, rel) in [
+        (Format::Pth, "models/se_e2_a/model.pth"),
+        (Format::Pte, "models/se_e2_r/model.pte"),
+    ] {
+        let bytes = fixture_bytes(rel);
+        assert!(!must_not_panic(format, vec![]), "{rel}: empty file loaded");
+        for frac in [0.05, 0.5, 0.95, 0.9999] {
+            let cut = (bytes.len() as f64 * frac) as usize;
+            assert!(
+                !must_not_panic(format, bytes[..cut].to_vec()),
+                "{rel} truncated at {cut} loaded"
+            );
+        }
+        let mut state = 0x9E3779B97F4A7C15u64;
+        for _ in 0..100 {
+            let mut b = bytes.clone();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let i = (state % b.len() as u64) as usize;
+            b[i] ^= 0x40;
+            must_not_panic(format, b);
+        }
+    }
+    // A zip that is not a TorchScript archive.
+    let e = read_model_bytes(
+        Format::Pth,
+        archive_with_pickle(b"\x80\x02N.").into_iter().collect(),
+        Path::new("x.pth"),
+    );
+    assert!(e.is_err());
+}
