@@ -145,6 +145,25 @@ fn info_and_emit_ir() {
         out.contains("se_atten") && out.contains("Cu Au") && out.contains("sel          72"),
         "{out}"
     );
+    let (ok, out, err) = dpc(&[
+        "info",
+        fixtures()
+            .join("models/se_e2_a_tos/model.hlo")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "export       stablehlo_atomic_virial: call_lower_with_fixed_do_atomic_virial"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("platforms cpu")
+            && out.contains("in  (f64[nf,nloc + nghost,3], i32[nf,nloc + nghost], i64[nf,nloc,80]"),
+        "{out}"
+    );
     let (ok, out, err) = dpc(&["compile", "builtin:water", "--emit-ir"]);
     assert!(ok, "{err}");
     assert!(

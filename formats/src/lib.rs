@@ -5,6 +5,7 @@ pub mod archive;
 pub mod detect;
 pub mod dp;
 mod error;
+pub mod jax_export;
 pub mod json;
 pub mod npy;
 pub mod pickle;

@@ -1052,9 +1052,11 @@ pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
         "se_e3" | "se_at" | "se_a_3be" => se_t(&dp, &dsd, &type_map)?,
         "dpa1" | "se_atten" => dpa1(&dp, &dsd, &type_map, false)?,
         "se_atten_v2" => dpa1(&dp, &dsd, &type_map, true)?,
-        other => return Err(unsupported(format!(
+        other => {
+            return Err(unsupported(format!(
             "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2)"
-        ))),
+        )))
+        }
     };
     let empty = Value::Dict(Dict::new());
     let fp = Script(md.get("fitting_net").unwrap_or(&empty));

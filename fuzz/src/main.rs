@@ -47,7 +47,15 @@ fn targets() -> Vec<Target> {
         Target {
             name: "hlo",
             seeds: vec!["models/se_e3/model.hlo"],
-            run: |d| drop(read_as(Format::Hlo, d)),
+            run: |d| {
+                if let Some(tree) = read_as(Format::Hlo, d) {
+                    tree.for_each_leaf_array(&mut |v| {
+                        if let Value::Bytes(b) = v {
+                            let _ = dpc_formats::jax_export::info(b);
+                        }
+                    });
+                }
+            },
         },
         Target {
             name: "pte",

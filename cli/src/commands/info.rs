@@ -97,16 +97,30 @@ pub fn run(a: Args) -> Result<String> {
     }
     let params = tree.get("model").unwrap_or(&tree).count_array_elements();
     outln!(out, "parameters   {params}");
-    let mut blobs = Vec::new();
     if let Some(vars) = tree.get("@variables").and_then(Value::as_dict) {
         for (k, v) in vars {
-            if let Value::Bytes(b) = v {
-                blobs.push(format!("{k} ({} bytes)", b.len()));
+            let Value::Bytes(b) = v else { continue };
+            match dpc_formats::jax_export::info(b) {
+                Ok(x) => {
+                    outln!(out, "export       {k}: {} ({} bytes of StableHLO {}), platforms {}, serialization v{}, calling convention v{}",
+                        x.function_name, x.module_bytes, if x.module_is_bytecode { "bytecode" } else { "text" },
+                        x.platforms.join(","), x.serialization_version, x.calling_convention_version);
+                    let show = |v: &[dpc_formats::jax_export::Aval]| {
+                        v.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    outln!(out, "               in  ({})", show(&x.inputs));
+                    outln!(out, "               out ({})", show(&x.outputs));
+                }
+                Err(e) => outln!(
+                    out,
+                    "export       {k}: {} bytes, unreadable header ({e})",
+                    b.len()
+                ),
             }
         }
-    }
-    if !blobs.is_empty() {
-        outln!(out, "exports      {}", blobs.join(", "));
     }
     Ok(out)
 }
