@@ -11,6 +11,7 @@ pub mod npy;
 pub mod pickle;
 pub mod pte;
 pub mod pth;
+pub mod tf;
 pub mod torchscript;
 pub mod tree;
 pub mod yaml;

@@ -147,3 +147,34 @@ fn framework_containers_hold_the_dp_twin() {
         }
     }
 }
+
+/// The TensorFlow graphs parse (binary with prost, text with our parser) and expose their
+/// constants; the text and binary forms of one graph agree.
+#[test]
+fn tensorflow_graphs_parse() {
+    use dpc_formats::tf;
+    let pbtxt = std::fs::read(common::fixtures().join("upstream/deeppot.pbtxt")).unwrap();
+    let g = tf::Graph::new(tf::parse(&pbtxt, true).unwrap());
+    // An old TF-trained graph: no training script, but the type map and the statistics.
+    assert!(g.string("train_attr/training_script").is_none());
+    assert_eq!(g.string("model_attr/tmap").as_deref(), Some("O H"));
+    let avg = g.array("descrpt_attr/t_avg").unwrap().unwrap();
+    assert_eq!(avg.shape.len(), 2);
+    // Re-encode as binary and parse back: same graph.
+    use prost::Message;
+    let bin = g.def.encode_to_vec();
+    assert_eq!(tf::parse(&bin, false).unwrap(), g.def);
+    for name in common::MODELS {
+        let bytes = std::fs::read(
+            common::fixtures()
+                .join("models")
+                .join(name)
+                .join("model.pb"),
+        )
+        .unwrap();
+        let g = tf::Graph::new(tf::parse(&bytes, false).unwrap());
+        assert!(g.string("train_attr/training_script").is_some(), "{name}");
+        assert!(g.names().count() > 50, "{name}");
+    }
+    assert!(tf::parse(b"\xff\xff\xff", false).is_err());
+}
