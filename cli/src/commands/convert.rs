@@ -53,6 +53,7 @@ pub fn emit(a: EmitArgs) -> Result<String> {
 
 fn write(input: &str, output: &Path, format: Format) -> Result<String> {
     let (tree, from) = read_tree(input)?;
+    let note = tf_note(&tree);
     let tree = hub_tree(tree);
     // Refuse to write something dpc could not read back as a model.
     Model::from_tree(&tree)?;

@@ -17,8 +17,6 @@ type R = Result<ValueId, GraphError>;
 const MASKED_LOGIT: f64 = -1e30;
 /// DeePMD-kit's `attnw_shift`.
 const ATTN_SHIFT: f64 = 20.0;
-/// PyTorch's `F.normalize` floor.
-const NORM_EPS: f64 = 1e-12;
 
 pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let dt = d.dtype;
@@ -95,9 +93,9 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let mut x = gmat; // [nloc, nnei, ng]
     if !d.attention.is_empty() {
         let r3 = g.slice_n(rr, 2, 1, 4)?;
-        let input_r = l2_normalize(g, r3)?;
+        let input_r = l2_normalize(g, r3, d.norm_floor_sq)?;
         for a in &d.attention {
-            let att = gated_attention(g, a, x, sw, nmask, input_r)?;
+            let att = gated_attention(g, a, x, sw, nmask, input_r, d.norm_floor_sq)?;
             let y = g.add(x, att)?;
             x = layer_norm(g, y, &a.norm)?;
         }
@@ -137,13 +135,14 @@ fn type_table(g: &mut Graph, te: &TypeEmbedding, dt: DType) -> R {
     }
 }
 
-/// `x / max(|x|, 1e-12)` over the last axis, written as `x / sqrt(max(|x|^2, 1e-24))` so
-/// the derivative at a zero vector is finite.
-fn l2_normalize(g: &mut Graph, x: ValueId) -> R {
+/// `x / sqrt(max(|x|^2, floor_sq))` over the last axis: PyTorch's `x / max(|x|, 1e-12)`
+/// with `floor_sq = 1e-24`, TensorFlow's `l2_normalize` with 1e-12. The floor keeps the
+/// derivative at a zero vector finite.
+fn l2_normalize(g: &mut Graph, x: ValueId, floor_sq: f64) -> R {
     let last = g.ty(x).rank() - 1;
     let sq = g.mul(x, x)?;
     let n2 = g.sum(sq, &[last], true)?;
-    let floor = g.scalar_like(NORM_EPS * NORM_EPS, x);
+    let floor = g.scalar_like(floor_sq, x);
     let n2 = g.maximum(n2, floor)?;
     let n = g.sqrt(n2)?;
     g.div(x, n)
@@ -166,6 +165,7 @@ fn gated_attention(
     sw: ValueId,
     nmask: ValueId,
     input_r: ValueId,
+    floor_sq: f64,
 ) -> R {
     let hd = a.hidden_dim;
     let nnei = g.shape(x)[1];
@@ -174,9 +174,9 @@ fn gated_attention(
     let mut k = g.slice_n(qkv, 2, hd, 2 * hd)?;
     let mut v = g.slice_n(qkv, 2, 2 * hd, 3 * hd)?;
     if a.normalize {
-        q = l2_normalize(g, q)?;
-        k = l2_normalize(g, k)?;
-        v = l2_normalize(g, v)?;
+        q = l2_normalize(g, q, floor_sq)?;
+        k = l2_normalize(g, k, floor_sq)?;
+        v = l2_normalize(g, v, floor_sq)?;
     }
     let q = g.scale(q, a.scaling)?;
     let kt = g.transpose(k, vec![0, 2, 1])?;

@@ -105,7 +105,16 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         Descriptor::Dpa1(d) => dpa1::build(&mut g, &inp, d, nlist)?,
     };
     let desc = g.cast(desc, DType::F64)?;
-    let ae = fitting::build(&mut g, &inp, &model.fitting, desc)?;
+    let mut ae = fitting::build(&mut g, &inp, &model.fitting, desc)?;
+    if model.tf_semantics {
+        // TensorFlow scales the fitted energy by out_std before adding out_bias.
+        let std = g.constant(crate::graph::Tensor::f64(
+            vec![model.ntypes()],
+            model.out_std.clone(),
+        ));
+        let std = g.gather(std, atype_loc)?;
+        ae = g.mul(ae, std)?;
+    }
     let out_bias = g.constant(crate::graph::Tensor::f64(
         vec![model.ntypes()],
         model.out_bias.clone(),

@@ -93,6 +93,9 @@ pub struct Dpa1 {
     pub type_embedding: TypeEmbedding,
     pub attention: Vec<AttentionLayer>,
     pub dtype: DType,
+    /// Floor on the squared norm when normalising q, k, v and the neighbour directions:
+    /// PyTorch's `F.normalize` (1e-24) unless the model runs with TensorFlow's numerics.
+    pub norm_floor_sq: f64,
 }
 
 /// `TypeEmbedNet`: a network applied to one-hot type vectors; a zero padding row appended.
@@ -545,6 +548,7 @@ fn parse_dpa1(at: At, ntypes_model: usize, v2: bool) -> Result<Dpa1, ModelError>
         type_embedding,
         attention: parse_attention(at.get("attention_layers")?.at(), nnei, ng)?,
         dtype,
+        norm_floor_sq: 1e-24,
     })
 }
 

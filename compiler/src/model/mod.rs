@@ -20,6 +20,10 @@ pub use descriptor::{
 pub use fitting::{EnergyFitting, ParamNorm};
 pub use network::{Activation, Layer, LayerNorm, Net, NetCollection};
 
+/// `tf.nn.l2_normalize`'s floor on the squared norm (PyTorch's `F.normalize` floors the norm
+/// at 1e-12, i.e. 1e-24 squared).
+pub const TF_L2_FLOOR_SQ: f64 = 1e-12;
+
 /// Why a serialization tree is not a model dpc can evaluate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelError {
@@ -49,6 +53,12 @@ pub struct Model {
     pub fitting: EnergyFitting,
     /// `out_bias[0, t, 0]`: added to each atom's energy by type.
     pub out_bias: Vec<f64>,
+    /// `out_std[0, t, 0]`: stored by every backend, but only TensorFlow applies it.
+    pub out_std: Vec<f64>,
+    /// Evaluate with TensorFlow's numerics (the model came from a `.pb`, whose truth is what
+    /// DeePMD-kit's TensorFlow runtime computes): atom energies scaled by `out_std` before
+    /// `out_bias` is added, and `tf.nn.l2_normalize`'s floor in DPA-1 attention.
+    pub tf_semantics: bool,
     pub atom_exclude_types: Vec<usize>,
     pub pair_exclude_types: Vec<(usize, usize)>,
     /// `@variables.min_nbor_dist` of the file, when recorded.
@@ -68,6 +78,11 @@ impl Model {
             .get("@variables")
             .and_then(|v| v.get("min_nbor_dist"))
             .and_then(Value::as_f64);
+        let tf_semantics = match tree.get("@dpc_runtime") {
+            None => false,
+            Some(Value::Str(s)) if s == "tensorflow" => true,
+            Some(other) => return Err(ModelError::Unsupported(format!("@dpc_runtime {other:?}"))),
+        };
         match tree.get("model") {
             Some(m) => {
                 if m.get("model_dict").is_some() {
@@ -75,13 +90,13 @@ impl Model {
                         "multi-task models (model_dict); extract one branch with `dp --pt change-bias`/`freeze --head` first".into(),
                     ));
                 }
-                Self::parse(At::root(m, "model"), min_nbor_dist)
+                Self::parse(At::root(m, "model"), min_nbor_dist, tf_semantics)
             }
-            None => Self::parse(At::root(tree, "model"), min_nbor_dist),
+            None => Self::parse(At::root(tree, "model"), min_nbor_dist, tf_semantics),
         }
     }
 
-    fn parse(at: At, min_nbor_dist: Option<f64>) -> Result<Model, ModelError> {
+    fn parse(at: At, min_nbor_dist: Option<f64>, tf_semantics: bool) -> Result<Model, ModelError> {
         let kind = at.opt_str("type")?.unwrap_or("standard");
         if kind != "standard" {
             return Err(at.unsupported(format!(
@@ -107,16 +122,22 @@ impl Model {
         }
         let descriptor = Descriptor::parse(at.get("descriptor")?.at(), ntypes)?;
         let fitting = EnergyFitting::parse(at.get("fitting")?.at(), ntypes, descriptor.dim_out())?;
-        let out_bias = match at.opt_var("out_bias")? {
-            None => vec![0.0; ntypes],
-            Some(a) if a.shape == [1, ntypes, 1] => a.to_f64_vec(),
-            Some(a) => {
-                return Err(at.err(format!(
-                    "out_bias has shape {:?}, expected [1, {ntypes}, 1]",
+        let stat = |name: &str, default: f64| -> Result<Vec<f64>, ModelError> {
+            match at.opt_var(name)? {
+                None => Ok(vec![default; ntypes]),
+                Some(a) if a.shape == [1, ntypes, 1] => Ok(a.to_f64_vec()),
+                Some(a) => Err(at.err(format!(
+                    "{name} has shape {:?}, expected [1, {ntypes}, 1]",
                     a.shape
-                )))
+                ))),
             }
         };
+        let out_bias = stat("out_bias", 0.0)?;
+        let out_std = stat("out_std", 1.0)?;
+        let mut descriptor = descriptor;
+        if let (true, Descriptor::Dpa1(d)) = (tf_semantics, &mut descriptor) {
+            d.norm_floor_sq = TF_L2_FLOOR_SQ;
+        }
         Ok(Model {
             atom_exclude_types: at.types("atom_exclude_types", ntypes)?,
             pair_exclude_types: at.pairs("pair_exclude_types", ntypes)?,
@@ -124,6 +145,8 @@ impl Model {
             descriptor,
             fitting,
             out_bias,
+            out_std,
+            tf_semantics,
             min_nbor_dist,
         })
     }
