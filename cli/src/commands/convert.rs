@@ -68,11 +68,31 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
     std::fs::write(output, bytes)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
     Ok(format!(
-        "wrote {} ({} -> {})\n",
+        "wrote {} ({} -> {})\n{note}",
         output.display(),
         from,
         format.name()
     ))
+}
+
+/// What changes when a model leaves TensorFlow's runtime: the written tree is the model the
+/// graph was built from, evaluated by every other backend without TF's `out_std` scaling.
+fn tf_note(tree: &Value) -> String {
+    if tree.get("@dpc_runtime").and_then(Value::as_str) != Some("tensorflow") {
+        return String::new();
+    }
+    let std_is_one = tree
+        .get("model")
+        .and_then(|m| m.get("@variables"))
+        .and_then(|v| v.get("out_std"))
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.to_f64_vec().iter().all(|&x| x == 1.0));
+    if std_is_one {
+        return String::new();
+    }
+    "note: DeePMD-kit's TensorFlow runtime scales this .pb's atomic energies by out_std; the other \
+     backends (and the file written) do not, so its predictions there differ (see docs/formats.md)\n"
+        .to_string()
 }
 
 /// The model as DeePMD-kit's converters pass it between backends: exports compiled for
@@ -83,6 +103,7 @@ fn hub_tree(tree: Value) -> Value {
         return tree;
     };
     d.shift_remove("constants");
+    d.shift_remove("@dpc_runtime");
     if let Some(Value::Dict(vars)) = d.get_mut("@variables") {
         vars.retain(|k, _| !k.starts_with("stablehlo"));
     }
