@@ -264,3 +264,25 @@ fn convert_round_trips_lose_nothing() {
     ]);
     assert!(!ok && err.contains("not supported yet"), "{err}");
 }
+
+#[test]
+fn savedmodel_is_described_and_refused_for_evaluation() {
+    let sm = fixtures().join("models/se_e2_a_tos/model.savedmodel");
+    let (ok, out, err) = dpc(&["info", sm.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(r#"get_type_map             ["Cu","Au"]"#)
+            && out.contains("get_sel                  [50, 30]"),
+        "{out}"
+    );
+    assert!(out.contains("not recoverable"), "{out}");
+    let conf = scratch("sm").join("c.json");
+    std::fs::write(&conf, r#"{"coord": [0,0,0, 2,0,0], "atype": [0,1]}"#).unwrap();
+    let (ok, _, err) = dpc(&[
+        "eval",
+        sm.to_str().unwrap(),
+        "--input",
+        conf.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("cannot be recovered"), "{err}");
+}

@@ -11,6 +11,7 @@ pub mod npy;
 pub mod pickle;
 pub mod pte;
 pub mod pth;
+pub mod savedmodel;
 pub mod tf;
 pub mod torchscript;
 pub mod tree;
@@ -25,7 +26,11 @@ pub use tree::{DType, Dict, NdArray, Value};
 /// Read any supported model file into its serialization tree.
 pub fn read_model(path: &Path) -> Result<Value, FormatError> {
     let format = Format::from_path(path)?;
-    if path.is_dir() && format != Format::SavedModel {
+    if format == Format::SavedModel {
+        savedmodel::inspect(path)?;
+        return Err(savedmodel::no_weights(path));
+    }
+    if path.is_dir() {
         return Err(FormatError::invalid(format!(
             "{} is a directory, not a model file",
             path.display()

@@ -15,6 +15,9 @@ pub struct Args {
 /// Returns what to print on standard output.
 pub fn run(a: Args) -> Result<String> {
     let mut out = String::new();
+    if a.model.ends_with(".savedmodel") || a.model.ends_with(".savedmodel/") {
+        return savedmodel_info(&a.model);
+    }
     let (tree, format) = read_tree(&a.model)?;
     outln!(out, "model        {}", a.model);
     outln!(out, "format       {format}");
@@ -122,5 +125,49 @@ pub fn run(a: Args) -> Result<String> {
             }
         }
     }
+    Ok(out)
+}
+
+/// A JAX SavedModel: its getters and compiled modules (its weights are not recoverable).
+fn savedmodel_info(path: &str) -> Result<String> {
+    let mut out = String::new();
+    let info = dpc_formats::savedmodel::inspect(std::path::Path::new(path))?;
+    outln!(out, "model        {path}");
+    outln!(out, "format       savedmodel (JAX, via jax2tf)");
+    for (k, v) in &info.attributes {
+        if k == "get_model_def_script" {
+            continue;
+        }
+        let shown = match v {
+            Value::Array(a) => {
+                let items: Vec<String> = (0..a.len())
+                    .map(|i| {
+                        a.get_i64(i)
+                            .map_or_else(|| a.get_f64(i).to_string(), |v| v.to_string())
+                    })
+                    .collect();
+                format!("[{}]", items.join(", "))
+            }
+            other => dpc_formats::json::write(other).unwrap_or_default(),
+        };
+        outln!(out, "{k:<24} {shown}");
+    }
+    if let Some(d) = info
+        .model_def_script
+        .as_ref()
+        .and_then(|s| s.get("descriptor"))
+        .and_then(|d| d.get("type"))
+        .and_then(Value::as_str)
+    {
+        outln!(out, "descriptor   {d} (from get_model_def_script)");
+    }
+    for (size, platforms) in &info.modules {
+        outln!(
+            out,
+            "xla module   {size} bytes of StableHLO, platforms {}",
+            platforms.join(",")
+        );
+    }
+    outln!(out, "weights      compiled into the XLA modules; not recoverable (evaluate or convert the .hlo/.dp/.pth it came from)");
     Ok(out)
 }
