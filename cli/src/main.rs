@@ -34,6 +34,8 @@ enum Command {
     Info(commands::info::Args),
     /// Evaluate energies, forces and virials of configurations (JSON in, JSON out).
     Eval(commands::eval::Args),
+    /// Time evaluation on an fcc Cu/Au system (atoms/s, µs/step/atom, peak memory).
+    Bench(commands::bench::Args),
     /// Test a model on a deepmd/npy system and print errors like `dp test`.
     Test(commands::test::Args),
     /// Compile a model; `--emit-ir` prints the tensor graph.
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Test(a) => commands::test::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::Compile(a) => commands::compile::run(a),
         Command::Convert(a) => commands::convert::convert(a),
         Command::Emit(a) => commands::convert::emit(a),

@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod compile;
 pub mod convert;
 pub mod eval;

@@ -1,0 +1,142 @@
+//! `dpc bench MODEL [--atoms N] [--reps R] [--no-atomic-virial]`: time evaluation on the
+//! fcc Cu/Au system of `shared/fixtures/gen/bench.py` (a = 3.70 Å, n x n x n cubic cells of
+//! 4 atoms, 25% of the atoms type 1, Gaussian displacements of 0.08 Å; our own RNG, so the
+//! displacements differ from numpy's but the system is statistically the same).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use dpc_runtime::{DeepPot, Frame};
+
+use crate::source::read_tree;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file or built-in model.
+    model: String,
+    /// Approximate number of atoms (rounded to 4 n^3).
+    #[arg(long, default_value_t = 2048)]
+    atoms: usize,
+    /// Timed evaluations (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Compute per-atom virials too (DeePMD-kit's `atomic=True`).
+    #[arg(long)]
+    atomic_virial: bool,
+}
+
+/// SplitMix64: deterministic, good enough for displacements.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = self.next_f64().max(1e-300);
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// The benchmark system: coordinates, types and the cubic box.
+pub fn fcc_system(n: usize, seed: u64) -> (Vec<f64>, Vec<i32>, [f64; 9]) {
+    let a = 3.70;
+    let basis = [
+        [0.0, 0.0, 0.0],
+        [0.5, 0.5, 0.0],
+        [0.5, 0.0, 0.5],
+        [0.0, 0.5, 0.5],
+    ];
+    let mut rng = Rng(seed);
+    let mut coord = Vec::with_capacity(4 * n * n * n * 3);
+    for i in 0..n {
+        for j in 0..n {
+            for k in 0..n {
+                for b in basis {
+                    for (d, c) in [i, j, k].iter().enumerate() {
+                        coord.push((*c as f64 + b[d]) * a + 0.08 * rng.normal());
+                    }
+                }
+            }
+        }
+    }
+    let natoms = coord.len() / 3;
+    let mut atype = vec![0i32; natoms];
+    // A quarter of the atoms, chosen by a partial Fisher-Yates shuffle.
+    let mut idx: Vec<usize> = (0..natoms).collect();
+    for s in 0..natoms / 4 {
+        let r = s + (rng.next_f64() * (natoms - s) as f64) as usize;
+        idx.swap(s, r.min(natoms - 1));
+        atype[idx[s]] = 1;
+    }
+    let l = n as f64 * a;
+    (coord, atype, [l, 0.0, 0.0, 0.0, l, 0.0, 0.0, 0.0, l])
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+pub fn run(a: Args) -> Result<String> {
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let n = ((a.atoms as f64 / 4.0).cbrt().round() as usize).max(1);
+    let (coord, atype, cell) = fcc_system(n, 7);
+    let natoms = atype.len();
+    let (tree, _) = read_tree(&a.model)?;
+    let pot = DeepPot::from_tree(tree)?;
+    if pot.model().ntypes() < 2 {
+        bail!(
+            "the benchmark system has two atom types; this model has {}",
+            pot.model().ntypes()
+        );
+    }
+    let frame = Frame::new(&coord, &atype, Some(&cell));
+    eprintln!(
+        "dpc bench: {natoms} atoms (fcc {n}x{n}x{n}, box {:.2} Å), model {}",
+        cell[0], a.model
+    );
+    let t0 = Instant::now();
+    pot.compute(&frame, a.atomic_virial)?;
+    eprintln!("  warm-up      {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+    let mut times = Vec::with_capacity(a.reps);
+    for r in 0..a.reps {
+        let t = Instant::now();
+        pot.compute(&frame, a.atomic_virial)?;
+        times.push(t.elapsed().as_secs_f64());
+        eprintln!("  run {}/{}     {:.1} ms", r + 1, a.reps, times[r] * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let mut out = String::new();
+    outln!(out, "atoms         {natoms}");
+    outln!(
+        out,
+        "median        {:.2} ms per evaluation (min {:.2}, max {:.2}, n={})",
+        median * 1e3,
+        times[0] * 1e3,
+        times[times.len() - 1] * 1e3,
+        a.reps
+    );
+    outln!(out, "throughput    {:.0} atoms/s", natoms as f64 / median);
+    outln!(
+        out,
+        "per atom      {:.3} µs/step/atom",
+        median * 1e6 / natoms as f64
+    );
+    if let Some(m) = peak_rss_mib() {
+        outln!(out, "peak memory   {m:.0} MiB");
+    }
+    Ok(out)
+}
