@@ -10,7 +10,7 @@ use dpc_compiler::graph::{verify::verify, Bindings, Tensor};
 use dpc_compiler::model::{Model, ModelError};
 use dpc_formats::{FormatError, Value};
 
-use crate::cpu::{ExecError, Executor};
+use crate::cpu::{ExecError, Executor, Profile};
 use crate::nlist::{self, Cell, NlistError};
 
 /// Why an evaluation failed. Every variant is a clear message, never a panic.
@@ -180,6 +180,25 @@ impl DeepPot {
 
     /// Evaluate one frame. `atomic` also returns per-atom virials.
     pub fn compute(&self, frame: &Frame, atomic: bool) -> Result<Output, EvalError> {
+        self.compute_with(frame, atomic, None)
+    }
+
+    /// `compute`, adding the time spent per op kind to `profile`.
+    pub fn compute_profiled(
+        &self,
+        frame: &Frame,
+        atomic: bool,
+        profile: &mut Profile,
+    ) -> Result<Output, EvalError> {
+        self.compute_with(frame, atomic, Some(profile))
+    }
+
+    fn compute_with(
+        &self,
+        frame: &Frame,
+        atomic: bool,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<Output, EvalError> {
         let m = &self.model;
         let natoms = frame.atype.len();
         if natoms == 0 {
@@ -295,13 +314,14 @@ impl DeepPot {
                     ap[start * nap..end * nap].to_vec(),
                 ));
             }
-            let res = exec.run(
-                inputs,
-                Bindings {
-                    nloc: end - start,
-                    nall: sub.atoms.len(),
-                },
-            )?;
+            let bind = Bindings {
+                nloc: end - start,
+                nall: sub.atoms.len(),
+            };
+            let res = match profile.as_deref_mut() {
+                Some(p) => exec.run_profiled(inputs, bind, p)?,
+                None => exec.run(inputs, bind)?,
+            };
             let get = |name: &str| -> &[f64] {
                 let k = exec.output_index(name).expect("graph has the output");
                 res[k].as_f64().expect("outputs are f64")

@@ -23,6 +23,9 @@ pub struct Args {
     /// Compute per-atom virials too (DeePMD-kit's `atomic=True`).
     #[arg(long)]
     atomic_virial: bool,
+    /// Also report where the time goes, per graph op kind.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// SplitMix64: deterministic, good enough for displacements.
@@ -137,6 +140,26 @@ pub fn run(a: Args) -> Result<String> {
     );
     if let Some(m) = peak_rss_mib() {
         outln!(out, "peak memory   {m:.0} MiB");
+    }
+    if a.profile {
+        let mut prof = dpc_runtime::cpu::Profile::new();
+        pot.compute_profiled(&frame, a.atomic_virial, &mut prof)?;
+        let total: f64 = prof.values().map(|v| v.0).sum();
+        let mut rows: Vec<_> = prof.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        outln!(
+            out,
+            "profile       one evaluation, {:.1} ms in graph ops:",
+            total * 1e3
+        );
+        for (op, (t, n)) in rows.iter().take(12) {
+            outln!(
+                out,
+                "  {op:<14} {:>8.1} ms {:>5.1}%  ({n} nodes)",
+                t * 1e3,
+                100.0 * t / total
+            );
+        }
     }
     Ok(out)
 }

@@ -31,6 +31,9 @@ impl fmt::Display for ExecError {
 
 impl std::error::Error for ExecError {}
 
+/// Seconds and node count per op kind.
+pub type Profile = std::collections::BTreeMap<&'static str, (f64, usize)>;
+
 /// A graph prepared for repeated runs: which nodes the outputs need, and when each value
 /// can be dropped.
 pub struct Executor {
@@ -78,6 +81,25 @@ impl Executor {
     /// Run on `inputs` (in the graph's input order) with the symbol sizes `bind`.
     /// Returns the outputs in the graph's output order.
     pub fn run(&self, inputs: Vec<Tensor>, bind: Bindings) -> Result<Vec<Tensor>, ExecError> {
+        self.run_with(inputs, bind, None)
+    }
+
+    /// `run`, also adding the time spent in each op kind to `profile`.
+    pub fn run_profiled(
+        &self,
+        inputs: Vec<Tensor>,
+        bind: Bindings,
+        profile: &mut Profile,
+    ) -> Result<Vec<Tensor>, ExecError> {
+        self.run_with(inputs, bind, Some(profile))
+    }
+
+    fn run_with(
+        &self,
+        inputs: Vec<Tensor>,
+        bind: Bindings,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<Vec<Tensor>, ExecError> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(ExecError::Input(format!(
@@ -105,6 +127,7 @@ impl Executor {
             if !self.needed[i] {
                 continue;
             }
+            let started = profile.is_some().then(std::time::Instant::now);
             let out = {
                 let arg = |k: usize| -> &Tensor {
                     vals[node.args[k].index()]
@@ -123,6 +146,11 @@ impl Executor {
                     bind,
                 )?
             };
+            if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
+                let e = p.entry(node.op.name()).or_default();
+                e.0 += t.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
             let want = bind.shape(&node.ty.shape);
             if out.shape != want {
                 return Err(ExecError::Shape(format!(
