@@ -192,13 +192,50 @@ fn bin_num<
     })
 }
 
+/// Whether `inner`, without its leading unit axes, is a suffix of `outer`: then `inner`
+/// repeats contiguously over `outer` (a bias row added to every row, say).
+fn is_trailing(inner: &[usize], outer: &[usize]) -> bool {
+    let trimmed: &[usize] = {
+        let skip = inner.iter().take_while(|&&d| d == 1).count();
+        &inner[skip..]
+    };
+    trimmed.len() <= outer.len() && outer.ends_with(trimmed)
+}
+
 fn zip_bcast<A: Copy, B: Copy, C: Default + Clone>(
     out: &[usize],
     a: (&[A], &[usize]),
     b: (&[B], &[usize]),
     f: impl Fn(A, B) -> C,
 ) -> Vec<C> {
-    let mut o = vec![C::default(); out.iter().product()];
+    let n: usize = out.iter().product();
+    // Fast paths: equal shapes, and one side repeating contiguously (scalars, bias rows).
+    if a.0.len() == n && b.0.len() == n && a.1 == out && b.1 == out {
+        return a.0.iter().zip(b.0).map(|(&x, &y)| f(x, y)).collect();
+    }
+    if a.0.len() == n && a.1 == out && !b.0.is_empty() && is_trailing(b.1, out) {
+        let mut o = Vec::with_capacity(n);
+        if let [y] = b.0 {
+            o.extend(a.0.iter().map(|&x| f(x, *y)));
+        } else {
+            for row in a.0.chunks(b.0.len()) {
+                o.extend(row.iter().zip(b.0).map(|(&x, &y)| f(x, y)));
+            }
+        }
+        return o;
+    }
+    if b.0.len() == n && b.1 == out && !a.0.is_empty() && is_trailing(a.1, out) {
+        let mut o = Vec::with_capacity(n);
+        if let [x] = a.0 {
+            o.extend(b.0.iter().map(|&y| f(*x, y)));
+        } else {
+            for row in b.0.chunks(a.0.len()) {
+                o.extend(a.0.iter().zip(row).map(|(&x, &y)| f(x, y)));
+            }
+        }
+        return o;
+    }
+    let mut o = vec![C::default(); n];
     for_each_bcast(out, [a.1, b.1], |i, [ia, ib]| o[i] = f(a.0[ia], b.0[ib]));
     o
 }
@@ -392,6 +429,36 @@ fn remap(x: &Tensor, shape: Vec<usize>, idx: &[usize]) -> Tensor {
 
 pub fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
     let out: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+    // Swapping the last two axes (the common case): blocked 2-d transposes per batch.
+    let r = perm.len();
+    if r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i) {
+        let (m, n) = (x.shape[r - 2], x.shape[r - 1]);
+        fn t2<T: Copy + Default>(v: &[T], m: usize, n: usize) -> Vec<T> {
+            let mut o = vec![T::default(); v.len()];
+            if m * n == 0 {
+                return o;
+            }
+            for (src, dst) in v.chunks(m * n).zip(o.chunks_mut(m * n)) {
+                for ib in (0..m).step_by(32) {
+                    for jb in (0..n).step_by(32) {
+                        for i in ib..(ib + 32).min(m) {
+                            for j in jb..(jb + 32).min(n) {
+                                dst[j * m + i] = src[i * n + j];
+                            }
+                        }
+                    }
+                }
+            }
+            o
+        }
+        let data = match &x.data {
+            Data::F64(v) => Data::F64(t2(v, m, n)),
+            Data::F32(v) => Data::F32(t2(v, m, n)),
+            Data::I32(v) => Data::I32(t2(v, m, n)),
+            Data::Bool(v) => Data::Bool(t2(v, m, n)),
+        };
+        return Tensor { shape: out, data };
+    }
     let st = strides(&x.shape);
     let permuted: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
     let mut idx = Vec::with_capacity(x.len());
