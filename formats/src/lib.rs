@@ -8,6 +8,7 @@ mod error;
 pub mod jax_export;
 pub mod json;
 pub mod npy;
+pub mod pb;
 pub mod pickle;
 pub mod pte;
 pub mod pth;
@@ -49,13 +50,14 @@ pub fn read_model_bytes(format: Format, bytes: Vec<u8>, path: &Path) -> Result<V
         Format::Dp | Format::Hlo => dp::read(bytes),
         Format::Pte => pte::read(bytes),
         Format::Pth => pth::read(bytes),
+        Format::Pb => pb::read(&bytes, pb::is_text(path, &bytes)),
         Format::Yaml => {
             let text = String::from_utf8(bytes)
                 .map_err(|_| FormatError::invalid("the YAML file is not UTF-8"))?;
             yaml::read(&text)
         }
         other => Err(FormatError::unsupported(format!(
-            "reading .{} models is not implemented yet (dpc reads .dp, .yaml/.yml, .hlo/.xlo, .pte/.pt2 and .pth today)",
+            "reading .{} models is not implemented yet (dpc reads .dp, .yaml/.yml, .hlo/.xlo, .pte/.pt2, .pth and .pb/.pbtxt today)",
             other.name()
         ))),
     }
