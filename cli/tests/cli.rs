@@ -216,11 +216,23 @@ fn test_command_reports_like_dp_test() {
 
 #[test]
 fn convert_round_trips_lose_nothing() {
-    let dir = scratch("convert");
-    let src = fixtures().join("models/se_e2_a_tos/model.hlo");
+    for src in [
+        "models/se_e2_a_tos/model.hlo",
+        "models/se_atten/model.pth",
+        "models/se_e2_a/model.pb",
+    ] {
+        round_trip(&fixtures().join(src));
+    }
+}
+
+fn round_trip(src: &std::path::Path) {
+    let dir = scratch(&format!(
+        "convert-{}",
+        src.extension().unwrap().to_str().unwrap()
+    ));
     let (a, b, c) = (dir.join("a.dp"), dir.join("b.yaml"), dir.join("c.dp"));
     for (from, to) in [
-        (src.as_path(), a.as_path()),
+        (src, a.as_path()),
         (a.as_path(), b.as_path()),
         (b.as_path(), c.as_path()),
     ] {
@@ -243,7 +255,7 @@ fn convert_round_trips_lose_nothing() {
             .unwrap()
             .clone()
     };
-    let original = model(&src);
+    let original = model(src);
     for p in [&a, &b, &c, &dir.join("d.yaml")] {
         assert_eq!(
             model(p),
@@ -252,9 +264,9 @@ fn convert_round_trips_lose_nothing() {
             p.display()
         );
     }
-    // The exports are compiled artifacts, not the model: they are not carried over.
+    // Compiled exports and dpc's runtime marker are not carried over.
     let a_tree = dpc_formats::read_model(&a).unwrap();
-    assert!(a_tree.get("constants").is_none());
+    assert!(a_tree.get("constants").is_none() && a_tree.get("@dpc_runtime").is_none());
     assert!(a_tree.get("@variables").unwrap().get("stablehlo").is_none());
     // Not-yet-written targets say so.
     let (ok, _, err) = dpc(&[
