@@ -68,6 +68,13 @@ fn targets() -> Vec<Target> {
             run: |d| model(Format::Pth, d),
         },
         Target {
+            // The path `fuzz` has no extension, so `pb::is_text` decides binary or text from
+            // the content: both the binary and the text parser get inputs.
+            name: "pb",
+            seeds: vec!["models/se_e2_a/model.pb", "upstream/deeppot.pbtxt"],
+            run: |d| model(Format::Pb, d),
+        },
+        Target {
             name: "pickle",
             seeds: vec!["models/se_atten/model.pth"],
             run: |d| {
