@@ -105,6 +105,19 @@ pub struct Output {
     pub atom_virial: Option<Vec<f64>>,
 }
 
+/// Results on an extended system, per extended atom (ghosts included, not folded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtendedOutput {
+    pub energy: f64,
+    /// `[nloc]`.
+    pub atom_energy: Vec<f64>,
+    /// `[nall * 3]`.
+    pub force: Vec<f64>,
+    pub virial: [f64; 9],
+    /// `[nall * 9]`, when asked for.
+    pub atom_virial: Option<Vec<f64>>,
+}
+
 /// A loaded model with its compiled graphs.
 pub struct DeepPot {
     model: Model,
@@ -197,7 +210,7 @@ impl DeepPot {
         &self,
         frame: &Frame,
         atomic: bool,
-        mut profile: Option<&mut Profile>,
+        profile: Option<&mut Profile>,
     ) -> Result<Output, EvalError> {
         let m = &self.model;
         let natoms = frame.atype.len();
@@ -276,13 +289,61 @@ impl DeepPot {
             &m.sel(),
             m.mixed_types(),
         )?;
-        let exec = self.executor(atomic)?;
         let aparam: Option<Vec<f64>> = (nap > 0).then(|| {
             let a = frame.aparam.unwrap();
             real.iter()
                 .flat_map(|&i| a[i * nap..(i + 1) * nap].iter().copied())
                 .collect()
         });
+        let ex =
+            self.evaluate_extended(&ext, fparam.as_deref(), aparam.as_deref(), atomic, profile)?;
+        out.energy = ex.energy;
+        for (k, &e) in ex.atom_energy.iter().enumerate() {
+            out.atom_energy[real[k]] = e;
+        }
+        out.virial = ex.virial;
+        for (k, &owner) in ext.mapping.iter().enumerate() {
+            let i = real[owner];
+            for d in 0..3 {
+                out.force[3 * i + d] += ex.force[3 * k + d];
+            }
+            if let (Some(av), Some(ev)) = (out.atom_virial.as_mut(), ex.atom_virial.as_ref()) {
+                for d in 0..9 {
+                    av[9 * i + d] += ev[9 * k + d];
+                }
+            }
+        }
+        let finite =
+            out.energy.is_finite() && out.force.iter().chain(&out.virial).all(|x| x.is_finite());
+        if !finite {
+            return Err(EvalError::Exec(ExecError::Shape(
+                "the model produced NaN or infinite values for this configuration".into(),
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Evaluate an extended system: local atoms first, ghosts after, a formatted neighbour
+    /// list (`nlist::build` or `nlist::from_md_list`). Forces and virials stay per extended
+    /// atom; `aparam` is `nloc * dim_aparam`, `fparam` already defaulted.
+    pub fn evaluate_extended(
+        &self,
+        ext: &nlist::Extended,
+        fparam: Option<&[f64]>,
+        aparam: Option<&[f64]>,
+        atomic: bool,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<ExtendedOutput, EvalError> {
+        let exec = self.executor(atomic)?;
+        let nap = self.model.dim_aparam();
+        let nloc = ext.nloc;
+        let mut out = ExtendedOutput {
+            energy: 0.0,
+            atom_energy: vec![0.0; nloc],
+            force: vec![0.0; ext.nall * 3],
+            virial: [0.0; 9],
+            atom_virial: atomic.then(|| vec![0.0; ext.nall * 9]),
+        };
         // Centres go through the graph in chunks, each with only the atoms its neighbour
         // lists touch, so memory stays bounded however large the system is. Energies,
         // forces and virials (with the correction term) are sums over centres, so the
@@ -290,7 +351,7 @@ impl DeepPot {
         let chunk = self.chunk.unwrap_or_else(|| chunk_size(ext.nnei));
         for start in (0..nloc).step_by(chunk) {
             let end = (start + chunk).min(nloc);
-            let sub = SubSystem::new(&ext, start, end);
+            let sub = SubSystem::new(ext, start, end);
             let mut inputs = vec![
                 Tensor::f64(
                     vec![sub.atoms.len(), 3],
@@ -305,10 +366,10 @@ impl DeepPot {
                 ),
                 Tensor::i32(vec![end - start, ext.nnei], sub.nlist),
             ];
-            if let Some(fp) = &fparam {
-                inputs.push(Tensor::f64(vec![fp.len()], fp.clone()));
+            if let Some(fp) = fparam {
+                inputs.push(Tensor::f64(vec![fp.len()], fp.to_vec()));
             }
-            if let Some(ap) = &aparam {
+            if let Some(ap) = aparam {
                 inputs.push(Tensor::f64(
                     vec![end - start, nap],
                     ap[start * nap..end * nap].to_vec(),
@@ -327,36 +388,27 @@ impl DeepPot {
                 res[k].as_f64().expect("outputs are f64")
             };
             out.energy += get(io::ENERGY)[0];
-            for (k, &e) in get(io::ATOM_ENERGY).iter().enumerate() {
-                out.atom_energy[real[start + k]] = e;
-            }
+            out.atom_energy[start..end].copy_from_slice(get(io::ATOM_ENERGY));
             let (fe, ve) = (get(io::FORCE), get(io::VIRIAL));
             for (s, &k) in sub.atoms.iter().enumerate() {
-                let i = real[ext.mapping[k]];
                 for d in 0..3 {
-                    out.force[3 * i + d] += fe[3 * s + d];
+                    out.force[3 * k + d] += fe[3 * s + d];
                 }
                 for d in 0..9 {
                     out.virial[d] += ve[9 * s + d];
                 }
                 if let Some(av) = out.atom_virial.as_mut() {
                     for d in 0..9 {
-                        av[9 * i + d] += ve[9 * s + d];
+                        av[9 * k + d] += ve[9 * s + d];
                     }
                 }
             }
         }
-        let finite =
-            out.energy.is_finite() && out.force.iter().chain(&out.virial).all(|x| x.is_finite());
-        if !finite {
-            return Err(EvalError::Exec(ExecError::Shape(
-                "the model produced NaN or infinite values for this configuration".into(),
-            )));
-        }
         Ok(out)
     }
 
-    fn fparam(&self, given: Option<&[f64]>) -> Result<Option<Vec<f64>>, EvalError> {
+    /// The frame parameters to use: given, or the model's default.
+    pub fn fparam(&self, given: Option<&[f64]>) -> Result<Option<Vec<f64>>, EvalError> {
         let nfp = self.model.dim_fparam();
         if nfp == 0 {
             return Ok(None);

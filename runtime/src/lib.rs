@@ -5,4 +5,4 @@ pub mod cpu;
 mod deep_pot;
 pub mod nlist;
 
-pub use deep_pot::{DeepPot, EvalError, Frame, Output};
+pub use deep_pot::{DeepPot, EvalError, ExtendedOutput, Frame, Output};

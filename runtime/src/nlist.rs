@@ -110,6 +110,14 @@ impl Cell {
     }
 }
 
+/// A model's neighbour selection: cutoff, slots per type (one entry if types are mixed).
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    pub rcut: f64,
+    pub sel: &'a [usize],
+    pub mixed_types: bool,
+}
+
 /// A local system extended with its ghost images, and the formatted neighbour list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Extended {
@@ -198,27 +206,8 @@ pub fn build(
                 found.push((r2, k));
             }
         }
-        // Nearest first; ties in candidate order, i.e. by (image shift, atom).
-        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        found.truncate(nsel);
         let row = &mut nlist[i * nsel..(i + 1) * nsel];
-        if mixed_types {
-            for (slot, &(_, k)) in found.iter().enumerate() {
-                row[slot] = k as i64;
-            }
-        } else {
-            let mut start = 0;
-            for (t, &st) in sel.iter().enumerate() {
-                let of_type = found
-                    .iter()
-                    .filter(|f| atype[cand[f.1].2] == t as i32)
-                    .take(st);
-                for (n, &(_, k)) in of_type.enumerate() {
-                    row[start + n] = k as i64;
-                }
-                start += st;
-            }
-        }
+        select_row(&mut found, row, |k| atype[cand[k].2], sel, mixed_types);
         for &k in row.iter().filter(|&&k| k >= 0) {
             used[k as usize] = true;
         }
@@ -254,6 +243,123 @@ pub fn build(
         atype: ext_type,
         mapping,
         nlist,
+        nnei: nsel,
+    })
+}
+
+/// Fill one neighbour-list row from the candidates within rcut, `(distance^2, index)`:
+/// DeePMD-kit's rule keeps the `sum(sel)` nearest of any type, then (unless types are mixed)
+/// splits them into per-type blocks of `sel[t]` slots, nearest first. Ties keep index order.
+fn select_row(
+    found: &mut Vec<(f64, usize)>,
+    row: &mut [i64],
+    type_of: impl Fn(usize) -> i32,
+    sel: &[usize],
+    mixed_types: bool,
+) {
+    let nsel: usize = sel.iter().sum();
+    found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    found.truncate(nsel);
+    if mixed_types {
+        for (slot, &(_, k)) in found.iter().enumerate() {
+            row[slot] = k as i64;
+        }
+        return;
+    }
+    let mut start = 0;
+    for (t, &st) in sel.iter().enumerate() {
+        let of_type = found.iter().filter(|f| type_of(f.1) == t as i32).take(st);
+        for (n, &(_, k)) in of_type.enumerate() {
+            row[start + n] = k as i64;
+        }
+        start += st;
+    }
+}
+
+/// An extended system handed in by an MD code: `nall` atoms, the first `nloc` local, and for
+/// each local atom the indices of its candidate neighbours (LAMMPS's rcut+skin list). The
+/// list is formatted as DeePMD-kit's `format_nlist` does: candidates beyond rcut dropped,
+/// then [`select_row`]. `mapping` (ghost -> owner) defaults to the identity.
+pub fn from_md_list(
+    coord: &[f64],
+    atype: &[i32],
+    nloc: usize,
+    neighbors: &[Vec<usize>],
+    mapping: Option<&[usize]>,
+    select: &Selection,
+) -> Result<Extended, NlistError> {
+    let Selection {
+        rcut,
+        sel,
+        mixed_types,
+    } = *select;
+    let nall = atype.len();
+    if coord.len() != nall * 3 || nloc > nall || neighbors.len() != nloc {
+        return Err(NlistError(format!(
+            "inconsistent sizes: {} coordinates, {nall} atoms, {nloc} local, {} neighbour rows",
+            coord.len(),
+            neighbors.len()
+        )));
+    }
+    let nsel: usize = sel.iter().sum();
+    check_memory(nloc, nall, nsel)?;
+    let rc2 = rcut * rcut;
+    let mut nlist = vec![-1i64; nloc * nsel];
+    let mut found = Vec::new();
+    for (i, cands) in neighbors.iter().enumerate() {
+        found.clear();
+        let xi = [coord[3 * i], coord[3 * i + 1], coord[3 * i + 2]];
+        for &j in cands {
+            if j >= nall {
+                return Err(NlistError(format!(
+                    "neighbour index {j} of atom {i} is beyond the {nall} atoms"
+                )));
+            }
+            if j == i || atype[j] < 0 {
+                continue;
+            }
+            let d = [
+                coord[3 * j] - xi[0],
+                coord[3 * j + 1] - xi[1],
+                coord[3 * j + 2] - xi[2],
+            ];
+            let r2 = dot(d, d);
+            if r2 <= rc2 {
+                if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
+                    return Err(NlistError(format!(
+                        "atoms {i} and {j} overlap (distance {:.3e} Å)",
+                        r2.sqrt()
+                    )));
+                }
+                found.push((r2, j));
+            }
+        }
+        select_row(
+            &mut found,
+            &mut nlist[i * nsel..(i + 1) * nsel],
+            |k| atype[k],
+            sel,
+            mixed_types,
+        );
+    }
+    let mapping = match mapping {
+        Some(m) if m.len() == nall && m.iter().all(|&o| o < nloc) => m.to_vec(),
+        Some(_) => {
+            return Err(NlistError(
+                "the atom mapping must give a local atom for each of the nall atoms".into(),
+            ))
+        }
+        None => (0..nall)
+            .map(|k| if k < nloc { k } else { usize::MAX })
+            .collect(),
+    };
+    Ok(Extended {
+        nloc,
+        nall,
+        coord: coord.to_vec(),
+        atype: atype.to_vec(),
+        mapping,
+        nlist: nlist.into_iter().map(|k| k as i32).collect(),
         nnei: nsel,
     })
 }

@@ -100,3 +100,84 @@ fn chunked_evaluation_matches() {
         }
     }
 }
+
+/// The path an MD code takes: it hands over local + ghost atoms and its own (rcut + skin,
+/// unsorted) neighbour list; dpc formats it (rcut filter, nearest-first, per-type blocks) and
+/// returns per-extended-atom forces that the MD code folds back onto owners.
+#[test]
+fn md_code_neighbor_lists_give_the_same_numbers() {
+    use dpc_runtime::nlist::{self, Cell, Selection};
+    for name in ["se_e2_a", "se_atten", "se_e3"] {
+        let pot = DeepPot::load(
+            &common::fixtures()
+                .join("models")
+                .join(name)
+                .join("model.dp"),
+        )
+        .unwrap();
+        let m = pot.model();
+        let sel = m.sel();
+        let select = Selection {
+            rcut: m.rcut(),
+            sel: &sel,
+            mixed_types: m.mixed_types(),
+        };
+        for c in common::reference(name) {
+            // Ghosts as our own builder makes them, but with a generous cutoff, so the list
+            // below holds atoms beyond rcut that must be dropped.
+            let skin = 2.0;
+            let cell = c.cell.as_deref().map(|b| Cell::new(b).unwrap());
+            let wide = Selection {
+                rcut: m.rcut() + skin,
+                sel: &[100_000],
+                mixed_types: true,
+            };
+            let ext =
+                nlist::build(&c.coord, &c.atype, cell.as_ref(), wide.rcut, wide.sel, true).unwrap();
+            // An unsorted list in reverse index order, as an MD code might give.
+            let neighbors: Vec<Vec<usize>> = (0..ext.nloc)
+                .map(|i| {
+                    let mut row: Vec<usize> = ext.nlist[i * ext.nnei..(i + 1) * ext.nnei]
+                        .iter()
+                        .filter(|&&k| k >= 0)
+                        .map(|&k| k as usize)
+                        .collect();
+                    row.reverse();
+                    row
+                })
+                .collect();
+            let md = nlist::from_md_list(
+                &ext.coord,
+                &ext.atype,
+                ext.nloc,
+                &neighbors,
+                Some(&ext.mapping),
+                &select,
+            )
+            .unwrap();
+            let out = pot.evaluate_extended(&md, None, None, true, None).unwrap();
+            let mut force = vec![0.0; c.atype.len() * 3];
+            let mut atom_virial = vec![0.0; c.atype.len() * 9];
+            for (k, &owner) in md.mapping.iter().enumerate() {
+                (0..3).for_each(|d| force[3 * owner + d] += out.force[3 * k + d]);
+                (0..9).for_each(|d| {
+                    atom_virial[9 * owner + d] += out.atom_virial.as_ref().unwrap()[9 * k + d]
+                });
+            }
+            let folded = dpc_runtime::Output {
+                energy: out.energy,
+                force,
+                virial: out.virial,
+                atom_energy: out.atom_energy,
+                atom_virial: Some(atom_virial),
+            };
+            common::assert_close(
+                &format!("{name} md-list {}", c.name),
+                &folded,
+                &c.expected,
+                ATOL,
+                RTOL,
+            );
+        }
+    }
+}
