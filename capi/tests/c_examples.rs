@@ -170,3 +170,75 @@ fn bad_input_comes_back_through_check_ok() {
     let exe = compile("deeppot_errors");
     run(&exe, &[&upstream().join("deeppot_sea.yaml")], &[]);
 }
+
+/// Install into a prefix with `capi/install.sh`, then build a C program the way users do:
+/// with pkg-config, and with CMake's `find_package(DeePMD)` (when cmake is installed;
+/// CI sets DPC_REQUIRE_CMAKE=1 so it always runs there).
+#[test]
+fn installed_library_builds_with_pkg_config_and_cmake() {
+    let prefix = scratch().join("prefix");
+    let status = Command::new("sh")
+        .arg(root().join("capi/install.sh"))
+        .arg(&prefix)
+        .arg(lib_dir().join("libdeepmd_c.so"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "install.sh failed");
+    assert!(prefix.join("include/deepmd/c_api.h").exists());
+
+    let pc = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "deepmd_c"])
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .expect("pkg-config is needed (apt-get install pkg-config)");
+    assert!(pc.status.success(), "pkg-config does not find deepmd_c");
+    let flags = String::from_utf8(pc.stdout).unwrap();
+    let exe = scratch().join("errors_pkgconfig");
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .arg(root().join("examples/c/deeppot_errors.c"))
+        .arg("-o")
+        .arg(&exe)
+        .args(flags.split_whitespace())
+        .arg("-lm")
+        .status()
+        .unwrap();
+    assert!(status.success(), "building with pkg-config flags failed");
+    run(&exe, &[&upstream().join("deeppot_sea.yaml")], &[]);
+
+    let have_cmake = Command::new("cmake").arg("--version").output().is_ok();
+    if !have_cmake {
+        assert!(
+            std::env::var("DPC_REQUIRE_CMAKE").is_err(),
+            "DPC_REQUIRE_CMAKE is set but cmake is not installed"
+        );
+        eprintln!("cmake not installed: the find_package(DeePMD) check is skipped");
+        return;
+    }
+    let src = scratch().join("cmake-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("CMakeLists.txt"),
+        format!(
+            "cmake_minimum_required(VERSION 3.16)\nproject(check C)\n\
+             find_package(DeePMD 3.2 REQUIRED)\n\
+             add_executable(deeppot_errors {})\n\
+             target_link_libraries(deeppot_errors DeePMD::deepmd_c m)\n",
+            root().join("examples/c/deeppot_errors.c").display()
+        ),
+    )
+    .unwrap();
+    let build = scratch().join("cmake-build");
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?} failed");
+    ok(Command::new("cmake")
+        .arg("-S")
+        .arg(&src)
+        .arg("-B")
+        .arg(&build)
+        .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())));
+    ok(Command::new("cmake").arg("--build").arg(&build));
+    run(
+        &build.join("deeppot_errors"),
+        &[&upstream().join("deeppot_sea.yaml")],
+        &[],
+    );
+}
