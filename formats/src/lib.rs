@@ -8,6 +8,7 @@ mod error;
 pub mod jax_export;
 pub mod json;
 pub mod npy;
+pub mod paddle;
 pub mod pb;
 pub mod pickle;
 pub mod pte;
@@ -56,12 +57,35 @@ pub fn read_model_bytes(format: Format, bytes: Vec<u8>, path: &Path) -> Result<V
                 .map_err(|_| FormatError::invalid("the YAML file is not UTF-8"))?;
             yaml::read(&text)
         }
+        Format::Paddle => read_paddle(&bytes, path),
         other => Err(FormatError::unsupported(format!(
-            "reading .{} models is not implemented yet (dpc reads .dp, .yaml/.yml, .hlo/.xlo, .pte/.pt2, .pth and .pb/.pbtxt today)",
+            "reading .{} models is not implemented yet (dpc reads .dp, .yaml/.yml, .hlo/.xlo, .pte/.pt2, .pth, .pb/.pbtxt and Paddle .json today)",
             other.name()
         ))),
     }
     .map_err(|e| e.context(&ctx))
+}
+
+/// A Paddle model: `path` is the program (`.json`), its tensors are the sibling
+/// `.pdiparams` of the same stem. Old static-graph programs (`.pdmodel`) are not read.
+fn read_paddle(json: &[u8], path: &Path) -> Result<Value, FormatError> {
+    let is_pdmodel = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("pdmodel"));
+    if is_pdmodel {
+        return Err(FormatError::unsupported(
+            "old static-graph Paddle programs (.pdmodel protobuf) are not supported; dpc reads the PIR .json program DeePMD-kit writes (`dp convert-backend model.yaml model.json`)",
+        ));
+    }
+    let params_path = path.with_extension("pdiparams");
+    let params = std::fs::read(&params_path).map_err(|e| {
+        FormatError::Io(format!(
+            "a Paddle model needs its parameters beside the program: cannot read {}: {e}",
+            params_path.display()
+        ))
+    })?;
+    paddle::read(json, &params)
 }
 
 /// Write a serialization tree in the format the path's extension names.

@@ -7,6 +7,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dpc_formats::{Format, Value};
@@ -24,11 +25,48 @@ fn read_as(format: Format, data: &[u8]) -> Option<Value> {
 /// Reading, and when that succeeds, building and verifying the model's graph.
 fn model(format: Format, data: &[u8]) {
     if let Some(tree) = read_as(format, data) {
-        if let Ok(m) = dpc_compiler::model::Model::from_tree(&tree) {
-            if let Ok(g) = dpc_compiler::build::build_graph(&m, Default::default()) {
-                dpc_compiler::graph::verify::verify(&g).expect("a built graph verifies");
-            }
+        compile(&tree);
+    }
+}
+
+fn compile(tree: &Value) {
+    if let Ok(m) = dpc_compiler::model::Model::from_tree(tree) {
+        if let Ok(g) = dpc_compiler::build::build_graph(&m, Default::default()) {
+            dpc_compiler::graph::verify::verify(&g).expect("a built graph verifies");
         }
+    }
+}
+
+/// A Paddle model is two files; its seeds are members of `tests/fixtures/paddle/models.zip`
+/// (named `paddle:<member>`), and each input replaces one of the two (the program when it
+/// starts like JSON, else the tensors) while the other stays intact.
+const PADDLE_ZIP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/paddle/models.zip"
+);
+
+fn paddle_member(name: &str) -> Vec<u8> {
+    let zip = std::fs::read(PADDLE_ZIP).unwrap_or_else(|e| panic!("{PADDLE_ZIP}: {e}"));
+    let mut a = dpc_formats::archive::Archive::open(zip).expect("models.zip opens");
+    a.read(name)
+        .unwrap_or_else(|e| panic!("models.zip {name}: {e}"))
+}
+
+fn paddle(data: &[u8]) {
+    static PAIR: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    let (json, params) = PAIR.get_or_init(|| {
+        (
+            paddle_member("v_f32_fparam.json"),
+            paddle_member("v_f32_fparam.pdiparams"),
+        )
+    });
+    let tree = if data.first() == Some(&b'{') {
+        dpc_formats::paddle::read(data, params)
+    } else {
+        dpc_formats::paddle::read(json, data)
+    };
+    if let Ok(tree) = tree {
+        compile(&tree);
     }
 }
 
@@ -73,6 +111,11 @@ fn targets() -> Vec<Target> {
             name: "pb",
             seeds: vec!["models/se_e2_a/model.pb", "upstream/deeppot.pbtxt"],
             run: |d| model(Format::Pb, d),
+        },
+        Target {
+            name: "paddle",
+            seeds: vec!["paddle:v_f32_fparam.json", "paddle:v_f32_fparam.pdiparams"],
+            run: paddle,
         },
         Target {
             name: "pickle",
@@ -197,7 +240,10 @@ fn main() {
         let seeds: Vec<Vec<u8>> = t
             .seeds
             .iter()
-            .map(|s| std::fs::read(fixtures.join(s)).unwrap_or_else(|e| panic!("seed {s}: {e}")))
+            .map(|s| match s.strip_prefix("paddle:") {
+                Some(member) => paddle_member(member),
+                None => std::fs::read(fixtures.join(s)).unwrap_or_else(|e| panic!("seed {s}: {e}")),
+            })
             .collect();
         let mut rng = Rng(seed ^ t.name.len() as u64 ^ (t.name.as_bytes()[0] as u64) << 32);
         let deadline = Instant::now() + Duration::from_secs(seconds);
