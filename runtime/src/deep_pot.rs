@@ -126,6 +126,7 @@ pub struct DeepPot {
     atomic: OnceLock<Result<Executor, EvalError>>,
     /// Centres per graph run; `None` picks by neighbour count.
     chunk: Option<usize>,
+    unfused: bool,
 }
 
 fn compile(model: &Model, opts: BuildOptions) -> Result<Executor, EvalError> {
@@ -142,11 +143,18 @@ impl DeepPot {
     }
 
     pub fn from_tree(tree: Value) -> Result<DeepPot, EvalError> {
+        DeepPot::from_tree_with(tree, false)
+    }
+
+    /// `from_tree`, optionally built from elementary ops only (no fused kernels): the
+    /// reference the fused kernels are tested against.
+    pub fn from_tree_with(tree: Value, unfused: bool) -> Result<DeepPot, EvalError> {
         let model = Model::from_tree(&tree)?;
         let plain = compile(
             &model,
             BuildOptions {
                 atomic_virial: false,
+                unfused,
             },
         )?;
         Ok(DeepPot {
@@ -155,6 +163,7 @@ impl DeepPot {
             plain,
             atomic: OnceLock::new(),
             chunk: None,
+            unfused,
         })
     }
 
@@ -184,6 +193,7 @@ impl DeepPot {
                     &self.model,
                     BuildOptions {
                         atomic_virial: true,
+                        unfused: self.unfused,
                     },
                 )
             })

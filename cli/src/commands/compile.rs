@@ -34,6 +34,7 @@ pub fn run(a: Args) -> Result<String> {
         &model,
         BuildOptions {
             atomic_virial: a.atomic_virial,
+            unfused: false,
         },
     )?;
     if let Err(e) = verify(&graph) {

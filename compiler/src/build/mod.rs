@@ -22,6 +22,9 @@ use crate::model::{Descriptor, Model};
 pub struct BuildOptions {
     /// Per-atom virials with DeePMD-kit's correction term (three more backward passes).
     pub atomic_virial: bool,
+    /// Build every network from elementary ops, without fused kernels (the reference form
+    /// the fused ops are tested against).
+    pub unfused: bool,
 }
 
 /// Names of the graph's inputs and outputs.
@@ -54,6 +57,8 @@ pub(crate) struct Inputs {
     pub atype_loc: ValueId,
     pub fparam: Option<ValueId>,
     pub aparam: Option<ValueId>,
+    /// Whether networks may be fused into single ops.
+    pub fuse: bool,
 }
 
 /// Build the graph for `model`.
@@ -89,6 +94,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         atype_loc,
         fparam,
         aparam,
+        fuse: !opts.unfused,
     };
 
     let nlist = env_mat::exclude_pairs(

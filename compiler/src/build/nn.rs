@@ -1,6 +1,8 @@
 //! Dense layers, networks, activations and layer norm as graph nodes.
 
-use crate::graph::{Cmp, Graph, GraphError, Tensor, ValueId};
+use std::sync::Arc;
+
+use crate::graph::{Act, Cmp, DType, Graph, GraphError, Mlp, MlpLayer, Residual, Tensor, ValueId};
 use crate::model::{Activation, Layer, LayerNorm, Net};
 
 type R = Result<ValueId, GraphError>;
@@ -39,6 +41,38 @@ pub fn layer(g: &mut Graph, x: ValueId, l: &Layer) -> R {
 
 pub fn net(g: &mut Graph, x: ValueId, n: &Net) -> R {
     n.layers.iter().try_fold(x, |x, l| layer(g, x, l))
+}
+
+/// `n` as a fused network computing in `dtype`, if the fused kernels can run it exactly as
+/// `net` would: every layer in `dtype` (no casts between layers) with an activation the
+/// kernels implement. `None` otherwise (the caller builds it from elementary ops).
+pub fn fusable(n: &Net, dtype: DType) -> Option<Arc<Mlp>> {
+    let layers = n
+        .layers
+        .iter()
+        .map(|l| {
+            let act = match l.activation {
+                Activation::Tanh => Act::Tanh,
+                Activation::Linear => Act::Linear,
+                _ => return None,
+            };
+            let residual = match (l.resnet, l.n_out()) {
+                (true, o) if o == l.n_in() => Residual::Same,
+                (true, o) if o == 2 * l.n_in() => Residual::Doubled,
+                _ => Residual::None,
+            };
+            (l.dtype == dtype).then(|| MlpLayer {
+                w: Arc::new(l.w.clone()),
+                b: l.b.clone().map(Arc::new),
+                idt: l.idt.clone().map(Arc::new),
+                act,
+                residual,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let mlp = Mlp { dtype, layers };
+    mlp.check().ok()?;
+    Some(Arc::new(mlp))
 }
 
 pub fn activation(g: &mut Graph, x: ValueId, a: Activation) -> R {

@@ -2,7 +2,7 @@
 //! `G_ij = Emb(s_ij)`, `gr_i = (1/nnei) sum_j G_ij^T R_ij`, `D_i = gr_i gr_i[:axis]^T`.
 
 use super::env_mat::{apply_keep, env_mat, pair_keep};
-use super::nn::net;
+use super::nn::{fusable, net};
 use super::Inputs;
 use crate::graph::{Cmp, DType, Dim, Graph, GraphError, ValueId};
 use crate::model::SeA;
@@ -30,7 +30,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
         };
         if d.type_one_side {
             if let Some(n) = d.embeddings.get(&[tt]) {
-                let c = contract(g, ss, tr, n)?;
+                let c = contract(g, inp, ss, tr, n)?;
                 add(g, c)?;
             }
         } else {
@@ -38,7 +38,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
                 let Some(n) = d.embeddings.get(&[ti, tt]) else {
                     continue;
                 };
-                let c = contract(g, ss, tr, n)?;
+                let c = contract(g, inp, ss, tr, n)?;
                 let c = centre_type_only(g, inp, c, ti, d.dtype)?;
                 add(g, c)?;
             }
@@ -54,13 +54,19 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
     g.reshape(dm, vec![Dim::NLOC, Dim::fixed(ng * d.axis_neuron)])
 }
 
-/// `sum_j Emb(s_j)^T R_j`: `[nloc, ng, 4]`.
+/// `sum_j Emb(s_j)^T R_j`: `[nloc, ng, 4]`; one fused op where the kernels can run the net.
 fn contract(
     g: &mut Graph,
+    inp: &Inputs,
     ss: ValueId,
     tr: ValueId,
     n: &crate::model::Net,
 ) -> Result<ValueId, GraphError> {
+    if inp.fuse {
+        if let Some(mlp) = fusable(n, g.dtype(tr)) {
+            return g.embed_contract(tr, mlp);
+        }
+    }
     let gg = net(g, ss, n)?; // [nloc, s, ng]
     let ggt = g.transpose(gg, vec![0, 2, 1])?;
     g.matmul(ggt, tr)

@@ -270,5 +270,9 @@ fn rule(
             Ok(vec![Some(g.scatter_add(args[1], gy, rows)?), None])
         }
         Op::ScatterAdd { .. } => Ok(vec![None, Some(g.gather(gy, args[0])?)]),
+        Op::EmbedContract(net) => one(g.push(Op::EmbedContractVjp(net.clone()), &[args[0], gy])?),
+        Op::EmbedContractVjp(_) => Err(GraphError(
+            "embed_contract_vjp has no gradient (second derivatives are not supported)".into(),
+        )),
     }
 }

@@ -126,6 +126,11 @@ impl Graph {
         self.push(Op::Cast(d), &[x])
     }
 
+    /// `sum_j Net(rr[:, j, 0])^T rr[:, j, :]` as one fused op (see `Op::EmbedContract`).
+    pub fn embed_contract(&mut self, rr: ValueId, net: Arc<super::mlp::Mlp>) -> R {
+        self.push(Op::EmbedContract(net), &[rr])
+    }
+
     pub fn matmul(&mut self, x: ValueId, y: ValueId) -> R {
         self.push(Op::MatMul, &[x, y])
     }

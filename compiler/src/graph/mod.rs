@@ -7,6 +7,7 @@
 
 pub mod autodiff;
 mod builder;
+pub mod mlp;
 pub mod op;
 pub mod print;
 pub mod tensor;
@@ -15,6 +16,7 @@ pub mod verify;
 
 use std::fmt;
 
+pub use mlp::{Act, Mlp, MlpLayer, Residual};
 pub use op::{Binary, Cmp, Op, Unary};
 pub use tensor::{Data, Tensor};
 pub use types::{Bindings, DType, Dim, Shape, Sym, TensorType};

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::mlp::Mlp;
 use super::tensor::Tensor;
 use super::types::{numel, DType, Dim, Shape, TensorType};
 
@@ -88,6 +89,13 @@ pub enum Op {
     ScatterAdd { rows: Dim },
     /// `(x)` unchanged, but autodiff treats it as a constant.
     StopGradient,
+    /// `(rr [n, s, c]) -> [n, m, c]`: `out[i] = sum_j Net(rr[i, j, 0])^T rr[i, j, :]`, the
+    /// embedding network applied to the first channel and contracted with all channels
+    /// (se_e2_a's `G^T R~`), fused so the `[n, s, m]` activations never go to memory.
+    EmbedContract(Arc<Mlp>),
+    /// `(rr [n, s, c], g [n, m, c]) -> [n, s, c]`: the VJP of `EmbedContract` with respect to
+    /// `rr` for the cotangent `g` (the network is re-run per block; no second derivative).
+    EmbedContractVjp(Arc<Mlp>),
 }
 
 impl Op {
@@ -138,6 +146,8 @@ impl Op {
             Op::Gather => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
             Op::StopGradient => "stop_gradient",
+            Op::EmbedContract(_) => "embed_contract",
+            Op::EmbedContractVjp(_) => "embed_contract_vjp",
         }
     }
 
@@ -154,8 +164,14 @@ impl Op {
             | Op::Pad { .. }
             | Op::ReduceSum { .. }
             | Op::ReduceMax { .. }
-            | Op::StopGradient => 1,
-            Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
+            | Op::StopGradient
+            | Op::EmbedContract(_) => 1,
+            Op::Binary(_)
+            | Op::Compare(_)
+            | Op::MatMul
+            | Op::Gather
+            | Op::ScatterAdd { .. }
+            | Op::EmbedContractVjp(_) => 2,
             Op::Select => 3,
             Op::Concat { .. } => return None,
         })
@@ -366,8 +382,41 @@ impl Op {
                 Ok(TensorType::new(u.dtype, s))
             }
             Op::StopGradient => Ok(a.unwrap().clone()),
+            Op::EmbedContract(net) => {
+                let rr = a.unwrap();
+                embed_input(net, rr)?;
+                let s = vec![rr.shape[0], Dim::fixed(net.n_out()), rr.shape[2]];
+                Ok(TensorType::new(rr.dtype, s))
+            }
+            Op::EmbedContractVjp(net) => {
+                let (rr, g) = (args[0], args[1]);
+                embed_input(net, rr)?;
+                let want = [rr.shape[0], Dim::fixed(net.n_out()), rr.shape[2]];
+                if g.dtype != rr.dtype || g.shape != want {
+                    return Err(format!(
+                        "embed_contract_vjp cotangent {g} does not match {}",
+                        fmt_shape(&want)
+                    ));
+                }
+                Ok(rr.clone())
+            }
         }
     }
+}
+
+/// The checks `EmbedContract` and its VJP share on `rr` and the network.
+fn embed_input(net: &Mlp, rr: &TensorType) -> Result<(), String> {
+    net.check()?;
+    if rr.rank() != 3 || rr.dtype != net.dtype || net.n_in() != 1 {
+        return Err(format!(
+            "embed_contract needs rr [n, s, c] of the network's dtype {} and a one-input network, got {rr}",
+            net.dtype
+        ));
+    }
+    if rr.shape[2].sym.is_some() || rr.shape[2].factor == 0 {
+        return Err("embed_contract needs a fixed, non-empty channel axis".into());
+    }
+    Ok(())
 }
 
 /// Numpy broadcasting of two shapes.
@@ -438,6 +487,9 @@ impl fmt::Display for Op {
                 )
             }
             Op::ScatterAdd { rows } => write!(f, " rows={rows}"),
+            Op::EmbedContract(n) | Op::EmbedContractVjp(n) => {
+                write!(f, " widths={:?}", n.widths())
+            }
             _ => Ok(()),
         }
     }

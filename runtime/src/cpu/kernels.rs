@@ -160,6 +160,11 @@ fn unary_f<T: Float>(u: Unary, x: &[T]) -> Vec<T> {
 
 pub fn unary(u: Unary, x: &Tensor) -> R<Tensor> {
     let data = match (&x.data, u) {
+        (Data::F64(v), Unary::Tanh) => {
+            let mut out = v.clone();
+            super::fastmath::tanh_in_place(&mut out);
+            Data::F64(out)
+        }
         (Data::F64(v), _) => Data::F64(unary_f(u, v)),
         (Data::F32(v), _) => Data::F32(unary_f(u, v)),
         (Data::Bool(v), Unary::Not) => Data::Bool(v.iter().map(|b| !b).collect()),

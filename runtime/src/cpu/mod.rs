@@ -1,6 +1,8 @@
 //! The CPU executor: runs a graph node by node with the reference kernels, freeing each
 //! value after its last use.
 
+mod embed;
+pub mod fastmath;
 mod kernels;
 
 use std::fmt;
@@ -250,6 +252,8 @@ fn eval(
         Op::Gather => k::gather(a[0], a[1])?,
         Op::ScatterAdd { rows } => k::scatter_add(a[0], a[1], rows.eval(&bind))?,
         Op::StopGradient => a[0].clone(),
+        Op::EmbedContract(net) => embed::embed_contract(net, a[0])?,
+        Op::EmbedContractVjp(net) => embed::embed_contract_vjp(net, a[0], a[1])?,
     })
 }
 

@@ -1,0 +1,102 @@
+//! A dense network carried by a fused op (`Op::EmbedContract`): the weights and the layer
+//! rules of DeePMD-kit's `EmbeddingNet`, so a kernel can run the whole network per block of
+//! rows without the intermediates going to memory.
+
+use std::sync::Arc;
+
+use super::tensor::Tensor;
+use super::types::DType;
+
+/// The activations a fused network supports (those whose derivative the kernels know).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    Linear,
+    Tanh,
+}
+
+/// How a layer adds its input back (DeePMD-kit's `resnet`/timestep rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    None,
+    /// `y += x` (out == in).
+    Same,
+    /// `y += [x, x]` (out == 2 in).
+    Doubled,
+}
+
+/// `y = act(x W + b) * idt + residual(x)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpLayer {
+    /// `[in, out]`, in the network's dtype.
+    pub w: Arc<Tensor>,
+    /// `[out]`.
+    pub b: Option<Arc<Tensor>>,
+    /// `[out]`.
+    pub idt: Option<Arc<Tensor>>,
+    pub act: Act,
+    pub residual: Residual,
+}
+
+impl MlpLayer {
+    pub fn n_in(&self) -> usize {
+        self.w.shape[0]
+    }
+
+    pub fn n_out(&self) -> usize {
+        self.w.shape[1]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mlp {
+    pub dtype: DType,
+    pub layers: Vec<MlpLayer>,
+}
+
+impl Mlp {
+    pub fn n_in(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.n_in())
+    }
+
+    pub fn n_out(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.n_out())
+    }
+
+    /// Layer widths, input first.
+    pub fn widths(&self) -> Vec<usize> {
+        let mut w = vec![self.n_in()];
+        w.extend(self.layers.iter().map(|l| l.n_out()));
+        w
+    }
+
+    /// Whether the weights are consistent: widths chain, vectors match, one dtype.
+    pub fn check(&self) -> Result<(), String> {
+        if self.layers.is_empty() {
+            return Err("a fused network needs at least one layer".into());
+        }
+        let mut width = self.n_in();
+        for (k, l) in self.layers.iter().enumerate() {
+            let out = l.n_out();
+            let vec_ok = |t: &Option<Arc<Tensor>>| {
+                t.as_ref()
+                    .is_none_or(|t| t.shape == [out] && t.dtype() == self.dtype)
+            };
+            let res_ok = match l.residual {
+                Residual::None => true,
+                Residual::Same => out == l.n_in(),
+                Residual::Doubled => out == 2 * l.n_in(),
+            };
+            if l.w.shape.len() != 2
+                || l.n_in() != width
+                || l.w.dtype() != self.dtype
+                || !vec_ok(&l.b)
+                || !vec_ok(&l.idt)
+                || !res_ok
+            {
+                return Err(format!("layer {k} of the fused network is inconsistent"));
+            }
+            width = out;
+        }
+        Ok(())
+    }
+}

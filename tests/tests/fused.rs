@@ -1,0 +1,120 @@
+//! The fused kernels against the same models built from elementary ops: every variant and
+//! fixture model, energies, forces and per-atom virials, the float32 model included. The
+//! two forms differ only in summation order, so they agree to rounding.
+
+mod common;
+
+use dpc_formats::Value;
+use dpc_runtime::{DeepPot, Frame};
+
+fn pair(path: &std::path::Path) -> (DeepPot, DeepPot) {
+    let tree = dpc_formats::read_model(path).unwrap();
+    (
+        DeepPot::from_tree(tree.clone()).unwrap(),
+        DeepPot::from_tree_with(tree, true).unwrap(),
+    )
+}
+
+fn close(label: &str, a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{label}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{label}[{i}]: fused {x}, unfused {y}"
+        );
+    }
+}
+
+/// Both forms on one configuration; returns whether the model has a fused op.
+fn compare(label: &str, path: &std::path::Path, frame: &Frame, tol: f64) -> bool {
+    let (fused, plain) = pair(path);
+    let fused_ops = fused
+        .executor(true)
+        .unwrap()
+        .graph()
+        .nodes
+        .iter()
+        .filter(|n| n.op.name().starts_with("embed_contract"))
+        .count();
+    assert_eq!(
+        plain
+            .executor(true)
+            .unwrap()
+            .graph()
+            .nodes
+            .iter()
+            .filter(|n| n.op.name().starts_with("embed_contract"))
+            .count(),
+        0,
+        "{label}: the unfused graph has fused ops"
+    );
+    let a = fused.compute(frame, true).unwrap();
+    let b = plain.compute(frame, true).unwrap();
+    close(&format!("{label} energy"), &[a.energy], &[b.energy], tol);
+    close(&format!("{label} force"), &a.force, &b.force, tol);
+    close(&format!("{label} virial"), &a.virial, &b.virial, tol);
+    close(
+        &format!("{label} atom_energy"),
+        &a.atom_energy,
+        &b.atom_energy,
+        tol,
+    );
+    close(
+        &format!("{label} atom_virial"),
+        a.atom_virial.as_ref().unwrap(),
+        b.atom_virial.as_ref().unwrap(),
+        tol,
+    );
+    fused_ops > 0
+}
+
+#[test]
+fn fused_and_unfused_graphs_agree_on_every_variant() {
+    let text =
+        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
+    let doc = dpc_formats::json::parse(&text).unwrap();
+    let mut fused_models = 0;
+    for (name, entry) in doc.as_dict().unwrap() {
+        let path = common::local_fixtures()
+            .join("variants")
+            .join(entry.get("model").unwrap().as_str().unwrap());
+        let c = &entry.get("configs").unwrap().as_list().unwrap()[0];
+        let coord = common::floats(c.get("coord").unwrap());
+        let atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
+            .iter()
+            .map(|&t| t as i32)
+            .collect();
+        let opt = |k: &str| {
+            c.get(k)
+                .filter(|v: &&Value| !v.is_null())
+                .map(common::floats)
+        };
+        let (cell, fparam, aparam) = (opt("box"), opt("fparam"), opt("aparam"));
+        let frame = Frame {
+            coord: &coord,
+            atype: &atype,
+            cell: cell.as_deref(),
+            fparam: fparam.as_deref(),
+            aparam: aparam.as_deref(),
+        };
+        let tol = if name.ends_with("f32") { 1e-5 } else { 1e-12 };
+        if compare(name, &path, &frame, tol) {
+            fused_models += 1;
+        }
+    }
+    assert!(
+        fused_models >= 4,
+        "only {fused_models} variants use the fused kernels"
+    );
+}
+
+#[test]
+fn fused_and_unfused_graphs_agree_on_the_fixture_models() {
+    for name in common::MODELS {
+        let path = common::fixtures().join(format!("models/{name}/model.dp"));
+        for c in common::reference(name).iter().take(2) {
+            let frame = Frame::new(&c.coord, &c.atype, c.cell.as_deref());
+            compare(&format!("{name} {}", c.name), &path, &frame, 1e-12);
+        }
+    }
+}
