@@ -156,31 +156,61 @@ fn layers<T: Real>(net: &Mlp) -> R<Vec<Layer<T>>> {
         .collect()
 }
 
-/// Run the network on `rows` inputs `x0 [rows]` (the network has one input). Returns every
-/// layer's output `h_l [rows, out_l]`, and, for tanh layers, `t_l = tanh(z_l)` (the input of
-/// the derivative) when `keep` is set.
-fn forward<T: Real>(net: &[Layer<T>], x0: &[T], keep: bool) -> (Vec<T>, Vec<Option<Vec<T>>>) {
-    let rows = x0.len();
-    let mut h: Vec<T> = x0.to_vec();
-    let mut kept = Vec::with_capacity(net.len());
-    for l in net {
+/// Per-thread buffers, reused from block to block so the hot loop does not allocate.
+struct Scratch<T> {
+    /// The network input of the block's rows.
+    x0: Vec<T>,
+    /// Each layer's output `h_l [rows, out_l]`.
+    h: Vec<Vec<T>>,
+    /// For tanh layers in a VJP: `tanh(z_l)`, the input of the derivative.
+    t: Vec<Vec<T>>,
+    dh: Vec<T>,
+    dz: Vec<T>,
+    dprev: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(layers: usize) -> Scratch<T> {
+        Scratch {
+            x0: Vec::new(),
+            h: (0..layers).map(|_| Vec::new()).collect(),
+            t: (0..layers).map(|_| Vec::new()).collect(),
+            dh: Vec::new(),
+            dz: Vec::new(),
+            dprev: Vec::new(),
+        }
+    }
+}
+
+/// `v` resized to `n` elements, reusing its allocation (contents are overwritten by callers).
+fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.resize(n, T::default());
+    &mut v[..n]
+}
+
+/// Run the network on the `rows` inputs in `sc.x0` (the network has one input), leaving
+/// each layer's output in `sc.h`; with `keep`, tanh layers also leave `tanh(z_l)` in `sc.t`.
+fn forward<T: Real>(net: &[Layer<T>], sc: &mut Scratch<T>, keep: bool) {
+    let rows = sc.x0.len();
+    for (k, l) in net.iter().enumerate() {
         let (n_in, n_out) = (l.n_in, l.n_out);
-        let mut z = vec![T::default(); rows * n_out];
+        let (before, after) = sc.h.split_at_mut(k);
+        let x: &[T] = if k == 0 { &sc.x0 } else { &before[k - 1] };
+        let z = sized(&mut after[0], rows * n_out);
         if n_in == 1 {
-            for r in 0..rows {
-                let x = h[r];
-                for (o, zo) in z[r * n_out..(r + 1) * n_out].iter_mut().enumerate() {
-                    *zo = x * l.w[o];
+            for (zr, &xv) in z.chunks_exact_mut(n_out).zip(x) {
+                for (zo, &w) in zr.iter_mut().zip(&l.w) {
+                    *zo = xv * w;
                 }
             }
         } else {
-            // SAFETY: h is rows x n_in, w is n_in x n_out, z is rows x n_out, all row-major.
+            // SAFETY: x is rows x n_in, w is n_in x n_out, z is rows x n_out, all row-major.
             unsafe {
                 T::gemm(
                     rows,
                     n_in,
                     n_out,
-                    h.as_ptr(),
+                    x.as_ptr(),
                     n_in as isize,
                     1,
                     l.w.as_ptr(),
@@ -201,34 +231,36 @@ fn forward<T: Real>(net: &[Layer<T>], x0: &[T], keep: bool) -> (Vec<T>, Vec<Opti
             }
         }
         if l.act == Act::Tanh {
-            T::tanh_in_place(&mut z);
+            T::tanh_in_place(z);
+            if keep {
+                sized(&mut sc.t[k], rows * n_out).copy_from_slice(z);
+            }
         }
-        kept.push((keep && l.act == Act::Tanh).then(|| z.clone()));
         if let Some(idt) = &l.idt {
             for row in z.chunks_exact_mut(n_out) {
-                for (v, &s) in row.iter_mut().zip(idt) {
-                    *v = *v * s;
+                for (v, &sc) in row.iter_mut().zip(idt) {
+                    *v = *v * sc;
                 }
             }
         }
         match l.residual {
             Residual::None => {}
             Residual::Same => {
-                for (v, &x) in z.iter_mut().zip(&h) {
-                    *v = *v + x;
+                for (v, &xv) in z.iter_mut().zip(x) {
+                    *v = *v + xv;
                 }
             }
             Residual::Doubled => {
-                for (row, xr) in z.chunks_exact_mut(n_out).zip(h.chunks_exact(n_in)) {
-                    for (o, v) in row.iter_mut().enumerate() {
-                        *v = *v + xr[o % n_in];
+                for (row, xr) in z.chunks_exact_mut(n_out).zip(x.chunks_exact(n_in)) {
+                    let (lo, hi) = row.split_at_mut(n_in);
+                    for ((a, b), &xv) in lo.iter_mut().zip(hi.iter_mut()).zip(xr) {
+                        *a = *a + xv;
+                        *b = *b + xv;
                     }
                 }
             }
         }
-        h = z;
     }
-    (h, kept)
 }
 
 /// `rr [n, s, c]`'s sizes, checked.
@@ -246,6 +278,19 @@ fn block_atoms(s: usize) -> usize {
     (ROWS_PER_BLOCK / s.max(1)).max(1)
 }
 
+/// `out [m, c] = G^T [m, s] rr [s, c]` for one atom (`G [s, m]`), as rank-1 updates: the
+/// shapes are too small for a GEMM call to pay off.
+fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, out: &mut [T]) {
+    out.fill(T::default());
+    for (gj, rj) in g.chunks_exact(m).zip(r.chunks_exact(c)) {
+        for (orow, &gv) in out.chunks_exact_mut(c).zip(gj) {
+            for (o, &rv) in orow.iter_mut().zip(rj) {
+                *o = *o + gv * rv;
+            }
+        }
+    }
+}
+
 fn contract_t<T: Real>(net: &Mlp, rr: &[T], n: usize, s: usize, c: usize) -> R<Vec<T>> {
     let layers = layers::<T>(net)?;
     let m = net.n_out();
@@ -256,32 +301,22 @@ fn contract_t<T: Real>(net: &Mlp, rr: &[T], n: usize, s: usize, c: usize) -> R<V
     let nb = block_atoms(s);
     out.par_chunks_mut(nb * m * c)
         .zip(rr.par_chunks(nb * s * c))
-        .for_each(|(o, r)| {
-            let atoms = r.len() / (s * c);
-            let x0: Vec<T> = r.iter().step_by(c).copied().collect();
-            let (g, _) = forward(&layers, &x0, false);
-            for a in 0..atoms {
-                // out_a [m, c] = G_a^T [m, s] x rr_a [s, c]
-                // SAFETY: G_a is s x m row-major (read transposed), rr_a is s x c, out_a m x c.
-                unsafe {
-                    T::gemm(
-                        m,
-                        s,
-                        c,
-                        g[a * s * m..].as_ptr(),
-                        1,
-                        m as isize,
-                        r[a * s * c..].as_ptr(),
-                        c as isize,
-                        1,
-                        T::default(),
-                        o[a * m * c..].as_mut_ptr(),
-                        c as isize,
-                        1,
-                    );
+        .for_each_init(
+            || Scratch::new(layers.len()),
+            |sc, (o, r)| {
+                sc.x0.clear();
+                sc.x0.extend(r.iter().step_by(c).copied());
+                forward(&layers, sc, false);
+                let g = &sc.h[layers.len() - 1];
+                for ((ga, ra), oa) in g
+                    .chunks_exact(s * m)
+                    .zip(r.chunks_exact(s * c))
+                    .zip(o.chunks_exact_mut(m * c))
+                {
+                    contract_atom(ga, ra, m, c, oa);
                 }
-            }
-        });
+            },
+        );
     Ok(out)
 }
 
@@ -300,105 +335,111 @@ fn contract_vjp_t<T: Real>(
         return Ok(d_rr);
     }
     let nb = block_atoms(s);
+    let last = layers.len() - 1;
     d_rr.par_chunks_mut(nb * s * c)
         .zip(rr.par_chunks(nb * s * c))
         .zip(gy.par_chunks(nb * m * c))
-        .for_each(|((d, r), gb)| {
-            let atoms = r.len() / (s * c);
-            let rows = atoms * s;
-            let x0: Vec<T> = r.iter().step_by(c).copied().collect();
-            let (g, kept) = forward(&layers, &x0, true);
-            // dG_a [s, m] = rr_a [s, c] x gy_a^T [c, m];  d_rr_a [s, c] = G_a [s, m] x gy_a [m, c].
-            let mut dh = vec![T::default(); rows * m];
-            for a in 0..atoms {
-                // SAFETY: slices of the block with the shapes and row-major strides above.
-                unsafe {
-                    T::gemm(
-                        s,
-                        c,
-                        m,
-                        r[a * s * c..].as_ptr(),
-                        c as isize,
-                        1,
-                        gb[a * m * c..].as_ptr(),
-                        1,
-                        c as isize,
-                        T::default(),
-                        dh[a * s * m..].as_mut_ptr(),
-                        m as isize,
-                        1,
-                    );
-                    T::gemm(
-                        s,
-                        m,
-                        c,
-                        g[a * s * m..].as_ptr(),
-                        m as isize,
-                        1,
-                        gb[a * m * c..].as_ptr(),
-                        c as isize,
-                        1,
-                        T::default(),
-                        d[a * s * c..].as_mut_ptr(),
-                        c as isize,
-                        1,
-                    );
-                }
-            }
-            // Back through the layers: h_l = act(z_l) idt + residual(h_{l-1}).
-            for (l, t) in layers.iter().zip(&kept).rev() {
-                let (n_in, n_out) = (l.n_in, l.n_out);
-                let mut dz = dh.clone();
-                if let Some(idt) = &l.idt {
-                    for row in dz.chunks_exact_mut(n_out) {
-                        for (v, &sc) in row.iter_mut().zip(idt) {
-                            *v = *v * sc;
+        .for_each_init(
+            || Scratch::new(layers.len()),
+            |sc, ((d, r), gb)| {
+                let rows = r.len() / c;
+                sc.x0.clear();
+                sc.x0.extend(r.iter().step_by(c).copied());
+                forward(&layers, sc, true);
+                // dG_j [m] = gy_a [m, c] rr_j [c];  d_rr_j [c] = gy_a^T [c, m] G_j [m].
+                let g = &sc.h[last];
+                let dh = sized(&mut sc.dh, rows * m);
+                for (((ga, ra), gya), (dha, da)) in g
+                    .chunks_exact(s * m)
+                    .zip(r.chunks_exact(s * c))
+                    .zip(gb.chunks_exact(m * c))
+                    .zip(dh.chunks_exact_mut(s * m).zip(d.chunks_exact_mut(s * c)))
+                {
+                    for (((gj, rj), dhj), dj) in ga
+                        .chunks_exact(m)
+                        .zip(ra.chunks_exact(c))
+                        .zip(dha.chunks_exact_mut(m))
+                        .zip(da.chunks_exact_mut(c))
+                    {
+                        dj.fill(T::default());
+                        for ((dgm, gyrow), &gv) in dhj.iter_mut().zip(gya.chunks_exact(c)).zip(gj) {
+                            let mut acc = T::default();
+                            for ((&gyv, &rv), dv) in gyrow.iter().zip(rj).zip(dj.iter_mut()) {
+                                acc = acc + gyv * rv;
+                                *dv = *dv + gyv * gv;
+                            }
+                            *dgm = acc;
                         }
                     }
                 }
-                if let Some(t) = t {
-                    for (v, &tt) in dz.iter_mut().zip(t) {
-                        *v = *v * (T::ONE + T::from_f64(-1.0) * tt * tt);
-                    }
-                }
-                let mut dprev = vec![T::default(); rows * n_in];
-                match l.residual {
-                    Residual::None => {}
-                    Residual::Same => dprev.copy_from_slice(&dh),
-                    Residual::Doubled => {
-                        for (pr, hr) in dprev.chunks_exact_mut(n_in).zip(dh.chunks_exact(n_out)) {
-                            for (i, v) in pr.iter_mut().enumerate() {
-                                *v = hr[i] + hr[i + n_in];
+                // Back through the layers: h_l = act(z_l) idt + residual(h_{l-1}).
+                for (k, l) in layers.iter().enumerate().rev() {
+                    let (n_in, n_out) = (l.n_in, l.n_out);
+                    let dh = &sc.dh[..rows * n_out];
+                    let dz = sized(&mut sc.dz, rows * n_out);
+                    dz.copy_from_slice(dh);
+                    if let Some(idt) = &l.idt {
+                        for row in dz.chunks_exact_mut(n_out) {
+                            for (v, &scale) in row.iter_mut().zip(idt) {
+                                *v = *v * scale;
                             }
                         }
                     }
+                    if l.act == Act::Tanh {
+                        for (v, &tt) in dz.iter_mut().zip(&sc.t[k]) {
+                            *v = *v * (T::ONE + T::from_f64(-1.0) * tt * tt);
+                        }
+                    }
+                    let dprev = sized(&mut sc.dprev, rows * n_in);
+                    match l.residual {
+                        Residual::None => dprev.fill(T::default()),
+                        Residual::Same => dprev.copy_from_slice(dh),
+                        Residual::Doubled => {
+                            for (pr, hr) in dprev.chunks_exact_mut(n_in).zip(dh.chunks_exact(n_out))
+                            {
+                                for (i, v) in pr.iter_mut().enumerate() {
+                                    *v = hr[i] + hr[i + n_in];
+                                }
+                            }
+                        }
+                    }
+                    if n_in == 1 {
+                        for (p, zr) in dprev.iter_mut().zip(dz.chunks_exact(n_out)) {
+                            let mut acc = T::default();
+                            for (&zv, &w) in zr.iter().zip(&l.w) {
+                                acc = acc + zv * w;
+                            }
+                            *p = *p + acc;
+                        }
+                    } else {
+                        // dprev += dz [rows, out] x W^T [out, in]
+                        // SAFETY: W is n_in x n_out row-major, read transposed.
+                        unsafe {
+                            T::gemm(
+                                rows,
+                                n_out,
+                                n_in,
+                                dz.as_ptr(),
+                                n_out as isize,
+                                1,
+                                l.w.as_ptr(),
+                                1,
+                                n_out as isize,
+                                T::ONE,
+                                dprev.as_mut_ptr(),
+                                n_in as isize,
+                                1,
+                            );
+                        }
+                    }
+                    std::mem::swap(&mut sc.dh, &mut sc.dprev);
                 }
-                // dprev += dz [rows, out] x W^T [out, in]
-                // SAFETY: W is n_in x n_out row-major, read transposed.
-                unsafe {
-                    T::gemm(
-                        rows,
-                        n_out,
-                        n_in,
-                        dz.as_ptr(),
-                        n_out as isize,
-                        1,
-                        l.w.as_ptr(),
-                        1,
-                        n_out as isize,
-                        T::ONE,
-                        dprev.as_mut_ptr(),
-                        n_in as isize,
-                        1,
-                    );
+                // sc.dh is now the cotangent of the network input, channel 0 of rr.
+                for (row, &dx) in d.chunks_exact_mut(c).zip(&sc.dh[..rows]) {
+                    row[0] = row[0] + dx;
                 }
-                dh = dprev;
-            }
-            // dh is the cotangent of the network input, channel 0 of rr.
-            for (row, &dx) in d.chunks_exact_mut(c).zip(&dh) {
-                row[0] = row[0] + dx;
-            }
-        });
+            },
+        );
     Ok(d_rr)
 }
 
