@@ -149,6 +149,7 @@ impl DeepPot {
     /// `from_tree`, optionally built from elementary ops only (no fused kernels): the
     /// reference the fused kernels are tested against.
     pub fn from_tree_with(tree: Value, unfused: bool) -> Result<DeepPot, EvalError> {
+        crate::threads::init(None);
         let model = Model::from_tree(&tree)?;
         let plain = compile(
             &model,

@@ -4,5 +4,6 @@
 pub mod cpu;
 mod deep_pot;
 pub mod nlist;
+pub mod threads;
 
 pub use deep_pot::{DeepPot, EvalError, ExtendedOutput, Frame, Output};

@@ -26,6 +26,9 @@ pub struct Args {
     /// Also report where the time goes, per graph op kind.
     #[arg(long)]
     profile: bool,
+    /// Threads to compute with (default: DPC_NUM_THREADS, OMP_NUM_THREADS or all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// SplitMix64: deterministic, good enough for displacements.
@@ -97,6 +100,10 @@ pub fn run(a: Args) -> Result<String> {
     let n = ((a.atoms as f64 / 4.0).cbrt().round() as usize).max(1);
     let (coord, atype, cell) = fcc_system(n, 7);
     let natoms = atype.len();
+    let threads = dpc_runtime::threads::init(a.threads);
+    if a.threads.is_some_and(|t| t != threads) {
+        bail!("could not set up {} threads", a.threads.unwrap());
+    }
     let (tree, _) = read_tree(&a.model)?;
     let pot = DeepPot::from_tree(tree)?;
     if pot.model().ntypes() < 2 {
@@ -107,7 +114,7 @@ pub fn run(a: Args) -> Result<String> {
     }
     let frame = Frame::new(&coord, &atype, Some(&cell));
     eprintln!(
-        "dpc bench: {natoms} atoms (fcc {n}x{n}x{n}, box {:.2} Å), model {}",
+        "dpc bench: {natoms} atoms (fcc {n}x{n}x{n}, box {:.2} Å), model {}, {threads} thread(s)",
         cell[0], a.model
     );
     let t0 = Instant::now();
