@@ -4,19 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use dpc_formats::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn upstream() -> PathBuf {
-    match std::env::var("DPC_FIXTURES") {
-        Ok(dir) => PathBuf::from(dir).join("upstream"),
-        Err(_) => root().join("../shared/fixtures/upstream"),
-    }
-}
+mod common;
+use common::{lib_dir, root, upstream};
 
 fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dpc-capi-{}", std::process::id()));
@@ -24,21 +17,15 @@ fn scratch() -> PathBuf {
     dir
 }
 
-/// The directory holding `libdeepmd_c.so` of this build (target/<profile>).
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libdeepmd_c.so").exists(),
-        "libdeepmd_c.so is not in {}",
-        dir.display()
-    );
-    dir
-}
-
-/// Compile `examples/c/<name>.c` and return the executable.
+/// Compile `examples/c/<name>.c` (once per test binary: tests run in parallel) and return
+/// the executable.
 fn compile(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let out = scratch().join(name);
+    if built.iter().any(|n| n == name) {
+        return out;
+    }
     let lib = lib_dir();
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
@@ -54,6 +41,7 @@ fn compile(name: &str) -> PathBuf {
         .status()
         .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}` (install gcc): {e}"));
     assert!(status.success(), "compiling examples/c/{name}.c failed");
+    built.push(name.to_string());
     out
 }
 

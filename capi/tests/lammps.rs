@@ -19,21 +19,8 @@ use std::process::Command;
 
 use dpc_runtime::{DeepPot, Frame};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn fixtures() -> PathBuf {
-    match std::env::var("DPC_FIXTURES") {
-        Ok(dir) => PathBuf::from(dir),
-        Err(_) => root().join("../shared/fixtures"),
-    }
-}
-
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
+mod common;
+use common::{fixtures, lib_dir, root};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dpc-lammps-{}/{name}", std::process::id()));
@@ -54,8 +41,14 @@ fn sh(cmd: &mut Command) -> String {
     text
 }
 
-/// Install libdeepmd_c and build `dpcplugin.so` against the venv's LAMMPS and MPI.
+/// Install libdeepmd_c and build `dpcplugin.so` against the venv's LAMMPS and MPI (once per
+/// test binary: tests run in parallel).
 fn build_plugin(venv: &Path) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_plugin_now(venv)).clone()
+}
+
+fn build_plugin_now(venv: &Path) -> PathBuf {
     let prefix = scratch("prefix");
     sh(Command::new("sh")
         .arg(root().join("capi/install.sh"))
