@@ -30,7 +30,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
         };
         if d.type_one_side {
             if let Some(n) = d.embeddings.get(&[tt]) {
-                let c = contract(g, inp, ss, tr, n)?;
+                let c = contract(g, inp, ss, tr, n, None)?;
                 add(g, c)?;
             }
         } else {
@@ -38,8 +38,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
                 let Some(n) = d.embeddings.get(&[ti, tt]) else {
                     continue;
                 };
-                let c = contract(g, inp, ss, tr, n)?;
-                let c = centre_type_only(g, inp, c, ti, d.dtype)?;
+                let c = contract(g, inp, ss, tr, n, Some(ti))?;
                 add(g, c)?;
             }
         }
@@ -54,22 +53,28 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
     g.reshape(dm, vec![Dim::NLOC, Dim::fixed(ng * d.axis_neuron)])
 }
 
-/// `sum_j Emb(s_j)^T R_j`: `[nloc, ng, 4]`; one fused op where the kernels can run the net.
+/// `sum_j Emb(s_j)^T R_j`: `[nloc, ng, 4]`, for every centre or only those of type
+/// `centre` (zero elsewhere); one fused op where the kernels can run the net.
 fn contract(
     g: &mut Graph,
     inp: &Inputs,
     ss: ValueId,
     tr: ValueId,
     n: &crate::model::Net,
+    centre: Option<usize>,
 ) -> Result<ValueId, GraphError> {
     if inp.fuse {
         if let Some(mlp) = fusable(n, g.dtype(tr)) {
-            return g.embed_contract(tr, mlp);
+            return g.embed_contract(tr, mlp, centre.map(|t| (t as i32, inp.atype_loc)));
         }
     }
     let gg = net(g, ss, n)?; // [nloc, s, ng]
     let ggt = g.transpose(gg, vec![0, 2, 1])?;
-    g.matmul(ggt, tr)
+    let c = g.matmul(ggt, tr)?;
+    match centre {
+        Some(t) => centre_type_only(g, inp, c, t, g.dtype(tr)),
+        None => Ok(c),
+    }
 }
 
 /// Keep `x [nloc, ...]` only for centres of type `t` (zero elsewhere).

@@ -270,7 +270,14 @@ fn rule(
             Ok(vec![Some(g.scatter_add(args[1], gy, rows)?), None])
         }
         Op::ScatterAdd { .. } => Ok(vec![None, Some(g.gather(gy, args[0])?)]),
-        Op::EmbedContract(net) => one(g.push(Op::EmbedContractVjp(net.clone()), &[args[0], gy])?),
+        Op::EmbedContract(e) => {
+            let mut vargs = vec![args[0], gy];
+            vargs.extend(args.get(1).copied());
+            let d = g.push(Op::EmbedContractVjp(e.clone()), &vargs)?;
+            let mut out = vec![Some(d)];
+            out.extend(args.get(1).map(|_| None));
+            Ok(out)
+        }
         Op::EmbedContractVjp(_) => Err(GraphError(
             "embed_contract_vjp has no gradient (second derivatives are not supported)".into(),
         )),

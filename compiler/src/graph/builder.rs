@@ -126,9 +126,22 @@ impl Graph {
         self.push(Op::Cast(d), &[x])
     }
 
-    /// `sum_j Net(rr[:, j, 0])^T rr[:, j, :]` as one fused op (see `Op::EmbedContract`).
-    pub fn embed_contract(&mut self, rr: ValueId, net: Arc<super::mlp::Mlp>) -> R {
-        self.push(Op::EmbedContract(net), &[rr])
+    /// `sum_j Net(rr[:, j, 0])^T rr[:, j, :]` as one fused op (see `Op::EmbedContract`);
+    /// with `centre`, only for centres of type `centre.0`, whose types are `centre.1`.
+    pub fn embed_contract(
+        &mut self,
+        rr: ValueId,
+        net: Arc<super::mlp::Mlp>,
+        centre: Option<(i32, ValueId)>,
+    ) -> R {
+        let e = super::mlp::Embed {
+            net,
+            centre_type: centre.map(|c| c.0),
+        };
+        match centre {
+            Some((_, types)) => self.push(Op::EmbedContract(e), &[rr, types]),
+            None => self.push(Op::EmbedContract(e), &[rr]),
+        }
     }
 
     pub fn matmul(&mut self, x: ValueId, y: ValueId) -> R {

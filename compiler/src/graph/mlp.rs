@@ -100,3 +100,12 @@ impl Mlp {
         Ok(())
     }
 }
+
+/// The attributes of `Op::EmbedContract` and its VJP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embed {
+    pub net: Arc<Mlp>,
+    /// Compute only for centres of this type; the op then takes the centres' types (`i32
+    /// [n]`) as its last argument, and other centres get zeros (their work is skipped).
+    pub centre_type: Option<i32>,
+}

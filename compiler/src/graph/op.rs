@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::mlp::Mlp;
+use super::mlp::{Embed, Mlp};
 use super::tensor::Tensor;
 use super::types::{numel, DType, Dim, Shape, TensorType};
 
@@ -89,13 +89,16 @@ pub enum Op {
     ScatterAdd { rows: Dim },
     /// `(x)` unchanged, but autodiff treats it as a constant.
     StopGradient,
-    /// `(rr [n, s, c]) -> [n, m, c]`: `out[i] = sum_j Net(rr[i, j, 0])^T rr[i, j, :]`, the
-    /// embedding network applied to the first channel and contracted with all channels
-    /// (se_e2_a's `G^T R~`), fused so the `[n, s, m]` activations never go to memory.
-    EmbedContract(Arc<Mlp>),
-    /// `(rr [n, s, c], g [n, m, c]) -> [n, s, c]`: the VJP of `EmbedContract` with respect to
-    /// `rr` for the cotangent `g` (the network is re-run per block; no second derivative).
-    EmbedContractVjp(Arc<Mlp>),
+    /// `(rr [n, s, c] [, types i32 [n]]) -> [n, m, c]`:
+    /// `out[i] = sum_j Net(rr[i, j, 0])^T rr[i, j, :]`, the embedding network applied to the
+    /// first channel and contracted with all channels (se_e2_a's `G^T R~`), fused so the
+    /// `[n, s, m]` activations never go to memory. With `centre_type`, only centres of that
+    /// type (given by `types`) are computed; the others are zero.
+    EmbedContract(Embed),
+    /// `(rr [n, s, c], g [n, m, c] [, types]) -> [n, s, c]`: the VJP of `EmbedContract` with
+    /// respect to `rr` for the cotangent `g` (the network is re-run per block; no second
+    /// derivative).
+    EmbedContractVjp(Embed),
 }
 
 impl Op {
@@ -164,14 +167,10 @@ impl Op {
             | Op::Pad { .. }
             | Op::ReduceSum { .. }
             | Op::ReduceMax { .. }
-            | Op::StopGradient
-            | Op::EmbedContract(_) => 1,
-            Op::Binary(_)
-            | Op::Compare(_)
-            | Op::MatMul
-            | Op::Gather
-            | Op::ScatterAdd { .. }
-            | Op::EmbedContractVjp(_) => 2,
+            | Op::StopGradient => 1,
+            Op::EmbedContract(e) => 1 + usize::from(e.centre_type.is_some()),
+            Op::EmbedContractVjp(e) => 2 + usize::from(e.centre_type.is_some()),
+            Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
             Op::Select => 3,
             Op::Concat { .. } => return None,
         })
@@ -382,16 +381,16 @@ impl Op {
                 Ok(TensorType::new(u.dtype, s))
             }
             Op::StopGradient => Ok(a.unwrap().clone()),
-            Op::EmbedContract(net) => {
+            Op::EmbedContract(e) => {
                 let rr = a.unwrap();
-                embed_input(net, rr)?;
-                let s = vec![rr.shape[0], Dim::fixed(net.n_out()), rr.shape[2]];
+                embed_input(e, rr, args.last().copied())?;
+                let s = vec![rr.shape[0], Dim::fixed(e.net.n_out()), rr.shape[2]];
                 Ok(TensorType::new(rr.dtype, s))
             }
-            Op::EmbedContractVjp(net) => {
+            Op::EmbedContractVjp(e) => {
                 let (rr, g) = (args[0], args[1]);
-                embed_input(net, rr)?;
-                let want = [rr.shape[0], Dim::fixed(net.n_out()), rr.shape[2]];
+                embed_input(e, rr, args.last().copied())?;
+                let want = [rr.shape[0], Dim::fixed(e.net.n_out()), rr.shape[2]];
                 if g.dtype != rr.dtype || g.shape != want {
                     return Err(format!(
                         "embed_contract_vjp cotangent {g} does not match {}",
@@ -404,9 +403,18 @@ impl Op {
     }
 }
 
-/// The checks `EmbedContract` and its VJP share on `rr` and the network.
-fn embed_input(net: &Mlp, rr: &TensorType) -> Result<(), String> {
+/// The checks `EmbedContract` and its VJP share on `rr`, the network and the types.
+fn embed_input(e: &Embed, rr: &TensorType, last: Option<&TensorType>) -> Result<(), String> {
+    let net: &Mlp = &e.net;
     net.check()?;
+    if e.centre_type.is_some() {
+        let t = last.ok_or("embed_contract needs the centres' types")?;
+        if t.dtype != DType::I32 || t.rank() != 1 || rr.rank() < 1 || t.shape[0] != rr.shape[0] {
+            return Err(format!(
+                "embed_contract centre types {t} do not match rr {rr}"
+            ));
+        }
+    }
     if rr.rank() != 3 || rr.dtype != net.dtype || net.n_in() != 1 {
         return Err(format!(
             "embed_contract needs rr [n, s, c] of the network's dtype {} and a one-input network, got {rr}",
@@ -487,8 +495,12 @@ impl fmt::Display for Op {
                 )
             }
             Op::ScatterAdd { rows } => write!(f, " rows={rows}"),
-            Op::EmbedContract(n) | Op::EmbedContractVjp(n) => {
-                write!(f, " widths={:?}", n.widths())
+            Op::EmbedContract(e) | Op::EmbedContractVjp(e) => {
+                write!(f, " widths={:?}", e.net.widths())?;
+                match e.centre_type {
+                    Some(t) => write!(f, " centre_type={t}"),
+                    None => Ok(()),
+                }
             }
             _ => Ok(()),
         }

@@ -9,7 +9,7 @@
 
 use std::ops::{Add, Mul};
 
-use dpc_compiler::graph::{Act, Data, Mlp, Residual, Tensor};
+use dpc_compiler::graph::{Act, Data, Embed, Mlp, Residual, Tensor};
 use rayon::prelude::*;
 
 use super::ExecError;
@@ -443,13 +443,98 @@ fn contract_vjp_t<T: Real>(
     Ok(d_rr)
 }
 
+/// The centres an op computes: all, or those of `e.centre_type` (`None` means all).
+fn selected(e: &Embed, types: Option<&Tensor>, n: usize) -> R<Option<Vec<usize>>> {
+    let Some(t) = e.centre_type else {
+        return Ok(None);
+    };
+    match types.map(|x| &x.data) {
+        Some(Data::I32(v)) if v.len() == n => Ok(Some(
+            v.iter()
+                .enumerate()
+                .filter(|(_, &x)| x == t)
+                .map(|(i, _)| i)
+                .collect(),
+        )),
+        _ => Err(ExecError::Type(
+            "embed_contract needs the centres' types (i32 [n])".into(),
+        )),
+    }
+}
+
+/// Rows `sel` of `x [n, width]`, packed.
+fn pack<T: Real>(x: &[T], sel: &[usize], width: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(sel.len() * width);
+    for &i in sel {
+        out.extend_from_slice(&x[i * width..(i + 1) * width]);
+    }
+    out
+}
+
+/// `packed [k, width]` placed at rows `sel` of zeros `[n, width]`.
+fn unpack<T: Real>(packed: &[T], sel: &[usize], n: usize, width: usize) -> Vec<T> {
+    let mut out = vec![T::default(); n * width];
+    for (k, &i) in sel.iter().enumerate() {
+        out[i * width..(i + 1) * width].copy_from_slice(&packed[k * width..(k + 1) * width]);
+    }
+    out
+}
+
+fn contract_sel<T: Real>(
+    net: &Mlp,
+    rr: &[T],
+    sel: Option<&[usize]>,
+    n: usize,
+    s: usize,
+    c: usize,
+) -> R<Vec<T>> {
+    let m = net.n_out();
+    match sel {
+        None => contract_t(net, rr, n, s, c),
+        Some(sel) => {
+            let packed = contract_t(net, &pack(rr, sel, s * c), sel.len(), s, c)?;
+            Ok(unpack(&packed, sel, n, m * c))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn contract_vjp_sel<T: Real>(
+    net: &Mlp,
+    rr: &[T],
+    gy: &[T],
+    sel: Option<&[usize]>,
+    n: usize,
+    s: usize,
+    c: usize,
+) -> R<Vec<T>> {
+    let m = net.n_out();
+    match sel {
+        None => contract_vjp_t(net, rr, gy, n, s, c),
+        Some(sel) => {
+            let packed = contract_vjp_t(
+                net,
+                &pack(rr, sel, s * c),
+                &pack(gy, sel, m * c),
+                sel.len(),
+                s,
+                c,
+            )?;
+            Ok(unpack(&packed, sel, n, s * c))
+        }
+    }
+}
+
 /// `Op::EmbedContract`.
-pub fn embed_contract(net: &Mlp, rr: &Tensor) -> R<Tensor> {
+pub fn embed_contract(e: &Embed, rr: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
+    let net: &Mlp = &e.net;
     let m = net.n_out();
     let (n, s, c) = dims(rr)?;
+    let sel = selected(e, types, n)?;
+    let sel = sel.as_deref();
     let data = match &rr.data {
-        Data::F64(v) => f64::wrap(contract_t(net, v, n, s, c)?),
-        Data::F32(v) => f32::wrap(contract_t(net, v, n, s, c)?),
+        Data::F64(v) => f64::wrap(contract_sel(net, v, sel, n, s, c)?),
+        Data::F32(v) => f32::wrap(contract_sel(net, v, sel, n, s, c)?),
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
     };
     Ok(Tensor {
@@ -459,7 +544,13 @@ pub fn embed_contract(net: &Mlp, rr: &Tensor) -> R<Tensor> {
 }
 
 /// `Op::EmbedContractVjp`.
-pub fn embed_contract_vjp(net: &Mlp, rr: &Tensor, gy: &Tensor) -> R<Tensor> {
+pub fn embed_contract_vjp(
+    e: &Embed,
+    rr: &Tensor,
+    gy: &Tensor,
+    types: Option<&Tensor>,
+) -> R<Tensor> {
+    let net: &Mlp = &e.net;
     let m = net.n_out();
     let (n, s, c) = dims(rr)?;
     if gy.shape != [n, m, c] {
@@ -468,9 +559,11 @@ pub fn embed_contract_vjp(net: &Mlp, rr: &Tensor, gy: &Tensor) -> R<Tensor> {
             gy.shape, rr.shape
         )));
     }
+    let sel = selected(e, types, n)?;
+    let sel = sel.as_deref();
     let data = match (&rr.data, &gy.data) {
-        (Data::F64(v), Data::F64(g)) => f64::wrap(contract_vjp_t(net, v, g, n, s, c)?),
-        (Data::F32(v), Data::F32(g)) => f32::wrap(contract_vjp_t(net, v, g, n, s, c)?),
+        (Data::F64(v), Data::F64(g)) => f64::wrap(contract_vjp_sel(net, v, g, sel, n, s, c)?),
+        (Data::F32(v), Data::F32(g)) => f32::wrap(contract_vjp_sel(net, v, g, sel, n, s, c)?),
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
     };
     Ok(Tensor {

@@ -5,9 +5,14 @@
 
 use dpc_compiler::graph::{Binary, Cmp, Data, Tensor, Unary};
 
+use rayon::prelude::*;
+
 use super::ExecError;
 
 type R<T> = Result<T, ExecError>;
+
+/// Multiply-adds below which a matmul stays on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
 
 /// Row-major strides of a shape.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
@@ -372,23 +377,25 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let b_batched = rb > 2;
     let mut shape = a.shape[..ra - 2].to_vec();
     shape.extend([m, n]);
+    // Work is split over the rayon pool: by batch when there are many, else by row blocks
+    // of one large product. Each piece is an independent GEMM, so results do not depend on
+    // the thread count.
     macro_rules! mm {
         ($p:expr, $q:expr, $gemm:path, $zero:expr) => {{
             let mut o = vec![$zero; batch * m * n];
             if m * n > 0 {
-                for bi in 0..batch {
-                    let ap = &$p[bi * m * k..];
+                let one = |bi: usize, r0: usize, rows: usize, op: &mut [_]| {
+                    let ap = &$p[bi * m * k + r0 * k..];
                     let bp = if b_batched {
                         &$q[bi * k * n..]
                     } else {
                         &$q[..]
                     };
-                    let op = &mut o[bi * m * n..];
-                    // SAFETY: the slices hold m*k, k*n and m*n elements from these offsets,
-                    // with row-major strides (k,1), (n,1), (n,1).
+                    // SAFETY: the slices hold rows*k, k*n and rows*n elements from these
+                    // offsets, with row-major strides (k,1), (n,1), (n,1).
                     unsafe {
                         $gemm(
-                            m,
+                            rows,
                             k,
                             n,
                             1.0,
@@ -404,6 +411,22 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
                             1,
                         );
                     }
+                };
+                let work = batch * m * n * k.max(1);
+                if work < PARALLEL_MIN_WORK {
+                    for (bi, op) in o.chunks_mut(m * n).enumerate() {
+                        one(bi, 0, m, op);
+                    }
+                } else if batch > 1 {
+                    o.par_chunks_mut(m * n)
+                        .enumerate()
+                        .for_each(|(bi, op)| one(bi, 0, m, op));
+                } else {
+                    let rows = m.div_ceil(rayon::current_num_threads() * 4).max(16);
+                    o.par_chunks_mut(rows * n).enumerate().for_each(|(c, op)| {
+                        let r0 = c * rows;
+                        one(0, r0, op.len() / n, op)
+                    });
                 }
             }
             o

@@ -252,8 +252,8 @@ fn eval(
         Op::Gather => k::gather(a[0], a[1])?,
         Op::ScatterAdd { rows } => k::scatter_add(a[0], a[1], rows.eval(&bind))?,
         Op::StopGradient => a[0].clone(),
-        Op::EmbedContract(net) => embed::embed_contract(net, a[0])?,
-        Op::EmbedContractVjp(net) => embed::embed_contract_vjp(net, a[0], a[1])?,
+        Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied())?,
+        Op::EmbedContractVjp(e) => embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied())?,
     })
 }
 
