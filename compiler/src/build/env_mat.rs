@@ -1,8 +1,10 @@
 //! The smooth environment matrix and the neighbour-list masks every descriptor shares
 //! (`deepmd/dpmodel/utils/env_mat.py`, `exclude_mask.py`).
 
+use std::sync::Arc;
+
 use super::Inputs;
-use crate::graph::{Cmp, DType, Dim, Graph, GraphError, Tensor, ValueId};
+use crate::graph::{Cmp, DType, Dim, EnvSpec, Graph, GraphError, Op, Tensor, ValueId};
 use crate::model::{EnvParams, Stats};
 
 type R = Result<ValueId, GraphError>;
@@ -76,6 +78,31 @@ pub fn env_mat(
     let rr = g.div(em, dstd)?;
     let sw = g.reshape(sw, vec![Dim::NLOC, nnei])?;
     Ok(Env { rr, sw, mask })
+}
+
+/// The normalised environment rows alone (`Env::rr`): one fused op unless fusion is off.
+pub fn env_rr(
+    g: &mut Graph,
+    inp: &Inputs,
+    nlist: ValueId,
+    p: &EnvParams,
+    stats: &Stats,
+    radial_only: bool,
+    dtype: DType,
+) -> R {
+    if !inp.fuse {
+        return Ok(env_mat(g, inp, nlist, p, stats, radial_only, dtype)?.rr);
+    }
+    let spec = EnvSpec {
+        rcut_smth: p.rcut_smth,
+        rcut: p.rcut,
+        protection: p.protection,
+        radial_only,
+        davg: Arc::new(cast(stats.davg.clone(), dtype)),
+        dstd: Arc::new(cast(stats.dstd.clone(), dtype)),
+    };
+    let coord = g.cast(inp.coord, dtype)?;
+    g.push(Op::EnvMat(spec), &[coord, nlist, inp.atype_loc])
 }
 
 /// `u^3 (-6u^2 + 15u - 10) + 1` with `u = (clip(r, rs, rc) - rs) / (rc - rs)`.

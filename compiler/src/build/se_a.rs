@@ -1,7 +1,7 @@
 //! `se_e2_a` (`deepmd/dpmodel/descriptor/se_e2_a.py`):
 //! `G_ij = Emb(s_ij)`, `gr_i = (1/nnei) sum_j G_ij^T R_ij`, `D_i = gr_i gr_i[:axis]^T`.
 
-use super::env_mat::{apply_keep, env_mat, pair_keep};
+use super::env_mat::{apply_keep, env_rr, pair_keep};
 use super::nn::{fusable, net};
 use super::Inputs;
 use crate::graph::{Cmp, DType, Dim, Graph, GraphError, ValueId};
@@ -10,9 +10,9 @@ use crate::model::SeA;
 pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<ValueId, GraphError> {
     let ntypes = d.sel.len();
     let nnei: usize = d.sel.iter().sum();
-    let env = env_mat(g, inp, nlist, &d.env, &d.stats, false, d.dtype)?;
+    let env_rr = env_rr(g, inp, nlist, &d.env, &d.stats, false, d.dtype)?;
     let keep = pair_keep(g, inp, nlist, &d.exclude_types, ntypes)?;
-    let rr = apply_keep(g, env.rr, keep)?;
+    let rr = apply_keep(g, env_rr, keep)?;
     let mut gr: Option<ValueId> = None;
     let mut start = 0;
     for (tt, &s) in d.sel.iter().enumerate() {

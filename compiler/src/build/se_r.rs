@@ -1,17 +1,17 @@
 //! `se_e2_r` (`deepmd/dpmodel/descriptor/se_r.py`): `D_i = (1/5) (1/nnei) sum_j Emb(s_ij)`.
 
-use super::env_mat::{apply_keep, env_mat, pair_keep};
-use super::nn::net;
+use super::env_mat::{apply_keep, env_rr, pair_keep};
+use super::nn::{fusable, net};
 use super::Inputs;
-use crate::graph::{Graph, GraphError, ValueId};
+use crate::graph::{Dim, Graph, GraphError, ValueId};
 use crate::model::SeR;
 
 pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<ValueId, GraphError> {
     let ntypes = d.sel.len();
     let nnei: usize = d.sel.iter().sum();
-    let env = env_mat(g, inp, nlist, &d.env, &d.stats, true, d.dtype)?;
+    let env_rr = env_rr(g, inp, nlist, &d.env, &d.stats, true, d.dtype)?;
     let keep = pair_keep(g, inp, nlist, &d.exclude_types, ntypes)?;
-    let rr = apply_keep(g, env.rr, keep)?; // [nloc, nnei, 1]
+    let rr = apply_keep(g, env_rr, keep)?; // [nloc, nnei, 1]
     let mut acc: Option<ValueId> = None;
     let mut start = 0;
     for (tt, &s) in d.sel.iter().enumerate() {
@@ -23,8 +23,22 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<Val
         let Some(n) = d.embeddings.get(&[tt]) else {
             continue;
         };
-        let gg = net(g, tr, n)?; // [nloc, s, ng]
-        let sum = g.sum(gg, &[1], false)?; // [nloc, ng]
+        let sum = match fusable(n, g.dtype(tr)).filter(|_| inp.fuse) {
+            Some(mlp) => {
+                // sum_j G_j as the fused contraction of G with a channel of ones.
+                let one = g.scalar_like(1.0, tr);
+                let ones = g.broadcast(one, vec![Dim::NLOC, Dim::fixed(s), Dim::ONE])?;
+                let tr1 = g.concat(&[tr, ones], 2)?;
+                let c = g.embed_contract(tr1, mlp, None)?; // [nloc, ng, 2]
+                let c = g.slice_n(c, 2, 1, 2)?;
+                let ng = g.shape(c)[1];
+                g.reshape(c, vec![Dim::NLOC, ng])?
+            }
+            None => {
+                let gg = net(g, tr, n)?; // [nloc, s, ng]
+                g.sum(gg, &[1], false)? // [nloc, ng]
+            }
+        };
         acc = Some(match acc {
             None => sum,
             Some(a) => g.add(a, sum)?,

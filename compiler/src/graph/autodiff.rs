@@ -278,6 +278,13 @@ fn rule(
             out.extend(args.get(1).map(|_| None));
             Ok(out)
         }
+        Op::EnvMat(e) => {
+            let d = g.push(Op::EnvMatVjp(e.clone()), &[args[0], args[1], args[2], gy])?;
+            Ok(vec![Some(d), None, None])
+        }
+        Op::EnvMatVjp(_) => Err(GraphError(
+            "env_mat_vjp has no gradient (second derivatives are not supported)".into(),
+        )),
         Op::EmbedContractVjp(_) => Err(GraphError(
             "embed_contract_vjp has no gradient (second derivatives are not supported)".into(),
         )),

@@ -109,3 +109,27 @@ pub struct Embed {
     /// [n]`) as its last argument, and other centres get zeros (their work is skipped).
     pub centre_type: Option<i32>,
 }
+
+/// The attributes of `Op::EnvMat` and its VJP: DeePMD-kit's smooth environment matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvSpec {
+    pub rcut_smth: f64,
+    pub rcut: f64,
+    /// Added to r in the 1/r terms.
+    pub protection: f64,
+    /// `[1/r] * sw` only (se_e2_r) instead of `[1/r, x/r^2, y/r^2, z/r^2] * sw`.
+    pub radial_only: bool,
+    /// `[ntypes, nnei, ncomp]` in the op's dtype: rows are `(env - davg) / dstd`.
+    pub davg: Arc<Tensor>,
+    pub dstd: Arc<Tensor>,
+}
+
+impl EnvSpec {
+    pub fn ncomp(&self) -> usize {
+        if self.radial_only {
+            1
+        } else {
+            4
+        }
+    }
+}

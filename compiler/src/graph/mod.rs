@@ -16,7 +16,7 @@ pub mod verify;
 
 use std::fmt;
 
-pub use mlp::{Act, Embed, Mlp, MlpLayer, Residual};
+pub use mlp::{Act, Embed, EnvSpec, Mlp, MlpLayer, Residual};
 pub use op::{Binary, Cmp, Op, Unary};
 pub use tensor::{Data, Tensor};
 pub use types::{Bindings, DType, Dim, Shape, Sym, TensorType};

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::mlp::{Embed, Mlp};
+use super::mlp::{Embed, EnvSpec, Mlp};
 use super::tensor::Tensor;
 use super::types::{numel, DType, Dim, Shape, TensorType};
 
@@ -99,6 +99,13 @@ pub enum Op {
     /// respect to `rr` for the cotangent `g` (the network is re-run per block; no second
     /// derivative).
     EmbedContractVjp(Embed),
+    /// `(coord [nall, 3], nlist i32 [nloc, nnei], types i32 [nloc]) -> [nloc, nnei, ncomp]`:
+    /// DeePMD-kit's normalised smooth environment matrix in one pass (padding slots hold
+    /// `-davg/dstd`).
+    EnvMat(EnvSpec),
+    /// `(coord, nlist, types, g [nloc, nnei, ncomp]) -> [nall, 3]`: the VJP of `EnvMat` with
+    /// respect to `coord`.
+    EnvMatVjp(EnvSpec),
 }
 
 impl Op {
@@ -151,6 +158,8 @@ impl Op {
             Op::StopGradient => "stop_gradient",
             Op::EmbedContract(_) => "embed_contract",
             Op::EmbedContractVjp(_) => "embed_contract_vjp",
+            Op::EnvMat(_) => "env_mat",
+            Op::EnvMatVjp(_) => "env_mat_vjp",
         }
     }
 
@@ -171,7 +180,8 @@ impl Op {
             Op::EmbedContract(e) => 1 + usize::from(e.centre_type.is_some()),
             Op::EmbedContractVjp(e) => 2 + usize::from(e.centre_type.is_some()),
             Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
-            Op::Select => 3,
+            Op::Select | Op::EnvMat(_) => 3,
+            Op::EnvMatVjp(_) => 4,
             Op::Concat { .. } => return None,
         })
     }
@@ -381,6 +391,20 @@ impl Op {
                 Ok(TensorType::new(u.dtype, s))
             }
             Op::StopGradient => Ok(a.unwrap().clone()),
+            Op::EnvMat(e) => {
+                env_input(e, args)?;
+                let s = vec![args[1].shape[0], args[1].shape[1], Dim::fixed(e.ncomp())];
+                Ok(TensorType::new(args[0].dtype, s))
+            }
+            Op::EnvMatVjp(e) => {
+                env_input(e, args)?;
+                let g = args[3];
+                let want = [args[1].shape[0], args[1].shape[1], Dim::fixed(e.ncomp())];
+                if g.dtype != args[0].dtype || g.shape != want {
+                    return Err(format!("env_mat_vjp cotangent {g}"));
+                }
+                Ok(args[0].clone())
+            }
             Op::EmbedContract(e) => {
                 let rr = a.unwrap();
                 embed_input(e, rr, args.last().copied())?;
@@ -400,6 +424,35 @@ impl Op {
                 Ok(rr.clone())
             }
         }
+    }
+}
+
+/// The checks `EnvMat` and its VJP share.
+fn env_input(e: &EnvSpec, args: &[&TensorType]) -> Result<(), String> {
+    let (coord, nlist, types) = (args[0], args[1], args[2]);
+    let ncomp = e.ncomp();
+    let ok = coord.dtype.is_float()
+        && coord.rank() == 2
+        && coord.shape[1] == Dim::fixed(3)
+        && nlist.dtype == DType::I32
+        && nlist.rank() == 2
+        && types.dtype == DType::I32
+        && types.rank() == 1
+        && types.shape[0] == nlist.shape[0]
+        && e.davg.shape.len() == 3
+        && e.davg.shape == e.dstd.shape
+        && e.davg.shape[2] == ncomp
+        && Dim::fixed(e.davg.shape[1]) == nlist.shape[1]
+        && e.davg.dtype() == coord.dtype
+        && e.dstd.dtype() == coord.dtype
+        && e.rcut > e.rcut_smth;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "env_mat of coord {coord}, nlist {nlist}, types {types} with stats {:?}",
+            e.davg.shape
+        ))
     }
 }
 
@@ -495,6 +548,13 @@ impl fmt::Display for Op {
                 )
             }
             Op::ScatterAdd { rows } => write!(f, " rows={rows}"),
+            Op::EnvMat(e) | Op::EnvMatVjp(e) => write!(
+                f,
+                " rcut={} rcut_smth={}{}",
+                e.rcut,
+                e.rcut_smth,
+                if e.radial_only { " radial" } else { "" }
+            ),
             Op::EmbedContract(e) | Op::EmbedContractVjp(e) => {
                 write!(f, " widths={:?}", e.net.widths())?;
                 match e.centre_type {

@@ -7,11 +7,10 @@
 //! keeping each layer's activation for its derivative, and back-propagates in place. Blocks
 //! are independent and run on the rayon pool.
 
-use std::ops::{Add, Mul};
-
 use dpc_compiler::graph::{Act, Data, Embed, Mlp, Residual, Tensor};
 use rayon::prelude::*;
 
+use super::real::Real;
 use super::ExecError;
 
 type R<T> = Result<T, ExecError>;
@@ -19,109 +18,6 @@ type R<T> = Result<T, ExecError>;
 /// Neighbour rows per block: large enough for efficient GEMMs, small enough that a block's
 /// activations stay in cache.
 const ROWS_PER_BLOCK: usize = 1024;
-
-/// The element types the kernels run in.
-pub trait Real:
-    Copy + Send + Sync + Default + PartialEq + Add<Output = Self> + Mul<Output = Self> + 'static
-{
-    const ONE: Self;
-    fn from_f64(v: f64) -> Self;
-    fn tanh_in_place(x: &mut [Self]);
-    /// `C = alpha A B + beta C` with explicit strides (matrixmultiply's contract).
-    ///
-    /// # Safety
-    /// The pointers and strides must describe valid `m x k`, `k x n` and `m x n` matrices.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
-    fn slice(d: &Data) -> Option<&[Self]>;
-    fn wrap(v: Vec<Self>) -> Data;
-}
-
-impl Real for f64 {
-    const ONE: f64 = 1.0;
-    fn from_f64(v: f64) -> f64 {
-        v
-    }
-    fn tanh_in_place(x: &mut [f64]) {
-        super::fastmath::tanh_in_place(x)
-    }
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const f64,
-        rsa: isize,
-        csa: isize,
-        b: *const f64,
-        rsb: isize,
-        csb: isize,
-        beta: f64,
-        c: *mut f64,
-        rsc: isize,
-        csc: isize,
-    ) {
-        matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-    }
-    fn slice(d: &Data) -> Option<&[f64]> {
-        match d {
-            Data::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f64>) -> Data {
-        Data::F64(v)
-    }
-}
-
-impl Real for f32 {
-    const ONE: f32 = 1.0;
-    fn from_f64(v: f64) -> f32 {
-        v as f32
-    }
-    fn tanh_in_place(x: &mut [f32]) {
-        super::fastmath::tanh_in_place_f32(x)
-    }
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        csb: isize,
-        beta: f32,
-        c: *mut f32,
-        rsc: isize,
-        csc: isize,
-    ) {
-        matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-    }
-    fn slice(d: &Data) -> Option<&[f32]> {
-        match d {
-            Data::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f32>) -> Data {
-        Data::F32(v)
-    }
-}
 
 /// One layer's weights in the kernel's element type.
 struct Layer<T> {

@@ -2,8 +2,10 @@
 //! value after its last use.
 
 mod embed;
+mod env;
 pub mod fastmath;
 mod kernels;
+mod real;
 
 use std::fmt;
 
@@ -252,6 +254,8 @@ fn eval(
         Op::Gather => k::gather(a[0], a[1])?,
         Op::ScatterAdd { rows } => k::scatter_add(a[0], a[1], rows.eval(&bind))?,
         Op::StopGradient => a[0].clone(),
+        Op::EnvMat(e) => env::env_mat(e, a[0], a[1], a[2])?,
+        Op::EnvMatVjp(e) => env::env_mat_vjp(e, a[0], a[1], a[2], a[3])?,
         Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied())?,
         Op::EmbedContractVjp(e) => embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied())?,
     })
