@@ -29,6 +29,9 @@ pub struct Args {
     /// Threads to compute with (default: DPC_NUM_THREADS, OMP_NUM_THREADS or all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Time this configuration (dpc eval's JSON; the first frame) instead of the fcc system.
+    #[arg(long, value_name = "CONF.json")]
+    input: Option<std::path::PathBuf>,
 }
 
 /// SplitMix64: deterministic, good enough for displacements.
@@ -98,7 +101,27 @@ pub fn run(a: Args) -> Result<String> {
         bail!("--reps must be at least 1");
     }
     let n = ((a.atoms as f64 / 4.0).cbrt().round() as usize).max(1);
-    let (coord, atype, cell) = fcc_system(n, 7);
+    let given = match &a.input {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            let (frames, _) = crate::conf::parse_frames(&text)?;
+            Some(
+                frames
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("no frame in {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let (coord, atype, cell) = match &given {
+        Some(f) => (f.coord.clone(), f.atype.clone(), f.cell.clone()),
+        None => {
+            let (c, t, b) = fcc_system(n, 7);
+            (c, t, Some(b.to_vec()))
+        }
+    };
     let natoms = atype.len();
     let threads = dpc_runtime::threads::init(a.threads);
     if a.threads.is_some_and(|t| t != threads) {
@@ -106,19 +129,27 @@ pub fn run(a: Args) -> Result<String> {
     }
     let (tree, _) = read_tree(&a.model)?;
     let pot = DeepPot::from_tree(tree)?;
-    if pot.model().ntypes() < 2 {
+    if given.is_none() && pot.model().ntypes() < 2 {
         bail!(
             "the benchmark system has two atom types; this model has {}",
             pot.model().ntypes()
         );
     }
-    let frame = Frame::new(&coord, &atype, Some(&cell));
+    let mut frame = Frame::new(&coord, &atype, cell.as_deref());
+    if let Some(f) = &given {
+        frame.fparam = f.fparam.as_deref();
+        frame.aparam = f.aparam.as_deref();
+    }
+    let system = match &a.input {
+        Some(p) => p.display().to_string(),
+        None => format!("fcc {n}x{n}x{n}, box {:.2} Å", n as f64 * 3.70),
+    };
     eprintln!(
-        "dpc bench: {natoms} atoms (fcc {n}x{n}x{n}, box {:.2} Å), model {}, {threads} thread(s)",
-        cell[0], a.model
+        "dpc bench: {natoms} atoms ({system}), model {}, {threads} thread(s)",
+        a.model
     );
     let t0 = Instant::now();
-    pot.compute(&frame, a.atomic_virial)?;
+    let first = pot.compute(&frame, a.atomic_virial)?;
     eprintln!("  warm-up      {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     let mut times = Vec::with_capacity(a.reps);
     for r in 0..a.reps {
@@ -131,6 +162,7 @@ pub fn run(a: Args) -> Result<String> {
     let median = times[times.len() / 2];
     let mut out = String::new();
     outln!(out, "atoms         {natoms}");
+    outln!(out, "energy        {:.12} eV", first.energy);
     outln!(
         out,
         "median        {:.2} ms per evaluation (min {:.2}, max {:.2}, n={})",

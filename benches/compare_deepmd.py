@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""dpc against DeePMD-kit on the same models, system and machine, in one run.
+
+    python benches/compare_deepmd.py --dpc target/release/dpc [--fixtures ../shared/fixtures]
+        [--models se_e2_a se_e2_r ...] [--atoms 2048] [--reps 5] [--threads 2]
+
+Run it with a Python that has DeePMD-kit 3.2 (`--install VENV` creates one: `pip install
+"deepmd-kit[torch,jax,cpu]==3.2.0"`, about 7.5 GB). For each model it builds the fcc Cu/Au
+system of shared/fixtures/gen/bench.py (numpy's generator, so DeePMD-kit and dpc see the same
+atoms), times DeePMD-kit's DeepPot on every backend file the fixture has (median of --reps
+calls after three warm-ups), keeps the backends whose energy agrees with the PyTorch one
+(DeePMD-kit's TensorFlow runtime computes these models differently, see docs/formats.md),
+times `dpc bench --input` on the same configuration, and prints the ratios as a Markdown
+table (the one in docs/performance.md). Both sides use --threads threads.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+BACKENDS = ["pth", "pte", "hlo", "pb"]  # pb last: TensorFlow 1 mode turns eager off
+
+
+def make_system(n, seed=7):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = 3.70
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) * a
+    g = np.stack(np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij"), -1)
+    g = g.reshape(-1, 3) * a
+    pos = (g[:, None, :] + base[None]).reshape(-1, 3) + rng.normal(0, 0.08, size=(4 * n**3, 3))
+    at = np.zeros(len(pos), dtype=int)
+    at[rng.choice(len(pos), len(pos) // 4, replace=False)] = 1
+    return pos, np.diag([n * a] * 3), at
+
+
+def time_deepmd(path, coord, box, at, reps):
+    import numpy as np
+    from deepmd.infer import DeepPot
+
+    dp = DeepPot(path)
+    c, b = coord.reshape(1, -1), box.reshape(1, 9)
+    # TorchScript's profiling executor optimises after a few calls.
+    for _ in range(3):
+        e, _, _ = dp.eval(c, b, at)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        e, _, _ = dp.eval(c, b, at)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), float(e.reshape(-1)[0])
+
+
+def time_dpc(dpc, model, conf, reps, threads):
+    out = subprocess.run(
+        [dpc, "bench", model, "--input", conf, "--reps", str(reps), "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = {l.split()[0]: l.split()[1] for l in out.splitlines() if l.strip()}
+    return float(fields["median"]) / 1e3, float(fields["energy"])
+
+
+def install(venv):
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    pip = os.path.join(venv, "bin", "pip")
+    subprocess.run([pip, "install", "deepmd-kit[torch,jax,cpu]==3.2.0", "h5py", "pyyaml"], check=True)
+    print(f"installed; rerun with {os.path.join(venv, 'bin', 'python')}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dpc", default="target/release/dpc")
+    p.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "../../shared/fixtures"))
+    p.add_argument("--models", nargs="+", default=["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_atten", "se_e2_a_big"])
+    p.add_argument("--atoms", type=int, default=2048)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--install", metavar="VENV", help="create a venv with DeePMD-kit 3.2.0 and exit")
+    a = p.parse_args()
+    if a.install:
+        install(a.install)
+        return
+    # Thread settings must be in place before torch / TensorFlow / JAX load.
+    for k in ["OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "TF_INTRA_OP_PARALLELISM_THREADS"]:
+        os.environ[k] = str(a.threads)
+    os.environ["DP_INTER_OP_PARALLELISM_THREADS"] = "1"
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    try:
+        import deepmd  # noqa: F401
+    except ImportError:
+        sys.exit("DeePMD-kit is not importable: run with its venv's python (see --install)")
+
+    n = max(1, round((a.atoms / 4) ** (1 / 3)))
+    coord, box, at = make_system(n)
+    natoms = len(at)
+    conf = os.path.join(tempfile.mkdtemp(), "conf.json")
+    with open(conf, "w") as f:
+        json.dump({"coord": coord.tolist(), "atype": at.tolist(), "box": box.reshape(-1).tolist()}, f)
+    print(f"system: {natoms} atoms, fcc {n}x{n}x{n}; {a.threads} thread(s); median of {a.reps}", flush=True)
+
+    rows = []
+    for m in a.models:
+        d = os.path.join(a.fixtures, "models", m)
+        dpc_t, dpc_e = time_dpc(a.dpc, os.path.join(d, "model.dp"), conf, a.reps, a.threads)
+        print(f"{m}: dpc {natoms / dpc_t:.0f} atoms/s (E {dpc_e:.10f})", flush=True)
+        ref_e, best = None, None
+        for b in BACKENDS:
+            path = os.path.join(d, f"model.{b}")
+            if not os.path.exists(path):
+                continue
+            try:
+                t, e = time_deepmd(path, coord, box, at, a.reps)
+            except Exception as ex:  # a backend that cannot run this model
+                print(f"  DeePMD-kit {b}: failed: {type(ex).__name__}: {str(ex)[:200]}", flush=True)
+                continue
+            if b == "pth":
+                ref_e = e
+            correct = ref_e is not None and abs(e - ref_e) <= 1e-6 * max(1.0, abs(ref_e))
+            print(f"  DeePMD-kit {b}: {natoms / t:.0f} atoms/s (E {e:.10f}){'' if correct else ' (differs from pth: not counted)'}", flush=True)
+            if correct and (best is None or t < best[1]):
+                best = (b, t)
+        if best is None:
+            rows.append((m, natoms / dpc_t, None, None, None))
+            continue
+        rows.append((m, natoms / dpc_t, best[0], natoms / best[1], abs(dpc_e - ref_e)))
+
+    print()
+    print(f"| model | dpc atoms/s | DeePMD-kit fastest correct | its atoms/s | ratio | dpc vs DeePMD-kit energy |")
+    print("|---|---|---|---|---|---|")
+    for m, ours, b, theirs, de in rows:
+        if b is None:
+            print(f"| {m} | {ours:.0f} | none ran | | | |")
+        else:
+            print(f"| {m} | {ours:.0f} | {b} | {theirs:.0f} | {ours / theirs:.2f}x | {de:.1e} eV |")
+
+
+if __name__ == "__main__":
+    main()
