@@ -54,10 +54,20 @@ fn paddle_member(name: &str) -> Vec<u8> {
 
 fn paddle(data: &[u8]) {
     static PAIR: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
-    let (json, params) = PAIR.get_or_init(|| {
+    paddle_pair(&PAIR, "v_f32_fparam", data)
+}
+
+fn paddle_dpa1(data: &[u8]) {
+    static PAIR: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    paddle_pair(&PAIR, "dpa1_strip", data)
+}
+
+/// Read `data` as one half of model `name` (from models.zip), the other half intact.
+fn paddle_pair(pair: &OnceLock<(Vec<u8>, Vec<u8>)>, name: &str, data: &[u8]) {
+    let (json, params) = pair.get_or_init(|| {
         (
-            paddle_member("v_f32_fparam.json"),
-            paddle_member("v_f32_fparam.pdiparams"),
+            paddle_member(&format!("{name}.json")),
+            paddle_member(&format!("{name}.pdiparams")),
         )
     });
     let tree = if data.first() == Some(&b'{') {
@@ -116,6 +126,11 @@ fn targets() -> Vec<Target> {
             name: "paddle",
             seeds: vec!["paddle:v_f32_fparam.json", "paddle:v_f32_fparam.pdiparams"],
             run: paddle,
+        },
+        Target {
+            name: "paddle_dpa1",
+            seeds: vec!["paddle:dpa1_strip.json", "paddle:dpa1_strip.pdiparams"],
+            run: paddle_dpa1,
         },
         Target {
             name: "pickle",

@@ -11,8 +11,9 @@ use crate::FormatError;
 
 /// Op kinds seen inside the model's scopes in the programs dpc was checked on; an unknown
 /// one may compute something the tree cannot say, so the model is refused.
-const SCOPED_OPS: [&str; 44] = [
+const SCOPED_OPS: [&str; 58] = [
     "0.combine",
+    "0.split",
     "1.add",
     "1.assign",
     "1.bitwise_not",
@@ -23,6 +24,8 @@ const SCOPED_OPS: [&str; 44] = [
     "1.elementwise_pow",
     "1.equal",
     "1.expand",
+    "1.eye",
+    "1.floor_divide",
     "1.full",
     "1.full_batch_size_like",
     "1.full_int_array",
@@ -36,9 +39,15 @@ const SCOPED_OPS: [&str; 44] = [
     "1.less_than",
     "1.logical_not",
     "1.logical_or",
+    "1.masked_fill",
     "1.matmul",
+    "1.maximum",
+    "1.mean",
     "1.multiply",
+    "1.not_equal",
+    "1.numel",
     "1.p_norm",
+    "1.pow",
     "1.relu",
     "1.relu6",
     "1.reshape",
@@ -47,9 +56,14 @@ const SCOPED_OPS: [&str; 44] = [
     "1.sigmoid",
     "1.silu",
     "1.slice",
+    "1.softmax",
     "1.softplus",
+    "1.split_with_num",
+    "1.sqrt",
+    "1.squeeze",
     "1.stack",
     "1.subtract",
+    "1.sum",
     "1.take_along_axis",
     "1.tanh",
     "1.tile",
@@ -62,10 +76,18 @@ const INPUTS: [&str; 7] = [
     "coord", "atype", "box", "nlist", "mapping", "fparam", "aparam",
 ];
 
+/// The `comm_dict` inputs of a frozen `forward_lower` (MPI message passing).
+const COMM_INPUTS: [&str; 6] = [
+    "send_list",
+    "send_proc",
+    "recv_proc",
+    "send_num",
+    "recv_num",
+    "communicator",
+];
+
 fn component(class: &str) -> FormatError {
     let descriptor = match class {
-        "DescrptDPA1" => "dpa1/se_atten",
-        "DescrptSeAttenV2" => "se_atten_v2",
         "DescrptSeTTebd" => "se_e3_tebd",
         "DescrptDPA2" => "dpa2",
         "DescrptDPA3" => "dpa3",
@@ -83,12 +105,43 @@ fn component(class: &str) -> FormatError {
         c => return unsupported(format!("model component {c} (a Layer dpc does not read)")),
     };
     unsupported(format!(
-        "descriptor {descriptor} is not supported yet (dpc reads se_e2_a Paddle models)"
+        "descriptor {descriptor} is not supported yet (dpc reads se_e2_a, dpa1/se_atten and se_atten_v2 Paddle models)"
     ))
 }
 
+/// The descriptors dpc reads from Paddle programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    SeA,
+    Dpa1,
+    SeAttenV2,
+}
+
+/// The model's components: descriptor kind and root scope, fitting root scope.
+pub struct Components {
+    pub kind: Kind,
+    pub desc_root: String,
+    pub fit_root: String,
+}
+
+/// Layer classes the se_atten family's scopes may hold below their root.
+const SE_ATTEN_LAYERS: [&str; 12] = [
+    "DescrptBlockSeAtten",
+    "EN",
+    "MLPLayer",
+    "ActivationFn",
+    "SiLUT",
+    "NeighborGatedAttention",
+    "NeighborGatedAttentionLayer",
+    "GatedAttentionLayer",
+    "LayerNorm",
+    "TypeEmbedNet",
+    "TypeEmbedNetConsistent",
+    "PairExcludeMask",
+];
+
 /// Refuse what dpc was not checked on; return the descriptor and fitting root scopes.
-pub fn check(prog: &Program) -> Result<(String, String), FormatError> {
+pub fn check(prog: &Program) -> Result<Components, FormatError> {
     if !(1..=4).contains(&prog.version) {
         return Err(unsupported(format!(
             "PIR program version {} (dpc knows versions 1 to 4)",
@@ -102,7 +155,11 @@ pub fn check(prog: &Program) -> Result<(String, String), FormatError> {
             if name == "spin" {
                 return Err(unsupported("spin models"));
             }
-            if !INPUTS.contains(&name) {
+            // `dp --pd freeze` gives forward_lower the communication inputs of parallel
+            // message passing too; a model that does not pass messages leaves them unread.
+            let unread = op.outs.iter().all(|&v| prog.uses(v).is_empty());
+            let known = INPUTS.contains(&name) || (COMM_INPUTS.contains(&name) && unread);
+            if !known {
                 return Err(unsupported(format!("a model input named `{name}`")));
             }
         }
@@ -112,6 +169,7 @@ pub fn check(prog: &Program) -> Result<(String, String), FormatError> {
         let class = root_class(scope);
         let allowed: &[&str] = match class {
             "DescrptSeA" => &["MLPLayer", "ActivationFn", "SiLUT", "PairExcludeMask"],
+            "DescrptDPA1" | "DescrptSeAttenV2" => &SE_ATTEN_LAYERS,
             "EnergyFittingNet" => &["FN", "MLPLayer", "ActivationFn", "SiLUT", "AtomExcludeMask"],
             "AtomExcludeMask" => &[],
             other => return Err(component(other)),
@@ -134,10 +192,30 @@ pub fn check(prog: &Program) -> Result<(String, String), FormatError> {
         }
         roots.insert(class, root);
     }
-    match (roots.remove("DescrptSeA"), roots.remove("EnergyFittingNet")) {
-        (Some(d), Some(f)) => Ok((d, f)),
+    let mut found = Vec::new();
+    for (class, kind) in [
+        ("DescrptSeA", Kind::SeA),
+        ("DescrptDPA1", Kind::Dpa1),
+        ("DescrptSeAttenV2", Kind::SeAttenV2),
+    ] {
+        if let Some(root) = roots.remove(class) {
+            found.push((kind, root));
+        }
+    }
+    if found.len() > 1 {
+        return Err(unsupported(format!(
+            "{} descriptors in one program (a hybrid descriptor?)",
+            found.len()
+        )));
+    }
+    match (found.pop(), roots.remove("EnergyFittingNet")) {
+        (Some((kind, desc_root)), Some(fit_root)) => Ok(Components {
+            kind,
+            desc_root,
+            fit_root,
+        }),
         _ => Err(bad(
-            "no se_e2_a descriptor and energy fitting scopes: not a DeePMD-kit model program",
+            "no descriptor and energy fitting scopes: not a DeePMD-kit model program",
         )),
     }
 }

@@ -1,6 +1,7 @@
 //! The energy fitting (`/EnergyFittingNet/`): one network per atom type in the sub-scopes
-//! `FN[_t]/` (the fitting loops over types), `bias_atom_e` sliced by type, the fparam/aparam
-//! normalisation, and the fitting's own atom exclusion mask.
+//! `FN[_t]/` (the fitting loops over types), or one `FN/` for all types with descriptors of
+//! mixed types (the se_atten family), `bias_atom_e` sliced or gathered by type, the
+//! fparam/aparam normalisation, and the fitting's own atom exclusion mask.
 
 use std::collections::BTreeMap;
 
@@ -76,6 +77,7 @@ pub fn energy(
     layers: &BTreeMap<(String, u32), Roles>,
     numb_fparam: usize,
     numb_aparam: usize,
+    mixed: bool,
 ) -> Result<Fitting, FormatError> {
     let ntypes = type_map.len();
     let mut by_net: BTreeMap<u32, Vec<(&str, u32, &Roles)>> = BTreeMap::new();
@@ -90,12 +92,15 @@ pub fn energy(
             _ => return Err(unsupported(format!("fitting layers in {parent}"))),
         }
     }
-    if by_net.len() == 1 && ntypes > 1 {
+    // Descriptors with mixed types (the se_atten family) get one network for all types,
+    // the others one per type (`FN_t` is the network of type t).
+    let nnets = if mixed { 1 } else { ntypes };
+    if by_net.len() == 1 && nnets > 1 {
         return Err(unsupported(
-            "a mixed-types energy fitting (one network for all types)",
+            "a mixed-types energy fitting (one network for all types) with se_e2_a",
         ));
     }
-    if by_net.len() != ntypes || by_net.keys().copied().ne(0..ntypes as u32) {
+    if by_net.len() != nnets || by_net.keys().copied().ne(0..nnets as u32) {
         return Err(bad(format!(
             "{root}: {} fitting networks for {ntypes} types",
             by_net.len()
@@ -247,13 +252,13 @@ pub fn energy(
         ("default_fparam", Value::Null),
         ("activation_function", s(&act)),
         ("precision", s(precision)),
-        ("mixed_types", Value::Bool(false)),
+        ("mixed_types", Value::Bool(mixed)),
         (
             "nets",
             dict(vec![
                 ("@class", s("NetworkCollection")),
                 ("@version", Value::Int(1)),
-                ("ndim", Value::Int(1)),
+                ("ndim", Value::Int(if mixed { 0 } else { 1 })),
                 ("ntypes", Value::Int(ntypes as i64)),
                 ("network_type", s("fitting_network")),
                 ("networks", Value::List(networks)),

@@ -265,3 +265,116 @@ pub fn excluded(ctx: &mut Ctx, name: &str, ntypes: usize) -> Result<Vec<Value>, 
     ctx.mark(name);
     Ok(zeros)
 }
+
+/// The parameters of every `…/LayerNorm/` scope: (w, b) as operand 1 of its `multiply` and
+/// `add` (the prim decomposition `(x - mean) / sqrt(var + eps) * w + b`).
+pub fn layer_norms(ctx: &Ctx) -> Result<BTreeMap<String, Roles>, FormatError> {
+    let prog = &ctx.prog;
+    let mut out: BTreeMap<String, Roles> = BTreeMap::new();
+    for (name, p) in &prog.params {
+        for &(i, k) in prog.uses(p.value) {
+            let op = &prog.ops[i];
+            let Some(scope) = op.scope.as_deref() else {
+                continue;
+            };
+            if k != 1 || split_scope(scope).is_none_or(|(_, c, _)| c != "LayerNorm") {
+                continue;
+            }
+            let roles = out.entry(scope.to_string()).or_default();
+            let slot = match op.kind.as_str() {
+                "1.multiply" => &mut roles.w,
+                "1.add" => &mut roles.b,
+                _ => continue,
+            };
+            if slot.as_deref().is_some_and(|n| n != name) {
+                return Err(bad(format!("{scope} uses two parameters in one role")));
+            }
+            *slot = Some(name.clone());
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A chain of MLP layers (`parent` + `MLPLayer[_k]` in `k` order) as DeePMD-kit's
+/// `EmbeddingNetwork`: every layer a residual one where widths allow.
+pub struct Network {
+    pub value: Value,
+    pub in_dim: usize,
+    pub neuron: Vec<usize>,
+    pub activation: String,
+    pub resnet_dt: bool,
+    pub bias: bool,
+    pub precision: &'static str,
+}
+
+pub fn embedding_network(
+    ctx: &mut Ctx,
+    parent: &str,
+    net: &[(u32, Roles)],
+    linear_name: &str,
+) -> Result<Network, FormatError> {
+    if net.iter().map(|(k, _)| *k).ne(0..net.len() as u32) {
+        return Err(bad(format!("{parent}: layers missing from the network")));
+    }
+    let mut ls = Vec::new();
+    for (idx, roles) in net {
+        ls.push(layer(ctx, parent, *idx, roles, true, linear_name)?);
+    }
+    let Some(first) = ls.first() else {
+        return Err(bad(format!("{parent}: a network without layers")));
+    };
+    if ls.windows(2).any(|w| w[1].in_dim != w[0].out_dim) {
+        return Err(bad(format!("{parent}: layers do not chain")));
+    }
+    let act = first
+        .activation
+        .clone()
+        .unwrap_or_else(|| linear_name.to_string());
+    if ls
+        .iter()
+        .any(|l| l.activation.as_deref().unwrap_or(linear_name) != act || l.bias != first.bias)
+    {
+        return Err(bad(format!(
+            "{parent}: layers differ in activation or bias"
+        )));
+    }
+    let (in_dim, bias, precision) = (first.in_dim, first.bias, first.precision);
+    let neuron: Vec<usize> = ls.iter().map(|l| l.out_dim).collect();
+    let resnet_dt = ls.iter().any(|l| l.timestep);
+    let value = super::dict(vec![
+        ("@class", super::s("EmbeddingNetwork")),
+        ("@version", Value::Int(2)),
+        ("in_dim", Value::Int(in_dim as i64)),
+        ("neuron", super::ints(&neuron)),
+        ("activation_function", super::s(&act)),
+        ("resnet_dt", Value::Bool(resnet_dt)),
+        ("bias", Value::Bool(bias)),
+        ("precision", super::s(precision)),
+        (
+            "layers",
+            Value::List(ls.into_iter().map(|l| l.value).collect()),
+        ),
+    ]);
+    Ok(Network {
+        value,
+        in_dim,
+        neuron,
+        activation: act,
+        resnet_dt,
+        bias,
+        precision,
+    })
+}
+
+/// `{"@class": "NetworkCollection", ...}` holding one network shared by all types (ndim 0).
+pub fn shared_collection(ntypes: usize, network_type: &str, net: Value) -> Value {
+    super::dict(vec![
+        ("@class", super::s("NetworkCollection")),
+        ("@version", Value::Int(1)),
+        ("ndim", Value::Int(0)),
+        ("ntypes", Value::Int(ntypes as i64)),
+        ("network_type", super::s(network_type)),
+        ("networks", Value::List(vec![net])),
+    ])
+}

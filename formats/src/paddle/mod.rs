@@ -7,13 +7,16 @@
 //! comes from how the program uses it, inside the `struct_name` scopes the tracer records
 //! (`/DescrptSeA/MLPLayer_4/`, `/EnergyFittingNet/FN_1/MLPLayer_2/`, ...). What the files do
 //! not hold (training-only settings, `trainable`) gets DeePMD-kit's defaults; float32
-//! constants (`rcut_smth`, `env_protection`, `min_nbor_dist` in current writers) come back
-//! as the shortest decimal of their float32. See docs/formats.md.
+//! constants (`rcut_smth`, `env_protection`, `min_nbor_dist`, `ln_eps`, the attention scale
+//! in current writers) come back as the shortest decimal of their float32. See
+//! docs/formats.md.
 //!
-//! Read: se_e2_a (type_one_side) energy models, float64 or float32, fparam/aparam, atom and
-//! fitting exclusions, the activations DeePMD-kit has. Anything else is refused by name.
+//! Read: se_e2_a (type_one_side, `se_a.rs`), dpa1/se_atten and se_atten_v2 (`dpa1.rs`)
+//! energy models, float64 or float32, fparam/aparam, atom and fitting exclusions, the
+//! activations DeePMD-kit has. Anything else is refused by name.
 
 mod check;
+mod dpa1;
 mod fitting;
 mod layers;
 pub mod pdiparams;
@@ -22,6 +25,7 @@ mod se_a;
 
 use std::collections::{BTreeMap, HashSet};
 
+use self::check::Kind;
 use self::program::{root_class, Program};
 use crate::tree::{Dict, NdArray, Value};
 use crate::FormatError;
@@ -75,6 +79,12 @@ impl Ctx {
         self.arrays
             .get(name)
             .map_or(Value::Null, |a| Value::Array(a.clone()))
+    }
+
+    /// Whether every element of tensor `name` is zero (`set_davg_zero` leaves davg so).
+    fn all_zero(&self, name: &str) -> Result<bool, FormatError> {
+        let a = self.array(name)?;
+        Ok((0..a.len()).all(|i| a.get_f64(i) == 0.0))
     }
 
     fn mark(&mut self, name: &str) {
@@ -193,7 +203,11 @@ pub fn read(json: &[u8], params: &[u8]) -> Result<Value, FormatError> {
     let tensors = pdiparams::read(params)?;
     let text = std::str::from_utf8(json).map_err(|_| bad("the program .json is not UTF-8"))?;
     let prog = Program::parse(&crate::json::parse(text)?)?;
-    let (desc_root, fit_root) = check::check(&prog)?;
+    let check::Components {
+        kind,
+        desc_root,
+        fit_root,
+    } = check::check(&prog)?;
     if tensors.len() != prog.params.len() {
         return Err(bad(format!(
             "the .pdiparams holds {} tensors, the program names {} parameters",
@@ -255,15 +269,27 @@ pub fn read(json: &[u8], params: &[u8]) -> Result<Value, FormatError> {
         &layers,
         numb_fparam,
         numb_aparam,
+        kind != Kind::SeA,
     )?;
-    let descriptor = se_a::descriptor(
-        &mut ctx,
-        &desc_root,
-        &type_map,
-        &layers,
-        fit.dim_descrpt,
-        rcut,
-    )?;
+    let descriptor = match kind {
+        Kind::SeA => se_a::descriptor(
+            &mut ctx,
+            &desc_root,
+            &type_map,
+            &layers,
+            fit.dim_descrpt,
+            rcut,
+        )?,
+        Kind::Dpa1 | Kind::SeAttenV2 => dpa1::descriptor(
+            &mut ctx,
+            &desc_root,
+            kind == Kind::SeAttenV2,
+            &type_map,
+            &layers,
+            fit.dim_descrpt,
+            rcut,
+        )?,
+    };
     let (out_bias, out_std) = out_stat(&mut ctx, ntypes)?;
     let mut atom_exclude = None;
     for (scope, name) in layers::masks(&ctx)? {
@@ -291,29 +317,68 @@ pub fn read(json: &[u8], params: &[u8]) -> Result<Value, FormatError> {
                 .collect(),
         )
     };
+    let desc_keys: &[&str] = match kind {
+        Kind::SeA => &[
+            "type",
+            "sel",
+            "rcut_smth",
+            "rcut",
+            "neuron",
+            "resnet_dt",
+            "axis_neuron",
+            "type_one_side",
+            "precision",
+            "activation_function",
+            "exclude_types",
+            "env_protection",
+            "trainable",
+        ],
+        Kind::Dpa1 | Kind::SeAttenV2 => &[
+            "type",
+            "sel",
+            "rcut_smth",
+            "rcut",
+            "neuron",
+            "axis_neuron",
+            "tebd_dim",
+            "tebd_input_mode",
+            "resnet_dt",
+            "type_one_side",
+            "attn",
+            "attn_layer",
+            "attn_dotr",
+            "attn_mask",
+            "scaling_factor",
+            "normalize",
+            "temperature",
+            "ln_eps",
+            "smooth_type_embedding",
+            "concat_output_tebd",
+            "use_tebd_bias",
+            "set_davg_zero",
+            "precision",
+            "activation_function",
+            "exclude_types",
+            "env_protection",
+            "trainable",
+        ],
+    };
+    let mut script_desc = pick(&descriptor, desc_keys);
+    if let Value::Dict(d) = &mut script_desc {
+        // What a user writes: no keys se_atten_v2 fixes, `sel` as one number for DPA-1.
+        d.retain(|_, v| !v.is_null());
+        if kind != Kind::SeA {
+            if let Some(Value::List(sel)) = d.get("sel") {
+                if let [n] = &sel[..] {
+                    let n = n.clone();
+                    d.insert("sel".into(), n);
+                }
+            }
+        }
+    }
     let script = dict(vec![
         ("type_map", strs(&type_map)),
-        (
-            "descriptor",
-            pick(
-                &descriptor,
-                &[
-                    "type",
-                    "sel",
-                    "rcut_smth",
-                    "rcut",
-                    "neuron",
-                    "resnet_dt",
-                    "axis_neuron",
-                    "type_one_side",
-                    "precision",
-                    "activation_function",
-                    "exclude_types",
-                    "env_protection",
-                    "trainable",
-                ],
-            ),
-        ),
+        ("descriptor", script_desc),
         (
             "fitting_net",
             pick(

@@ -304,6 +304,39 @@ impl Program {
         self.by_scope.get(scope).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The output of the last op whose `struct_name` is exactly `scope` (what a Layer's call
+    /// returns when its last op is its own).
+    pub fn last_output(&self, scope: &str) -> Option<i64> {
+        let &i = self.in_scope(scope).last()?;
+        self.ops[i].outs.first().copied()
+    }
+
+    /// Follow `v` forward through forward ops (those with a scope; the gradient ops the
+    /// program also holds have none) of the kinds in `through` (breadth first, program
+    /// order) to every such op of a kind in `want`: (op index, operand index).
+    pub fn reach(&self, v: i64, through: &[&str], want: &[&str]) -> Vec<(usize, usize)> {
+        let mut todo = VecDeque::from([v]);
+        let mut seen = HashSet::new();
+        let mut found = Vec::new();
+        while let Some(x) = todo.pop_front() {
+            if !seen.insert(x) {
+                continue;
+            }
+            for &(i, k) in self.uses(x) {
+                let op = &self.ops[i];
+                if op.scope.is_none() {
+                    continue;
+                }
+                if want.contains(&op.kind.as_str()) {
+                    found.push((i, k));
+                } else if through.contains(&op.kind.as_str()) {
+                    todo.extend(op.outs.iter().copied());
+                }
+            }
+        }
+        found
+    }
+
     /// Follow `v` forward through shape-only ops (breadth first, program order) to the first
     /// op of a kind in `want`: (op index, operand index).
     pub fn trace_to(&self, v: i64, want: &[&str]) -> Option<(usize, usize)> {

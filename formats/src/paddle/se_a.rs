@@ -11,7 +11,7 @@ use crate::FormatError;
 
 /// davg and dstd: `[ntypes, nnei, 4]` buffers gathered by atom type in the descriptor scope,
 /// then `(env - davg[t]) / dstd[t]`: operand 1 of `subtract`, operand 1 of `divide`.
-fn statistics(ctx: &Ctx, root: &str) -> Result<(String, String), FormatError> {
+pub(super) fn statistics(ctx: &Ctx, root: &str) -> Result<(String, String), FormatError> {
     let prog = &ctx.prog;
     let (mut davg, mut dstd) = (None, None);
     for (name, p) in &prog.params {
@@ -65,7 +65,7 @@ fn sel_of(ctx: &Ctx, w: &str) -> Result<usize, FormatError> {
 /// `scale` bias); the switch on `length` is `less_equal`/`greater_equal` with float64
 /// constants (older writers, exact) or `clip(length, rmin, rmax)` with float32 ones.
 /// Returns (rcut_smth, rcut of the switch, protection).
-fn env_mat(ctx: &Ctx, root: &str) -> Result<(f64, f64, f64), FormatError> {
+pub(super) fn env_mat(ctx: &Ctx, root: &str) -> Result<(f64, f64, f64), FormatError> {
     let prog = &ctx.prog;
     let missing = || bad(format!("{root}: the environment matrix was not recognised"));
     let pnorm = prog
@@ -247,6 +247,7 @@ pub fn descriptor(
         ctx.mark(name);
     }
     let f = Value::Float;
+    let davg_zero = ctx.all_zero(&davg)?;
     let stats = dict(vec![("davg", ctx.take(&davg)), ("dstd", ctx.take(&dstd))]);
     Ok(dict(vec![
         ("@class", s("Descriptor")),
@@ -258,8 +259,8 @@ pub fn descriptor(
         ("neuron", ints(&neuron)),
         ("axis_neuron", Value::Int((dim_descrpt / last) as i64)),
         ("resnet_dt", Value::Bool(resnet_dt)),
-        // Not stored (training only): the default.
-        ("set_davg_zero", Value::Bool(false)),
+        // Not stored: with set_davg_zero the statistics keep a zero davg.
+        ("set_davg_zero", Value::Bool(davg_zero)),
         ("activation_function", s(&act)),
         ("precision", s(precision)),
         (
