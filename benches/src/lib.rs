@@ -1,0 +1,1 @@
+//! Benchmarks only: see `eval.rs` and `compare_deepmd.py`.
