@@ -174,15 +174,21 @@ fn block_atoms(s: usize) -> usize {
     (ROWS_PER_BLOCK / s.max(1)).max(1)
 }
 
-/// `out [m, c] = G^T [m, s] rr [s, c]` for one atom (`G [s, m]`), as rank-1 updates: the
+/// `out [m, c] = G^T [m, s] rr [s, c]` for one atom (`G [s, m]`), as rank-1 updates into
+/// `acc [c, m]` (long rows, so the inner loop vectorizes over `m`), then transposed: the
 /// shapes are too small for a GEMM call to pay off.
-fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, out: &mut [T]) {
-    out.fill(T::default());
+fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, acc: &mut [T], out: &mut [T]) {
+    acc.fill(T::default());
     for (gj, rj) in g.chunks_exact(m).zip(r.chunks_exact(c)) {
-        for (orow, &gv) in out.chunks_exact_mut(c).zip(gj) {
-            for (o, &rv) in orow.iter_mut().zip(rj) {
-                *o = *o + gv * rv;
+        for (arow, &rv) in acc.chunks_exact_mut(m).zip(rj) {
+            for (a, &gv) in arow.iter_mut().zip(gj) {
+                *a = *a + rv * gv;
             }
+        }
+    }
+    for (ci, arow) in acc.chunks_exact(m).enumerate() {
+        for (mi, &v) in arow.iter().enumerate() {
+            out[mi * c + ci] = v;
         }
     }
 }
@@ -204,12 +210,13 @@ fn contract_t<T: Real>(net: &Mlp, rr: &[T], n: usize, s: usize, c: usize) -> R<V
                 sc.x0.extend(r.iter().step_by(c).copied());
                 forward(&layers, sc, false);
                 let g = &sc.h[layers.len() - 1];
+                let acc = sized(&mut sc.dz, m * c);
                 for ((ga, ra), oa) in g
                     .chunks_exact(s * m)
                     .zip(r.chunks_exact(s * c))
                     .zip(o.chunks_exact_mut(m * c))
                 {
-                    contract_atom(ga, ra, m, c, oa);
+                    contract_atom(ga, ra, m, c, acc, oa);
                 }
             },
         );
@@ -242,29 +249,36 @@ fn contract_vjp_t<T: Real>(
                 sc.x0.clear();
                 sc.x0.extend(r.iter().step_by(c).copied());
                 forward(&layers, sc, true);
-                // dG_j [m] = gy_a [m, c] rr_j [c];  d_rr_j [c] = gy_a^T [c, m] G_j [m].
+                // dG_j [m] = gy_a [m, c] rr_j [c];  d_rr_j [c] = gy_a^T [c, m] G_j [m], with
+                // gy_a transposed to [c, m] so both loops run along m.
                 let g = &sc.h[last];
                 let dh = sized(&mut sc.dh, rows * m);
+                let gyt = sized(&mut sc.dprev, m * c);
                 for (((ga, ra), gya), (dha, da)) in g
                     .chunks_exact(s * m)
                     .zip(r.chunks_exact(s * c))
                     .zip(gb.chunks_exact(m * c))
                     .zip(dh.chunks_exact_mut(s * m).zip(d.chunks_exact_mut(s * c)))
                 {
+                    for (mi, row) in gya.chunks_exact(c).enumerate() {
+                        for (ci, &v) in row.iter().enumerate() {
+                            gyt[ci * m + mi] = v;
+                        }
+                    }
                     for (((gj, rj), dhj), dj) in ga
                         .chunks_exact(m)
                         .zip(ra.chunks_exact(c))
                         .zip(dha.chunks_exact_mut(m))
                         .zip(da.chunks_exact_mut(c))
                     {
-                        dj.fill(T::default());
-                        for ((dgm, gyrow), &gv) in dhj.iter_mut().zip(gya.chunks_exact(c)).zip(gj) {
-                            let mut acc = T::default();
-                            for ((&gyv, &rv), dv) in gyrow.iter().zip(rj).zip(dj.iter_mut()) {
-                                acc = acc + gyv * rv;
-                                *dv = *dv + gyv * gv;
+                        dhj.fill(T::default());
+                        for ((grow, &rv), dv) in gyt.chunks_exact(m).zip(rj).zip(dj.iter_mut()) {
+                            let mut dot = T::default();
+                            for ((dg, &gyv), &gv) in dhj.iter_mut().zip(grow).zip(gj) {
+                                *dg = *dg + gyv * rv;
+                                dot = dot + gyv * gv;
                             }
-                            *dgm = acc;
+                            *dv = dot;
                         }
                     }
                 }
