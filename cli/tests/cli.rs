@@ -173,8 +173,8 @@ fn info_and_emit_ir() {
     );
     assert!(out.contains("return atom_energy = %"));
     assert!(
-        out.contains("scatter_add"),
-        "forces come from autodiff of gather"
+        out.contains("= env_mat ") && out.contains("= env_mat_vjp "),
+        "forces come from the VJP of the fused environment matrix"
     );
     let (ok, _, err) = dpc(&["compile", "builtin:water"]);
     assert!(!ok && err.contains("--emit-ir"), "{err}");
