@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 mod commands;
+mod compress_args;
 mod conf;
 mod source;
 

@@ -126,7 +126,8 @@ pub struct DeepPot {
     atomic: OnceLock<Result<Executor, EvalError>>,
     /// Centres per graph run; `None` picks by neighbour count.
     chunk: Option<usize>,
-    unfused: bool,
+    /// How the graphs are built (`atomic_virial` is set per graph).
+    opts: BuildOptions,
 }
 
 fn compile(model: &Model, opts: BuildOptions) -> Result<Executor, EvalError> {
@@ -149,23 +150,37 @@ impl DeepPot {
     /// `from_tree`, optionally built from elementary ops only (no fused kernels): the
     /// reference the fused kernels are tested against.
     pub fn from_tree_with(tree: Value, unfused: bool) -> Result<DeepPot, EvalError> {
+        DeepPot::from_tree_opts(
+            tree,
+            BuildOptions {
+                unfused,
+                ..BuildOptions::default()
+            },
+        )
+    }
+
+    /// `from_tree` with explicit build options (compression, unfused networks).
+    pub fn from_tree_opts(tree: Value, opts: BuildOptions) -> Result<DeepPot, EvalError> {
         crate::threads::init(None);
         let model = Model::from_tree(&tree)?;
-        let plain = compile(
-            &model,
-            BuildOptions {
-                atomic_virial: false,
-                unfused,
-            },
-        )?;
+        let opts = BuildOptions {
+            atomic_virial: false,
+            ..opts
+        };
+        let plain = compile(&model, opts)?;
         Ok(DeepPot {
             model,
             tree,
             plain,
             atomic: OnceLock::new(),
             chunk: None,
-            unfused,
+            opts,
         })
+    }
+
+    /// The options the graphs were built with.
+    pub fn build_options(&self) -> BuildOptions {
+        self.opts
     }
 
     /// Run at most `n` centre atoms through the graph at a time (bounds memory; results are
@@ -194,7 +209,7 @@ impl DeepPot {
                     &self.model,
                     BuildOptions {
                         atomic_virial: true,
-                        unfused: self.unfused,
+                        ..self.opts
                     },
                 )
             })

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use dpc_runtime::{DeepPot, Frame};
+use dpc_runtime::Frame;
 
 use crate::source::read_tree;
 
@@ -32,6 +32,8 @@ pub struct Args {
     /// Time this configuration (dpc eval's JSON; the first frame) instead of the fcc system.
     #[arg(long, value_name = "CONF.json")]
     input: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    compress: crate::compress_args::CompressArgs,
 }
 
 /// SplitMix64: deterministic, good enough for displacements.
@@ -128,7 +130,7 @@ pub fn run(a: Args) -> Result<String> {
         bail!("could not set up {} threads", a.threads.unwrap());
     }
     let (tree, _) = read_tree(&a.model)?;
-    let pot = DeepPot::from_tree(tree)?;
+    let pot = a.compress.load(tree)?;
     if given.is_none() && pot.model().ntypes() < 2 {
         bail!(
             "the benchmark system has two atom types; this model has {}",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use dpc_runtime::{DeepPot, Frame};
+use dpc_runtime::Frame;
 
 use crate::conf::{output_json, parse_frames};
 use crate::source::{read_tree, sample_input};
@@ -19,6 +19,8 @@ pub struct Args {
     /// Where to write the results (default: standard output).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    compress: crate::compress_args::CompressArgs,
 }
 
 /// Returns what to print on standard output.
@@ -33,7 +35,7 @@ pub fn run(a: Args) -> Result<String> {
     };
     let (frames, is_list) = parse_frames(&text).context("reading the input configurations")?;
     let (tree, _) = read_tree(&a.model)?;
-    let pot = DeepPot::from_tree(tree)?;
+    let pot = a.compress.load(tree)?;
     let mut results = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let frame = Frame {

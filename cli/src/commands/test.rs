@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use dpc_formats::NdArray;
-use dpc_runtime::{DeepPot, Frame};
+use dpc_runtime::Frame;
 
 use crate::source::read_tree;
 
@@ -24,6 +24,8 @@ pub struct Args {
     /// Test at most this many frames (default: all).
     #[arg(short = 'n', long)]
     numb_test: Option<usize>,
+    #[command(flatten)]
+    compress: crate::compress_args::CompressArgs,
 }
 
 fn load_npy(p: &Path) -> Result<Option<NdArray>> {
@@ -82,7 +84,7 @@ fn sci(x: f64) -> String {
 pub fn run(a: Args) -> Result<String> {
     let mut out = String::new();
     let (tree, _) = read_tree(&a.model)?;
-    let pot = DeepPot::from_tree(tree)?;
+    let pot = a.compress.load(tree)?;
     let model = pot.model();
     let sys = &a.system;
     if !sys.is_dir() {

@@ -5,6 +5,7 @@
 //! system (local atoms first, then ghosts) and a formatted neighbour list, and returns
 //! per-extended-atom forces and virials; the runtime folds ghosts back onto their owners.
 
+pub mod compress;
 mod dpa1;
 mod env_mat;
 mod fitting;
@@ -13,18 +14,22 @@ mod se_a;
 mod se_r;
 mod se_t;
 
+pub use compress::{Compress, TableReport};
+
 use crate::graph::autodiff::vjp;
 use crate::graph::{DType, Dim, Graph, GraphError, TensorType, ValueId};
 use crate::model::{Descriptor, Model};
 
 /// What the graph should compute besides energies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct BuildOptions {
     /// Per-atom virials with DeePMD-kit's correction term (three more backward passes).
     pub atomic_virial: bool,
     /// Build every network from elementary ops, without fused kernels (the reference form
     /// the fused ops are tested against).
     pub unfused: bool,
+    /// Tabulate the embedding networks (`--compress`).
+    pub compress: Option<Compress>,
 }
 
 /// Names of the graph's inputs and outputs.
@@ -59,6 +64,8 @@ pub(crate) struct Inputs {
     pub aparam: Option<ValueId>,
     /// Whether networks may be fused into single ops.
     pub fuse: bool,
+    /// Tabulate fused embedding networks.
+    pub compress: Option<compress::Plan>,
 }
 
 /// Build the graph for `model`.
@@ -95,6 +102,13 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         fparam,
         aparam,
         fuse: !opts.unfused,
+        compress: match opts.compress {
+            Some(c) if !opts.unfused => {
+                Some(compress::Plan::new(c, model.min_nbor_dist).map_err(GraphError)?)
+            }
+            Some(_) => return Err(GraphError("compression needs the fused kernels".into())),
+            None => None,
+        },
     };
 
     let nlist = env_mat::exclude_pairs(
@@ -104,6 +118,13 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         &model.pair_exclude_types,
         model.ntypes(),
     )?;
+    if inp.compress.is_some() && matches!(model.descriptor, Descriptor::Dpa1(_)) {
+        return Err(GraphError(
+            "compression of se_atten/DPA-1 descriptors is not implemented; run the model \
+             without --compress"
+                .into(),
+        ));
+    }
     let desc = match &model.descriptor {
         Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
         Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,

@@ -30,7 +30,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
         };
         if d.type_one_side {
             if let Some(n) = d.embeddings.get(&[tt]) {
-                let c = contract(g, inp, ss, tr, n, None)?;
+                let c = contract(g, inp, d, start..start + s, ss, tr, n, None)?;
                 add(g, c)?;
             }
         } else {
@@ -38,7 +38,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
                 let Some(n) = d.embeddings.get(&[ti, tt]) else {
                     continue;
                 };
-                let c = contract(g, inp, ss, tr, n, Some(ti))?;
+                let c = contract(g, inp, d, start..start + s, ss, tr, n, Some(ti))?;
                 add(g, c)?;
             }
         }
@@ -55,9 +55,12 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeA, nlist: ValueId) -> Result<Val
 
 /// `sum_j Emb(s_j)^T R_j`: `[nloc, ng, 4]`, for every centre or only those of type
 /// `centre` (zero elsewhere); one fused op where the kernels can run the net.
+#[allow(clippy::too_many_arguments)]
 fn contract(
     g: &mut Graph,
     inp: &Inputs,
+    d: &SeA,
+    slots: std::ops::Range<usize>,
     ss: ValueId,
     tr: ValueId,
     n: &crate::model::Net,
@@ -65,7 +68,15 @@ fn contract(
 ) -> Result<ValueId, GraphError> {
     if inp.fuse {
         if let Some(mlp) = fusable(n, g.dtype(tr)) {
-            return g.embed_contract(tr, mlp, centre.map(|t| (t as i32, inp.atype_loc)));
+            let table = match &inp.compress {
+                Some(p) => {
+                    // With type_one_side the net serves every centre type.
+                    let (lo, hi) = p.radial_range(&d.env, &d.stats, slots, centre)?;
+                    Some(p.table(&mlp, lo, hi)?)
+                }
+                None => None,
+            };
+            return g.embed_contract(tr, mlp, table, centre.map(|t| (t as i32, inp.atype_loc)));
         }
     }
     let gg = net(g, ss, n)?; // [nloc, s, ng]

@@ -29,7 +29,14 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<Val
                 let one = g.scalar_like(1.0, tr);
                 let ones = g.broadcast(one, vec![Dim::NLOC, Dim::fixed(s), Dim::ONE])?;
                 let tr1 = g.concat(&[tr, ones], 2)?;
-                let c = g.embed_contract(tr1, mlp, None)?; // [nloc, ng, 2]
+                let table = match &inp.compress {
+                    Some(p) => {
+                        let (lo, hi) = p.radial_range(&d.env, &d.stats, start - s..start, None)?;
+                        Some(p.table(&mlp, lo, hi)?)
+                    }
+                    None => None,
+                };
+                let c = g.embed_contract(tr1, mlp, table, None)?; // [nloc, ng, 2]
                 let c = g.slice_n(c, 2, 1, 2)?;
                 let ng = g.shape(c)[1];
                 g.reshape(c, vec![Dim::NLOC, ng])?

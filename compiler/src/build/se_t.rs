@@ -38,7 +38,17 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeT, nlist: ValueId) -> Result<Val
                 Some(mlp) => {
                     // sum_ab theta_ab G(theta_ab): the fused contraction with one channel.
                     let x = g.reshape(env_ij, vec![Dim::NLOC, Dim::fixed(si * sj), Dim::ONE])?;
-                    let c = g.embed_contract(x, mlp, None)?; // [nloc, ng, 1]
+                    let table = match &inp.compress {
+                        Some(p) => {
+                            let bi =
+                                p.angular_bound(&d.env, &d.stats, starts[ti]..starts[ti + 1])?;
+                            let bj =
+                                p.angular_bound(&d.env, &d.stats, starts[tj]..starts[tj + 1])?;
+                            Some(p.table(&mlp, -bi * bj, bi * bj)?)
+                        }
+                        None => None,
+                    };
+                    let c = g.embed_contract(x, mlp, table, None)?; // [nloc, ng, 1]
                     let ng = g.shape(c)[1];
                     g.reshape(c, vec![Dim::NLOC, ng])?
                 }

@@ -132,11 +132,20 @@ impl Graph {
         &mut self,
         rr: ValueId,
         net: Arc<super::mlp::Mlp>,
+        table: Option<Arc<super::table::Table>>,
         centre: Option<(i32, ValueId)>,
     ) -> R {
+        if let Some(t) = &table {
+            if t.m != net.n_out() || t.coef.dtype() != net.dtype {
+                return Err(GraphError(
+                    "embed_contract table does not match its network".into(),
+                ));
+            }
+        }
         let e = super::mlp::Embed {
             net,
             centre_type: centre.map(|c| c.0),
+            table,
         };
         match centre {
             Some((_, types)) => self.push(Op::EmbedContract(e), &[rr, types]),

@@ -108,6 +108,9 @@ pub struct Embed {
     /// Compute only for centres of this type; the op then takes the centres' types (`i32
     /// [n]`) as its last argument, and other centres get zeros (their work is skipped).
     pub centre_type: Option<i32>,
+    /// The network tabulated (`dpc compile --compress`): kernels evaluate the table, and
+    /// the network only for inputs off it.
+    pub table: Option<Arc<super::table::Table>>,
 }
 
 /// The attributes of `Op::EnvMat` and its VJP: DeePMD-kit's smooth environment matrix.

@@ -10,6 +10,7 @@ mod builder;
 pub mod mlp;
 pub mod op;
 pub mod print;
+pub mod table;
 pub mod tensor;
 pub mod types;
 pub mod verify;
@@ -18,6 +19,7 @@ use std::fmt;
 
 pub use mlp::{Act, Embed, EnvSpec, Mlp, MlpLayer, Residual};
 pub use op::{Binary, Cmp, Op, Unary};
+pub use table::{Knots, Table};
 pub use tensor::{Data, Tensor};
 pub use types::{Bindings, DType, Dim, Shape, Sym, TensorType};
 
@@ -69,6 +71,12 @@ impl fmt::Display for GraphError {
 }
 
 impl std::error::Error for GraphError {}
+
+impl From<String> for GraphError {
+    fn from(s: String) -> Self {
+        GraphError(s)
+    }
+}
 
 impl Graph {
     pub fn new() -> Graph {

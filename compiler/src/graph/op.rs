@@ -557,8 +557,17 @@ impl fmt::Display for Op {
             ),
             Op::EmbedContract(e) | Op::EmbedContractVjp(e) => {
                 write!(f, " widths={:?}", e.net.widths())?;
-                match e.centre_type {
-                    Some(t) => write!(f, " centre_type={t}"),
+                if let Some(t) = e.centre_type {
+                    write!(f, " centre_type={t}")?;
+                }
+                match &e.table {
+                    Some(t) => write!(
+                        f,
+                        " table=[{}, {}) x{} intervals",
+                        t.knots.lower,
+                        t.knots.max(),
+                        t.knots.intervals()
+                    ),
                     None => Ok(()),
                 }
             }

@@ -7,7 +7,8 @@
 //! keeping each layer's activation for its derivative, and back-propagates in place. Blocks
 //! are independent and run on the rayon pool.
 
-use dpc_compiler::graph::{Act, Data, Embed, Mlp, Residual, Tensor};
+use dpc_compiler::graph::table::Scalar;
+use dpc_compiler::graph::{Act, Data, Embed, Knots, Mlp, Residual, Tensor};
 use rayon::prelude::*;
 
 use super::real::Real;
@@ -50,6 +51,112 @@ fn layers<T: Real>(net: &Mlp) -> R<Vec<Layer<T>>> {
             })
         })
         .collect()
+}
+
+/// Where a block's embedding `G` comes from: the network, or its compression table.
+enum Source<'a, T> {
+    Net(Vec<Layer<T>>),
+    Table(TableRef<'a, T>),
+}
+
+struct TableRef<'a, T> {
+    knots: Knots,
+    m: usize,
+    /// `[intervals, 6, m]`.
+    coef: &'a [T],
+    /// For inputs off the table.
+    exact: Scalar,
+}
+
+impl<'a, T: Real> Source<'a, T> {
+    fn new(e: &'a Embed) -> R<Source<'a, T>> {
+        match &e.table {
+            None => Ok(Source::Net(layers(&e.net)?)),
+            Some(t) => {
+                let coef = T::slice(&t.coef.data)
+                    .ok_or_else(|| ExecError::Type("compression table of another dtype".into()))?;
+                if coef.len() != t.knots.intervals() * 6 * t.m || t.m != e.net.n_out() {
+                    return Err(ExecError::Shape("compression table size".into()));
+                }
+                Ok(Source::Table(TableRef {
+                    knots: t.knots,
+                    m: t.m,
+                    coef,
+                    exact: Scalar::new(&e.net),
+                }))
+            }
+        }
+    }
+
+    /// Scratch slots: one per layer, or one for the table.
+    fn depth(&self) -> usize {
+        match self {
+            Source::Net(l) => l.len(),
+            Source::Table(_) => 1,
+        }
+    }
+
+    /// `G [rows, m]` of the inputs in `sc.x0`, left in the last `sc.h`; with `keep`, what
+    /// the VJP needs: tanh outputs of each layer in `sc.t`, or for a table `dG/dx` in
+    /// `sc.t[0]`.
+    fn run(&self, sc: &mut Scratch<T>, keep: bool) {
+        match self {
+            Source::Net(layers) => forward(layers, sc, keep),
+            Source::Table(t) => {
+                let rows = sc.x0.len();
+                let g = sized(&mut sc.h[0], rows * t.m);
+                let dg = if keep {
+                    Some(sized(&mut sc.t[0], rows * t.m))
+                } else {
+                    None
+                };
+                table_eval(t, &sc.x0, g, dg);
+            }
+        }
+    }
+}
+
+/// The table's `G` (and `dG/dx`) for inputs `x`; inputs off the table go through the network.
+fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], mut dg: Option<&mut [T]>) {
+    let m = t.m;
+    let (two, three, four, five) = (
+        T::from_f64(2.0),
+        T::from_f64(3.0),
+        T::from_f64(4.0),
+        T::from_f64(5.0),
+    );
+    for (r, (&xv, gr)) in x.iter().zip(g.chunks_exact_mut(m)).enumerate() {
+        let dgr = dg.as_deref_mut().map(|d| &mut d[r * m..(r + 1) * m]);
+        let Some((k, dx)) = t.knots.locate(xv.to_f64()) else {
+            let (y, d, _) = t.exact.eval(xv.to_f64());
+            for (o, v) in gr.iter_mut().zip(&y) {
+                *o = T::from_f64(*v);
+            }
+            if let Some(dgr) = dgr {
+                for (o, v) in dgr.iter_mut().zip(&d) {
+                    *o = T::from_f64(*v);
+                }
+            }
+            continue;
+        };
+        let dx = T::from_f64(dx);
+        let c = &t.coef[k * 6 * m..(k + 1) * 6 * m];
+        let (c0, c) = c.split_at(m);
+        let (c1, c) = c.split_at(m);
+        let (c2, c) = c.split_at(m);
+        let (c3, c) = c.split_at(m);
+        let (c4, c5) = c.split_at(m);
+        for (o, gv) in gr.iter_mut().enumerate() {
+            *gv = c0[o] + dx * (c1[o] + dx * (c2[o] + dx * (c3[o] + dx * (c4[o] + dx * c5[o]))));
+        }
+        if let Some(dgr) = dgr {
+            for (o, dv) in dgr.iter_mut().enumerate() {
+                *dv = c1[o]
+                    + dx * (two * c2[o]
+                        + dx * (three * c3[o] + dx * (four * c4[o] + dx * five * c5[o])));
+            }
+        }
+    }
 }
 
 /// Per-thread buffers, reused from block to block so the hot loop does not allocate.
@@ -193,9 +300,10 @@ fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, acc: &mut [T], o
     }
 }
 
-fn contract_t<T: Real>(net: &Mlp, rr: &[T], n: usize, s: usize, c: usize) -> R<Vec<T>> {
-    let layers = layers::<T>(net)?;
-    let m = net.n_out();
+fn contract_t<T: Real>(e: &Embed, rr: &[T], n: usize, s: usize, c: usize) -> R<Vec<T>> {
+    let src = Source::<T>::new(e)?;
+    let depth = src.depth();
+    let m = e.net.n_out();
     let mut out = vec![T::default(); n * m * c];
     if n == 0 || s == 0 {
         return Ok(out);
@@ -204,12 +312,12 @@ fn contract_t<T: Real>(net: &Mlp, rr: &[T], n: usize, s: usize, c: usize) -> R<V
     out.par_chunks_mut(nb * m * c)
         .zip(rr.par_chunks(nb * s * c))
         .for_each_init(
-            || Scratch::new(layers.len()),
+            || Scratch::new(depth),
             |sc, (o, r)| {
                 sc.x0.clear();
                 sc.x0.extend(r.iter().step_by(c).copied());
-                forward(&layers, sc, false);
-                let g = &sc.h[layers.len() - 1];
+                src.run(sc, false);
+                let g = &sc.h[depth - 1];
                 let acc = sized(&mut sc.dz, m * c);
                 for ((ga, ra), oa) in g
                     .chunks_exact(s * m)
@@ -224,31 +332,32 @@ fn contract_t<T: Real>(net: &Mlp, rr: &[T], n: usize, s: usize, c: usize) -> R<V
 }
 
 fn contract_vjp_t<T: Real>(
-    net: &Mlp,
+    e: &Embed,
     rr: &[T],
     gy: &[T],
     n: usize,
     s: usize,
     c: usize,
 ) -> R<Vec<T>> {
-    let layers = layers::<T>(net)?;
-    let m = net.n_out();
+    let src = Source::<T>::new(e)?;
+    let depth = src.depth();
+    let m = e.net.n_out();
     let mut d_rr = vec![T::default(); n * s * c];
     if n == 0 || s == 0 {
         return Ok(d_rr);
     }
     let nb = block_atoms(s);
-    let last = layers.len() - 1;
+    let last = depth - 1;
     d_rr.par_chunks_mut(nb * s * c)
         .zip(rr.par_chunks(nb * s * c))
         .zip(gy.par_chunks(nb * m * c))
         .for_each_init(
-            || Scratch::new(layers.len()),
+            || Scratch::new(depth),
             |sc, ((d, r), gb)| {
                 let rows = r.len() / c;
                 sc.x0.clear();
                 sc.x0.extend(r.iter().step_by(c).copied());
-                forward(&layers, sc, true);
+                src.run(sc, true);
                 // dG_j [m] = gy_a [m, c] rr_j [c];  d_rr_j [c] = gy_a^T [c, m] G_j [m], with
                 // gy_a transposed to [c, m] so both loops run along m.
                 let g = &sc.h[last];
@@ -282,6 +391,24 @@ fn contract_vjp_t<T: Real>(
                         }
                     }
                 }
+                let layers = match &src {
+                    Source::Net(layers) => layers,
+                    Source::Table(_) => {
+                        // dx = dG . dG/dx, row by row.
+                        for ((row, dhr), dgr) in d
+                            .chunks_exact_mut(c)
+                            .zip(sc.dh[..rows * m].chunks_exact(m))
+                            .zip(sc.t[0][..rows * m].chunks_exact(m))
+                        {
+                            let mut acc = T::default();
+                            for (&a, &b) in dhr.iter().zip(dgr) {
+                                acc = acc + a * b;
+                            }
+                            row[0] = row[0] + acc;
+                        }
+                        return;
+                    }
+                };
                 // Back through the layers: h_l = act(z_l) idt + residual(h_{l-1}).
                 for (k, l) in layers.iter().enumerate().rev() {
                     let (n_in, n_out) = (l.n_in, l.n_out);
@@ -391,18 +518,18 @@ fn unpack<T: Real>(packed: &[T], sel: &[usize], n: usize, width: usize) -> Vec<T
 }
 
 fn contract_sel<T: Real>(
-    net: &Mlp,
+    e: &Embed,
     rr: &[T],
     sel: Option<&[usize]>,
     n: usize,
     s: usize,
     c: usize,
 ) -> R<Vec<T>> {
-    let m = net.n_out();
+    let m = e.net.n_out();
     match sel {
-        None => contract_t(net, rr, n, s, c),
+        None => contract_t(e, rr, n, s, c),
         Some(sel) => {
-            let packed = contract_t(net, &pack(rr, sel, s * c), sel.len(), s, c)?;
+            let packed = contract_t(e, &pack(rr, sel, s * c), sel.len(), s, c)?;
             Ok(unpack(&packed, sel, n, m * c))
         }
     }
@@ -410,7 +537,7 @@ fn contract_sel<T: Real>(
 
 #[allow(clippy::too_many_arguments)]
 fn contract_vjp_sel<T: Real>(
-    net: &Mlp,
+    e: &Embed,
     rr: &[T],
     gy: &[T],
     sel: Option<&[usize]>,
@@ -418,12 +545,12 @@ fn contract_vjp_sel<T: Real>(
     s: usize,
     c: usize,
 ) -> R<Vec<T>> {
-    let m = net.n_out();
+    let m = e.net.n_out();
     match sel {
-        None => contract_vjp_t(net, rr, gy, n, s, c),
+        None => contract_vjp_t(e, rr, gy, n, s, c),
         Some(sel) => {
             let packed = contract_vjp_t(
-                net,
+                e,
                 &pack(rr, sel, s * c),
                 &pack(gy, sel, m * c),
                 sel.len(),
@@ -443,8 +570,8 @@ pub fn embed_contract(e: &Embed, rr: &Tensor, types: Option<&Tensor>) -> R<Tenso
     let sel = selected(e, types, n)?;
     let sel = sel.as_deref();
     let data = match &rr.data {
-        Data::F64(v) => f64::wrap(contract_sel(net, v, sel, n, s, c)?),
-        Data::F32(v) => f32::wrap(contract_sel(net, v, sel, n, s, c)?),
+        Data::F64(v) => f64::wrap(contract_sel(e, v, sel, n, s, c)?),
+        Data::F32(v) => f32::wrap(contract_sel(e, v, sel, n, s, c)?),
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
     };
     Ok(Tensor {
@@ -472,8 +599,8 @@ pub fn embed_contract_vjp(
     let sel = selected(e, types, n)?;
     let sel = sel.as_deref();
     let data = match (&rr.data, &gy.data) {
-        (Data::F64(v), Data::F64(g)) => f64::wrap(contract_vjp_sel(net, v, g, sel, n, s, c)?),
-        (Data::F32(v), Data::F32(g)) => f32::wrap(contract_vjp_sel(net, v, g, sel, n, s, c)?),
+        (Data::F64(v), Data::F64(g)) => f64::wrap(contract_vjp_sel(e, v, g, sel, n, s, c)?),
+        (Data::F32(v), Data::F32(g)) => f32::wrap(contract_vjp_sel(e, v, g, sel, n, s, c)?),
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
     };
     Ok(Tensor {

@@ -20,6 +20,7 @@ pub trait Real:
 {
     const ONE: Self;
     fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
     fn tanh_in_place(x: &mut [Self]);
     /// `C = alpha A B + beta C` with explicit strides (matrixmultiply's contract).
@@ -50,6 +51,9 @@ impl Real for f64 {
     const ONE: f64 = 1.0;
     fn from_f64(v: f64) -> f64 {
         v
+    }
+    fn to_f64(self) -> f64 {
+        self
     }
     fn sqrt(self) -> f64 {
         f64::sqrt(self)
@@ -89,6 +93,9 @@ impl Real for f32 {
     const ONE: f32 = 1.0;
     fn from_f64(v: f64) -> f32 {
         v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
     }
     fn sqrt(self) -> f32 {
         f32::sqrt(self)

@@ -1,0 +1,199 @@
+//! Compile-time compression (`--compress`): each fused embedding network of se_e2_a,
+//! se_e2_r and se_e3 becomes a table of quintic polynomials (`graph::table`) over the range
+//! its input takes, found as DeePMD-kit's `DPTabulate._get_env_mat_range` does: from the
+//! descriptor's normalisation and the closest neighbour distance seen in training
+//! (`min_nbor_dist`). Inputs outside the table are evaluated with the network itself.
+
+use std::sync::Arc;
+
+use crate::graph::{DType, Data, Graph, Knots, Mlp, Op, Table, Tensor};
+use crate::model::{EnvParams, Stats};
+
+/// The `--compress` settings (DeePMD-kit's `dp compress` flags and defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compress {
+    /// Knot spacing on the range seen in training (`-s`, 0.01).
+    pub stride0: f64,
+    /// Knot spacing beyond it (10 x `stride0` in DeePMD-kit).
+    pub stride1: f64,
+    /// The table runs on to `extrapolate` x the range (`-e`, 5).
+    pub extrapolate: f64,
+    /// The closest neighbour distance to tabulate down to; `None` takes the model's
+    /// `min_nbor_dist`.
+    pub min_nbor_dist: Option<f64>,
+}
+
+impl Default for Compress {
+    fn default() -> Self {
+        Compress {
+            stride0: 0.01,
+            stride1: 0.1,
+            extrapolate: 5.0,
+            min_nbor_dist: None,
+        }
+    }
+}
+
+/// `Compress` with the distance settled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub c: Compress,
+    pub rmin: f64,
+}
+
+impl Plan {
+    pub fn new(c: Compress, model_rmin: Option<f64>) -> Result<Plan, String> {
+        let rmin = c.min_nbor_dist.or(model_rmin).ok_or(
+            "compression needs the closest neighbour distance: the model records no \
+             min_nbor_dist, so give one (--min-nbor-dist)",
+        )?;
+        if !(rmin.is_finite() && rmin > 0.0) {
+            return Err(format!("min_nbor_dist {rmin} must be positive"));
+        }
+        let ok = |v: f64| v.is_finite() && v > 0.0;
+        if !ok(c.stride0) || !ok(c.stride1) || !(c.extrapolate >= 1.0) {
+            return Err(format!(
+                "compression strides must be positive and extrapolate >= 1, got {c:?}"
+            ));
+        }
+        Ok(Plan { c, rmin })
+    }
+
+    /// The table of `net` on `[lower, upper]` (floored and ceiled to whole numbers, as
+    /// DeePMD-kit does), extended to `extrapolate` x that length.
+    pub fn table(&self, net: &Mlp, lower: f64, upper: f64) -> Result<Arc<Table>, String> {
+        let (lower, upper) = (lower.floor(), upper.ceil().max(lower.floor() + 1.0));
+        let max = lower + self.c.extrapolate * (upper - lower);
+        let knots = Knots::cover(lower, upper, max, self.c.stride0, self.c.stride1);
+        Table::build(net, knots).map(Arc::new)
+    }
+
+    /// The largest value of the radial column `sw(r)/r`, at the closest distance.
+    fn radial_max(&self, env: &EnvParams) -> f64 {
+        let r = self.rmin;
+        let sw = if r < env.rcut_smth {
+            1.0
+        } else if r < env.rcut {
+            let u = (r - env.rcut_smth) / (env.rcut - env.rcut_smth);
+            u * u * u * (-6.0 * u * u + 15.0 * u - 10.0) + 1.0
+        } else {
+            0.0
+        };
+        sw / (r + env.protection)
+    }
+
+    /// The range of normalised column 0 over neighbour slots `slots` and centre types
+    /// `centres` (all when `None`): `(0 - davg) / dstd` to `(sw/r - davg) / dstd`.
+    pub fn radial_range(
+        &self,
+        env: &EnvParams,
+        stats: &Stats,
+        slots: std::ops::Range<usize>,
+        centres: Option<usize>,
+    ) -> Result<(f64, f64), String> {
+        let e = self.radial_max(env);
+        let mut lo = f64::INFINITY;
+        let mut hi = f64::NEG_INFINITY;
+        for_stats(stats, slots, centres, |avg, std| {
+            for v in [(0.0 - avg[0]) / std[0], (e - avg[0]) / std[0]] {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        })?;
+        Ok((lo, hi))
+    }
+
+    /// A bound on `|R_a[1:]|` for normalised rows of slots `slots` (se_e3's network input
+    /// is `R_a[1:] . R_b[1:]`): the raw vector has length `sw/r`, so the normalised one is
+    /// at most `(sw/r + |davg[1:]|) / min dstd[1:]` long.
+    pub fn angular_bound(
+        &self,
+        env: &EnvParams,
+        stats: &Stats,
+        slots: std::ops::Range<usize>,
+    ) -> Result<f64, String> {
+        let e = self.radial_max(env);
+        let mut b = 0.0f64;
+        for_stats(stats, slots, None, |avg, std| {
+            let k = 1..avg.len().min(4);
+            let shift = avg[k.clone()].iter().map(|a| a * a).sum::<f64>().sqrt();
+            let min_std = std[k].iter().fold(f64::INFINITY, |m, s| m.min(s.abs()));
+            b = b.max((e + shift) / min_std);
+        })?;
+        Ok(b)
+    }
+}
+
+/// Call `f(davg[t, j, :], dstd[t, j, :])` for the chosen centre types and slots.
+fn for_stats(
+    stats: &Stats,
+    slots: std::ops::Range<usize>,
+    centres: Option<usize>,
+    mut f: impl FnMut(&[f64], &[f64]),
+) -> Result<(), String> {
+    let (Data::F64(avg), Data::F64(std)) = (&stats.davg.data, &stats.dstd.data) else {
+        return Err("descriptor statistics are not float64".into());
+    };
+    let &[nt, nnei, nc] = stats.davg.shape.as_slice() else {
+        return Err("descriptor statistics are not [ntypes, nnei, ncomp]".into());
+    };
+    if slots.end > nnei || nc == 0 {
+        return Err("descriptor statistics do not cover the neighbour slots".into());
+    }
+    for t in 0..nt {
+        if centres.is_some_and(|c| c != t) {
+            continue;
+        }
+        for j in slots.clone() {
+            let at = (t * nnei + j) * nc;
+            let s = &std[at..at + nc];
+            if s.iter().any(|v| *v == 0.0 || !v.is_finite()) {
+                return Err("descriptor statistics hold a zero or non-finite dstd".into());
+            }
+            f(&avg[at..at + nc], s);
+        }
+    }
+    Ok(())
+}
+
+/// What compression did to one network, for the report `dpc compile --compress` prints.
+#[derive(Debug, Clone)]
+pub struct TableReport {
+    pub widths: Vec<usize>,
+    pub lower: f64,
+    pub upper: f64,
+    pub max: f64,
+    pub intervals: usize,
+    pub bytes: usize,
+    pub max_err: f64,
+    pub max_err_deriv: f64,
+}
+
+/// The tables of a built graph (each once, in graph order).
+pub fn tables(g: &Graph) -> Vec<TableReport> {
+    let mut seen: Vec<*const Table> = Vec::new();
+    let mut out = Vec::new();
+    for node in &g.nodes {
+        let (Op::EmbedContract(e) | Op::EmbedContractVjp(e)) = &node.op else {
+            continue;
+        };
+        let Some(t) = &e.table else { continue };
+        if seen.contains(&Arc::as_ptr(t)) {
+            continue;
+        }
+        seen.push(Arc::as_ptr(t));
+        let coef: &Tensor = &t.coef;
+        out.push(TableReport {
+            widths: e.net.widths(),
+            lower: t.knots.lower,
+            upper: t.knots.upper(),
+            max: t.knots.max(),
+            intervals: t.knots.intervals(),
+            bytes: coef.shape.iter().product::<usize>()
+                * if coef.dtype() == DType::F32 { 4 } else { 8 },
+            max_err: t.max_err,
+            max_err_deriv: t.max_err_deriv,
+        });
+    }
+    out
+}

@@ -1,0 +1,199 @@
+//! `--compress` against DeePMD-kit's uncompressed numbers: the bound (energy within
+//! 1e-7 eV/atom, forces within 1e-6 eV/Å) on every fixture model and configuration, the
+//! network fallback off the table, the variants (type_one_side false, exclusions, float32)
+//! against the uncompressed model, and the errors for what cannot be compressed.
+
+mod common;
+
+use dpc_compiler::build::{BuildOptions, Compress};
+use dpc_formats::Value;
+use dpc_runtime::{DeepPot, Frame, Output};
+
+fn compressed(tree: Value, c: Compress) -> DeepPot {
+    let pot = DeepPot::from_tree_opts(
+        tree,
+        BuildOptions {
+            compress: Some(c),
+            ..BuildOptions::default()
+        },
+    )
+    .unwrap();
+    let tables = pot
+        .executor(false)
+        .unwrap()
+        .graph()
+        .nodes
+        .iter()
+        .filter(|n| matches!(&n.op, dpc_compiler::graph::Op::EmbedContract(e) if e.table.is_some()))
+        .count();
+    assert!(tables > 0, "no table in the compressed graph");
+    pot
+}
+
+/// Largest differences: energy per atom, force component, virial component per atom.
+fn diffs(out: &Output, e: f64, f: &[f64], v: &[f64]) -> (f64, f64, f64) {
+    let n = f.len() as f64 / 3.0;
+    let df = out
+        .force
+        .iter()
+        .zip(f)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let dv = out
+        .virial
+        .iter()
+        .zip(v)
+        .map(|(a, b)| (a - b).abs() / n)
+        .fold(0.0, f64::max);
+    ((out.energy - e).abs() / n, df, dv)
+}
+
+fn within_bound(label: &str, d: (f64, f64, f64)) {
+    eprintln!(
+        "{label}: energy/atom {:.1e}, force {:.1e}, virial/atom {:.1e}",
+        d.0, d.1, d.2
+    );
+    assert!(d.0 <= 1e-7, "{label}: energy per atom off by {:.3e}", d.0);
+    assert!(d.1 <= 1e-6, "{label}: force off by {:.3e}", d.1);
+    assert!(d.2 <= 1e-6, "{label}: virial per atom off by {:.3e}", d.2);
+}
+
+#[test]
+fn compressed_fixture_models_stay_within_the_bound_of_deepmd_kit() {
+    for name in ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3"] {
+        let path = common::fixtures().join(format!("models/{name}/model.dp"));
+        let pot = compressed(dpc_formats::read_model(&path).unwrap(), Compress::default());
+        for c in common::reference(name) {
+            let frame = Frame::new(&c.coord, &c.atype, c.cell.as_deref());
+            let out = pot.compute(&frame, false).unwrap();
+            let x = &c.expected;
+            within_bound(
+                &format!("{name} {}", c.name),
+                diffs(&out, x.energy, &x.force, &x.virial),
+            );
+        }
+    }
+}
+
+#[test]
+fn off_table_inputs_go_through_the_network() {
+    // Tabulating only down to 3.5 Å puts every closer neighbour off the table: those rows
+    // take the exact network, so the result still matches DeePMD-kit to rounding plus the
+    // (tiny) error of the rows that are on it.
+    let name = "se_e2_a";
+    let path = common::fixtures().join(format!("models/{name}/model.dp"));
+    let c = Compress {
+        min_nbor_dist: Some(3.5),
+        extrapolate: 1.0,
+        ..Compress::default()
+    };
+    let pot = compressed(dpc_formats::read_model(&path).unwrap(), c);
+    for c in common::reference(name) {
+        let frame = Frame::new(&c.coord, &c.atype, c.cell.as_deref());
+        let out = pot.compute(&frame, false).unwrap();
+        let x = &c.expected;
+        let d = diffs(&out, x.energy, &x.force, &x.virial);
+        assert!(d.0 < 1e-9 && d.1 < 1e-8, "{name} {}: {d:?}", c.name);
+    }
+}
+
+#[test]
+fn compressed_variants_match_the_uncompressed_model() {
+    let text =
+        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
+    let doc = dpc_formats::json::parse(&text).unwrap();
+    let mut done = 0;
+    for (name, entry) in doc.as_dict().unwrap() {
+        let path = common::local_fixtures()
+            .join("variants")
+            .join(entry.get("model").unwrap().as_str().unwrap());
+        let tree = dpc_formats::read_model(&path).unwrap();
+        let plain = DeepPot::from_tree(tree.clone()).unwrap();
+        let Ok(pot) = DeepPot::from_tree_opts(
+            tree,
+            BuildOptions {
+                compress: Some(Compress {
+                    min_nbor_dist: Some(0.8),
+                    ..Compress::default()
+                }),
+                ..BuildOptions::default()
+            },
+        ) else {
+            continue; // se_atten variants: compression is refused (tested below)
+        };
+        let c = &entry.get("configs").unwrap().as_list().unwrap()[0];
+        let coord = common::floats(c.get("coord").unwrap());
+        let atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
+            .iter()
+            .map(|&t| t as i32)
+            .collect();
+        let opt = |k: &str| {
+            c.get(k)
+                .filter(|v: &&Value| !v.is_null())
+                .map(common::floats)
+        };
+        let (cell, fparam, aparam) = (opt("box"), opt("fparam"), opt("aparam"));
+        let frame = Frame {
+            coord: &coord,
+            atype: &atype,
+            cell: cell.as_deref(),
+            fparam: fparam.as_deref(),
+            aparam: aparam.as_deref(),
+        };
+        let a = pot.compute(&frame, false).unwrap();
+        let b = plain.compute(&frame, false).unwrap();
+        let d = diffs(&a, b.energy, &b.force, &b.virial);
+        if name.ends_with("f32") {
+            assert!(d.0 < 1e-5 && d.1 < 1e-4, "{name}: {d:?}");
+        } else {
+            within_bound(name, d);
+        }
+        done += 1;
+    }
+    assert!(done >= 4, "only {done} variants compressed");
+}
+
+#[test]
+fn what_cannot_be_compressed_is_refused_by_name() {
+    let c = BuildOptions {
+        compress: Some(Compress::default()),
+        ..BuildOptions::default()
+    };
+    let path = common::fixtures().join("models/se_atten/model.dp");
+    let err = DeepPot::from_tree_opts(dpc_formats::read_model(&path).unwrap(), c)
+        .err()
+        .expect("se_atten compressed")
+        .to_string();
+    assert!(err.contains("se_atten"), "{err}");
+
+    // No min_nbor_dist in the file and none given.
+    let path = common::fixtures().join("models/se_e2_a/model.dp");
+    let mut tree = dpc_formats::read_model(&path).unwrap();
+    strip_min_nbor_dist(&mut tree);
+    let err = DeepPot::from_tree_opts(tree.clone(), c)
+        .err()
+        .expect("compressed without a distance")
+        .to_string();
+    assert!(err.contains("min_nbor_dist"), "{err}");
+    let bad = BuildOptions {
+        compress: Some(Compress {
+            min_nbor_dist: Some(-1.0),
+            ..Compress::default()
+        }),
+        ..BuildOptions::default()
+    };
+    let err = DeepPot::from_tree_opts(tree, bad)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("positive"), "{err}");
+}
+
+fn strip_min_nbor_dist(v: &mut Value) {
+    if let Value::Dict(d) = v {
+        d.retain(|k, _| k != "min_nbor_dist");
+        for (_, x) in d.iter_mut() {
+            strip_min_nbor_dist(x);
+        }
+    }
+}
