@@ -9,6 +9,7 @@ use dpc_compiler::build::{build_graph, io, BuildOptions};
 use dpc_compiler::graph::{verify::verify, Bindings, Tensor};
 use dpc_compiler::model::{Model, ModelError};
 use dpc_formats::{FormatError, Value};
+use rayon::prelude::*;
 
 use crate::cpu::{ExecError, Executor, Profile};
 use crate::nlist::{self, Cell, NlistError};
@@ -361,7 +362,6 @@ impl DeepPot {
         mut profile: Option<&mut Profile>,
     ) -> Result<ExtendedOutput, EvalError> {
         let exec = self.executor(atomic)?;
-        let nap = self.model.dim_aparam();
         let nloc = ext.nloc;
         let mut out = ExtendedOutput {
             energy: 0.0,
@@ -373,64 +373,108 @@ impl DeepPot {
         // Centres go through the graph in chunks, each with only the atoms its neighbour
         // lists touch, so memory stays bounded however large the system is. Energies,
         // forces and virials (with the correction term) are sums over centres, so the
-        // chunks add up to the whole.
-        let chunk = self.chunk.unwrap_or_else(|| chunk_size(ext.nnei));
-        for start in (0..nloc).step_by(chunk) {
-            let end = (start + chunk).min(nloc);
-            let sub = SubSystem::new(ext, start, end);
-            let mut inputs = vec![
-                Tensor::f64(
-                    vec![sub.atoms.len(), 3],
-                    sub.atoms
-                        .iter()
-                        .flat_map(|&k| ext.coord[3 * k..3 * k + 3].iter().copied())
-                        .collect(),
-                ),
-                Tensor::i32(
-                    vec![sub.atoms.len()],
-                    sub.atoms.iter().map(|&k| ext.atype[k]).collect(),
-                ),
-                Tensor::i32(vec![end - start, ext.nnei], sub.nlist),
-            ];
-            if let Some(fp) = fparam {
-                inputs.push(Tensor::f64(vec![fp.len()], fp.to_vec()));
-            }
-            if let Some(ap) = aparam {
-                inputs.push(Tensor::f64(
-                    vec![end - start, nap],
-                    ap[start * nap..end * nap].to_vec(),
-                ));
-            }
-            let bind = Bindings {
-                nloc: end - start,
-                nall: sub.atoms.len(),
-            };
-            let res = match profile.as_deref_mut() {
-                Some(p) => exec.run_profiled(inputs, bind, p)?,
-                None => exec.run(inputs, bind)?,
-            };
-            let get = |name: &str| -> &[f64] {
-                let k = exec.output_index(name).expect("graph has the output");
-                res[k].as_f64().expect("outputs are f64")
-            };
-            out.energy += get(io::ENERGY)[0];
-            out.atom_energy[start..end].copy_from_slice(get(io::ATOM_ENERGY));
-            let (fe, ve) = (get(io::FORCE), get(io::VIRIAL));
-            for (s, &k) in sub.atoms.iter().enumerate() {
+        // chunks add up to the whole. Chunks run side by side on the thread pool (every op
+        // of the graph then runs in parallel, not only the kernels that split their own
+        // work), and are added up in order, so the result does not depend on timing.
+        let chunk = self
+            .chunk
+            .unwrap_or_else(|| balanced_chunk(nloc, ext.nnei, rayon::current_num_threads()));
+        let ranges: Vec<(usize, usize)> = (0..nloc)
+            .step_by(chunk)
+            .map(|s| (s, (s + chunk).min(nloc)))
+            .collect();
+        let run = |(start, end): (usize, usize), profile: Option<&mut Profile>| {
+            self.run_chunk(exec, ext, start, end, fparam, aparam, profile)
+        };
+        let parts: Vec<ChunkOutput> = match profile.as_deref_mut() {
+            Some(p) => ranges
+                .iter()
+                .map(|&r| run(r, Some(&mut *p)))
+                .collect::<Result<_, _>>()?,
+            None => ranges
+                .par_iter()
+                .map(|&r| run(r, None))
+                .collect::<Result<_, _>>()?,
+        };
+        for (part, &(start, end)) in parts.iter().zip(&ranges) {
+            out.energy += part.energy;
+            out.atom_energy[start..end].copy_from_slice(&part.atom_energy);
+            for (s, &k) in part.atoms.iter().enumerate() {
                 for d in 0..3 {
-                    out.force[3 * k + d] += fe[3 * s + d];
+                    out.force[3 * k + d] += part.force[3 * s + d];
                 }
                 for d in 0..9 {
-                    out.virial[d] += ve[9 * s + d];
+                    out.virial[d] += part.virial[9 * s + d];
                 }
                 if let Some(av) = out.atom_virial.as_mut() {
                     for d in 0..9 {
-                        av[9 * k + d] += ve[9 * s + d];
+                        av[9 * k + d] += part.virial[9 * s + d];
                     }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The graph on centres `start..end`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_chunk(
+        &self,
+        exec: &Executor,
+        ext: &nlist::Extended,
+        start: usize,
+        end: usize,
+        fparam: Option<&[f64]>,
+        aparam: Option<&[f64]>,
+        profile: Option<&mut Profile>,
+    ) -> Result<ChunkOutput, EvalError> {
+        let nap = self.model.dim_aparam();
+        let sub = SubSystem::new(ext, start, end);
+        let mut inputs = vec![
+            Tensor::f64(
+                vec![sub.atoms.len(), 3],
+                sub.atoms
+                    .iter()
+                    .flat_map(|&k| ext.coord[3 * k..3 * k + 3].iter().copied())
+                    .collect(),
+            ),
+            Tensor::i32(
+                vec![sub.atoms.len()],
+                sub.atoms.iter().map(|&k| ext.atype[k]).collect(),
+            ),
+            Tensor::i32(vec![end - start, ext.nnei], sub.nlist),
+        ];
+        if let Some(fp) = fparam {
+            inputs.push(Tensor::f64(vec![fp.len()], fp.to_vec()));
+        }
+        if let Some(ap) = aparam {
+            inputs.push(Tensor::f64(
+                vec![end - start, nap],
+                ap[start * nap..end * nap].to_vec(),
+            ));
+        }
+        let bind = Bindings {
+            nloc: end - start,
+            nall: sub.atoms.len(),
+        };
+        let mut res = match profile {
+            Some(p) => exec.run_profiled(inputs, bind, p)?,
+            None => exec.run(inputs, bind)?,
+        };
+        let mut take = |name: &str| -> Vec<f64> {
+            let k = exec.output_index(name).expect("graph has the output");
+            match std::mem::replace(&mut res[k], Tensor::f64(vec![0], vec![])).data {
+                dpc_compiler::graph::Data::F64(v) => v,
+                _ => unreachable!("outputs are f64"),
+            }
+        };
+        Ok(ChunkOutput {
+            energy: take(io::ENERGY)[0],
+            atom_energy: take(io::ATOM_ENERGY),
+            force: take(io::FORCE),
+            virial: take(io::VIRIAL),
+            atoms: sub.atoms,
+        })
     }
 
     /// The frame parameters to use: given, or the model's default.
@@ -465,6 +509,23 @@ impl DeepPot {
 /// intermediates stay in the tens of megabytes.
 fn chunk_size(nnei: usize) -> usize {
     (65_536 / nnei.max(1)).clamp(16, 4096)
+}
+
+/// `chunk_size`, shrunk so the chunks come in a multiple of `threads` of equal size (each
+/// thread gets the same work).
+fn balanced_chunk(nloc: usize, nnei: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let n = nloc.div_ceil(chunk_size(nnei)).div_ceil(threads) * threads;
+    nloc.div_ceil(n.max(1)).max(1)
+}
+
+/// One chunk's outputs, per sub-system atom (`atoms` maps them back).
+struct ChunkOutput {
+    energy: f64,
+    atom_energy: Vec<f64>,
+    force: Vec<f64>,
+    virial: Vec<f64>,
+    atoms: Vec<usize>,
 }
 
 /// The centres `start..end` of an extended system, renumbered: those centres first, then

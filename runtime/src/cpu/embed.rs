@@ -128,6 +128,7 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], mut dg: Option<&mu
     for (r, (&xv, gr)) in x.iter().zip(g.chunks_exact_mut(m)).enumerate() {
         let dgr = dg.as_deref_mut().map(|d| &mut d[r * m..(r + 1) * m]);
         let Some((k, dx)) = t.knots.locate(xv.to_f64()) else {
+            if std::env::var("DPC_DEBUG_TABLE").is_ok() { eprintln!("off table {} [{}, {})", xv.to_f64(), t.knots.lower, t.knots.max()); }
             let (y, d, _) = t.exact.eval(xv.to_f64());
             for (o, v) in gr.iter_mut().zip(&y) {
                 *o = T::from_f64(*v);
