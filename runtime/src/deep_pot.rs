@@ -359,7 +359,7 @@ impl DeepPot {
         fparam: Option<&[f64]>,
         aparam: Option<&[f64]>,
         atomic: bool,
-        mut profile: Option<&mut Profile>,
+        profile: Option<&mut Profile>,
     ) -> Result<ExtendedOutput, EvalError> {
         let exec = self.executor(atomic)?;
         let nloc = ext.nloc;
@@ -386,7 +386,7 @@ impl DeepPot {
         let run = |(start, end): (usize, usize), profile: Option<&mut Profile>| {
             self.run_chunk(exec, ext, start, end, fparam, aparam, profile)
         };
-        let parts: Vec<ChunkOutput> = match profile.as_deref_mut() {
+        let parts: Vec<ChunkOutput> = match profile {
             Some(p) => ranges
                 .iter()
                 .map(|&r| run(r, Some(&mut *p)))
@@ -429,7 +429,17 @@ impl DeepPot {
         profile: Option<&mut Profile>,
     ) -> Result<ChunkOutput, EvalError> {
         let nap = self.model.dim_aparam();
-        let sub = SubSystem::new(ext, start, end);
+        let mut sub = SubSystem::new(ext, start, end);
+        // Where the system's atom 0 is in the chunk (added as an unused extra atom if no
+        // neighbour list reaches it), for graphs that read its type.
+        let pad_input = exec.graph().input_index(io::PAD_ATOM);
+        let pad_atom = pad_input.map(|_| match sub.atoms.iter().position(|&k| k == 0) {
+            Some(p) => p,
+            None => {
+                sub.atoms.push(0);
+                sub.atoms.len() - 1
+            }
+        });
         let mut inputs = vec![
             Tensor::f64(
                 vec![sub.atoms.len(), 3],
@@ -452,6 +462,9 @@ impl DeepPot {
                 vec![end - start, nap],
                 ap[start * nap..end * nap].to_vec(),
             ));
+        }
+        if let Some(p) = pad_atom {
+            inputs.push(Tensor::i32(vec![], vec![p as i32]));
         }
         let bind = Bindings {
             nloc: end - start,

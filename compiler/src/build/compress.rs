@@ -51,7 +51,7 @@ impl Plan {
             return Err(format!("min_nbor_dist {rmin} must be positive"));
         }
         let ok = |v: f64| v.is_finite() && v > 0.0;
-        if !ok(c.stride0) || !ok(c.stride1) || !(c.extrapolate >= 1.0) {
+        if !ok(c.stride0) || !ok(c.stride1) || c.extrapolate.is_nan() || c.extrapolate < 1.0 {
             return Err(format!(
                 "compression strides must be positive and extrapolate >= 1, got {c:?}"
             ));

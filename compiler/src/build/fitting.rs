@@ -1,6 +1,6 @@
 //! The energy fitting (`deepmd/dpmodel/fitting/general_fitting.py: _call_common`).
 
-use super::nn::{cast_tensor, net};
+use super::nn::{cast_tensor, fusable, net};
 use super::se_a::centre_type_only;
 use super::Inputs;
 use crate::graph::{DType, Dim, Graph, GraphError, Tensor, ValueId};
@@ -48,24 +48,37 @@ pub fn build(
             .as_ref()
             .is_some_and(|r| t >= r.len() || r[t])
     };
+    // The fused row kernel, where the network allows it (no vacuum subtraction, whose
+    // second network input the kernel does not take).
+    let fused =
+        |n: &crate::model::Net| fusable(n, dt).filter(|_| inp.fuse && f.remove_vacuum.is_none());
     let out = if f.mixed_types {
         let n = f.nets.get(&[]).expect("validated");
-        let mut o = net(g, xx, n)?;
-        if let Some(z) = vacuum_input {
-            let v = net(g, z, n)?;
-            o = g.sub(o, v)?;
+        if let Some(mlp) = fused(n) {
+            g.dense(xx, mlp, None)?
+        } else {
+            let mut o = net(g, xx, n)?;
+            if let Some(z) = vacuum_input {
+                let v = net(g, z, n)?;
+                o = g.sub(o, v)?;
+            }
+            o
         }
-        o
     } else {
         let mut acc: Option<ValueId> = None;
         for t in 0..f.ntypes {
             let n = f.nets.get(&[t]).expect("validated");
-            let mut o = net(g, xx, n)?;
-            if let (Some(z), true) = (vacuum_input, removes(t)) {
-                let v = net(g, z, n)?;
-                o = g.sub(o, v)?;
-            }
-            let o = centre_type_only(g, inp, o, t, dt)?;
+            let o = match fused(n) {
+                Some(mlp) => g.dense(xx, mlp, Some((t as i32, inp.atype_loc)))?,
+                None => {
+                    let mut o = net(g, xx, n)?;
+                    if let (Some(z), true) = (vacuum_input, removes(t)) {
+                        let v = net(g, z, n)?;
+                        o = g.sub(o, v)?;
+                    }
+                    centre_type_only(g, inp, o, t, dt)?
+                }
+            };
             acc = Some(match acc {
                 None => o,
                 Some(a) => g.add(a, o)?,

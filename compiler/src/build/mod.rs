@@ -45,6 +45,11 @@ pub mod io {
     pub const FPARAM: &str = "fparam";
     /// `f64[nloc, numb_aparam]` atomic parameters (only if the model has them).
     pub const APARAM: &str = "aparam";
+    /// `i32[]` the extended atom whose type DeePMD-kit's DPA-1 reads for padded neighbour
+    /// slots (it gathers index 0 of the whole extended system there, and in `concat` mode
+    /// that type reaches the result); only in graphs that read it. A run on a chunk of
+    /// centres passes where the system's atom 0 sits in the chunk.
+    pub const PAD_ATOM: &str = "pad_atom";
     /// `f64[nloc]` atomic energies.
     pub const ATOM_ENERGY: &str = "atom_energy";
     /// `f64[]` total energy.

@@ -278,6 +278,17 @@ fn rule(
             out.extend(args.get(1).map(|_| None));
             Ok(out)
         }
+        Op::Dense(e) => {
+            let mut vargs = vec![args[0], gy];
+            vargs.extend(args.get(1).copied());
+            let d = g.push(Op::DenseVjp(e.clone()), &vargs)?;
+            let mut out = vec![Some(d)];
+            out.extend(args.get(1).map(|_| None));
+            Ok(out)
+        }
+        Op::DenseVjp(_) => Err(GraphError(
+            "dense_vjp has no gradient (second derivatives are not supported)".into(),
+        )),
         Op::EnvMat(e) => {
             let d = g.push(Op::EnvMatVjp(e.clone()), &[args[0], args[1], args[2], gy])?;
             Ok(vec![Some(d), None, None])

@@ -153,6 +153,23 @@ impl Graph {
         }
     }
 
+    /// `net` on the rows of `x [n, d]`, or only on rows of type `centre.0` (zero elsewhere).
+    pub fn dense(
+        &mut self,
+        x: ValueId,
+        net: Arc<super::mlp::Mlp>,
+        centre: Option<(i32, ValueId)>,
+    ) -> R {
+        let e = super::mlp::Dense {
+            net,
+            centre_type: centre.map(|c| c.0),
+        };
+        match centre {
+            Some((_, types)) => self.push(Op::Dense(e), &[x, types]),
+            None => self.push(Op::Dense(e), &[x]),
+        }
+    }
+
     pub fn matmul(&mut self, x: ValueId, y: ValueId) -> R {
         self.push(Op::MatMul, &[x, y])
     }

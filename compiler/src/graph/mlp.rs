@@ -113,6 +113,15 @@ pub struct Embed {
     pub table: Option<Arc<super::table::Table>>,
 }
 
+/// The attributes of `Op::Dense` and its VJP: a network on the rows of a matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    pub net: Arc<Mlp>,
+    /// Compute only rows whose type (the op's last argument, `i32 [n]`) is this; the other
+    /// rows are zero and cost nothing.
+    pub centre_type: Option<i32>,
+}
+
 /// The attributes of `Op::EnvMat` and its VJP: DeePMD-kit's smooth environment matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvSpec {

@@ -17,7 +17,7 @@ pub mod verify;
 
 use std::fmt;
 
-pub use mlp::{Act, Embed, EnvSpec, Mlp, MlpLayer, Residual};
+pub use mlp::{Act, Dense, Embed, EnvSpec, Mlp, MlpLayer, Residual};
 pub use op::{Binary, Cmp, Op, Unary};
 pub use table::{Knots, Table};
 pub use tensor::{Data, Tensor};

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::mlp::{Embed, EnvSpec, Mlp};
+use super::mlp::{Dense, Embed, EnvSpec, Mlp};
 use super::tensor::Tensor;
 use super::types::{numel, DType, Dim, Shape, TensorType};
 
@@ -106,6 +106,13 @@ pub enum Op {
     /// `(coord, nlist, types, g [nloc, nnei, ncomp]) -> [nall, 3]`: the VJP of `EnvMat` with
     /// respect to `coord`.
     EnvMatVjp(EnvSpec),
+    /// `(x [n, d] [, types i32 [n]]) -> [n, out]`: a network on each row (a fitting net),
+    /// fused so the activations stay in per-block scratch; with `centre_type`, only the
+    /// rows of that type are computed (the others are zero).
+    Dense(Dense),
+    /// `(x [n, d], g [n, out] [, types]) -> [n, d]`: the VJP of `Dense` with respect to `x`
+    /// (the network is re-run per block; no second derivative).
+    DenseVjp(Dense),
 }
 
 impl Op {
@@ -158,6 +165,8 @@ impl Op {
             Op::StopGradient => "stop_gradient",
             Op::EmbedContract(_) => "embed_contract",
             Op::EmbedContractVjp(_) => "embed_contract_vjp",
+            Op::Dense(_) => "dense",
+            Op::DenseVjp(_) => "dense_vjp",
             Op::EnvMat(_) => "env_mat",
             Op::EnvMatVjp(_) => "env_mat_vjp",
         }
@@ -179,6 +188,8 @@ impl Op {
             | Op::StopGradient => 1,
             Op::EmbedContract(e) => 1 + usize::from(e.centre_type.is_some()),
             Op::EmbedContractVjp(e) => 2 + usize::from(e.centre_type.is_some()),
+            Op::Dense(e) => 1 + usize::from(e.centre_type.is_some()),
+            Op::DenseVjp(e) => 2 + usize::from(e.centre_type.is_some()),
             Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
             Op::Select | Op::EnvMat(_) => 3,
             Op::EnvMatVjp(_) => 4,
@@ -423,8 +434,45 @@ impl Op {
                 }
                 Ok(rr.clone())
             }
+            Op::Dense(e) => {
+                let x = a.unwrap();
+                dense_input(e, x, args.last().copied())?;
+                let s = vec![x.shape[0], Dim::fixed(e.net.n_out())];
+                Ok(TensorType::new(x.dtype, s))
+            }
+            Op::DenseVjp(e) => {
+                let (x, g) = (args[0], args[1]);
+                dense_input(e, x, args.last().copied())?;
+                let want = [x.shape[0], Dim::fixed(e.net.n_out())];
+                if g.dtype != x.dtype || g.shape != want {
+                    return Err(format!(
+                        "dense_vjp cotangent {g} does not match {}",
+                        fmt_shape(&want)
+                    ));
+                }
+                Ok(x.clone())
+            }
         }
     }
+}
+
+/// The checks `Dense` and its VJP share.
+fn dense_input(e: &Dense, x: &TensorType, last: Option<&TensorType>) -> Result<(), String> {
+    e.net.check()?;
+    if e.centre_type.is_some() {
+        let t = last.ok_or("dense needs the rows' types")?;
+        if t.dtype != DType::I32 || t.rank() != 1 || x.rank() < 1 || t.shape[0] != x.shape[0] {
+            return Err(format!("dense row types {t} do not match x {x}"));
+        }
+    }
+    if x.rank() != 2 || x.dtype != e.net.dtype || x.shape[1] != Dim::fixed(e.net.n_in()) {
+        return Err(format!(
+            "dense needs x [n, {}] of the network's dtype {}, got {x}",
+            e.net.n_in(),
+            e.net.dtype
+        ));
+    }
+    Ok(())
 }
 
 /// The checks `EnvMat` and its VJP share.
@@ -568,6 +616,13 @@ impl fmt::Display for Op {
                         t.knots.max(),
                         t.knots.intervals()
                     ),
+                    None => Ok(()),
+                }
+            }
+            Op::Dense(e) | Op::DenseVjp(e) => {
+                write!(f, " widths={:?}", e.net.widths())?;
+                match e.centre_type {
+                    Some(t) => write!(f, " centre_type={t}"),
                     None => Ok(()),
                 }
             }

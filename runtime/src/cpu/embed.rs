@@ -20,32 +20,32 @@ type R<T> = Result<T, ExecError>;
 /// activations stay in cache.
 const ROWS_PER_BLOCK: usize = 1024;
 
-/// One layer's weights in the kernel's element type.
-struct Layer<T> {
-    n_in: usize,
-    n_out: usize,
-    w: Vec<T>,
-    b: Option<Vec<T>>,
-    idt: Option<Vec<T>>,
+/// One layer's weights, borrowed from the graph (already in the kernel's element type).
+pub(super) struct Layer<'a, T> {
+    pub n_in: usize,
+    pub n_out: usize,
+    w: &'a [T],
+    b: Option<&'a [T]>,
+    idt: Option<&'a [T]>,
     act: Act,
     residual: Residual,
 }
 
-fn layers<T: Real>(net: &Mlp) -> R<Vec<Layer<T>>> {
-    let conv = |t: &Tensor| -> R<Vec<T>> {
-        T::slice(&t.data)
-            .map(|v| v.to_vec())
-            .ok_or_else(|| ExecError::Type("fused network weights of another dtype".into()))
-    };
+fn view<T: Real>(t: &Tensor) -> R<&[T]> {
+    T::slice(&t.data)
+        .ok_or_else(|| ExecError::Type("fused network weights of another dtype".into()))
+}
+
+pub(super) fn layers<T: Real>(net: &Mlp) -> R<Vec<Layer<'_, T>>> {
     net.layers
         .iter()
         .map(|l| {
             Ok(Layer {
                 n_in: l.n_in(),
                 n_out: l.n_out(),
-                w: conv(&l.w)?,
-                b: l.b.as_deref().map(conv).transpose()?,
-                idt: l.idt.as_deref().map(conv).transpose()?,
+                w: view(&l.w)?,
+                b: l.b.as_deref().map(view).transpose()?,
+                idt: l.idt.as_deref().map(view).transpose()?,
                 act: l.act,
                 residual: l.residual,
             })
@@ -55,7 +55,7 @@ fn layers<T: Real>(net: &Mlp) -> R<Vec<Layer<T>>> {
 
 /// Where a block's embedding `G` comes from: the network, or its compression table.
 enum Source<'a, T> {
-    Net(Vec<Layer<T>>),
+    Net(Vec<Layer<'a, T>>),
     Table(TableRef<'a, T>),
 }
 
@@ -128,7 +128,14 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], mut dg: Option<&mu
     for (r, (&xv, gr)) in x.iter().zip(g.chunks_exact_mut(m)).enumerate() {
         let dgr = dg.as_deref_mut().map(|d| &mut d[r * m..(r + 1) * m]);
         let Some((k, dx)) = t.knots.locate(xv.to_f64()) else {
-            if std::env::var("DPC_DEBUG_TABLE").is_ok() { eprintln!("off table {} [{}, {})", xv.to_f64(), t.knots.lower, t.knots.max()); }
+            if std::env::var("DPC_DEBUG_TABLE").is_ok() {
+                eprintln!(
+                    "off table {} [{}, {})",
+                    xv.to_f64(),
+                    t.knots.lower,
+                    t.knots.max()
+                );
+            }
             let (y, d, _) = t.exact.eval(xv.to_f64());
             for (o, v) in gr.iter_mut().zip(&y) {
                 *o = T::from_f64(*v);
@@ -161,20 +168,20 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], mut dg: Option<&mu
 }
 
 /// Per-thread buffers, reused from block to block so the hot loop does not allocate.
-struct Scratch<T> {
+pub(super) struct Scratch<T> {
     /// The network input of the block's rows.
-    x0: Vec<T>,
+    pub x0: Vec<T>,
     /// Each layer's output `h_l [rows, out_l]`.
-    h: Vec<Vec<T>>,
+    pub h: Vec<Vec<T>>,
     /// For tanh layers in a VJP: `tanh(z_l)`, the input of the derivative.
-    t: Vec<Vec<T>>,
-    dh: Vec<T>,
-    dz: Vec<T>,
-    dprev: Vec<T>,
+    pub t: Vec<Vec<T>>,
+    pub dh: Vec<T>,
+    pub dz: Vec<T>,
+    pub dprev: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {
-    fn new(layers: usize) -> Scratch<T> {
+    pub fn new(layers: usize) -> Scratch<T> {
         Scratch {
             x0: Vec::new(),
             h: (0..layers).map(|_| Vec::new()).collect(),
@@ -187,15 +194,15 @@ impl<T: Real> Scratch<T> {
 }
 
 /// `v` resized to `n` elements, reusing its allocation (contents are overwritten by callers).
-fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     v.resize(n, T::default());
     &mut v[..n]
 }
 
-/// Run the network on the `rows` inputs in `sc.x0` (the network has one input), leaving
-/// each layer's output in `sc.h`; with `keep`, tanh layers also leave `tanh(z_l)` in `sc.t`.
-fn forward<T: Real>(net: &[Layer<T>], sc: &mut Scratch<T>, keep: bool) {
-    let rows = sc.x0.len();
+/// Run the network on the rows of `sc.x0` (`[rows, n_in]`), leaving each layer's output in
+/// `sc.h`; with `keep`, tanh layers also leave `tanh(z_l)` in `sc.t`.
+pub(super) fn forward<T: Real>(net: &[Layer<'_, T>], sc: &mut Scratch<T>, keep: bool) {
+    let rows = sc.x0.len() / net[0].n_in.max(1);
     for (k, l) in net.iter().enumerate() {
         let (n_in, n_out) = (l.n_in, l.n_out);
         let (before, after) = sc.h.split_at_mut(k);
@@ -203,7 +210,7 @@ fn forward<T: Real>(net: &[Layer<T>], sc: &mut Scratch<T>, keep: bool) {
         let z = sized(&mut after[0], rows * n_out);
         if n_in == 1 {
             for (zr, &xv) in z.chunks_exact_mut(n_out).zip(x) {
-                for (zo, &w) in zr.iter_mut().zip(&l.w) {
+                for (zo, &w) in zr.iter_mut().zip(l.w) {
                     *zo = xv * w;
                 }
             }
@@ -229,7 +236,7 @@ fn forward<T: Real>(net: &[Layer<T>], sc: &mut Scratch<T>, keep: bool) {
         }
         if let Some(b) = &l.b {
             for row in z.chunks_exact_mut(n_out) {
-                for (v, &bb) in row.iter_mut().zip(b) {
+                for (v, &bb) in row.iter_mut().zip(b.iter()) {
                     *v = *v + bb;
                 }
             }
@@ -242,7 +249,7 @@ fn forward<T: Real>(net: &[Layer<T>], sc: &mut Scratch<T>, keep: bool) {
         }
         if let Some(idt) = &l.idt {
             for row in z.chunks_exact_mut(n_out) {
-                for (v, &sc) in row.iter_mut().zip(idt) {
+                for (v, &sc) in row.iter_mut().zip(idt.iter()) {
                     *v = *v * sc;
                 }
             }
@@ -264,6 +271,73 @@ fn forward<T: Real>(net: &[Layer<T>], sc: &mut Scratch<T>, keep: bool) {
                 }
             }
         }
+    }
+}
+
+/// Back-propagate `sc.dh` (the cotangent of the last layer's output, `[rows, out]`) through
+/// the layers of a `forward(.., keep = true)` on the same rows, leaving the cotangent of the
+/// network input (`[rows, n_in]`) in `sc.dh`.
+pub(super) fn backward<T: Real>(layers: &[Layer<'_, T>], sc: &mut Scratch<T>, rows: usize) {
+    // Back through the layers: h_l = act(z_l) idt + residual(h_{l-1}).
+    for (k, l) in layers.iter().enumerate().rev() {
+        let (n_in, n_out) = (l.n_in, l.n_out);
+        let dh = &sc.dh[..rows * n_out];
+        let dz = sized(&mut sc.dz, rows * n_out);
+        dz.copy_from_slice(dh);
+        if let Some(idt) = &l.idt {
+            for row in dz.chunks_exact_mut(n_out) {
+                for (v, &scale) in row.iter_mut().zip(idt.iter()) {
+                    *v = *v * scale;
+                }
+            }
+        }
+        if l.act == Act::Tanh {
+            for (v, &tt) in dz.iter_mut().zip(&sc.t[k]) {
+                *v = *v * (T::ONE + T::from_f64(-1.0) * tt * tt);
+            }
+        }
+        let dprev = sized(&mut sc.dprev, rows * n_in);
+        match l.residual {
+            Residual::None => dprev.fill(T::default()),
+            Residual::Same => dprev.copy_from_slice(dh),
+            Residual::Doubled => {
+                for (pr, hr) in dprev.chunks_exact_mut(n_in).zip(dh.chunks_exact(n_out)) {
+                    for (i, v) in pr.iter_mut().enumerate() {
+                        *v = hr[i] + hr[i + n_in];
+                    }
+                }
+            }
+        }
+        if n_in == 1 {
+            for (p, zr) in dprev.iter_mut().zip(dz.chunks_exact(n_out)) {
+                let mut acc = T::default();
+                for (&zv, &w) in zr.iter().zip(l.w) {
+                    acc = acc + zv * w;
+                }
+                *p = *p + acc;
+            }
+        } else {
+            // dprev += dz [rows, out] x W^T [out, in]
+            // SAFETY: W is n_in x n_out row-major, read transposed.
+            unsafe {
+                T::gemm(
+                    rows,
+                    n_out,
+                    n_in,
+                    dz.as_ptr(),
+                    n_out as isize,
+                    1,
+                    l.w.as_ptr(),
+                    1,
+                    n_out as isize,
+                    T::ONE,
+                    dprev.as_mut_ptr(),
+                    n_in as isize,
+                    1,
+                );
+            }
+        }
+        std::mem::swap(&mut sc.dh, &mut sc.dprev);
     }
 }
 
@@ -410,68 +484,7 @@ fn contract_vjp_t<T: Real>(
                         return;
                     }
                 };
-                // Back through the layers: h_l = act(z_l) idt + residual(h_{l-1}).
-                for (k, l) in layers.iter().enumerate().rev() {
-                    let (n_in, n_out) = (l.n_in, l.n_out);
-                    let dh = &sc.dh[..rows * n_out];
-                    let dz = sized(&mut sc.dz, rows * n_out);
-                    dz.copy_from_slice(dh);
-                    if let Some(idt) = &l.idt {
-                        for row in dz.chunks_exact_mut(n_out) {
-                            for (v, &scale) in row.iter_mut().zip(idt) {
-                                *v = *v * scale;
-                            }
-                        }
-                    }
-                    if l.act == Act::Tanh {
-                        for (v, &tt) in dz.iter_mut().zip(&sc.t[k]) {
-                            *v = *v * (T::ONE + T::from_f64(-1.0) * tt * tt);
-                        }
-                    }
-                    let dprev = sized(&mut sc.dprev, rows * n_in);
-                    match l.residual {
-                        Residual::None => dprev.fill(T::default()),
-                        Residual::Same => dprev.copy_from_slice(dh),
-                        Residual::Doubled => {
-                            for (pr, hr) in dprev.chunks_exact_mut(n_in).zip(dh.chunks_exact(n_out))
-                            {
-                                for (i, v) in pr.iter_mut().enumerate() {
-                                    *v = hr[i] + hr[i + n_in];
-                                }
-                            }
-                        }
-                    }
-                    if n_in == 1 {
-                        for (p, zr) in dprev.iter_mut().zip(dz.chunks_exact(n_out)) {
-                            let mut acc = T::default();
-                            for (&zv, &w) in zr.iter().zip(&l.w) {
-                                acc = acc + zv * w;
-                            }
-                            *p = *p + acc;
-                        }
-                    } else {
-                        // dprev += dz [rows, out] x W^T [out, in]
-                        // SAFETY: W is n_in x n_out row-major, read transposed.
-                        unsafe {
-                            T::gemm(
-                                rows,
-                                n_out,
-                                n_in,
-                                dz.as_ptr(),
-                                n_out as isize,
-                                1,
-                                l.w.as_ptr(),
-                                1,
-                                n_out as isize,
-                                T::ONE,
-                                dprev.as_mut_ptr(),
-                                n_in as isize,
-                                1,
-                            );
-                        }
-                    }
-                    std::mem::swap(&mut sc.dh, &mut sc.dprev);
-                }
+                backward(layers, sc, rows);
                 // sc.dh is now the cotangent of the network input, channel 0 of rr.
                 for (row, &dx) in d.chunks_exact_mut(c).zip(&sc.dh[..rows]) {
                     row[0] = row[0] + dx;

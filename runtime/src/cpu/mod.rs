@@ -1,6 +1,7 @@
 //! The CPU executor: runs a graph node by node with the reference kernels, freeing each
 //! value after its last use.
 
+mod dense;
 mod embed;
 mod env;
 pub mod fastmath;
@@ -258,6 +259,8 @@ fn eval(
         Op::EnvMatVjp(e) => env::env_mat_vjp(e, a[0], a[1], a[2], a[3])?,
         Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied())?,
         Op::EmbedContractVjp(e) => embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied())?,
+        Op::Dense(e) => dense::dense(e, a[0], a.get(1).copied())?,
+        Op::DenseVjp(e) => dense::dense_vjp(e, a[0], a[1], a.get(2).copied())?,
     })
 }
 
