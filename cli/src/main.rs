@@ -8,8 +8,8 @@ macro_rules! outln {
     }};
 }
 
+mod build_args;
 mod commands;
-mod compress_args;
 mod conf;
 mod source;
 

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, value_name = "CONF.json")]
     input: Option<std::path::PathBuf>,
     #[command(flatten)]
-    compress: crate::compress_args::CompressArgs,
+    build: crate::build_args::BuildArgs,
 }
 
 /// SplitMix64: deterministic, good enough for displacements.
@@ -130,7 +130,7 @@ pub fn run(a: Args) -> Result<String> {
         bail!("could not set up {} threads", a.threads.unwrap());
     }
     let (tree, _) = read_tree(&a.model)?;
-    let pot = a.compress.load(tree)?;
+    let pot = a.build.load(tree)?;
     if given.is_none() && pot.model().ntypes() < 2 {
         bail!(
             "the benchmark system has two atom types; this model has {}",

@@ -23,13 +23,13 @@ pub struct Args {
     #[arg(long)]
     summary: bool,
     #[command(flatten)]
-    compress: crate::compress_args::CompressArgs,
+    build: crate::build_args::BuildArgs,
 }
 
 /// Returns what to print on standard output.
 pub fn run(a: Args) -> Result<String> {
     let mut out = String::new();
-    if !a.emit_ir && !a.compress.compress {
+    if !a.emit_ir && !a.build.compress {
         bail!("only `--emit-ir` and `--compress` (the table report) are available today; compiling to device executables (.xlo/.hlo) is not implemented yet");
     }
     let (tree, _) = read_tree(&a.model)?;
@@ -38,13 +38,13 @@ pub fn run(a: Args) -> Result<String> {
         &model,
         BuildOptions {
             atomic_virial: a.atomic_virial,
-            ..a.compress.options()
+            ..a.build.options()?
         },
     )?;
     if let Err(e) = verify(&graph) {
         bail!("the built graph fails verification (a dpc bug):\n{e}");
     }
-    if a.compress.compress {
+    if a.build.compress {
         report(&mut out, &graph);
         if !a.emit_ir {
             return Ok(out);

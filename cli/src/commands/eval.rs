@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(short, long)]
     output: Option<PathBuf>,
     #[command(flatten)]
-    compress: crate::compress_args::CompressArgs,
+    build: crate::build_args::BuildArgs,
 }
 
 /// Returns what to print on standard output.
@@ -35,7 +35,7 @@ pub fn run(a: Args) -> Result<String> {
     };
     let (frames, is_list) = parse_frames(&text).context("reading the input configurations")?;
     let (tree, _) = read_tree(&a.model)?;
-    let pot = a.compress.load(tree)?;
+    let pot = a.build.load(tree)?;
     let mut results = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let frame = Frame {

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(short = 'n', long)]
     numb_test: Option<usize>,
     #[command(flatten)]
-    compress: crate::compress_args::CompressArgs,
+    build: crate::build_args::BuildArgs,
 }
 
 fn load_npy(p: &Path) -> Result<Option<NdArray>> {
@@ -84,7 +84,7 @@ fn sci(x: f64) -> String {
 pub fn run(a: Args) -> Result<String> {
     let mut out = String::new();
     let (tree, _) = read_tree(&a.model)?;
-    let pot = a.compress.load(tree)?;
+    let pot = a.build.load(tree)?;
     let model = pot.model();
     let sys = &a.system;
     if !sys.is_dir() {

@@ -30,6 +30,9 @@ pub struct BuildOptions {
     pub unfused: bool,
     /// Tabulate the embedding networks (`--compress`).
     pub compress: Option<Compress>,
+    /// Evaluate the networks in this precision (`--precision float32`); energies and
+    /// virials are still accumulated in float64.
+    pub precision: Option<DType>,
 }
 
 /// Names of the graph's inputs and outputs.
@@ -75,6 +78,15 @@ pub(crate) struct Inputs {
 
 /// Build the graph for `model`.
 pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphError> {
+    let converted;
+    let model = match opts.precision {
+        Some(dt) => {
+            converted = crate::model::precision::with_precision(model, dt)
+                .map_err(|e| GraphError(e.to_string()))?;
+            &converted
+        }
+        None => model,
+    };
     let mut g = Graph::new();
     let coord = g.input(
         io::COORD,

@@ -8,6 +8,7 @@ mod access;
 pub mod descriptor;
 pub mod fitting;
 pub mod network;
+pub mod precision;
 
 use std::fmt;
 

@@ -1,0 +1,66 @@
+//! `--precision float32`: a float64 model evaluated with float32 networks. The descriptor
+//! (environment matrix, embedding networks) and the fitting networks compute in float32;
+//! the graph builder casts atom energies to float64 before they are summed, and forces and
+//! virials are accumulated from there in float64 (DeePMD-kit's own float32 models work the
+//! same way).
+
+use super::{Descriptor, Model, ModelError, Net, NetCollection};
+use crate::graph::{DType, Data, Tensor};
+
+/// The model with its networks' weights rounded to `dtype` (F32 or F64).
+pub fn with_precision(model: &Model, dtype: DType) -> Result<Model, ModelError> {
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        return Err(ModelError::Unsupported(format!("precision {dtype}")));
+    }
+    let mut m = model.clone();
+    match &mut m.descriptor {
+        Descriptor::SeA(d) => {
+            d.dtype = dtype;
+            cast_nets(&mut d.embeddings, dtype);
+        }
+        Descriptor::SeR(d) => {
+            d.dtype = dtype;
+            cast_nets(&mut d.embeddings, dtype);
+        }
+        Descriptor::SeT(d) => {
+            d.dtype = dtype;
+            cast_nets(&mut d.embeddings, dtype);
+        }
+        Descriptor::Dpa1(d) if d.dtype != dtype => {
+            return Err(ModelError::Unsupported(format!(
+                "changing the precision of a se_atten/DPA-1 descriptor (it is {})",
+                d.dtype
+            )))
+        }
+        Descriptor::Dpa1(_) => {}
+    }
+    m.fitting.dtype = dtype;
+    cast_nets(&mut m.fitting.nets, dtype);
+    Ok(m)
+}
+
+fn cast_nets(c: &mut NetCollection, dtype: DType) {
+    for net in c.nets.iter_mut().flatten() {
+        cast_net(net, dtype);
+    }
+}
+
+fn cast_net(net: &mut Net, dtype: DType) {
+    for l in &mut net.layers {
+        l.dtype = dtype;
+        l.w = cast(&l.w, dtype);
+        l.b = l.b.as_ref().map(|t| cast(t, dtype));
+        l.idt = l.idt.as_ref().map(|t| cast(t, dtype));
+    }
+}
+
+fn cast(t: &Tensor, dtype: DType) -> Tensor {
+    let v = t.to_f64_vec();
+    match dtype {
+        DType::F32 => Tensor {
+            shape: t.shape.clone(),
+            data: Data::F32(v.iter().map(|&x| x as f32).collect()),
+        },
+        _ => Tensor::f64(t.shape.clone(), v),
+    }
+}
