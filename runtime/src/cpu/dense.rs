@@ -41,7 +41,7 @@ fn row_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
 }
 
 fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net)?;
+    let net = layers::<T>(&e.net, false)?;
     let (d, m) = (e.net.n_in(), e.net.n_out());
     let mut out = vec![T::default(); n * m];
     let blocks: Vec<(&[usize], Vec<T>)> = rows
@@ -67,7 +67,7 @@ fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
 }
 
 fn dense_vjp_t<T: Real>(e: &Dense, x: &[T], gy: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net)?;
+    let net = layers::<T>(&e.net, true)?;
     let (d, m) = (e.net.n_in(), e.net.n_out());
     let mut dx = vec![T::default(); n * d];
     let blocks: Vec<(&[usize], Vec<T>)> = rows

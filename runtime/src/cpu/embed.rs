@@ -21,10 +21,13 @@ type R<T> = Result<T, ExecError>;
 const ROWS_PER_BLOCK: usize = 1024;
 
 /// One layer's weights, borrowed from the graph (already in the kernel's element type).
-pub(super) struct Layer<'a, T> {
+pub(super) struct Layer<'a, T: Real> {
     pub n_in: usize,
     pub n_out: usize,
     w: &'a [T],
+    /// `W` and `W^T` packed for the GEMMs (layers with more than one input).
+    fwd: Option<T::Packed>,
+    bwd: Option<T::Packed>,
     b: Option<&'a [T]>,
     idt: Option<&'a [T]>,
     act: Act,
@@ -36,14 +39,20 @@ fn view<T: Real>(t: &Tensor) -> R<&[T]> {
         .ok_or_else(|| ExecError::Type("fused network weights of another dtype".into()))
 }
 
-pub(super) fn layers<T: Real>(net: &Mlp) -> R<Vec<Layer<'_, T>>> {
+/// The network's layers; `backward` packs `W^T` too (for a VJP).
+pub(super) fn layers<T: Real>(net: &Mlp, backward: bool) -> R<Vec<Layer<'_, T>>> {
     net.layers
         .iter()
         .map(|l| {
+            let w = view(&l.w)?;
+            let (k, n) = (l.n_in(), l.n_out());
+            let gemm = k > 1;
             Ok(Layer {
-                n_in: l.n_in(),
-                n_out: l.n_out(),
-                w: view(&l.w)?,
+                n_in: k,
+                n_out: n,
+                w,
+                fwd: gemm.then(|| T::pack(w, k, n, false)),
+                bwd: (gemm && backward).then(|| T::pack(w, n, k, true)),
                 b: l.b.as_deref().map(view).transpose()?,
                 idt: l.idt.as_deref().map(view).transpose()?,
                 act: l.act,
@@ -54,7 +63,7 @@ pub(super) fn layers<T: Real>(net: &Mlp) -> R<Vec<Layer<'_, T>>> {
 }
 
 /// Where a block's embedding `G` comes from: the network, or its compression table.
-enum Source<'a, T> {
+enum Source<'a, T: Real> {
     Net(Vec<Layer<'a, T>>),
     Table(TableRef<'a, T>),
 }
@@ -69,9 +78,9 @@ struct TableRef<'a, T> {
 }
 
 impl<'a, T: Real> Source<'a, T> {
-    fn new(e: &'a Embed) -> R<Source<'a, T>> {
+    fn new(e: &'a Embed, backward: bool) -> R<Source<'a, T>> {
         match &e.table {
-            None => Ok(Source::Net(layers(&e.net)?)),
+            None => Ok(Source::Net(layers(&e.net, backward)?)),
             Some(t) => {
                 let coef = T::slice(&t.coef.data)
                     .ok_or_else(|| ExecError::Type("compression table of another dtype".into()))?;
@@ -215,24 +224,8 @@ pub(super) fn forward<T: Real>(net: &[Layer<'_, T>], sc: &mut Scratch<T>, keep: 
                 }
             }
         } else {
-            // SAFETY: x is rows x n_in, w is n_in x n_out, z is rows x n_out, all row-major.
-            unsafe {
-                T::gemm(
-                    rows,
-                    n_in,
-                    n_out,
-                    x.as_ptr(),
-                    n_in as isize,
-                    1,
-                    l.w.as_ptr(),
-                    n_out as isize,
-                    1,
-                    T::default(),
-                    z.as_mut_ptr(),
-                    n_out as isize,
-                    1,
-                );
-            }
+            let w = l.fwd.as_ref().expect("layers() packs every GEMM layer");
+            T::gemm_packed(w, rows, x, n_in, z, n_out, false);
         }
         if let Some(b) = &l.b {
             for row in z.chunks_exact_mut(n_out) {
@@ -318,24 +311,8 @@ pub(super) fn backward<T: Real>(layers: &[Layer<'_, T>], sc: &mut Scratch<T>, ro
             }
         } else {
             // dprev += dz [rows, out] x W^T [out, in]
-            // SAFETY: W is n_in x n_out row-major, read transposed.
-            unsafe {
-                T::gemm(
-                    rows,
-                    n_out,
-                    n_in,
-                    dz.as_ptr(),
-                    n_out as isize,
-                    1,
-                    l.w.as_ptr(),
-                    1,
-                    n_out as isize,
-                    T::ONE,
-                    dprev.as_mut_ptr(),
-                    n_in as isize,
-                    1,
-                );
-            }
+            let wt = l.bwd.as_ref().expect("layers(.., true) packs W^T");
+            T::gemm_packed(wt, rows, dz, n_out, dprev, n_in, true);
         }
         std::mem::swap(&mut sc.dh, &mut sc.dprev);
     }
@@ -376,7 +353,7 @@ fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, acc: &mut [T], o
 }
 
 fn contract_t<T: Real>(e: &Embed, rr: &[T], n: usize, s: usize, c: usize) -> R<Vec<T>> {
-    let src = Source::<T>::new(e)?;
+    let src = Source::<T>::new(e, false)?;
     let depth = src.depth();
     let m = e.net.n_out();
     let mut out = vec![T::default(); n * m * c];
@@ -414,7 +391,7 @@ fn contract_vjp_t<T: Real>(
     s: usize,
     c: usize,
 ) -> R<Vec<T>> {
-    let src = Source::<T>::new(e)?;
+    let src = Source::<T>::new(e, true)?;
     let depth = src.depth();
     let m = e.net.n_out();
     let mut d_rr = vec![T::default(); n * s * c];

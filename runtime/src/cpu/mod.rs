@@ -5,6 +5,7 @@ mod dense;
 mod embed;
 mod env;
 pub mod fastmath;
+mod gemm;
 mod kernels;
 mod real;
 

@@ -23,25 +23,19 @@ pub trait Real:
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
     fn tanh_in_place(x: &mut [Self]);
-    /// `C = alpha A B + beta C` with explicit strides (matrixmultiply's contract).
-    ///
-    /// # Safety
-    /// The pointers and strides must describe valid `m x k`, `k x n` and `m x n` matrices.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
+    /// A weight matrix prepared as the right operand of `gemm_packed`.
+    type Packed: Send + Sync;
+    /// `B = w` (`w` row-major `[k, n]`) or `B = w^T` (`w` row-major `[n, k]`).
+    fn pack(w: &[Self], k: usize, n: usize, transpose: bool) -> Self::Packed;
+    /// `C [m, n] (+)= A [m, k] B` with row strides `lda`, `ldc`.
+    fn gemm_packed(
+        b: &Self::Packed,
         m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
+        a: &[Self],
+        lda: usize,
+        c: &mut [Self],
+        ldc: usize,
+        accumulate: bool,
     );
     fn slice(d: &Data) -> Option<&[Self]>;
     fn wrap(v: Vec<Self>) -> Data;
@@ -61,22 +55,20 @@ impl Real for f64 {
     fn tanh_in_place(x: &mut [f64]) {
         super::fastmath::tanh_in_place(x)
     }
-    unsafe fn gemm(
+    type Packed = super::gemm::PackedB;
+    fn pack(w: &[f64], k: usize, n: usize, transpose: bool) -> Self::Packed {
+        super::gemm::PackedB::new(w, k, n, transpose)
+    }
+    fn gemm_packed(
+        b: &Self::Packed,
         m: usize,
-        k: usize,
-        n: usize,
-        a: *const f64,
-        rsa: isize,
-        csa: isize,
-        b: *const f64,
-        rsb: isize,
-        csb: isize,
-        beta: f64,
-        c: *mut f64,
-        rsc: isize,
-        csc: isize,
+        a: &[f64],
+        lda: usize,
+        c: &mut [f64],
+        ldc: usize,
+        accumulate: bool,
     ) {
-        matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        b.gemm(m, a, lda, c, ldc, accumulate)
     }
     fn slice(d: &Data) -> Option<&[f64]> {
         match d {
@@ -103,22 +95,51 @@ impl Real for f32 {
     fn tanh_in_place(x: &mut [f32]) {
         super::fastmath::tanh_in_place_f32(x)
     }
-    unsafe fn gemm(
+    /// `(B row-major [k, n], k, n)`: matrixmultiply packs per call.
+    type Packed = (Vec<f32>, usize, usize);
+    fn pack(w: &[f32], k: usize, n: usize, transpose: bool) -> Self::Packed {
+        let data = if transpose {
+            (0..k)
+                .flat_map(|p| (0..n).map(move |q| w[q * k + p]))
+                .collect()
+        } else {
+            w.to_vec()
+        };
+        (data, k, n)
+    }
+    fn gemm_packed(
+        b: &Self::Packed,
         m: usize,
-        k: usize,
-        n: usize,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        csb: isize,
-        beta: f32,
-        c: *mut f32,
-        rsc: isize,
-        csc: isize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
     ) {
-        matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        let (data, k, n) = (&b.0, b.1, b.2);
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n);
+        // SAFETY: sizes checked above.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                lda as isize,
+                1,
+                data.as_ptr(),
+                n as isize,
+                1,
+                if accumulate { 1.0 } else { 0.0 },
+                c.as_mut_ptr(),
+                ldc as isize,
+                1,
+            )
+        }
     }
     fn slice(d: &Data) -> Option<&[f32]> {
         match d {
