@@ -10,8 +10,9 @@ system of shared/fixtures/gen/bench.py (numpy's generator, so DeePMD-kit and dpc
 atoms), times DeePMD-kit's DeepPot on every backend file the fixture has (median of --reps
 calls after three warm-ups), keeps the backends whose energy agrees with the PyTorch one
 (DeePMD-kit's TensorFlow runtime computes these models differently, see docs/formats.md),
-times `dpc bench --input` on the same configuration, and prints the ratios as a Markdown
-table (the one in docs/performance.md). Both sides use --threads threads.
+times `dpc bench --input` on the same configuration (plain, `--compress` and `--precision
+float32` where the model allows them), and prints the ratios as a Markdown table (the one in
+docs/performance.md). Both sides use --threads threads.
 """
 
 import argparse
@@ -56,9 +57,9 @@ def time_deepmd(path, coord, box, at, reps):
     return float(np.median(ts)), float(e.reshape(-1)[0])
 
 
-def time_dpc(dpc, model, conf, reps, threads):
+def time_dpc(dpc, model, conf, reps, threads, extra=()):
     out = subprocess.run(
-        [dpc, "bench", model, "--input", conf, "--reps", str(reps), "--threads", str(threads)],
+        [dpc, "bench", model, "--input", conf, "--reps", str(reps), "--threads", str(threads), *extra],
         capture_output=True,
         text=True,
         check=True,
@@ -106,10 +107,21 @@ def main():
     print(f"system: {natoms} atoms, fcc {n}x{n}x{n}; {a.threads} thread(s); median of {a.reps}", flush=True)
 
     rows = []
+    energies = {}
     for m in a.models:
         d = os.path.join(a.fixtures, "models", m)
         dpc_t, dpc_e = time_dpc(a.dpc, os.path.join(d, "model.dp"), conf, a.reps, a.threads)
         print(f"{m}: dpc {natoms / dpc_t:.0f} atoms/s (E {dpc_e:.10f})", flush=True)
+        energies[m] = dpc_e
+        variants = {}
+        for tag, extra in [("compress", ["--compress"]), ("float32", ["--precision", "float32"])]:
+            try:
+                t, e = time_dpc(a.dpc, os.path.join(d, "model.dp"), conf, a.reps, a.threads, extra)
+            except subprocess.CalledProcessError:
+                print(f"  dpc {tag}: not available for this model", flush=True)
+                continue
+            variants[tag] = (natoms / t, e)
+            print(f"  dpc {tag}: {natoms / t:.0f} atoms/s (E {e:.10f})", flush=True)
         ref_e, best = None, None
         for b in BACKENDS:
             path = os.path.join(d, f"model.{b}")
@@ -127,18 +139,29 @@ def main():
             if correct and (best is None or t < best[1]):
                 best = (b, t)
         if best is None:
-            rows.append((m, natoms / dpc_t, None, None, None))
+            rows.append((m, natoms / dpc_t, None, None, None, variants))
             continue
-        rows.append((m, natoms / dpc_t, best[0], natoms / best[1], abs(dpc_e - ref_e)))
+        rows.append((m, natoms / dpc_t, best[0], natoms / best[1], ref_e, variants))
 
     print()
-    print(f"| model | dpc atoms/s | DeePMD-kit fastest correct | its atoms/s | ratio | dpc vs DeePMD-kit energy |")
-    print("|---|---|---|---|---|---|")
-    for m, ours, b, theirs, de in rows:
+    print("| model | DeePMD-kit fastest correct | its atoms/s | dpc atoms/s | ratio | dpc --compress | ratio | dpc float32 | ratio | energy diff (plain / compress / float32, eV/atom) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def cell(v, theirs):
+        if v is None:
+            return "n/a | "
+        return f"{v[0]:.0f} | {v[0] / theirs:.2f}x" if theirs else f"{v[0]:.0f} | "
+
+    for m, ours, b, theirs, ref_e, variants in rows:
         if b is None:
-            print(f"| {m} | {ours:.0f} | none ran | | | |")
-        else:
-            print(f"| {m} | {ours:.0f} | {b} | {theirs:.0f} | {ours / theirs:.2f}x | {de:.1e} eV |")
+            print(f"| {m} | none ran | | {ours:.0f} | | {cell(variants.get('compress'), None)} | {cell(variants.get('float32'), None)} | |")
+            continue
+        de = lambda e: f"{abs(e - ref_e) / natoms:.1e}" if e is not None else "n/a"
+        c, f = variants.get("compress"), variants.get("float32")
+        print(
+            f"| {m} | {b} | {theirs:.0f} | {ours:.0f} | {ours / theirs:.2f}x | {cell(c, theirs)} | {cell(f, theirs)} | "
+            f"{de(energies[m])} / {de(c[1] if c else None)} / {de(f[1] if f else None)} |"
+        )
 
 
 if __name__ == "__main__":
