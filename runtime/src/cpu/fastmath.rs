@@ -94,8 +94,17 @@ pub fn tanh_in_place(x: &mut [f64]) {
 
 /// `x <- tanh(x)` elementwise for float32 (computed in float64, then rounded).
 pub fn tanh_in_place_f32(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = tanh(*v as f64) as f32;
+    // Through a small float64 buffer, so the vectorized float64 loop does the work.
+    let mut buf = [0.0f64; 256];
+    for chunk in x.chunks_mut(256) {
+        let b = &mut buf[..chunk.len()];
+        for (d, &s) in b.iter_mut().zip(chunk.iter()) {
+            *d = s as f64;
+        }
+        tanh_in_place(b);
+        for (d, &s) in chunk.iter_mut().zip(b.iter()) {
+            *d = s as f32;
+        }
     }
 }
 

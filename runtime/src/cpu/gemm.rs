@@ -9,6 +9,7 @@
 //! Without AVX2 and FMA, `matrixmultiply` on the unpacked matrix does the work.
 
 const NR: usize = 8;
+const NR32: usize = 16;
 const MR: usize = 6;
 const KC: usize = 256;
 
@@ -217,6 +218,200 @@ unsafe fn kernel<const R: usize>(
     }
 }
 
+/// The float32 twin of `PackedB`: panels of 16 columns (two 8-lane registers).
+pub struct PackedB32 {
+    k: usize,
+    n: usize,
+    /// The panels (with AVX2 and FMA), else the matrix row-major.
+    data: Vec<f32>,
+    packed: bool,
+}
+
+impl PackedB32 {
+    /// `B = w` for `w` row-major `[k, n]`, or `B = w^T` for `w` row-major `[n, k]` when
+    /// `transpose`.
+    pub fn new(w: &[f32], k: usize, n: usize, transpose: bool) -> PackedB32 {
+        assert_eq!(w.len(), k * n, "packed matrix size");
+        let at = |p: usize, q: usize| {
+            if transpose {
+                w[q * k + p]
+            } else {
+                w[p * n + q]
+            }
+        };
+        if !simd() {
+            let data = (0..k)
+                .flat_map(|p| (0..n).map(move |q| (p, q)))
+                .map(|(p, q)| at(p, q))
+                .collect();
+            return PackedB32 {
+                k,
+                n,
+                data,
+                packed: false,
+            };
+        }
+        let panels = n.div_ceil(NR32);
+        let mut data = vec![0.0; panels * k * NR32];
+        for j in 0..panels {
+            for p in 0..k {
+                for q in 0..NR32.min(n - j * NR32) {
+                    data[(j * k + p) * NR32 + q] = at(p, j * NR32 + q);
+                }
+            }
+        }
+        PackedB32 {
+            k,
+            n,
+            data,
+            packed: true,
+        }
+    }
+
+    /// `C [m, n] = A [m, k] B` (or `C += A B` with `accumulate`); `A` and `C` row-major with
+    /// row strides `lda` and `ldc`.
+    pub fn gemm(
+        &self,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (k, n) = (self.k, self.n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(lda >= k && ldc >= n, "gemm strides");
+        assert!(
+            a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n,
+            "gemm sizes"
+        );
+        if k == 0 {
+            if !accumulate {
+                for r in 0..m {
+                    c[r * ldc..r * ldc + n].fill(0.0);
+                }
+            }
+            return;
+        }
+        if !self.packed {
+            // SAFETY: sizes checked above; matrixmultiply reads/writes within them.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    lda as isize,
+                    1,
+                    self.data.as_ptr(),
+                    n as isize,
+                    1,
+                    if accumulate { 1.0 } else { 0.0 },
+                    c.as_mut_ptr(),
+                    ldc as isize,
+                    1,
+                );
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `packed` is only set when AVX2 and FMA are present; sizes checked above.
+        unsafe {
+            self.gemm_avx2(m, a, lda, c, ldc, accumulate)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gemm_avx2(
+        &self,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let panels = n.div_ceil(NR32);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let add = accumulate || k0 > 0;
+            for j in 0..panels {
+                let b = self.data.as_ptr().add((j * k + k0) * NR32);
+                let cols = NR32.min(n - j * NR32);
+                let mut i = 0;
+                while i < m {
+                    let rows = MR.min(m - i);
+                    let ap = a.as_ptr().add(i * lda + k0);
+                    let cp = c.as_mut_ptr().add(i * ldc + j * NR32);
+                    match rows {
+                        6 => kernel32::<6>(kc, ap, lda, b, cp, ldc, cols, add),
+                        5 => kernel32::<5>(kc, ap, lda, b, cp, ldc, cols, add),
+                        4 => kernel32::<4>(kc, ap, lda, b, cp, ldc, cols, add),
+                        3 => kernel32::<3>(kc, ap, lda, b, cp, ldc, cols, add),
+                        2 => kernel32::<2>(kc, ap, lda, b, cp, ldc, cols, add),
+                        _ => kernel32::<1>(kc, ap, lda, b, cp, ldc, cols, add),
+                    }
+                    i += rows;
+                }
+            }
+        }
+    }
+}
+
+/// `C[0..R, 0..cols] (+)= A[0..R, 0..kc] B_panel[0..kc, 0..8]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn kernel32<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    add: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for p in 0..kc {
+        let b0 = _mm256_loadu_ps(b.add(p * NR32));
+        let b1 = _mm256_loadu_ps(b.add(p * NR32 + 8));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(r * lda + p));
+            acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
+            acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let cr = c.add(r * ldc);
+        if cols == NR32 {
+            let (mut v0, mut v1) = (acc_r[0], acc_r[1]);
+            if add {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
+            }
+            _mm256_storeu_ps(cr, v0);
+            _mm256_storeu_ps(cr.add(8), v1);
+        } else {
+            let mut tmp = [0.0f32; NR32];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), acc_r[0]);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), acc_r[1]);
+            for (q, &t) in tmp.iter().enumerate().take(cols) {
+                let dst = cr.add(q);
+                *dst = if add { *dst + t } else { t };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +426,32 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn float32_matches_the_naive_product() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 3, 5),
+            (64, 300, 240),
+            (13, 257, 17),
+            (6, 512, 16),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i as f32) * 0.11).cos()).collect();
+            let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+            let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let want = naive(m, k, n, &a64, &b64);
+            let pb = PackedB32::new(&b, k, n, false);
+            let mut c = vec![f32::NAN; m * n];
+            pb.gemm(m, &a, k, &mut c, n, false);
+            for (x, y) in c.iter().zip(&want) {
+                assert!(
+                    (*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()),
+                    "{m}x{k}x{n}: {x} {y}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -95,17 +95,9 @@ impl Real for f32 {
     fn tanh_in_place(x: &mut [f32]) {
         super::fastmath::tanh_in_place_f32(x)
     }
-    /// `(B row-major [k, n], k, n)`: matrixmultiply packs per call.
-    type Packed = (Vec<f32>, usize, usize);
+    type Packed = super::gemm::PackedB32;
     fn pack(w: &[f32], k: usize, n: usize, transpose: bool) -> Self::Packed {
-        let data = if transpose {
-            (0..k)
-                .flat_map(|p| (0..n).map(move |q| w[q * k + p]))
-                .collect()
-        } else {
-            w.to_vec()
-        };
-        (data, k, n)
+        super::gemm::PackedB32::new(w, k, n, transpose)
     }
     fn gemm_packed(
         b: &Self::Packed,
@@ -116,30 +108,7 @@ impl Real for f32 {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (data, k, n) = (&b.0, b.1, b.2);
-        if m == 0 || n == 0 {
-            return;
-        }
-        assert!(a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n);
-        // SAFETY: sizes checked above.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                lda as isize,
-                1,
-                data.as_ptr(),
-                n as isize,
-                1,
-                if accumulate { 1.0 } else { 0.0 },
-                c.as_mut_ptr(),
-                ldc as isize,
-                1,
-            )
-        }
+        b.gemm(m, a, lda, c, ldc, accumulate)
     }
     fn slice(d: &Data) -> Option<&[f32]> {
         match d {
