@@ -68,7 +68,12 @@ fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
                     y.extend_from_slice(&sc.h[net.len() - 1][r * m..(r + 1) * m]);
                     for &k in &saved {
                         let o = net[k].n_out;
-                        y.extend_from_slice(&sc.t[k][r * o..(r + 1) * o]);
+                        let t = if net[k].tanh_is_output() {
+                            &sc.h[k]
+                        } else {
+                            &sc.t[k]
+                        };
+                        y.extend_from_slice(&t[r * o..(r + 1) * o]);
                     }
                 }
                 (idx, y)
@@ -96,7 +101,12 @@ fn dense_vjp_saved<T: Real>(e: &Dense, y: &[T], gy: &[T], rows: &[usize], n: usi
             |sc, idx| {
                 let nr = idx.len();
                 for &k in &saved {
-                    sized(&mut sc.t[k], nr * net[k].n_out);
+                    let buf = if net[k].tanh_is_output() {
+                        &mut sc.h[k]
+                    } else {
+                        &mut sc.t[k]
+                    };
+                    sized(buf, nr * net[k].n_out);
                 }
                 let dh = sized(&mut sc.dh, nr * m);
                 for (r, &i) in idx.iter().enumerate() {
@@ -105,7 +115,12 @@ fn dense_vjp_saved<T: Real>(e: &Dense, y: &[T], gy: &[T], rows: &[usize], n: usi
                     let mut at = m;
                     for &k in &saved {
                         let o = net[k].n_out;
-                        sc.t[k][r * o..(r + 1) * o].copy_from_slice(&row[at..at + o]);
+                        let buf = if net[k].tanh_is_output() {
+                            &mut sc.h[k]
+                        } else {
+                            &mut sc.t[k]
+                        };
+                        buf[r * o..(r + 1) * o].copy_from_slice(&row[at..at + o]);
                         at += o;
                     }
                 }

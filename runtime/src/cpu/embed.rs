@@ -40,6 +40,14 @@ fn view<T: Real>(t: &Tensor) -> R<&[T]> {
 }
 
 /// The network's layers; `backward` packs `W^T` too (for a VJP).
+impl<T: Real> Layer<'_, T> {
+    /// Whether the layer's output is `tanh(z)` itself (no `idt`, no residual), so a VJP can
+    /// read it where it would read the kept `tanh(z)`.
+    pub fn tanh_is_output(&self) -> bool {
+        self.act == Act::Tanh && self.idt.is_none() && self.residual == Residual::None
+    }
+}
+
 pub(super) fn layers<T: Real>(net: &Mlp, backward: bool) -> R<Vec<Layer<'_, T>>> {
     net.layers
         .iter()
@@ -236,7 +244,8 @@ pub(super) fn forward<T: Real>(net: &[Layer<'_, T>], sc: &mut Scratch<T>, keep: 
         }
         if l.act == Act::Tanh {
             T::tanh_in_place(z);
-            if keep {
+            // A layer whose output is tanh(z) itself needs no copy: the VJP reads `sc.h`.
+            if keep && !l.tanh_is_output() {
                 sized(&mut sc.t[k], rows * n_out).copy_from_slice(z);
             }
         }
@@ -276,18 +285,37 @@ pub(super) fn backward<T: Real>(layers: &[Layer<'_, T>], sc: &mut Scratch<T>, ro
         let (n_in, n_out) = (l.n_in, l.n_out);
         let dh = &sc.dh[..rows * n_out];
         let dz = sized(&mut sc.dz, rows * n_out);
-        dz.copy_from_slice(dh);
-        if let Some(idt) = &l.idt {
-            for row in dz.chunks_exact_mut(n_out) {
-                for (v, &scale) in row.iter_mut().zip(idt.iter()) {
-                    *v = *v * scale;
+        // dz = dh * idt * tanh'(z), in one pass.
+        let t: &[T] = if l.tanh_is_output() {
+            &sc.h[k]
+        } else {
+            &sc.t[k]
+        };
+        match (l.act, l.idt) {
+            (Act::Tanh, Some(idt)) => {
+                for ((zr, hr), tr) in dz
+                    .chunks_exact_mut(n_out)
+                    .zip(dh.chunks_exact(n_out))
+                    .zip(t.chunks_exact(n_out))
+                {
+                    for (((v, &g), &tt), &sc) in zr.iter_mut().zip(hr).zip(tr).zip(idt) {
+                        *v = g * sc * (T::ONE - tt * tt);
+                    }
                 }
             }
-        }
-        if l.act == Act::Tanh {
-            for (v, &tt) in dz.iter_mut().zip(&sc.t[k]) {
-                *v = *v * (T::ONE + T::from_f64(-1.0) * tt * tt);
+            (Act::Tanh, None) => {
+                for ((v, &g), &tt) in dz.iter_mut().zip(dh).zip(t) {
+                    *v = g * (T::ONE - tt * tt);
+                }
             }
+            (_, Some(idt)) => {
+                for (zr, hr) in dz.chunks_exact_mut(n_out).zip(dh.chunks_exact(n_out)) {
+                    for ((v, &g), &sc) in zr.iter_mut().zip(hr).zip(idt) {
+                        *v = g * sc;
+                    }
+                }
+            }
+            (_, None) => dz.copy_from_slice(dh),
         }
         let dprev = sized(&mut sc.dprev, rows * n_in);
         match l.residual {
