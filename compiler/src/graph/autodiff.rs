@@ -279,9 +279,7 @@ fn rule(
             Ok(out)
         }
         Op::Dense(e) => {
-            // With `save`, the VJP reads the forward op's own output instead of its input.
-            let first = if e.save { y } else { args[0] };
-            let mut vargs = vec![first, gy];
+            let mut vargs = vec![args[0], gy];
             vargs.extend(args.get(1).copied());
             let d = g.push(Op::DenseVjp(e.clone()), &vargs)?;
             let mut out = vec![Some(d)];

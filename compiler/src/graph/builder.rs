@@ -153,26 +153,21 @@ impl Graph {
         }
     }
 
-    /// `net` on the rows of `x [n, d]`, or only on rows of type `centre.0` (zero elsewhere):
-    /// `[n, out]`. The op keeps its activations for the VJP (`Dense::save`); the network's
-    /// outputs are sliced from it.
+    /// `net` on the rows of `x [n, d]`, or only on rows of type `centre.0` (zero elsewhere).
     pub fn dense(
         &mut self,
         x: ValueId,
         net: Arc<super::mlp::Mlp>,
         centre: Option<(i32, ValueId)>,
     ) -> R {
-        let out = net.n_out();
         let e = super::mlp::Dense {
             net,
             centre_type: centre.map(|c| c.0),
-            save: true,
         };
-        let full = match centre {
-            Some((_, types)) => self.push(Op::Dense(e), &[x, types])?,
-            None => self.push(Op::Dense(e), &[x])?,
-        };
-        self.slice_n(full, 1, 0, out)
+        match centre {
+            Some((_, types)) => self.push(Op::Dense(e), &[x, types]),
+            None => self.push(Op::Dense(e), &[x]),
+        }
     }
 
     pub fn matmul(&mut self, x: ValueId, y: ValueId) -> R {

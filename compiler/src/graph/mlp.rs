@@ -62,15 +62,6 @@ impl Mlp {
         self.layers.last().map_or(0, |l| l.n_out())
     }
 
-    /// Width of the tanh layers' outputs together (what a VJP needs to keep).
-    pub fn saved_width(&self) -> usize {
-        self.layers
-            .iter()
-            .filter(|l| l.act == Act::Tanh)
-            .map(|l| l.n_out())
-            .sum()
-    }
-
     /// Layer widths, input first.
     pub fn widths(&self) -> Vec<usize> {
         let mut w = vec![self.n_in()];
@@ -129,17 +120,6 @@ pub struct Dense {
     /// Compute only rows whose type (the op's last argument, `i32 [n]`) is this; the other
     /// rows are zero and cost nothing.
     pub centre_type: Option<i32>,
-    /// The forward op also returns what its VJP needs (each tanh layer's output, after the
-    /// network's output columns), and the VJP reads them instead of re-running the network.
-    pub save: bool,
-}
-
-impl Dense {
-    /// Columns of the forward op's output: the network's outputs, then the saved
-    /// activations if `save`.
-    pub fn out_width(&self) -> usize {
-        self.net.n_out() + if self.save { self.net.saved_width() } else { 0 }
-    }
 }
 
 /// The attributes of `Op::EnvMat` and its VJP: DeePMD-kit's smooth environment matrix.

@@ -108,13 +108,10 @@ pub enum Op {
     EnvMatVjp(EnvSpec),
     /// `(x [n, d] [, types i32 [n]]) -> [n, out]`: a network on each row (a fitting net),
     /// fused so the activations stay in per-block scratch; with `centre_type`, only the
-    /// rows of that type are computed (the others are zero). With `save`, the output is
-    /// `[n, out + saved]`: the tanh layers' outputs follow, for the VJP.
+    /// rows of that type are computed (the others are zero).
     Dense(Dense),
     /// `(x [n, d], g [n, out] [, types]) -> [n, d]`: the VJP of `Dense` with respect to `x`
-    /// (the network is re-run per block; no second derivative). With `save` it takes
-    /// `(y [n, out + saved], g [n, out + saved] [, types])` instead: the forward op's output
-    /// and its cotangent (the saved columns' cotangent is ignored), and re-runs nothing.
+    /// (the network is re-run per block; no second derivative).
     DenseVjp(Dense),
 }
 
@@ -439,37 +436,28 @@ impl Op {
             }
             Op::Dense(e) => {
                 let x = a.unwrap();
-                dense_input(e, x, e.net.n_in(), args.last().copied())?;
-                let s = vec![x.shape[0], Dim::fixed(e.out_width())];
+                dense_input(e, x, args.last().copied())?;
+                let s = vec![x.shape[0], Dim::fixed(e.net.n_out())];
                 Ok(TensorType::new(x.dtype, s))
             }
             Op::DenseVjp(e) => {
                 let (x, g) = (args[0], args[1]);
-                let first = if e.save { e.out_width() } else { e.net.n_in() };
-                dense_input(e, x, first, args.last().copied())?;
-                let want = [x.shape[0], Dim::fixed(e.out_width())];
+                dense_input(e, x, args.last().copied())?;
+                let want = [x.shape[0], Dim::fixed(e.net.n_out())];
                 if g.dtype != x.dtype || g.shape != want {
                     return Err(format!(
                         "dense_vjp cotangent {g} does not match {}",
                         fmt_shape(&want)
                     ));
                 }
-                Ok(TensorType::new(
-                    x.dtype,
-                    vec![x.shape[0], Dim::fixed(e.net.n_in())],
-                ))
+                Ok(x.clone())
             }
         }
     }
 }
 
 /// The checks `Dense` and its VJP share.
-fn dense_input(
-    e: &Dense,
-    x: &TensorType,
-    width: usize,
-    last: Option<&TensorType>,
-) -> Result<(), String> {
+fn dense_input(e: &Dense, x: &TensorType, last: Option<&TensorType>) -> Result<(), String> {
     e.net.check()?;
     if e.centre_type.is_some() {
         let t = last.ok_or("dense needs the rows' types")?;
@@ -477,9 +465,10 @@ fn dense_input(
             return Err(format!("dense row types {t} do not match x {x}"));
         }
     }
-    if x.rank() != 2 || x.dtype != e.net.dtype || x.shape[1] != Dim::fixed(width) {
+    if x.rank() != 2 || x.dtype != e.net.dtype || x.shape[1] != Dim::fixed(e.net.n_in()) {
         return Err(format!(
-            "dense needs [n, {width}] of the network's dtype {}, got {x}",
+            "dense needs x [n, {}] of the network's dtype {}, got {x}",
+            e.net.n_in(),
             e.net.dtype
         ));
     }
@@ -632,9 +621,6 @@ impl fmt::Display for Op {
             }
             Op::Dense(e) | Op::DenseVjp(e) => {
                 write!(f, " widths={:?}", e.net.widths())?;
-                if e.save {
-                    write!(f, " save")?;
-                }
                 match e.centre_type {
                     Some(t) => write!(f, " centre_type={t}"),
                     None => Ok(()),

@@ -4,7 +4,7 @@
 //! gathered and computed (DeePMD-kit runs every type's network on every atom and masks).
 //! The VJP re-runs the block forward, keeping the activations, and back-propagates.
 
-use dpc_compiler::graph::{Act, Data, Dense, Tensor};
+use dpc_compiler::graph::{Data, Dense, Tensor};
 use rayon::prelude::*;
 
 use super::embed::{backward, forward, layers, sized, Scratch};
@@ -40,18 +40,10 @@ fn row_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
     sel.unwrap_or_else(|| (0..n).collect())
 }
 
-/// The tanh layers (whose outputs `save` keeps), in order.
-fn tanh_layers(e: &Dense) -> Vec<usize> {
-    (0..e.net.layers.len())
-        .filter(|&k| e.net.layers[k].act == Act::Tanh)
-        .collect()
-}
-
 fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
     let net = layers::<T>(&e.net, false)?;
-    let (d, m, w) = (e.net.n_in(), e.net.n_out(), e.out_width());
-    let saved = if e.save { tanh_layers(e) } else { Vec::new() };
-    let mut out = vec![T::default(); n * w];
+    let (d, m) = (e.net.n_in(), e.net.n_out());
+    let mut out = vec![T::default(); n * m];
     let blocks: Vec<(&[usize], Vec<T>)> = rows
         .par_chunks(ROWS_PER_BLOCK)
         .map_init(
@@ -61,80 +53,17 @@ fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
                 for &i in idx {
                     sc.x0.extend_from_slice(&x[i * d..(i + 1) * d]);
                 }
-                forward(&net, sc, e.save);
-                // Rows of [output, tanh outputs of the saved layers].
-                let mut y = Vec::with_capacity(idx.len() * w);
-                for r in 0..idx.len() {
-                    y.extend_from_slice(&sc.h[net.len() - 1][r * m..(r + 1) * m]);
-                    for &k in &saved {
-                        let o = net[k].n_out;
-                        let t = if net[k].tanh_is_output() {
-                            &sc.h[k]
-                        } else {
-                            &sc.t[k]
-                        };
-                        y.extend_from_slice(&t[r * o..(r + 1) * o]);
-                    }
-                }
-                (idx, y)
+                forward(&net, sc, false);
+                (idx, sc.h[net.len() - 1][..idx.len() * m].to_vec())
             },
         )
         .collect();
     for (idx, y) in blocks {
-        for (&i, yr) in idx.iter().zip(y.chunks_exact(w)) {
-            out[i * w..(i + 1) * w].copy_from_slice(yr);
+        for (&i, yr) in idx.iter().zip(y.chunks_exact(m)) {
+            out[i * m..(i + 1) * m].copy_from_slice(yr);
         }
     }
     Ok(out)
-}
-
-/// The VJP from the saved activations: `y [n, out + saved]` is the forward op's output.
-fn dense_vjp_saved<T: Real>(e: &Dense, y: &[T], gy: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net, true)?;
-    let (d, m, w) = (e.net.n_in(), e.net.n_out(), e.out_width());
-    let saved = tanh_layers(e);
-    let mut dx = vec![T::default(); n * d];
-    let blocks: Vec<(&[usize], Vec<T>)> = rows
-        .par_chunks(ROWS_PER_BLOCK)
-        .map_init(
-            || Scratch::new(net.len()),
-            |sc, idx| {
-                let nr = idx.len();
-                for &k in &saved {
-                    let buf = if net[k].tanh_is_output() {
-                        &mut sc.h[k]
-                    } else {
-                        &mut sc.t[k]
-                    };
-                    sized(buf, nr * net[k].n_out);
-                }
-                let dh = sized(&mut sc.dh, nr * m);
-                for (r, &i) in idx.iter().enumerate() {
-                    let row = &y[i * w..(i + 1) * w];
-                    dh[r * m..(r + 1) * m].copy_from_slice(&gy[i * w..i * w + m]);
-                    let mut at = m;
-                    for &k in &saved {
-                        let o = net[k].n_out;
-                        let buf = if net[k].tanh_is_output() {
-                            &mut sc.h[k]
-                        } else {
-                            &mut sc.t[k]
-                        };
-                        buf[r * o..(r + 1) * o].copy_from_slice(&row[at..at + o]);
-                        at += o;
-                    }
-                }
-                backward(&net, sc, nr);
-                (idx, sc.dh[..nr * d].to_vec())
-            },
-        )
-        .collect();
-    for (idx, g) in blocks {
-        for (&i, gr) in idx.iter().zip(g.chunks_exact(d)) {
-            dx[i * d..(i + 1) * d].copy_from_slice(gr);
-        }
-    }
-    Ok(dx)
 }
 
 fn dense_vjp_t<T: Real>(e: &Dense, x: &[T], gy: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
@@ -168,18 +97,19 @@ fn dense_vjp_t<T: Real>(e: &Dense, x: &[T], gy: &[T], rows: &[usize], n: usize) 
     Ok(dx)
 }
 
-fn dims(x: &Tensor, width: usize) -> R<usize> {
+fn dims(e: &Dense, x: &Tensor) -> R<usize> {
     match x.shape.as_slice() {
-        &[n, d] if d == width => Ok(n),
+        &[n, d] if d == e.net.n_in() => Ok(n),
         other => Err(ExecError::Shape(format!(
-            "dense of {other:?} (want [n, {width}])"
+            "dense of x {other:?} (want [n, {}])",
+            e.net.n_in()
         ))),
     }
 }
 
 /// `Op::Dense`.
 pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
-    let n = dims(x, e.net.n_in())?;
+    let n = dims(e, x)?;
     let rows = row_list(selected(e, types, n)?, n);
     let data = match &x.data {
         Data::F64(v) => f64::wrap(dense_t(e, v, &rows, n)?),
@@ -187,30 +117,28 @@ pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
         _ => return Err(ExecError::Type("dense of non-floats".into())),
     };
     Ok(Tensor {
-        shape: vec![n, e.out_width()],
+        shape: vec![n, e.net.n_out()],
         data,
     })
 }
 
-/// `Op::DenseVjp`; with `save`, `x` is the forward op's output.
+/// `Op::DenseVjp`.
 pub fn dense_vjp(e: &Dense, x: &Tensor, gy: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
-    let n = dims(x, if e.save { e.out_width() } else { e.net.n_in() })?;
-    if gy.shape != [n, e.out_width()] {
+    let n = dims(e, x)?;
+    if gy.shape != [n, e.net.n_out()] {
         return Err(ExecError::Shape(format!(
             "dense_vjp cotangent {:?} for x {:?}",
             gy.shape, x.shape
         )));
     }
     let rows = row_list(selected(e, types, n)?, n);
-    let data = match (&x.data, &gy.data, e.save) {
-        (Data::F64(v), Data::F64(g), true) => f64::wrap(dense_vjp_saved(e, v, g, &rows, n)?),
-        (Data::F32(v), Data::F32(g), true) => f32::wrap(dense_vjp_saved(e, v, g, &rows, n)?),
-        (Data::F64(v), Data::F64(g), false) => f64::wrap(dense_vjp_t(e, v, g, &rows, n)?),
-        (Data::F32(v), Data::F32(g), false) => f32::wrap(dense_vjp_t(e, v, g, &rows, n)?),
+    let data = match (&x.data, &gy.data) {
+        (Data::F64(v), Data::F64(g)) => f64::wrap(dense_vjp_t(e, v, g, &rows, n)?),
+        (Data::F32(v), Data::F32(g)) => f32::wrap(dense_vjp_t(e, v, g, &rows, n)?),
         _ => return Err(ExecError::Type("dense_vjp dtypes".into())),
     };
     Ok(Tensor {
-        shape: vec![n, e.net.n_in()],
+        shape: x.shape.clone(),
         data,
     })
 }
