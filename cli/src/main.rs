@@ -8,6 +8,9 @@ macro_rules! outln {
     }};
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod build_args;
 mod commands;
 mod conf;
