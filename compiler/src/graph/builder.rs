@@ -123,6 +123,13 @@ impl Graph {
         if self.dtype(x) == d {
             return Ok(x);
         }
+        // float32 -> float64 -> float32 is the identity: give back the float32 value.
+        if let (Op::Cast(DType::F64), DType::F32) = (&self.node(x).op, d) {
+            let inner = self.node(x).args[0];
+            if self.dtype(inner) == DType::F32 {
+                return Ok(inner);
+            }
+        }
         self.push(Op::Cast(d), &[x])
     }
 

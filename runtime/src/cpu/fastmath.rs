@@ -106,20 +106,78 @@ pub fn tanh_in_place(x: &mut [f64]) {
     tanh_loop(x)
 }
 
-/// `x <- tanh(x)` elementwise for float32 (computed in float64, then rounded).
-pub fn tanh_in_place_f32(x: &mut [f32]) {
-    // Through a small float64 buffer, so the vectorized float64 loop does the work.
-    let mut buf = [0.0f64; 256];
-    for chunk in x.chunks_mut(256) {
-        let b = &mut buf[..chunk.len()];
-        for (d, &s) in b.iter_mut().zip(chunk.iter()) {
-            *d = s as f64;
-        }
-        tanh_in_place(b);
-        for (d, &s) in chunk.iter_mut().zip(b.iter()) {
-            *d = s as f32;
-        }
+/// `tanh(x)` in float32 (Cephes' `tanhf`: a polynomial below 0.625, `1 - 2/(e^2x + 1)`
+/// above, with a float32 `exp`), branch-free like the float64 one.
+#[inline(always)]
+pub fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs().min(9.1); // tanh(9.1) rounds to 1 in float32
+    let z = a * a;
+    let small =
+        ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328_2e-1)
+            * z
+            * a
+            + a;
+    let e = exp_pos_f32(2.0 * a);
+    let large = (e - 1.0) / (e + 1.0);
+    let t = if a < 0.625 { small } else { large };
+    if x.is_nan() {
+        x
+    } else {
+        t.copysign(x)
     }
+}
+
+/// `e^x` for `0 <= x <= 18.2` in float32: `2^n e^r`, `|r| <= ln2/2`, degree-7 Taylor.
+#[inline(always)]
+fn exp_pos_f32(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
+    let k = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = k - SHIFT;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let r2 = r * r;
+    let p01 = 1.0 + r;
+    let p23 = 0.5 + r * (1.0 / 6.0);
+    let p45 = 1.0 / 24.0 + r * (1.0 / 120.0);
+    let p67 = 1.0 / 720.0 + r * (1.0 / 5_040.0);
+    let p = (p01 + r2 * p23) + (r2 * r2) * (p45 + r2 * p67);
+    let two_n = f32::from_bits((k.to_bits().wrapping_sub(SHIFT.to_bits()) + 127) << 23);
+    p * two_n
+}
+
+#[inline(always)]
+fn tanh_loop_f32(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(32);
+    for c in &mut chunks {
+        let mut a = [0.0f32; 32];
+        a.copy_from_slice(c);
+        for v in a.iter_mut() {
+            *v = tanh_f32(*v);
+        }
+        c.copy_from_slice(&a);
+    }
+    for v in chunks.into_remainder() {
+        *v = tanh_f32(*v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tanh_loop_f32_avx2(x: &mut [f32]) {
+    tanh_loop_f32(x)
+}
+
+/// `x <- tanh(x)` elementwise for float32.
+pub fn tanh_in_place_f32(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { tanh_loop_f32_avx2(x) };
+        return;
+    }
+    tanh_loop_f32(x)
 }
 
 #[cfg(test)]
@@ -157,6 +215,47 @@ mod tests {
             assert!(ulps(tanh(v), v.tanh()) <= 4, "tanh({v})");
         }
         assert!(tanh(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn float32_tanh_is_within_a_few_ulp() {
+        let ulps32 = |a: f32, b: f32| (a.to_bits() as i32 - b.to_bits() as i32).unsigned_abs();
+        let mut worst = 0;
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            for v in [x, x * 1e-3, x * 1e-7] {
+                let want = (v as f64).tanh() as f32;
+                let u = ulps32(tanh_f32(v), want);
+                assert!(
+                    u <= 3,
+                    "tanh_f32({v}) = {} vs {want} ({u} ulp)",
+                    tanh_f32(v)
+                );
+                worst = worst.max(u);
+            }
+            x += 0.000_37;
+        }
+        for v in [
+            0.0f32,
+            -0.0,
+            0.625,
+            -0.625,
+            9.1,
+            1e30,
+            -1e30,
+            f32::MIN_POSITIVE,
+        ] {
+            assert!(
+                ulps32(tanh_f32(v), (v as f64).tanh() as f32) <= 3,
+                "tanh_f32({v})"
+            );
+        }
+        assert!(tanh_f32(f32::NAN).is_nan());
+        let mut s: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.013).collect();
+        let want: Vec<f32> = s.iter().map(|&x| tanh_f32(x)).collect();
+        tanh_in_place_f32(&mut s);
+        assert_eq!(s, want);
+        assert!(worst <= 3);
     }
 
     #[test]

@@ -347,6 +347,22 @@ pub fn select(c: &Tensor, x: &Tensor, y: &Tensor) -> R<Tensor> {
 
 pub fn cast(x: &Tensor, to: dpc_compiler::graph::DType) -> Tensor {
     use dpc_compiler::graph::DType as D;
+    // The float conversions the mixed-precision graphs do on large tensors, directly.
+    match (&x.data, to) {
+        (Data::F64(v), D::F32) => {
+            return Tensor {
+                shape: x.shape.clone(),
+                data: Data::F32(v.iter().map(|&a| a as f32).collect()),
+            }
+        }
+        (Data::F32(v), D::F64) => {
+            return Tensor {
+                shape: x.shape.clone(),
+                data: Data::F64(v.iter().map(|&a| a as f64).collect()),
+            }
+        }
+        _ => {}
+    }
     let v = x.to_f64_vec();
     let data = match to {
         D::F64 => Data::F64(v),
