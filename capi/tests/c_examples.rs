@@ -153,6 +153,42 @@ fn fparam_aparam_through_the_c_api() {
     );
 }
 
+/// `DPC_COMPRESS=1` makes the library tabulate the embedding networks: still within 1e-9
+/// of DeePMD-kit's (uncompressed) testcase values. deeppot_sea records no min_nbor_dist,
+/// so `DPC_MIN_NBOR_DIST` gives one; closer neighbours take the exact network.
+#[test]
+fn compression_and_precision_from_the_environment() {
+    let exe = compile("deeppot_check");
+    let model = upstream().join("deeppot_sea.yaml");
+    let cases = cases_file("deeppot-testcase.yaml");
+    let go = |env: &[(&str, &str)], tol: &str| {
+        let mut c = Command::new(&exe);
+        c.arg(&model).arg(&cases).arg(tol);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success() && text.contains("PASSED"), text)
+    };
+    let (ok, text) = go(
+        &[("DPC_COMPRESS", "1"), ("DPC_MIN_NBOR_DIST", "0.9")],
+        "1e-9",
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = go(&[("DPC_PRECISION", "float32")], "1e-4");
+    assert!(ok, "{text}");
+    // Without a distance the model cannot be tabulated, and the load says why.
+    let (ok, text) = go(&[("DPC_COMPRESS", "1")], "1e-9");
+    assert!(!ok && text.contains("min_nbor_dist"), "{text}");
+    let (ok, text) = go(&[("DPC_PRECISION", "half")], "1e-9");
+    assert!(!ok && text.contains("DPC_PRECISION"), "{text}");
+}
+
 #[test]
 fn bad_input_comes_back_through_check_ok() {
     let exe = compile("deeppot_errors");

@@ -3,7 +3,9 @@
 
 pub mod cpu;
 mod deep_pot;
+mod env_options;
 pub mod nlist;
 pub mod threads;
 
 pub use deep_pot::{DeepPot, EvalError, ExtendedOutput, Frame, Output};
+pub use env_options::build_options_from_env;
