@@ -279,7 +279,9 @@ fn rule(
             Ok(out)
         }
         Op::Dense(e) => {
-            let mut vargs = vec![args[0], gy];
+            // With `grad`, the VJP scales the gradient the forward op returned.
+            let first = if e.grad { y } else { args[0] };
+            let mut vargs = vec![first, gy];
             vargs.extend(args.get(1).copied());
             let d = g.push(Op::DenseVjp(e.clone()), &vargs)?;
             let mut out = vec![Some(d)];

@@ -167,13 +167,21 @@ impl Graph {
         net: Arc<super::mlp::Mlp>,
         centre: Option<(i32, ValueId)>,
     ) -> R {
+        // A one-output network (an energy fitting) returns its gradient too.
+        let grad = net.n_out() == 1;
         let e = super::mlp::Dense {
             net,
             centre_type: centre.map(|c| c.0),
+            grad,
         };
-        match centre {
-            Some((_, types)) => self.push(Op::Dense(e), &[x, types]),
-            None => self.push(Op::Dense(e), &[x]),
+        let full = match centre {
+            Some((_, types)) => self.push(Op::Dense(e), &[x, types])?,
+            None => self.push(Op::Dense(e), &[x])?,
+        };
+        if grad {
+            self.slice_n(full, 1, 0, 1)
+        } else {
+            Ok(full)
         }
     }
 

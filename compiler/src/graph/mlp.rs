@@ -120,6 +120,17 @@ pub struct Dense {
     /// Compute only rows whose type (the op's last argument, `i32 [n]`) is this; the other
     /// rows are zero and cost nothing.
     pub centre_type: Option<i32>,
+    /// For a one-output network: the forward op also returns each row's gradient `dy/dx`
+    /// (after the output column), computed in the same pass while the activations are in
+    /// cache, and the VJP is `gy * dy/dx` without re-running the network.
+    pub grad: bool,
+}
+
+impl Dense {
+    /// Columns of the forward op's output.
+    pub fn out_width(&self) -> usize {
+        self.net.n_out() + if self.grad { self.net.n_in() } else { 0 }
+    }
 }
 
 /// The attributes of `Op::EnvMat` and its VJP: DeePMD-kit's smooth environment matrix.

@@ -108,10 +108,13 @@ pub enum Op {
     EnvMatVjp(EnvSpec),
     /// `(x [n, d] [, types i32 [n]]) -> [n, out]`: a network on each row (a fitting net),
     /// fused so the activations stay in per-block scratch; with `centre_type`, only the
-    /// rows of that type are computed (the others are zero).
+    /// rows of that type are computed (the others are zero). With `grad` (one output), the
+    /// output is `[n, 1 + d]`: `y`, then `dy/dx`.
     Dense(Dense),
     /// `(x [n, d], g [n, out] [, types]) -> [n, d]`: the VJP of `Dense` with respect to `x`
-    /// (the network is re-run per block; no second derivative).
+    /// (the network is re-run per block; no second derivative). With `grad` it takes the
+    /// forward output and its cotangent, `(y [n, 1 + d], g [n, 1 + d] [, types])`, and is
+    /// `g[:, 0] * y[:, 1:]`.
     DenseVjp(Dense),
 }
 
@@ -436,39 +439,50 @@ impl Op {
             }
             Op::Dense(e) => {
                 let x = a.unwrap();
-                dense_input(e, x, args.last().copied())?;
-                let s = vec![x.shape[0], Dim::fixed(e.net.n_out())];
+                dense_input(e, x, e.net.n_in(), args.last().copied())?;
+                let s = vec![x.shape[0], Dim::fixed(e.out_width())];
                 Ok(TensorType::new(x.dtype, s))
             }
             Op::DenseVjp(e) => {
                 let (x, g) = (args[0], args[1]);
-                dense_input(e, x, args.last().copied())?;
-                let want = [x.shape[0], Dim::fixed(e.net.n_out())];
+                let first = if e.grad { e.out_width() } else { e.net.n_in() };
+                dense_input(e, x, first, args.last().copied())?;
+                let want = [x.shape[0], Dim::fixed(e.out_width())];
                 if g.dtype != x.dtype || g.shape != want {
                     return Err(format!(
                         "dense_vjp cotangent {g} does not match {}",
                         fmt_shape(&want)
                     ));
                 }
-                Ok(x.clone())
+                Ok(TensorType::new(
+                    x.dtype,
+                    vec![x.shape[0], Dim::fixed(e.net.n_in())],
+                ))
             }
         }
     }
 }
 
 /// The checks `Dense` and its VJP share.
-fn dense_input(e: &Dense, x: &TensorType, last: Option<&TensorType>) -> Result<(), String> {
+fn dense_input(
+    e: &Dense,
+    x: &TensorType,
+    width: usize,
+    last: Option<&TensorType>,
+) -> Result<(), String> {
     e.net.check()?;
+    if e.grad && e.net.n_out() != 1 {
+        return Err("dense with grad needs a one-output network".into());
+    }
     if e.centre_type.is_some() {
         let t = last.ok_or("dense needs the rows' types")?;
         if t.dtype != DType::I32 || t.rank() != 1 || x.rank() < 1 || t.shape[0] != x.shape[0] {
             return Err(format!("dense row types {t} do not match x {x}"));
         }
     }
-    if x.rank() != 2 || x.dtype != e.net.dtype || x.shape[1] != Dim::fixed(e.net.n_in()) {
+    if x.rank() != 2 || x.dtype != e.net.dtype || x.shape[1] != Dim::fixed(width) {
         return Err(format!(
-            "dense needs x [n, {}] of the network's dtype {}, got {x}",
-            e.net.n_in(),
+            "dense needs [n, {width}] of the network's dtype {}, got {x}",
             e.net.dtype
         ));
     }
@@ -621,6 +635,9 @@ impl fmt::Display for Op {
             }
             Op::Dense(e) | Op::DenseVjp(e) => {
                 write!(f, " widths={:?}", e.net.widths())?;
+                if e.grad {
+                    write!(f, " grad")?;
+                }
                 match e.centre_type {
                     Some(t) => write!(f, " centre_type={t}"),
                     None => Ok(()),

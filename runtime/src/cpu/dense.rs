@@ -41,29 +41,59 @@ fn row_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
 }
 
 fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net, false)?;
-    let (d, m) = (e.net.n_in(), e.net.n_out());
-    let mut out = vec![T::default(); n * m];
+    let net = layers::<T>(&e.net, e.grad)?;
+    let (d, m, w) = (e.net.n_in(), e.net.n_out(), e.out_width());
+    let mut out = vec![T::default(); n * w];
     let blocks: Vec<(&[usize], Vec<T>)> = rows
         .par_chunks(ROWS_PER_BLOCK)
         .map_init(
             || Scratch::new(net.len()),
             |sc, idx| {
+                let nr = idx.len();
                 sc.x0.clear();
                 for &i in idx {
                     sc.x0.extend_from_slice(&x[i * d..(i + 1) * d]);
                 }
-                forward(&net, sc, false);
-                (idx, sc.h[net.len() - 1][..idx.len() * m].to_vec())
+                forward(&net, sc, e.grad);
+                let y = &sc.h[net.len() - 1][..nr * m];
+                if !e.grad {
+                    return (idx, y.to_vec());
+                }
+                // [y, dy/dx] per row: back-propagate a cotangent of one (m == 1).
+                let mut rows_out = Vec::with_capacity(nr * w);
+                let yv = y.to_vec();
+                sized(&mut sc.dh, nr).fill(T::ONE);
+                backward(&net, sc, nr);
+                for (r, &yr) in yv.iter().enumerate() {
+                    rows_out.push(yr);
+                    rows_out.extend_from_slice(&sc.dh[r * d..(r + 1) * d]);
+                }
+                (idx, rows_out)
             },
         )
         .collect();
     for (idx, y) in blocks {
-        for (&i, yr) in idx.iter().zip(y.chunks_exact(m)) {
-            out[i * m..(i + 1) * m].copy_from_slice(yr);
+        for (&i, yr) in idx.iter().zip(y.chunks_exact(w)) {
+            out[i * w..(i + 1) * w].copy_from_slice(yr);
         }
     }
     Ok(out)
+}
+
+/// The VJP from the gradient the forward op returned: `dx = g[:, 0] * y[:, 1:]`.
+fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize) -> Vec<T> {
+    let (d, w) = (e.net.n_in(), e.out_width());
+    let mut dx = vec![T::default(); n * d];
+    dx.par_chunks_mut(d)
+        .zip(y.par_chunks(w))
+        .zip(gy.par_chunks(w))
+        .for_each(|((o, yr), gr)| {
+            let s = gr[0];
+            for (v, &g) in o.iter_mut().zip(&yr[1..]) {
+                *v = s * g;
+            }
+        });
+    dx
 }
 
 fn dense_vjp_t<T: Real>(e: &Dense, x: &[T], gy: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
@@ -97,19 +127,18 @@ fn dense_vjp_t<T: Real>(e: &Dense, x: &[T], gy: &[T], rows: &[usize], n: usize) 
     Ok(dx)
 }
 
-fn dims(e: &Dense, x: &Tensor) -> R<usize> {
+fn dims(x: &Tensor, width: usize) -> R<usize> {
     match x.shape.as_slice() {
-        &[n, d] if d == e.net.n_in() => Ok(n),
+        &[n, d] if d == width => Ok(n),
         other => Err(ExecError::Shape(format!(
-            "dense of x {other:?} (want [n, {}])",
-            e.net.n_in()
+            "dense of {other:?} (want [n, {width}])"
         ))),
     }
 }
 
 /// `Op::Dense`.
 pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
-    let n = dims(e, x)?;
+    let n = dims(x, e.net.n_in())?;
     let rows = row_list(selected(e, types, n)?, n);
     let data = match &x.data {
         Data::F64(v) => f64::wrap(dense_t(e, v, &rows, n)?),
@@ -117,28 +146,36 @@ pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
         _ => return Err(ExecError::Type("dense of non-floats".into())),
     };
     Ok(Tensor {
-        shape: vec![n, e.net.n_out()],
+        shape: vec![n, e.out_width()],
         data,
     })
 }
 
-/// `Op::DenseVjp`.
+/// `Op::DenseVjp`; with `grad`, `x` is the forward op's output.
 pub fn dense_vjp(e: &Dense, x: &Tensor, gy: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
-    let n = dims(e, x)?;
-    if gy.shape != [n, e.net.n_out()] {
+    let n = dims(x, if e.grad { e.out_width() } else { e.net.n_in() })?;
+    if gy.shape != [n, e.out_width()] {
         return Err(ExecError::Shape(format!(
             "dense_vjp cotangent {:?} for x {:?}",
             gy.shape, x.shape
         )));
     }
-    let rows = row_list(selected(e, types, n)?, n);
-    let data = match (&x.data, &gy.data) {
-        (Data::F64(v), Data::F64(g)) => f64::wrap(dense_vjp_t(e, v, g, &rows, n)?),
-        (Data::F32(v), Data::F32(g)) => f32::wrap(dense_vjp_t(e, v, g, &rows, n)?),
+    let data = match (&x.data, &gy.data, e.grad) {
+        // Rows of other types hold zeros in the forward output, so they get zero.
+        (Data::F64(v), Data::F64(g), true) => f64::wrap(dense_vjp_grad(e, v, g, n)),
+        (Data::F32(v), Data::F32(g), true) => f32::wrap(dense_vjp_grad(e, v, g, n)),
+        (Data::F64(v), Data::F64(g), false) => {
+            let rows = row_list(selected(e, types, n)?, n);
+            f64::wrap(dense_vjp_t(e, v, g, &rows, n)?)
+        }
+        (Data::F32(v), Data::F32(g), false) => {
+            let rows = row_list(selected(e, types, n)?, n);
+            f32::wrap(dense_vjp_t(e, v, g, &rows, n)?)
+        }
         _ => return Err(ExecError::Type("dense_vjp dtypes".into())),
     };
     Ok(Tensor {
-        shape: x.shape.clone(),
+        shape: vec![n, e.net.n_in()],
         data,
     })
 }
