@@ -1,11 +1,13 @@
 //! Evaluation time of the fixture models on the fcc Cu/Au benchmark system (energy and
-//! forces), and of the tanh kernel. `cargo bench -p dpc-benches`; the fixture directory is
+//! forces; plain, compressed and float32), and of the tanh kernels. `cargo bench -p dpc-benches`; the fixture directory is
 //! `../shared/fixtures` or `DPC_FIXTURES`. Ratios against DeePMD-kit come from
 //! `benches/compare_deepmd.py`, which runs both on the same machine.
 
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dpc_compiler::build::{BuildOptions, Compress};
+use dpc_compiler::graph::DType;
 use dpc_runtime::{DeepPot, Frame};
 
 fn fixtures() -> PathBuf {
@@ -47,14 +49,18 @@ fn fcc(n: usize) -> (Vec<f64>, Vec<i32>, [f64; 9]) {
     (coord, atype, [l, 0.0, 0.0, 0.0, l, 0.0, 0.0, 0.0, l])
 }
 
-fn models(c: &mut Criterion) {
+/// The fixture models on 864 atoms, as built with `opts` (plain, `--compress`, float32).
+fn models_with(c: &mut Criterion, group_name: &str, opts: BuildOptions) {
     let (coord, atype, cell) = fcc(6); // 864 atoms
-    let mut group = c.benchmark_group("evaluate_864_atoms");
+    let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
     group.throughput(Throughput::Elements(atype.len() as u64));
     for m in ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_e2_a_big"] {
         let path = fixtures().join(format!("models/{m}/model.dp"));
-        let Ok(pot) = DeepPot::load(&path) else {
+        let Ok(pot) = dpc_formats::read_model(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| DeepPot::from_tree_opts(t, opts).map_err(|e| e.to_string()))
+        else {
             eprintln!("skipping {m}: {} not readable", path.display());
             continue;
         };
@@ -66,6 +72,20 @@ fn models(c: &mut Criterion) {
     group.finish();
 }
 
+fn models(c: &mut Criterion) {
+    models_with(c, "evaluate_864_atoms", BuildOptions::default());
+    let compress = BuildOptions {
+        compress: Some(Compress::default()),
+        ..BuildOptions::default()
+    };
+    models_with(c, "evaluate_864_atoms_compressed", compress);
+    let f32 = BuildOptions {
+        precision: Some(DType::F32),
+        ..BuildOptions::default()
+    };
+    models_with(c, "evaluate_864_atoms_float32", f32);
+}
+
 fn tanh(c: &mut Criterion) {
     let mut v: Vec<f64> = (0..65536).map(|i| (i as f64) * 1e-4 - 3.0).collect();
     let mut group = c.benchmark_group("tanh");
@@ -75,6 +95,10 @@ fn tanh(c: &mut Criterion) {
     });
     group.bench_function("libm", |b| {
         b.iter(|| v.iter_mut().for_each(|x| *x = x.tanh()))
+    });
+    let mut v32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    group.bench_function("fastmath_f32", |b| {
+        b.iter(|| dpc_runtime::cpu::fastmath::tanh_in_place_f32(&mut v32))
     });
     group.finish();
 }
