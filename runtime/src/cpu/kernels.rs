@@ -245,27 +245,80 @@ fn zip_bcast<A: Copy, B: Copy, C: Default + Clone>(
         }
         return o;
     }
+    // One side constant along trailing axes (a per-row scale such as `x * mask[..., None]`).
+    if a.0.len() == n && a.1 == out {
+        if let Some(block) = row_scalar(b.1, out, b.0.len()) {
+            let mut o = Vec::with_capacity(n);
+            for (row, &y) in a.0.chunks(block).zip(b.0) {
+                o.extend(row.iter().map(|&x| f(x, y)));
+            }
+            return o;
+        }
+    }
+    if b.0.len() == n && b.1 == out {
+        if let Some(block) = row_scalar(a.1, out, a.0.len()) {
+            let mut o = Vec::with_capacity(n);
+            for (row, &x) in b.0.chunks(block).zip(a.0) {
+                o.extend(row.iter().map(|&y| f(x, y)));
+            }
+            return o;
+        }
+    }
     let mut o = vec![C::default(); n];
     for_each_bcast(out, [a.1, b.1], |i, [ia, ib]| o[i] = f(a.0[ia], b.0[ib]));
     o
+}
+
+/// If `inner` (left-padded with ones to `outer`'s rank) is `outer` with its trailing axes set
+/// to 1, the number of `outer` elements each `inner` element covers.
+fn row_scalar(inner: &[usize], outer: &[usize], len: usize) -> Option<usize> {
+    if inner.len() > outer.len() || len == 0 {
+        return None;
+    }
+    let pad = outer.len() - inner.len();
+    let full = |i: usize| if i < pad { 1 } else { inner[i - pad] };
+    let k = (0..outer.len())
+        .rev()
+        .find(|&i| full(i) != 1)
+        .map_or(0, |i| i + 1);
+    if (pad..k).all(|i| full(i) == outer[i]) && (0..pad.min(k)).all(|i| outer[i] == 1) {
+        let block: usize = outer[k..].iter().product();
+        let rows: usize = outer[..k].iter().product();
+        (rows == len && block > 0).then_some(block)
+    } else {
+        None
+    }
+}
+
+/// A float binary op with the operation inlined into the loop (a closure per op, not a
+/// function pointer), so the loops vectorize.
+fn float_binary<T>(b: Binary, out: &[usize], x: (&[T], &[usize]), y: (&[T], &[usize])) -> R<Vec<T>>
+where
+    T: Copy
+        + Default
+        + PartialOrd
+        + std::ops::Add<Output = T>
+        + std::ops::Sub<Output = T>
+        + std::ops::Mul<Output = T>
+        + std::ops::Div<Output = T>,
+{
+    Ok(match b {
+        Binary::Add => zip_bcast(out, x, y, |a, c| a + c),
+        Binary::Sub => zip_bcast(out, x, y, |a, c| a - c),
+        Binary::Mul => zip_bcast(out, x, y, |a, c| a * c),
+        Binary::Div => zip_bcast(out, x, y, |a, c| a / c),
+        Binary::Max => zip_bcast(out, x, y, |a, c| if a >= c { a } else { c }),
+        Binary::Min => zip_bcast(out, x, y, |a, c| if a <= c { a } else { c }),
+        Binary::And | Binary::Or => return Err(ExecError::Type("logical op on numbers".into())),
+    })
 }
 
 pub fn binary(b: Binary, x: &Tensor, y: &Tensor) -> R<Tensor> {
     let out = broadcast_shape(&x.shape, &y.shape)?;
     let (xs, ys) = (&x.shape[..], &y.shape[..]);
     let data = match (&x.data, &y.data) {
-        (Data::F64(p), Data::F64(q)) => Data::F64(zip_bcast(
-            &out,
-            (p, xs),
-            (q, ys),
-            bin_num::<f64>(b, Some(|a, c| a / c))?,
-        )),
-        (Data::F32(p), Data::F32(q)) => Data::F32(zip_bcast(
-            &out,
-            (p, xs),
-            (q, ys),
-            bin_num::<f32>(b, Some(|a, c| a / c))?,
-        )),
+        (Data::F64(p), Data::F64(q)) => Data::F64(float_binary(b, &out, (p, xs), (q, ys))?),
+        (Data::F32(p), Data::F32(q)) => Data::F32(float_binary(b, &out, (p, xs), (q, ys))?),
         (Data::I32(p), Data::I32(q)) => {
             Data::I32(zip_bcast(&out, (p, xs), (q, ys), bin_num::<i32>(b, None)?))
         }
@@ -739,6 +792,55 @@ pub fn scatter_add(idx: &Tensor, upd: &Tensor, rows: usize) -> R<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every fast path of `zip_bcast` against the general broadcasting loop.
+    #[test]
+    fn binary_fast_paths_equal_the_general_loop() {
+        let shapes: [(&[usize], &[usize]); 8] = [
+            (&[2, 3, 4], &[2, 3, 4]),
+            (&[2, 3, 4], &[4]),
+            (&[2, 3, 4], &[1, 1, 4]),
+            (&[2, 3, 4], &[2, 3, 1]),
+            (&[2, 3, 1], &[2, 3, 4]),
+            (&[2, 3, 4], &[2, 1, 1]),
+            (&[2, 3, 4], &[1, 3, 1]),
+            (&[3, 4], &[2, 1, 1]),
+        ];
+        let fill = |s: &[usize], k: f64| {
+            let n = s.iter().product::<usize>();
+            Tensor::f64(
+                s.to_vec(),
+                (0..n).map(|i| (i as f64 + k).sin() + 2.0).collect(),
+            )
+        };
+        for (sa, sb) in shapes {
+            let (a, b) = (fill(sa, 0.3), fill(sb, 1.7));
+            let out = broadcast_shape(sa, sb).unwrap();
+            let (Data::F64(p), Data::F64(q)) = (&a.data, &b.data) else {
+                unreachable!()
+            };
+            for op in [
+                Binary::Add,
+                Binary::Sub,
+                Binary::Mul,
+                Binary::Div,
+                Binary::Max,
+            ] {
+                let got = binary(op, &a, &b).unwrap();
+                let f = |x: f64, y: f64| match op {
+                    Binary::Add => x + y,
+                    Binary::Sub => x - y,
+                    Binary::Mul => x * y,
+                    Binary::Div => x / y,
+                    _ => x.max(y),
+                };
+                let mut want = vec![0.0; out.iter().product()];
+                for_each_bcast(&out, [sa, sb], |i, [ia, ib]| want[i] = f(p[ia], q[ib]));
+                assert_eq!(got.shape, out, "{sa:?} {sb:?}");
+                assert_eq!(got.data, Data::F64(want), "{op:?} {sa:?} {sb:?}");
+            }
+        }
+    }
 
     #[test]
     fn broadcasting_binary_and_reduce() {
