@@ -692,6 +692,62 @@ fn reduce_map(shape: &[usize], axes: &[usize], keepdims: bool) -> (Vec<usize>, V
 }
 
 pub fn reduce_sum(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
+    // Contiguous cases without an index map; each output still adds its inputs in
+    // element order, so the sums are bit-identical to the general path.
+    let rank = x.shape.len();
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let trailing = !sorted.is_empty()
+        && sorted
+            .iter()
+            .enumerate()
+            .all(|(i, &a)| a == rank - sorted.len() + i);
+    let leading = !sorted.is_empty() && sorted.iter().enumerate().all(|(i, &a)| a == i);
+    if trailing || leading {
+        let out: Vec<usize> = (0..rank)
+            .filter_map(|i| match (sorted.contains(&i), keepdims) {
+                (false, _) => Some(x.shape[i]),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect();
+        let n: usize = out.iter().product();
+        fn rows<T: Copy + Default + std::ops::Add<Output = T>>(v: &[T], n: usize) -> Vec<T> {
+            if n == 0 {
+                return Vec::new();
+            }
+            let block = v.len() / n;
+            if block == 0 {
+                return vec![T::default(); n];
+            }
+            v.chunks(block)
+                .map(|r| r.iter().fold(T::default(), |a, &b| a + b))
+                .collect()
+        }
+        fn cols<T: Copy + Default + std::ops::Add<Output = T>>(v: &[T], n: usize) -> Vec<T> {
+            let mut o = vec![T::default(); n];
+            if n == 0 {
+                return o;
+            }
+            for r in v.chunks(n) {
+                for (a, &b) in o.iter_mut().zip(r) {
+                    *a = *a + b;
+                }
+            }
+            o
+        }
+        let data = match (&x.data, trailing) {
+            (Data::F64(v), true) => Data::F64(rows(v, n)),
+            (Data::F32(v), true) => Data::F32(rows(v, n)),
+            (Data::I32(v), true) => Data::I32(rows(v, n)),
+            (Data::F64(v), false) => Data::F64(cols(v, n)),
+            (Data::F32(v), false) => Data::F32(cols(v, n)),
+            (Data::I32(v), false) => Data::I32(cols(v, n)),
+            (Data::Bool(_), _) => return Err(ExecError::Type("sum of bools".into())),
+        };
+        return Ok(Tensor { shape: out, data });
+    }
     let (out, map) = reduce_map(&x.shape, axes, keepdims);
     let n: usize = out.iter().product();
     fn acc<T: Copy + Default + std::ops::Add<Output = T>>(
@@ -792,6 +848,39 @@ pub fn scatter_add(idx: &Tensor, upd: &Tensor, rows: usize) -> R<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The contiguous reductions against the general path, bit for bit.
+    #[test]
+    fn reduce_sum_fast_paths_equal_the_general_path() {
+        let shape = vec![3, 4, 5];
+        let x = Tensor::f64(
+            shape.clone(),
+            (0..60).map(|i| (i as f64 * 0.7).sin()).collect(),
+        );
+        for axes in [
+            vec![2],
+            vec![1, 2],
+            vec![0],
+            vec![0, 1],
+            vec![0, 1, 2],
+            vec![1],
+            vec![0, 2],
+        ] {
+            for keep in [false, true] {
+                let got = reduce_sum(&x, &axes, keep).unwrap();
+                let (out, map) = reduce_map(&shape, &axes, keep);
+                let Data::F64(v) = &x.data else {
+                    unreachable!()
+                };
+                let mut want = vec![0.0; out.iter().product()];
+                for (a, &m) in v.iter().zip(&map) {
+                    want[m] += a;
+                }
+                assert_eq!(got.shape, out, "{axes:?} {keep}");
+                assert_eq!(got.data, Data::F64(want), "{axes:?} {keep}");
+            }
+        }
+    }
 
     /// Every fast path of `zip_bcast` against the general broadcasting loop.
     #[test]
