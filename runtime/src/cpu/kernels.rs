@@ -381,7 +381,35 @@ pub fn select(c: &Tensor, x: &Tensor, y: &Tensor) -> R<Tensor> {
         x: (&[T], &[usize]),
         y: (&[T], &[usize]),
     ) -> Vec<T> {
-        let mut o = vec![T::default(); out.iter().product()];
+        let n: usize = out.iter().product();
+        // Each operand whole, a scalar, or one value per row of `block` elements: one pass
+        // with no multi-index bookkeeping.
+        let step = |len: usize, shape: &[usize]| -> Option<usize> {
+            if len == n && shape == out {
+                Some(1)
+            } else if len == 1 {
+                Some(n.max(1))
+            } else {
+                row_scalar(shape, out, len)
+            }
+        };
+        if let (Some(sc), Some(sx), Some(sy)) = (
+            step(c.0.len(), c.1),
+            step(x.0.len(), x.1),
+            step(y.0.len(), y.1),
+        ) {
+            let at = |s: usize, i: usize| if s == 1 { i } else { i / s };
+            return (0..n)
+                .map(|i| {
+                    if c.0[at(sc, i)] {
+                        x.0[at(sx, i)]
+                    } else {
+                        y.0[at(sy, i)]
+                    }
+                })
+                .collect();
+        }
+        let mut o = vec![T::default(); n];
         for_each_bcast(out, [c.1, x.1, y.1], |i, [ic, ix, iy]| {
             o[i] = if c.0[ic] { x.0[ix] } else { y.0[iy] }
         });
@@ -848,6 +876,38 @@ pub fn scatter_add(idx: &Tensor, upd: &Tensor, rows: usize) -> R<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `select`'s fast path against the general broadcasting loop.
+    #[test]
+    fn select_fast_path_equals_the_general_loop() {
+        let out = [2usize, 3, 4];
+        let cases: [(&[usize], &[usize], &[usize]); 5] = [
+            (&[2, 3, 4], &[2, 3, 4], &[2, 3, 4]),
+            (&[2, 3, 1], &[2, 3, 4], &[]),
+            (&[2, 1, 1], &[2, 3, 4], &[2, 3, 1]),
+            (&[], &[2, 3, 4], &[2, 3, 4]),
+            (&[1, 3, 1], &[2, 3, 4], &[]),
+        ];
+        for (sc, sx, sy) in cases {
+            let len = |s: &[usize]| s.iter().product::<usize>();
+            let c = Tensor::bool(sc.to_vec(), (0..len(sc)).map(|i| i % 3 != 1).collect());
+            let x = Tensor::f64(sx.to_vec(), (0..len(sx)).map(|i| i as f64).collect());
+            let y = Tensor::f64(
+                sy.to_vec(),
+                (0..len(sy)).map(|i| -(i as f64) - 0.5).collect(),
+            );
+            let got = select(&c, &x, &y).unwrap();
+            let (Data::Bool(cv), Data::F64(xv), Data::F64(yv)) = (&c.data, &x.data, &y.data) else {
+                unreachable!()
+            };
+            let mut want = vec![0.0; 24];
+            for_each_bcast(&out, [sc, sx, sy], |i, [ic, ix, iy]| {
+                want[i] = if cv[ic] { xv[ix] } else { yv[iy] }
+            });
+            assert_eq!(got.shape, out.to_vec(), "{sc:?} {sx:?} {sy:?}");
+            assert_eq!(got.data, Data::F64(want), "{sc:?} {sx:?} {sy:?}");
+        }
+    }
 
     /// The contiguous reductions against the general path, bit for bit.
     #[test]
