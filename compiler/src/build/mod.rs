@@ -9,7 +9,7 @@ pub mod compress;
 mod dpa1;
 mod env_mat;
 mod fitting;
-mod nn;
+pub(crate) mod nn;
 mod se_a;
 mod se_r;
 mod se_t;

@@ -217,14 +217,6 @@ struct ScalarLayer {
     residual: Residual,
 }
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    match &t.data {
-        Data::F64(v) => v.clone(),
-        Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
-        _ => Vec::new(),
-    }
-}
-
 impl Scalar {
     pub fn new(net: &Mlp) -> Scalar {
         Scalar {
@@ -234,9 +226,9 @@ impl Scalar {
                 .map(|l| ScalarLayer {
                     n_in: l.n_in(),
                     n_out: l.n_out(),
-                    w: to_f64(&l.w),
-                    b: l.b.as_deref().map(to_f64),
-                    idt: l.idt.as_deref().map(to_f64),
+                    w: l.w.to_f64_vec(),
+                    b: l.b.as_deref().map(Tensor::to_f64_vec),
+                    idt: l.idt.as_deref().map(Tensor::to_f64_vec),
                     act: l.act,
                     residual: l.residual,
                 })

@@ -5,7 +5,8 @@
 //! same way).
 
 use super::{Descriptor, Model, ModelError, Net, NetCollection};
-use crate::graph::{DType, Data, Tensor};
+use crate::build::nn::cast_tensor;
+use crate::graph::DType;
 
 /// The model with its networks' weights rounded to `dtype` (F32 or F64).
 pub fn with_precision(model: &Model, dtype: DType) -> Result<Model, ModelError> {
@@ -48,19 +49,8 @@ fn cast_nets(c: &mut NetCollection, dtype: DType) {
 fn cast_net(net: &mut Net, dtype: DType) {
     for l in &mut net.layers {
         l.dtype = dtype;
-        l.w = cast(&l.w, dtype);
-        l.b = l.b.as_ref().map(|t| cast(t, dtype));
-        l.idt = l.idt.as_ref().map(|t| cast(t, dtype));
-    }
-}
-
-fn cast(t: &Tensor, dtype: DType) -> Tensor {
-    let v = t.to_f64_vec();
-    match dtype {
-        DType::F32 => Tensor {
-            shape: t.shape.clone(),
-            data: Data::F32(v.iter().map(|&x| x as f32).collect()),
-        },
-        _ => Tensor::f64(t.shape.clone(), v),
+        l.w = cast_tensor(&l.w, dtype);
+        l.b = l.b.as_ref().map(|t| cast_tensor(t, dtype));
+        l.idt = l.idt.as_ref().map(|t| cast_tensor(t, dtype));
     }
 }

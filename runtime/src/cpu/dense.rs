@@ -7,7 +7,7 @@
 use dpc_compiler::graph::{Data, Dense, Tensor};
 use rayon::prelude::*;
 
-use super::embed::{backward, forward, layers, sized, Scratch};
+use super::embed::{backward, forward, layers, selected, sized, Scratch};
 use super::real::Real;
 use super::ExecError;
 
@@ -15,25 +15,6 @@ type R<T> = Result<T, ExecError>;
 
 /// Rows per block: the activations of a 240-wide network stay within L2.
 const ROWS_PER_BLOCK: usize = 64;
-
-/// The rows an op computes (`None`: all).
-fn selected(e: &Dense, types: Option<&Tensor>, n: usize) -> R<Option<Vec<usize>>> {
-    let Some(t) = e.centre_type else {
-        return Ok(None);
-    };
-    match types.map(|x| &x.data) {
-        Some(Data::I32(v)) if v.len() == n => Ok(Some(
-            v.iter()
-                .enumerate()
-                .filter(|(_, &x)| x == t)
-                .map(|(i, _)| i)
-                .collect(),
-        )),
-        _ => Err(ExecError::Type(
-            "dense needs the rows' types (i32 [n])".into(),
-        )),
-    }
-}
 
 /// `x`'s rows `rows` (or all) as one block-major list of row indices.
 fn row_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
@@ -139,7 +120,7 @@ fn dims(x: &Tensor, width: usize) -> R<usize> {
 /// `Op::Dense`.
 pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
     let n = dims(x, e.net.n_in())?;
-    let rows = row_list(selected(e, types, n)?, n);
+    let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
     let data = match &x.data {
         Data::F64(v) => f64::wrap(dense_t(e, v, &rows, n)?),
         Data::F32(v) => f32::wrap(dense_t(e, v, &rows, n)?),
@@ -165,11 +146,11 @@ pub fn dense_vjp(e: &Dense, x: &Tensor, gy: &Tensor, types: Option<&Tensor>) -> 
         (Data::F64(v), Data::F64(g), true) => f64::wrap(dense_vjp_grad(e, v, g, n)),
         (Data::F32(v), Data::F32(g), true) => f32::wrap(dense_vjp_grad(e, v, g, n)),
         (Data::F64(v), Data::F64(g), false) => {
-            let rows = row_list(selected(e, types, n)?, n);
+            let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
             f64::wrap(dense_vjp_t(e, v, g, &rows, n)?)
         }
         (Data::F32(v), Data::F32(g), false) => {
-            let rows = row_list(selected(e, types, n)?, n);
+            let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
             f32::wrap(dense_vjp_t(e, v, g, &rows, n)?)
         }
         _ => return Err(ExecError::Type("dense_vjp dtypes".into())),

@@ -499,9 +499,14 @@ fn contract_vjp_t<T: Real>(
     Ok(d_rr)
 }
 
-/// The centres an op computes: all, or those of `e.centre_type` (`None` means all).
-fn selected(e: &Embed, types: Option<&Tensor>, n: usize) -> R<Option<Vec<usize>>> {
-    let Some(t) = e.centre_type else {
+/// The rows an op computes: all (`None`), or those whose type is `centre_type`.
+pub(super) fn selected(
+    centre_type: Option<i32>,
+    types: Option<&Tensor>,
+    n: usize,
+    op: &str,
+) -> R<Option<Vec<usize>>> {
+    let Some(t) = centre_type else {
         return Ok(None);
     };
     match types.map(|x| &x.data) {
@@ -512,9 +517,9 @@ fn selected(e: &Embed, types: Option<&Tensor>, n: usize) -> R<Option<Vec<usize>>
                 .map(|(i, _)| i)
                 .collect(),
         )),
-        _ => Err(ExecError::Type(
-            "embed_contract needs the centres' types (i32 [n])".into(),
-        )),
+        _ => Err(ExecError::Type(format!(
+            "{op} needs the rows' types (i32 [n])"
+        ))),
     }
 }
 
@@ -586,7 +591,7 @@ pub fn embed_contract(e: &Embed, rr: &Tensor, types: Option<&Tensor>) -> R<Tenso
     let net: &Mlp = &e.net;
     let m = net.n_out();
     let (n, s, c) = dims(rr)?;
-    let sel = selected(e, types, n)?;
+    let sel = selected(e.centre_type, types, n, "embed_contract")?;
     let sel = sel.as_deref();
     let data = match &rr.data {
         Data::F64(v) => f64::wrap(contract_sel(e, v, sel, n, s, c)?),
@@ -615,7 +620,7 @@ pub fn embed_contract_vjp(
             gy.shape, rr.shape
         )));
     }
-    let sel = selected(e, types, n)?;
+    let sel = selected(e.centre_type, types, n, "embed_contract")?;
     let sel = sel.as_deref();
     let data = match (&rr.data, &gy.data) {
         (Data::F64(v), Data::F64(g)) => f64::wrap(contract_vjp_sel(e, v, g, sel, n, s, c)?),
