@@ -4,4 +4,5 @@
 
 pub mod build;
 pub mod graph;
+pub mod lower;
 pub mod model;

@@ -1,11 +1,16 @@
-//! `dpc compile MODEL --emit-ir` and `dpc compile MODEL --compress`: the tensor graph, and
-//! the compression tables with their error against the networks.
+//! `dpc compile MODEL -o OUT.hlo`: the model lowered to StableHLO in the `.hlo`/`.xlo` file
+//! DeePMD-kit's JAX backend loads. `--emit-ir` prints the tensor graph, `--emit-stablehlo`
+//! the lowered module, and `--compress` reports the compression tables with their error
+//! against the networks.
 
 use anyhow::{bail, Result};
 use dpc_compiler::build::compress::tables;
 use dpc_compiler::build::{build_graph, BuildOptions};
 use dpc_compiler::graph::{print, verify::verify};
+use dpc_compiler::lower::hlo_file::{hlo_tree, HloOptions, Platform};
+use dpc_compiler::lower::stablehlo::{export, LowerOptions, Variant};
 use dpc_compiler::model::Model;
+use dpc_formats::Format;
 
 use crate::source::read_tree;
 
@@ -22,6 +27,17 @@ pub struct Args {
     /// Print only a one-line summary of the graph.
     #[arg(long)]
     summary: bool,
+    /// Write the compiled model here (`.hlo` or `.xlo`: DeePMD-kit's JAX container holding
+    /// StableHLO).
+    #[arg(short, long, value_name = "OUT.hlo")]
+    output: Option<std::path::PathBuf>,
+    /// The platform the executable is for.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda")]
+    device: String,
+    /// Print the StableHLO module of DeePMD-kit's `call_common_lower` (with ghosts, without
+    /// atomic virial; with `--atomic-virial`, with it).
+    #[arg(long)]
+    emit_stablehlo: bool,
     #[command(flatten)]
     build: crate::build_args::BuildArgs,
 }
@@ -29,11 +45,14 @@ pub struct Args {
 /// Returns what to print on standard output.
 pub fn run(a: Args) -> Result<String> {
     let mut out = String::new();
-    if !a.emit_ir && !a.build.compress {
-        bail!("only `--emit-ir` and `--compress` (the table report) are available today; compiling to device executables (.xlo/.hlo) is not implemented yet");
+    if !a.emit_ir && !a.build.compress && !a.emit_stablehlo && a.output.is_none() {
+        bail!("nothing to do: give `-o OUT.hlo` to compile, or `--emit-ir`, `--emit-stablehlo` or `--compress` (the table report)");
     }
     let (tree, _) = read_tree(&a.model)?;
     let model = Model::from_tree(&tree)?;
+    if a.output.is_some() || a.emit_stablehlo {
+        return stablehlo(&a, &tree, &model);
+    }
     let graph = build_graph(
         &model,
         BuildOptions {
@@ -54,6 +73,57 @@ pub fn run(a: Args) -> Result<String> {
         outln!(out, "{}", print::summary(&graph));
     } else {
         out.push_str(&print::print(&graph));
+    }
+    Ok(out)
+}
+
+/// `-o OUT.hlo` and `--emit-stablehlo`.
+fn stablehlo(a: &Args, tree: &dpc_formats::Value, model: &Model) -> Result<String> {
+    if a.build.compress {
+        bail!("--compress is not lowered to StableHLO yet: the tables run in dpc's CPU runtime only; compile without it");
+    }
+    let precision = a.build.options()?.precision;
+    let platform = match a.device.as_str() {
+        "cpu" => Platform::Cpu,
+        "cuda" | "gpu" => Platform::Cuda,
+        other => bail!("--device {other}: use cpu or cuda"),
+    };
+    let mut out = String::new();
+    if a.emit_stablehlo {
+        let variant = Variant {
+            atomic_virial: a.atomic_virial,
+            ghosts: true,
+        };
+        out.push_str(&export(model, variant, LowerOptions { precision })?.mlir);
+    }
+    if let Some(path) = &a.output {
+        match Format::from_path(path)? {
+            Format::Hlo => {}
+            other => bail!(
+                "dpc compile writes .hlo/.xlo (StableHLO); for .{} use `dpc convert`",
+                other.name()
+            ),
+        }
+        let hlo = hlo_tree(
+            tree,
+            model,
+            HloOptions {
+                platform,
+                precision,
+            },
+        )?;
+        let bytes = dpc_formats::dp::write(&hlo)?;
+        std::fs::write(path, &bytes)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        if !a.emit_stablehlo {
+            outln!(
+                out,
+                "wrote {} ({} KiB): StableHLO of call_common_lower for {}, 4 variants (atomic virial or not, ghosts or not)",
+                path.display(),
+                bytes.len() / 1024,
+                platform.name()
+            );
+        }
     }
     Ok(out)
 }

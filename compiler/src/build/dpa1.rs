@@ -30,10 +30,18 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let nmask_f = g.cast(nmask, dt)?;
     let sw = g.mul(env.sw, nmask_f)?; // [nloc, nnei]
                                       // Padded slots read the type of the system's atom 0, as DeePMD-kit does.
-    let pad = g.input(
-        super::io::PAD_ATOM,
-        crate::graph::TensorType::new(DType::I32, vec![]),
-    );
+    let pad = if inp.flat_frames {
+        let p = g.input(
+            super::io::PAD_ATOM,
+            crate::graph::TensorType::new(DType::I32, vec![Dim::NLOC]),
+        );
+        g.reshape(p, vec![Dim::NLOC, Dim::ONE])?
+    } else {
+        g.input(
+            super::io::PAD_ATOM,
+            crate::graph::TensorType::new(DType::I32, vec![]),
+        )
+    };
     let nl0 = g.select(nmask, nlist, pad)?;
     let rr = apply_keep(g, env.rr, keep)?; // [nloc, nnei, 4]
     let ss = g.slice_n(rr, 2, 0, 1)?;

@@ -17,9 +17,14 @@ pub fn build(
     let desc = g.cast(desc, dt)?;
     let mut extra = Vec::new();
     if let (Some(norm), Some(fp)) = (&f.fparam, inp.fparam) {
-        let x = normalise(g, fp, norm, dt)?; // [nfp]
-        let x = g.reshape(x, vec![Dim::ONE, Dim::fixed(norm.dim())])?;
-        extra.push(g.broadcast(x, vec![Dim::NLOC, Dim::fixed(norm.dim())])?);
+        let x = normalise(g, fp, norm, dt)?; // [nfp], or [nloc, nfp] per centre
+        let x = if inp.flat_frames {
+            x
+        } else {
+            let x = g.reshape(x, vec![Dim::ONE, Dim::fixed(norm.dim())])?;
+            g.broadcast(x, vec![Dim::NLOC, Dim::fixed(norm.dim())])?
+        };
+        extra.push(x);
     }
     if let (Some(norm), Some(ap), false) = (&f.aparam, inp.aparam, f.aparam_is_mask) {
         extra.push(normalise(g, ap, norm, dt)?); // [nloc, nap]

@@ -33,6 +33,11 @@ pub struct BuildOptions {
     /// Evaluate the networks in this precision (`--precision float32`); energies and
     /// virials are still accumulated in float64.
     pub precision: Option<DType>,
+    /// The graph serves several frames laid end to end as one system (DeePMD-kit's `nf`
+    /// axis, flattened by a lowering such as `lower::stablehlo`): frame parameters and the
+    /// DPA-1 pad atom come per centre, and `atype` may hold -1 (virtual atoms: typed 0
+    /// for the networks, their atomic energies zeroed, as DeePMD-kit's `make_atom_mask`).
+    pub flat_frames: bool,
 }
 
 /// Names of the graph's inputs and outputs.
@@ -44,14 +49,16 @@ pub mod io {
     /// `i32[nloc, nnei]` neighbour list into the extended atoms, -1 padded, formatted for the
     /// model (per-type blocks of `sel[t]` slots, or one distance-sorted block if mixed).
     pub const NLIST: &str = "nlist";
-    /// `f64[numb_fparam]` frame parameters (only if the model has them).
+    /// `f64[numb_fparam]` frame parameters (only if the model has them); `f64[nloc,
+    /// numb_fparam]` with `flat_frames`.
     pub const FPARAM: &str = "fparam";
     /// `f64[nloc, numb_aparam]` atomic parameters (only if the model has them).
     pub const APARAM: &str = "aparam";
     /// `i32[]` the extended atom whose type DeePMD-kit's DPA-1 reads for padded neighbour
     /// slots (it gathers index 0 of the whole extended system there, and in `concat` mode
     /// that type reaches the result); only in graphs that read it. A run on a chunk of
-    /// centres passes where the system's atom 0 sits in the chunk.
+    /// centres passes where the system's atom 0 sits in the chunk. With `flat_frames` it
+    /// is `i32[nloc]`: each centre's own frame's atom 0.
     pub const PAD_ATOM: &str = "pad_atom";
     /// `f64[nloc]` atomic energies.
     pub const ATOM_ENERGY: &str = "atom_energy";
@@ -74,6 +81,8 @@ pub(crate) struct Inputs {
     pub fuse: bool,
     /// Tabulate fused embedding networks.
     pub compress: Option<compress::Plan>,
+    /// See `BuildOptions::flat_frames`.
+    pub flat_frames: bool,
 }
 
 /// Build the graph for `model`.
@@ -92,7 +101,21 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         io::COORD,
         TensorType::new(DType::F64, vec![Dim::NALL, Dim::fixed(3)]),
     );
-    let atype = g.input(io::ATYPE, TensorType::new(DType::I32, vec![Dim::NALL]));
+    let atype_in = g.input(io::ATYPE, TensorType::new(DType::I32, vec![Dim::NALL]));
+    // Virtual atoms (type -1) run as type 0 and are masked out of the energy.
+    let real = if opts.flat_frames {
+        let zero = g.scalar(0.0, DType::I32);
+        Some(g.cmp(crate::graph::Cmp::Ge, atype_in, zero)?)
+    } else {
+        None
+    };
+    let atype = match real {
+        Some(r) => {
+            let zero = g.scalar(0.0, DType::I32);
+            g.select(r, atype_in, zero)?
+        }
+        None => atype_in,
+    };
     let nlist = g.input(
         io::NLIST,
         TensorType::new(DType::I32, vec![Dim::NLOC, Dim::fixed(model.nnei())]),
@@ -100,10 +123,12 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
     let nfp = model.dim_fparam();
     let nap = model.dim_aparam();
     let fparam = (nfp > 0).then(|| {
-        g.input(
-            io::FPARAM,
-            TensorType::new(DType::F64, vec![Dim::fixed(nfp)]),
-        )
+        let shape = if opts.flat_frames {
+            vec![Dim::NLOC, Dim::fixed(nfp)]
+        } else {
+            vec![Dim::fixed(nfp)]
+        };
+        g.input(io::FPARAM, TensorType::new(DType::F64, shape))
     });
     let aparam = (nap > 0).then(|| {
         g.input(
@@ -126,6 +151,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
             Some(_) => return Err(GraphError("compression needs the fused kernels".into())),
             None => None,
         },
+        flat_frames: opts.flat_frames,
     };
 
     let nlist = env_mat::exclude_pairs(
@@ -165,7 +191,13 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
     ));
     let out_bias = g.gather(out_bias, atype_loc)?;
     let ae = g.add(ae, out_bias)?;
-    let ae = fitting::exclude_atoms(&mut g, &inp, ae, &model.atom_exclude_types, model.ntypes())?;
+    let mut ae =
+        fitting::exclude_atoms(&mut g, &inp, ae, &model.atom_exclude_types, model.ntypes())?;
+    if let Some(r) = real {
+        let r = g.slice(r, 0, Dim::fixed(0), Dim::NLOC)?;
+        let r = g.cast(r, DType::F64)?;
+        ae = g.mul(ae, r)?;
+    }
     let energy = g.sum(ae, &[0], false)?;
     g.set_output(io::ATOM_ENERGY, ae);
     g.set_output(io::ENERGY, energy);

@@ -1,7 +1,12 @@
 //! What a serialized `jax.export.Exported` (the blobs inside `.hlo`/`.xlo`) says about
 //! itself: function name, platforms, argument and result shapes, versions. The format is a
 //! flatbuffer (schema in jax's `jax/_src/export/serialization.fbs`); this reads the few
-//! fields `dpc info` shows, with every offset bounds-checked.
+//! fields `dpc info` shows, with every offset bounds-checked; `write` serializes one.
+
+mod flatbuf;
+mod write;
+
+pub use write::{write, ArrayType, Exported, Tree};
 
 use crate::FormatError;
 

@@ -1,0 +1,4 @@
+//! Lowerings of the IR to other targets' program formats.
+
+pub mod hlo_file;
+pub mod stablehlo;
