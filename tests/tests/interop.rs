@@ -142,3 +142,87 @@ fn deepmd_kit_loads_what_dpc_writes() {
         );
     }
 }
+
+/// `dpc compile -o X.hlo` output, loaded by DeePMD-kit's JAX backend (`DeepPot(X.hlo)`),
+/// reproduces the reference to 1e-10 on every fixture model (including se_e2_a with
+/// `type_one_side: false`, which DeePMD-kit's own exporter cannot write) and on variants
+/// with fparam/aparam, exclusions and DPA-1 concat; alone, in batches, with and without
+/// periodic images (`hlo_check.py`).
+#[test]
+fn deepmd_kit_runs_what_dpc_compile_writes() {
+    use dpc_compiler::lower::hlo_file::{hlo_tree, HloOptions, Platform};
+    use dpc_compiler::model::Model;
+
+    let mut cands = candidates("DPC_DEEPMD_PYTHON");
+    cands
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
+    let py = match python_with(&cands, "deepmd.infer, jax") {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED (install DeePMD-kit with benches/setup-deepmd.sh or set DPC_DEEPMD_PYTHON): {why}");
+            return;
+        }
+    };
+    let dir = common::scratch("deepmd-hlo");
+    let variants = common::local_fixtures().join("variants");
+    let mut cases: Vec<(String, PathBuf, PathBuf, Option<&str>)> = common::MODELS
+        .iter()
+        .map(|m| {
+            (
+                m.to_string(),
+                common::fixtures().join("models").join(m).join("model.dp"),
+                common::fixtures()
+                    .join("reference")
+                    .join(format!("{m}.json")),
+                None,
+            )
+        })
+        .collect();
+    for v in ["se_e2_a_fparam_aparam", "se_e2_a_excl", "dpa1_concat_tos_t"] {
+        cases.push((
+            v.to_string(),
+            variants.join(v).join("model.dp"),
+            variants.join("reference.json"),
+            Some(v),
+        ));
+    }
+    for (name, src, reference, key) in cases {
+        let tree = read_model(&src).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let opts = HloOptions {
+            platform: Platform::Cpu,
+            precision: None,
+        };
+        let out = dir.join(format!("{name}.hlo"));
+        std::fs::write(
+            &out,
+            dpc_formats::dp::write(&hlo_tree(&tree, &model, opts).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let mut args = vec![
+            interop_dir().join("hlo_check.py"),
+            out.clone(),
+            reference.clone(),
+        ];
+        if let Some(k) = key {
+            args.push(PathBuf::from(k));
+        }
+        let o = Command::new(&py)
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{name}: {text}");
+        eprintln!(
+            "{name}: DeePMD-kit (JAX) on dpc's .hlo: {}",
+            text.lines()
+                .find(|l| l.starts_with("max |diff|"))
+                .unwrap_or("")
+        );
+    }
+}

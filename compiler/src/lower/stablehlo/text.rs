@@ -627,7 +627,7 @@ impl Func {
         let t = key.ty();
         writeln!(
             self.body,
-            "    {name}:2 = \"stablehlo.sort\"({}, {}) ({{\n    ^bb0(%ka: tensor<i32>, %kb: tensor<i32>, %va: tensor<i32>, %vb: tensor<i32>):\n      %lt = stablehlo.compare LT, %ka, %kb, SIGNED : (tensor<i32>, tensor<i32>) -> tensor<i1>\n      stablehlo.return %lt : tensor<i1>\n    }}) {{dimension = {axis} : i64, is_stable = true}} : ({t}, {t}) -> ({t}, {t})",
+            "    {name}:2 = \"stablehlo.sort\"({}, {}) ({{\n    ^bb0(%ka: tensor<i32>, %kb: tensor<i32>, %xa: tensor<i32>, %xb: tensor<i32>):\n      %lt = stablehlo.compare LT, %ka, %kb, SIGNED : (tensor<i32>, tensor<i32>) -> tensor<i1>\n      stablehlo.return %lt : tensor<i1>\n    }}) {{dimension = {axis} : i64, is_stable = true}} : ({t}, {t}) -> ({t}, {t})",
             key.name, val.name
         )
         .unwrap();
