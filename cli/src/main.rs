@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod build_args;
 mod commands;
 mod conf;
+mod device_args;
 mod source;
 
 use std::io::Write;

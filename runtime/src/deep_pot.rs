@@ -24,6 +24,8 @@ pub enum EvalError {
     /// The model's graph failed to build (a dpc bug or an inconsistent model).
     Graph(String),
     Exec(ExecError),
+    /// A device backend (a PJRT plugin) failed to load, compile or run.
+    Device(String),
 }
 
 impl fmt::Display for EvalError {
@@ -34,6 +36,7 @@ impl fmt::Display for EvalError {
             EvalError::Input(m) => write!(f, "bad input: {m}"),
             EvalError::Graph(m) => write!(f, "cannot compile the model: {m}"),
             EvalError::Exec(e) => write!(f, "evaluation failed: {e}"),
+            EvalError::Device(m) => write!(f, "device backend: {m}"),
         }
     }
 }
@@ -129,6 +132,9 @@ pub struct DeepPot {
     chunk: Option<usize>,
     /// How the graphs are built (`atomic_virial` is set per graph).
     opts: BuildOptions,
+    /// Where set, extended systems run through this PJRT plugin instead.
+    #[cfg(feature = "pjrt")]
+    pjrt: Option<std::sync::Arc<crate::pjrt::PjrtModel>>,
 }
 
 fn compile(model: &Model, opts: BuildOptions) -> Result<Executor, EvalError> {
@@ -176,7 +182,38 @@ impl DeepPot {
             atomic: OnceLock::new(),
             chunk: None,
             opts,
+            #[cfg(feature = "pjrt")]
+            pjrt: None,
         })
+    }
+
+    /// Evaluate through a PJRT plugin on `device` from now on: the model is lowered to
+    /// StableHLO and compiled by the plugin (per size bucket, on first use).
+    #[cfg(feature = "pjrt")]
+    pub fn use_pjrt(
+        &mut self,
+        plugin: &Path,
+        device: crate::pjrt::Device,
+    ) -> Result<(), EvalError> {
+        if self.opts.compress.is_some() {
+            return Err(EvalError::Device(
+                "compressed tables are not lowered to StableHLO yet; run PJRT without --compress"
+                    .into(),
+            ));
+        }
+        let p =
+            crate::pjrt::PjrtModel::new(plugin, device, self.model.clone(), self.opts.precision)?;
+        self.pjrt = Some(std::sync::Arc::new(p));
+        Ok(())
+    }
+
+    /// Which backend evaluates: dpc's CPU kernels or a PJRT plugin.
+    pub fn backend(&self) -> String {
+        #[cfg(feature = "pjrt")]
+        if let Some(p) = &self.pjrt {
+            return p.describe();
+        }
+        "dpc CPU".into()
     }
 
     /// The options the graphs were built with.
@@ -361,6 +398,10 @@ impl DeepPot {
         atomic: bool,
         profile: Option<&mut Profile>,
     ) -> Result<ExtendedOutput, EvalError> {
+        #[cfg(feature = "pjrt")]
+        if let Some(p) = &self.pjrt {
+            return p.evaluate_extended(ext, fparam, aparam, atomic);
+        }
         let exec = self.executor(atomic)?;
         let nloc = ext.nloc;
         let mut out = ExtendedOutput {

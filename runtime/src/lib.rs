@@ -5,6 +5,8 @@ pub mod cpu;
 mod deep_pot;
 mod env_options;
 pub mod nlist;
+#[cfg(feature = "pjrt")]
+pub mod pjrt;
 pub mod threads;
 
 pub use deep_pot::{DeepPot, EvalError, ExtendedOutput, Frame, Output};

@@ -34,6 +34,8 @@ pub struct Args {
     input: Option<std::path::PathBuf>,
     #[command(flatten)]
     build: crate::build_args::BuildArgs,
+    #[command(flatten)]
+    device: crate::device_args::DeviceArgs,
 }
 
 /// SplitMix64: deterministic, good enough for displacements.
@@ -130,7 +132,7 @@ pub fn run(a: Args) -> Result<String> {
         bail!("could not set up {} threads", a.threads.unwrap());
     }
     let (tree, _) = read_tree(&a.model)?;
-    let pot = a.build.load(tree)?;
+    let pot = a.device.attach(a.build.load(tree)?)?;
     if given.is_none() && pot.model().ntypes() < 2 {
         bail!(
             "the benchmark system has two atom types; this model has {}",

@@ -94,7 +94,17 @@ fn stablehlo(a: &Args, tree: &dpc_formats::Value, model: &Model) -> Result<Strin
             atomic_virial: a.atomic_virial,
             ghosts: true,
         };
-        out.push_str(&export(model, variant, LowerOptions { precision })?.mlir);
+        out.push_str(
+            &export(
+                model,
+                variant,
+                LowerOptions {
+                    precision,
+                    sizes: None,
+                },
+            )?
+            .mlir,
+        );
     }
     if let Some(path) = &a.output {
         match Format::from_path(path)? {

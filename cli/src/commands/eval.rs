@@ -21,6 +21,8 @@ pub struct Args {
     output: Option<PathBuf>,
     #[command(flatten)]
     build: crate::build_args::BuildArgs,
+    #[command(flatten)]
+    device: crate::device_args::DeviceArgs,
 }
 
 /// Returns what to print on standard output.
@@ -35,7 +37,7 @@ pub fn run(a: Args) -> Result<String> {
     };
     let (frames, is_list) = parse_frames(&text).context("reading the input configurations")?;
     let (tree, _) = read_tree(&a.model)?;
-    let pot = a.build.load(tree)?;
+    let pot = a.device.attach(a.build.load(tree)?)?;
     let mut results = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let frame = Frame {

@@ -26,6 +26,8 @@ pub struct Args {
     numb_test: Option<usize>,
     #[command(flatten)]
     build: crate::build_args::BuildArgs,
+    #[command(flatten)]
+    device: crate::device_args::DeviceArgs,
 }
 
 fn load_npy(p: &Path) -> Result<Option<NdArray>> {
@@ -84,7 +86,7 @@ fn sci(x: f64) -> String {
 pub fn run(a: Args) -> Result<String> {
     let mut out = String::new();
     let (tree, _) = read_tree(&a.model)?;
-    let pot = a.build.load(tree)?;
+    let pot = a.device.attach(a.build.load(tree)?)?;
     let model = pot.model();
     let sys = &a.system;
     if !sys.is_dir() {

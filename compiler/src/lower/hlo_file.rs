@@ -55,6 +55,7 @@ pub fn serialized_export(
         variant,
         LowerOptions {
             precision: opts.precision,
+            sizes: None,
         },
     )?;
     let has = |n: &str| e.args.iter().any(|p| p.name == n);

@@ -92,6 +92,17 @@ pub struct Export {
 pub struct LowerOptions {
     /// `--precision float32`: the networks in float32.
     pub precision: Option<DType>,
+    /// Fixed sizes instead of symbolic ones, for compilers that take static shapes only
+    /// (PJRT plugins).
+    pub sizes: Option<StaticSizes>,
+}
+
+/// Frames, centres and extended atoms per frame of a static-shape module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StaticSizes {
+    pub nf: usize,
+    pub nloc: usize,
+    pub nall: usize,
 }
 
 fn port(name: &str, dtype: PortType, shape: &[&str]) -> Port {
@@ -118,34 +129,46 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
 
     let nnei = model.nnei().to_string();
     let (dfp, dap) = (model.dim_fparam(), model.dim_aparam());
-    let nall_s = if variant.ghosts {
-        "nloc + nghost"
-    } else {
-        "nloc"
+    let (nf_s, nloc_s, nall_s) = match opts.sizes {
+        Some(s) => {
+            if s.nall < s.nloc || s.nf == 0 || (!variant.ghosts && s.nall != s.nloc) {
+                return Err(GraphError(format!("lowering: inconsistent sizes {s:?}")));
+            }
+            (s.nf.to_string(), s.nloc.to_string(), s.nall.to_string())
+        }
+        None => {
+            let nall = if variant.ghosts {
+                "nloc + nghost"
+            } else {
+                "nloc"
+            };
+            ("nf".to_string(), "nloc".to_string(), nall.to_string())
+        }
     };
+    let (nf_s, nloc_s, nall_s) = (nf_s.as_str(), nloc_s.as_str(), nall_s.as_str());
     let mut args = vec![
-        port("coord", PortType::F64, &["nf", nall_s, "3"]),
-        port("atype", PortType::I32, &["nf", nall_s]),
-        port("nlist", PortType::I64, &["nf", "nloc", &nnei]),
-        port("mapping", PortType::I64, &["nf", nall_s]),
+        port("coord", PortType::F64, &[nf_s, nall_s, "3"]),
+        port("atype", PortType::I32, &[nf_s, nall_s]),
+        port("nlist", PortType::I64, &[nf_s, nloc_s, &nnei]),
+        port("mapping", PortType::I64, &[nf_s, nall_s]),
     ];
     if dfp > 0 {
-        args.push(port("fparam", PortType::F64, &["nf", &dfp.to_string()]));
+        args.push(port("fparam", PortType::F64, &[nf_s, &dfp.to_string()]));
     }
     if dap > 0 {
         args.push(port(
             "aparam",
             PortType::F64,
-            &["nf", "nloc", &dap.to_string()],
+            &[nf_s, nloc_s, &dap.to_string()],
         ));
     }
     let results = vec![
-        port("energy", PortType::F64, &["nf", "nloc", "1"]),
-        port("energy_derv_c", PortType::F64, &["nf", nall_s, "1", "9"]),
-        port("energy_derv_c_redu", PortType::F64, &["nf", "1", "9"]),
-        port("energy_derv_r", PortType::F64, &["nf", nall_s, "1", "3"]),
-        port("energy_redu", PortType::F64, &["nf", "1"]),
-        port("mask", PortType::I32, &["nf", "nloc"]),
+        port("energy", PortType::F64, &[nf_s, nloc_s, "1"]),
+        port("energy_derv_c", PortType::F64, &[nf_s, nall_s, "1", "9"]),
+        port("energy_derv_c_redu", PortType::F64, &[nf_s, "1", "9"]),
+        port("energy_derv_r", PortType::F64, &[nf_s, nall_s, "1", "3"]),
+        port("energy_redu", PortType::F64, &[nf_s, "1"]),
+        port("mask", PortType::I32, &[nf_s, nloc_s]),
     ];
 
     let mut f = Func::default();
@@ -187,11 +210,12 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
             let shape = p
                 .shape
                 .iter()
-                .map(|s| match s.as_str() {
+                .enumerate()
+                .map(|(axis, s)| match s.as_str() {
                     "nf" => nf.clone(),
                     "nloc" => nloc.clone(),
                     "nloc + nghost" => nall.clone(),
-                    n => Size::Fixed(n.parse().expect("numeric dim")),
+                    n => Size::Fixed(n.parse().unwrap_or_else(|_| panic!("dim {axis}: {n}"))),
                 })
                 .collect();
             Val { shape, ..v.clone() }
@@ -292,8 +316,13 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
             .join(", "),
         rets.iter().map(|v| v.ty()).collect::<Vec<_>>().join(", ")
     ));
+    let poly = if opts.sizes.is_none() {
+        "jax.uses_shape_polymorphism = true, "
+    } else {
+        ""
+    };
     let mlir = format!(
-        "module @dpc_call_common_lower attributes {{jax.uses_shape_polymorphism = true, mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{\n  func.func public @main({signature}) {{\n{body}  }}\n}}\n"
+        "module @dpc_call_common_lower attributes {{{poly}mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{\n  func.func public @main({signature}) {{\n{body}  }}\n}}\n"
     );
     Ok(Export {
         mlir,

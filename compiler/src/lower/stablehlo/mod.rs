@@ -9,4 +9,4 @@ pub mod deepmd;
 mod ops;
 mod text;
 
-pub use deepmd::{export, Export, LowerOptions, Port, PortType, Variant};
+pub use deepmd::{export, Export, LowerOptions, Port, PortType, StaticSizes, Variant};
