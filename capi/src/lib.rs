@@ -76,9 +76,10 @@ fn load(path: &str, content: Option<&[u8]>) -> Result<DeepPot, String> {
         _ => dpc_formats::read_model(p),
     }
     .map_err(|e| e.to_string())?;
-    // DPC_COMPRESS / DPC_PRECISION: the C API has no options argument.
+    // DPC_COMPRESS / DPC_PRECISION / DPC_PJRT_PLUGIN: the C API has no options argument.
     let opts = dpc_runtime::build_options_from_env()?;
-    DeepPot::from_tree_opts(tree, opts).map_err(|e: EvalError| e.to_string())
+    let pot = DeepPot::from_tree_opts(tree, opts).map_err(|e: EvalError| e.to_string())?;
+    dpc_runtime::device_from_env(pot)
 }
 
 fn new_pot(f: impl FnOnce() -> Result<DeepPot, String>) -> *mut DP_DeepPot {

@@ -38,3 +38,39 @@ pub fn build_options_from_env() -> Result<BuildOptions, String> {
         ..BuildOptions::default()
     })
 }
+
+/// `pot` moved onto a PJRT plugin when `DPC_PJRT_PLUGIN` names one (`DPC_DEVICE`: cpu, the
+/// default, or cuda).
+pub fn device_from_env(pot: crate::DeepPot) -> Result<crate::DeepPot, String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let device = var("DPC_DEVICE").unwrap_or_else(|| "cpu".into());
+    let Some(plugin) = var("DPC_PJRT_PLUGIN") else {
+        if device.trim() != "cpu" {
+            return Err(format!(
+                "DPC_DEVICE={device} needs DPC_PJRT_PLUGIN (a PJRT plugin for that device)"
+            ));
+        }
+        return Ok(pot);
+    };
+    attach(pot, std::path::Path::new(plugin.trim()), device.trim())
+}
+
+#[cfg(feature = "pjrt")]
+fn attach(
+    mut pot: crate::DeepPot,
+    plugin: &std::path::Path,
+    device: &str,
+) -> Result<crate::DeepPot, String> {
+    let device = crate::pjrt::Device::parse(device)?;
+    pot.use_pjrt(plugin, device).map_err(|e| e.to_string())?;
+    Ok(pot)
+}
+
+#[cfg(not(feature = "pjrt"))]
+fn attach(
+    _pot: crate::DeepPot,
+    _plugin: &std::path::Path,
+    _device: &str,
+) -> Result<crate::DeepPot, String> {
+    Err("DPC_PJRT_PLUGIN is set, but this libdeepmd_c/dpc was built without PJRT support (cargo build --release --features pjrt)".into())
+}
