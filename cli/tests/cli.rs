@@ -298,3 +298,58 @@ fn savedmodel_is_described_and_refused_for_evaluation() {
     ]);
     assert!(!ok && err.contains("cannot be recovered"), "{err}");
 }
+
+#[test]
+fn compile_writes_an_hlo_and_refuses_what_it_cannot_lower() {
+    let dir = scratch("compile");
+    let out = dir.join("water.xlo");
+    let (ok, stdout, err) = dpc(&["compile", "builtin:water", "-o", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("4 variants"), "{stdout}");
+    // dpc reads back what it wrote, and `info` lists the four exports.
+    let (ok, info, err) = dpc(&["info", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(info.contains("stablehlo_atomic_virial_no_ghost"), "{info}");
+    let (ok, text, err) = dpc(&["compile", "builtin:water", "--emit-stablehlo"]);
+    assert!(ok, "{err}");
+    assert!(
+        text.starts_with("module @dpc_call_common_lower"),
+        "{}",
+        &text[..80]
+    );
+    assert!(text.contains("stablehlo.dot_general") && text.contains("stablehlo.scatter"));
+
+    let fail = |args: &[&str], why: &str| {
+        let (ok, _, err) = dpc(args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(err.contains(why), "{args:?}: {err}");
+    };
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = dpc(&[
+        "compile",
+        "builtin:water",
+        "-o",
+        o,
+        "--compress",
+        "--min-nbor-dist",
+        "0.9",
+    ]);
+    assert!(ok, "compressed: {err}");
+    fail(
+        &["compile", "builtin:water", "-o", o, "--device", "tpu"],
+        "use cpu or cuda",
+    );
+    let dp = dir.join("x.dp");
+    fail(
+        &["compile", "builtin:water", "-o", dp.to_str().unwrap()],
+        "dpc convert",
+    );
+    let dpa2 = fixtures().join("models/dpa2/model.dp");
+    fail(&["compile", dpa2.to_str().unwrap(), "-o", o], "dpa2");
+    fail(&["compile", "builtin:water"], "nothing to do");
+    // A device without a plugin, and a plugin that is not one.
+    fail(
+        &["eval", "builtin:water", "--device", "cuda"],
+        "needs a PJRT plugin",
+    );
+}

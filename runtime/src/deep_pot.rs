@@ -195,14 +195,12 @@ impl DeepPot {
         plugin: &Path,
         device: crate::pjrt::Device,
     ) -> Result<(), EvalError> {
-        if self.opts.compress.is_some() {
-            return Err(EvalError::Device(
-                "compressed tables are not lowered to StableHLO yet; run PJRT without --compress"
-                    .into(),
-            ));
-        }
-        let p =
-            crate::pjrt::PjrtModel::new(plugin, device, self.model.clone(), self.opts.precision)?;
+        let lower = dpc_compiler::lower::stablehlo::LowerOptions {
+            precision: self.opts.precision,
+            compress: self.opts.compress,
+            sizes: None,
+        };
+        let p = crate::pjrt::PjrtModel::new(plugin, device, self.model.clone(), lower)?;
         self.pjrt = Some(std::sync::Arc::new(p));
         Ok(())
     }

@@ -197,3 +197,49 @@ fn strip_min_nbor_dist(v: &mut Value) {
         }
     }
 }
+
+/// The table in elementary ops (what the StableHLO lowering runs) against the fused table
+/// kernel, on every fixture model that compresses and every configuration: the same
+/// polynomials, so equal to rounding.
+#[test]
+fn tables_in_elementary_ops_match_the_fused_kernel() {
+    for name in ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3"] {
+        let path = common::fixtures()
+            .join("models")
+            .join(name)
+            .join("model.dp");
+        let tree = dpc_formats::read_model(&path).unwrap();
+        let fused = compressed(tree.clone(), Compress::default());
+        let plain = DeepPot::from_tree_opts(
+            tree,
+            BuildOptions {
+                compress: Some(Compress::default()),
+                unfused: true,
+                ..BuildOptions::default()
+            },
+        )
+        .unwrap();
+        let floors = plain
+            .executor(false)
+            .unwrap()
+            .graph()
+            .nodes
+            .iter()
+            .filter(|n| n.op == dpc_compiler::graph::Op::Unary(dpc_compiler::graph::Unary::Floor))
+            .count();
+        assert!(floors > 0, "{name}: no table in the elementary graph");
+        for c in common::reference(name) {
+            let frame = Frame::new(&c.coord, &c.atype, c.cell.as_deref());
+            let a = fused.compute(&frame, true).unwrap();
+            let b = plain.compute(&frame, true).unwrap();
+            let want = common::Expected {
+                energy: a.energy,
+                force: a.force.clone(),
+                virial: a.virial.to_vec(),
+                atom_energy: a.atom_energy.clone(),
+                atom_virial: a.atom_virial.clone().unwrap(),
+            };
+            common::assert_close(&format!("{name} {}", c.name), &b, &want, 1e-11, 1e-12);
+        }
+    }
+}

@@ -21,6 +21,7 @@ use dpc_runtime::{DeepPot, Frame};
 const CPU: HloOptions = HloOptions {
     platform: Platform::Cpu,
     precision: None,
+    compress: None,
 };
 
 fn fixture_model(name: &str) -> (Value, Model) {
@@ -156,7 +157,7 @@ fn float32_export_runs_the_networks_in_float32_and_returns_float64() {
     let (_, model) = fixture_model("se_e2_a");
     let opts = LowerOptions {
         precision: Some(dpc_compiler::graph::DType::F32),
-        sizes: None,
+        ..Default::default()
     };
     let e = export(&model, Variant::ALL[0].1, opts).unwrap();
     assert!(e.mlir.contains("xf32>"));

@@ -1,7 +1,7 @@
 //! Models run through a PJRT plugin (StableHLO compiled by the plugin, static shapes padded
 //! to buckets) against DeePMD-kit's numbers: every fixture model, from its `.dp` and from the
 //! `.xlo` `dpc compile` writes, and variants with fparam/aparam, exclusions and DPA-1.
-//! Needs a plugin: `DPC_PJRT_PLUGIN=/path/libpjrt_cpu.so` (docs/pjrt.md); skipped without one,
+//! Needs a plugin: `DPC_TEST_PJRT_PLUGIN=/path/libpjrt_cpu.so` (docs/pjrt.md); skipped without one,
 //! except in CI (`DPC_REQUIRE_PJRT=1`).
 
 mod common;
@@ -15,14 +15,14 @@ use dpc_runtime::pjrt::Device;
 use dpc_runtime::{DeepPot, Frame};
 
 fn plugin() -> Option<PathBuf> {
-    match std::env::var_os("DPC_PJRT_PLUGIN") {
+    match std::env::var_os("DPC_TEST_PJRT_PLUGIN") {
         Some(p) => Some(PathBuf::from(p)),
         None => {
             assert!(
                 std::env::var("DPC_REQUIRE_PJRT").is_err(),
-                "DPC_REQUIRE_PJRT is set but DPC_PJRT_PLUGIN is not"
+                "DPC_REQUIRE_PJRT is set but DPC_TEST_PJRT_PLUGIN is not"
             );
-            eprintln!("SKIPPED: set DPC_PJRT_PLUGIN to a PJRT CPU plugin (docs/pjrt.md)");
+            eprintln!("SKIPPED: set DPC_TEST_PJRT_PLUGIN to a PJRT CPU plugin (docs/pjrt.md)");
             None
         }
     }
@@ -49,6 +49,7 @@ fn fixtures_through_pjrt_match_deepmd_kit() {
         let opts = HloOptions {
             platform: Platform::Cpu,
             precision: None,
+            compress: None,
         };
         let xlo = dpc_formats::dp::write(&hlo_tree(&tree, &model, opts).unwrap()).unwrap();
         let xlo = read_model_bytes(Format::Hlo, xlo, Path::new("model.xlo")).unwrap();
@@ -138,5 +139,40 @@ fn a_missing_or_wrong_plugin_is_a_clear_error() {
     if let Some(plugin) = plugin() {
         let e = pot.use_pjrt(&plugin, Device::Cuda).unwrap_err().to_string();
         assert!(e.contains("not `cuda`"), "{e}");
+    }
+}
+
+/// `--compress` through PJRT: the tables lowered with elementary ops, still within 1e-10 of
+/// DeePMD-kit's uncompressed numbers on the fixture models (the tables' own error is 1e-11).
+#[test]
+fn compressed_models_through_pjrt_match_deepmd_kit() {
+    use dpc_compiler::build::{BuildOptions, Compress};
+    let Some(plugin) = plugin() else { return };
+    for name in ["se_e2_a", "se_e3"] {
+        let tree = read_model(
+            &common::fixtures()
+                .join("models")
+                .join(name)
+                .join("model.dp"),
+        )
+        .unwrap();
+        let opts = BuildOptions {
+            compress: Some(Compress::default()),
+            ..BuildOptions::default()
+        };
+        let mut pot = DeepPot::from_tree_opts(tree, opts).unwrap();
+        pot.use_pjrt(&plugin, Device::Cpu).unwrap();
+        for c in common::reference(name) {
+            let out = pot
+                .compute(&Frame::new(&c.coord, &c.atype, c.cell.as_deref()), true)
+                .unwrap();
+            common::assert_close(
+                &format!("{name} compressed on PJRT, {}", c.name),
+                &out,
+                &c.expected,
+                1e-10,
+                1e-12,
+            );
+        }
     }
 }

@@ -79,10 +79,8 @@ pub fn run(a: Args) -> Result<String> {
 
 /// `-o OUT.hlo` and `--emit-stablehlo`.
 fn stablehlo(a: &Args, tree: &dpc_formats::Value, model: &Model) -> Result<String> {
-    if a.build.compress {
-        bail!("--compress is not lowered to StableHLO yet: the tables run in dpc's CPU runtime only; compile without it");
-    }
-    let precision = a.build.options()?.precision;
+    let opts = a.build.options()?;
+    let (precision, compress) = (opts.precision, opts.compress);
     let platform = match a.device.as_str() {
         "cpu" => Platform::Cpu,
         "cuda" | "gpu" => Platform::Cuda,
@@ -101,6 +99,7 @@ fn stablehlo(a: &Args, tree: &dpc_formats::Value, model: &Model) -> Result<Strin
                 LowerOptions {
                     precision,
                     sizes: None,
+                    compress,
                 },
             )?
             .mlir,
@@ -120,6 +119,7 @@ fn stablehlo(a: &Args, tree: &dpc_formats::Value, model: &Model) -> Result<Strin
             HloOptions {
                 platform,
                 precision,
+                compress,
             },
         )?;
         let bytes = dpc_formats::dp::write(&hlo)?;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use dpc_compiler::lower::hlo_file::{hlo_tree, HloOptions, Platform};
 use dpc_compiler::model::Model;
 use dpc_formats::{Format, Value};
 
@@ -21,7 +22,7 @@ pub struct ConvertArgs {
 pub struct EmitArgs {
     /// Model to read (any supported format, or a built-in model).
     model: String,
-    /// Target format: dp, yaml (pb, pth, pte, pt2, savedmodel, hlo, xlo: not yet).
+    /// Target format: dp, yaml, hlo, xlo (pb, pth, pte, pt2, savedmodel: not yet).
     #[arg(long)]
     format: String,
     /// File to write.
@@ -56,12 +57,21 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
     let note = tf_note(&tree);
     let tree = hub_tree(tree);
     // Refuse to write something dpc could not read back as a model.
-    Model::from_tree(&tree)?;
+    let model = Model::from_tree(&tree)?;
     let bytes = match format {
         Format::Dp => dpc_formats::dp::write(&tree)?,
         Format::Yaml => dpc_formats::yaml::write(&tree)?.into_bytes(),
+        // The tree plus its StableHLO exports for the CPU (`dpc compile` picks the device).
+        Format::Hlo => {
+            let opts = HloOptions {
+                platform: Platform::Cpu,
+                precision: None,
+                compress: None,
+            };
+            dpc_formats::dp::write(&hlo_tree(&tree, &model, opts)?)?
+        }
         other => bail!(
-            "writing .{} models is not supported yet (dpc writes .dp and .yaml today; the other emitters are planned)",
+            "writing .{} models is not supported yet (dpc writes .dp, .yaml and .hlo/.xlo today; the other emitters are planned)",
             other.name()
         ),
     };

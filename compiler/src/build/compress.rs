@@ -197,3 +197,76 @@ pub fn tables(g: &Graph) -> Vec<TableReport> {
     }
     out
 }
+
+/// A table evaluated with elementary ops, for targets without the fused kernels (the
+/// StableHLO lowering): `x [..., 1]` -> `[..., m]`. The interval and its start are constants
+/// to autodiff, so the derivative is the polynomial's. Inputs outside the table use the
+/// polynomial of the nearest end interval (the fused kernel runs the network there instead;
+/// inside the table the two agree to rounding).
+pub(crate) fn table_eval(
+    g: &mut Graph,
+    x: crate::graph::ValueId,
+    t: &Table,
+) -> Result<crate::graph::ValueId, crate::graph::GraphError> {
+    use crate::graph::{Cmp, Dim};
+    let dt = g.dtype(x);
+    let k = t.knots;
+    let mut lead: Vec<Dim> = g.shape(x).to_vec();
+    if lead.pop() != Some(Dim::ONE) {
+        return Err(crate::graph::GraphError(
+            "a table takes one input per row".into(),
+        ));
+    }
+    let xs = g.stop_gradient(x)?;
+    // Index and start of the interval, as floats: fine part, then coarse part.
+    let part = |g: &mut Graph, from: f64, h: f64, n: usize| {
+        let u = g.add_scalar(xs, -from)?;
+        let u = g.scale(u, 1.0 / h)?;
+        let u = g.floor(u)?;
+        let lo = g.scalar(0.0, dt);
+        let hi = g.scalar((n.max(1) - 1) as f64, dt);
+        let u = g.maximum(u, lo)?;
+        let i = g.minimum(u, hi)?;
+        let s = g.scale(i, h)?;
+        let s = g.add_scalar(s, from)?;
+        Ok::<_, crate::graph::GraphError>((i, s))
+    };
+    let (i0, s0) = part(g, k.lower, k.stride0, k.n0)?;
+    let (idx, start) = if k.n1 > 0 {
+        let (i1, s1) = part(g, k.upper(), k.stride1, k.n1)?;
+        let i1 = g.add_scalar(i1, k.n0 as f64)?;
+        let up = g.scalar(k.upper(), dt);
+        let fine = g.cmp(Cmp::Lt, xs, up)?;
+        (g.select(fine, i0, i1)?, g.select(fine, s0, s1)?)
+    } else {
+        (i0, s0)
+    };
+    let tt = g.sub(x, start)?; // [..., 1], carries the gradient
+    let idx = g.cast(idx, DType::I32)?;
+    let idx = g.reshape(idx, lead.clone())?;
+    let m = t.m;
+    let nk = k.intervals();
+    let coef = g.constant(Tensor {
+        shape: vec![nk, 6 * m],
+        data: t.coef.data.clone(),
+    });
+    let c = g.gather(coef, idx)?; // [..., 6 m]
+    let mut cs = lead.clone();
+    cs.extend([Dim::fixed(6), Dim::fixed(m)]);
+    let c = g.reshape(c, cs)?;
+    let axis = lead.len();
+    let coeff = |g: &mut Graph, p: usize| {
+        let s = g.slice_n(c, axis, p, p + 1)?;
+        let mut to = lead.clone();
+        to.push(Dim::fixed(m));
+        g.reshape(s, to)
+    };
+    // Horner: ((((c5 t + c4) t + c3) t + c2) t + c1) t + c0.
+    let mut v = coeff(g, 5)?;
+    for p in (0..5).rev() {
+        v = g.mul(v, tt)?;
+        let cp = coeff(g, p)?;
+        v = g.add(v, cp)?;
+    }
+    Ok(v)
+}

@@ -145,10 +145,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         aparam,
         fuse: !opts.unfused,
         compress: match opts.compress {
-            Some(c) if !opts.unfused => {
-                Some(compress::Plan::new(c, model.min_nbor_dist).map_err(GraphError)?)
-            }
-            Some(_) => return Err(GraphError("compression needs the fused kernels".into())),
+            Some(c) => Some(compress::Plan::new(c, model.min_nbor_dist).map_err(GraphError)?),
             None => None,
         },
         flat_frames: opts.flat_frames,

@@ -1,5 +1,6 @@
 //! `se_e2_r` (`deepmd/dpmodel/descriptor/se_r.py`): `D_i = (1/5) (1/nnei) sum_j Emb(s_ij)`.
 
+use super::compress::table_eval;
 use super::env_mat::{apply_keep, env_rr, pair_keep};
 use super::nn::{fusable, net};
 use super::Inputs;
@@ -23,26 +24,30 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<Val
         let Some(n) = d.embeddings.get(&[tt]) else {
             continue;
         };
-        let sum = match fusable(n, g.dtype(tr)).filter(|_| inp.fuse) {
+        let mlp = fusable(n, g.dtype(tr));
+        let table = match (&inp.compress, &mlp) {
+            (Some(p), Some(mlp)) => {
+                let (lo, hi) = p.radial_range(&d.env, &d.stats, start - s..start, None)?;
+                Some(p.table(mlp, lo, hi)?)
+            }
+            _ => None,
+        };
+        let sum = match mlp.filter(|_| inp.fuse) {
             Some(mlp) => {
                 // sum_j G_j as the fused contraction of G with a channel of ones.
                 let one = g.scalar_like(1.0, tr);
                 let ones = g.broadcast(one, vec![Dim::NLOC, Dim::fixed(s), Dim::ONE])?;
                 let tr1 = g.concat(&[tr, ones], 2)?;
-                let table = match &inp.compress {
-                    Some(p) => {
-                        let (lo, hi) = p.radial_range(&d.env, &d.stats, start - s..start, None)?;
-                        Some(p.table(&mlp, lo, hi)?)
-                    }
-                    None => None,
-                };
                 let c = g.embed_contract(tr1, mlp, table, None)?; // [nloc, ng, 2]
                 let c = g.slice_n(c, 2, 1, 2)?;
                 let ng = g.shape(c)[1];
                 g.reshape(c, vec![Dim::NLOC, ng])?
             }
             None => {
-                let gg = net(g, tr, n)?; // [nloc, s, ng]
+                let gg = match &table {
+                    Some(t) => table_eval(g, tr, t)?,
+                    None => net(g, tr, n)?,
+                }; // [nloc, s, ng]
                 g.sum(gg, &[1], false)? // [nloc, ng]
             }
         };

@@ -1,6 +1,7 @@
 //! `se_e3` (`deepmd/dpmodel/descriptor/se_t.py`): for neighbour-type pairs ti <= tj,
 //! `theta_ab = R_a[1:] . R_b[1:]`, `D_i += sum_ab theta_ab Emb(theta_ab) / (sel_i sel_j)`.
 
+use super::compress::table_eval;
 use super::env_mat::{apply_keep, env_rr, pair_keep};
 use super::nn::{fusable, net};
 use super::Inputs;
@@ -34,20 +35,19 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeT, nlist: ValueId) -> Result<Val
             let rj = block(g, tj)?;
             let rjt = g.transpose(rj, vec![0, 2, 1])?;
             let env_ij = g.matmul(ri, rjt)?; // [nloc, si, sj]
-            let res = match fusable(n, g.dtype(env_ij)).filter(|_| inp.fuse) {
+            let mlp = fusable(n, g.dtype(env_ij));
+            let table = match (&inp.compress, &mlp) {
+                (Some(p), Some(mlp)) => {
+                    let bi = p.angular_bound(&d.env, &d.stats, starts[ti]..starts[ti + 1])?;
+                    let bj = p.angular_bound(&d.env, &d.stats, starts[tj]..starts[tj + 1])?;
+                    Some(p.table(mlp, -bi * bj, bi * bj)?)
+                }
+                _ => None,
+            };
+            let res = match mlp.filter(|_| inp.fuse) {
                 Some(mlp) => {
                     // sum_ab theta_ab G(theta_ab): the fused contraction with one channel.
                     let x = g.reshape(env_ij, vec![Dim::NLOC, Dim::fixed(si * sj), Dim::ONE])?;
-                    let table = match &inp.compress {
-                        Some(p) => {
-                            let bi =
-                                p.angular_bound(&d.env, &d.stats, starts[ti]..starts[ti + 1])?;
-                            let bj =
-                                p.angular_bound(&d.env, &d.stats, starts[tj]..starts[tj + 1])?;
-                            Some(p.table(&mlp, -bi * bj, bi * bj)?)
-                        }
-                        None => None,
-                    };
                     let c = g.embed_contract(x, mlp, table, None)?; // [nloc, ng, 1]
                     let ng = g.shape(c)[1];
                     g.reshape(c, vec![Dim::NLOC, ng])?
@@ -57,7 +57,10 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeT, nlist: ValueId) -> Result<Val
                         env_ij,
                         vec![Dim::NLOC, Dim::fixed(si), Dim::fixed(sj), Dim::ONE],
                     )?;
-                    let gg = net(g, x, n)?; // [nloc, si, sj, ng]
+                    let gg = match &table {
+                        Some(t) => table_eval(g, x, t)?,
+                        None => net(g, x, n)?,
+                    }; // [nloc, si, sj, ng]
                     let ng = g.shape(gg)[3];
                     let gg = g.reshape(gg, vec![Dim::NLOC, Dim::fixed(si * sj), ng])?;
                     let e = g.reshape(env_ij, vec![Dim::NLOC, Dim::ONE, Dim::fixed(si * sj)])?;

@@ -115,7 +115,7 @@ fn rule(
                     let t = g.mul(y, t)?;
                     g.mul(gy, t)?
                 }
-                Unary::Not => return Ok(vec![None]),
+                Unary::Not | Unary::Floor => return Ok(vec![None]),
             };
             one(d)
         }

@@ -99,6 +99,10 @@ impl Graph {
         self.unary(Unary::Sigmoid, x)
     }
 
+    pub fn floor(&mut self, x: ValueId) -> R {
+        self.unary(Unary::Floor, x)
+    }
+
     /// `x * c` for a float constant `c`.
     pub fn scale(&mut self, x: ValueId, c: f64) -> R {
         let s = self.scalar_like(c, x);

@@ -21,6 +21,8 @@ pub enum Unary {
     Sqrt,
     Recip,
     Sigmoid,
+    /// Round down to an integer value (no gradient: piecewise constant).
+    Floor,
     /// Logical not (bool only).
     Not,
 }
@@ -132,6 +134,7 @@ impl Op {
                 Unary::Sqrt => "sqrt",
                 Unary::Recip => "recip",
                 Unary::Sigmoid => "sigmoid",
+                Unary::Floor => "floor",
                 Unary::Not => "not",
             },
             Op::Binary(b) => match b {

@@ -31,6 +31,8 @@ impl Platform {
 pub struct HloOptions {
     pub platform: Platform,
     pub precision: Option<DType>,
+    /// Tabulated embedding networks (`--compress`).
+    pub compress: Option<crate::build::Compress>,
 }
 
 fn array_type(p: &Port) -> ArrayType {
@@ -56,6 +58,7 @@ pub fn serialized_export(
         LowerOptions {
             precision: opts.precision,
             sizes: None,
+            compress: opts.compress,
         },
     )?;
     let has = |n: &str| e.args.iter().any(|p| p.name == n);

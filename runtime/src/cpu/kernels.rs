@@ -122,6 +122,7 @@ pub trait Float:
     fn ln(self) -> Self;
     fn tanh(self) -> Self;
     fn sqrt(self) -> Self;
+    fn floor(self) -> Self;
     fn one() -> Self;
 }
 
@@ -139,6 +140,9 @@ macro_rules! impl_float {
             }
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
+            }
+            fn floor(self) -> Self {
+                <$t>::floor(self)
             }
             fn one() -> Self {
                 1.0
@@ -158,6 +162,7 @@ fn unary_f<T: Float>(u: Unary, x: &[T]) -> Vec<T> {
         Unary::Sqrt => |x| x.sqrt(),
         Unary::Recip => |x| T::one() / x,
         Unary::Sigmoid => |x| T::one() / (T::one() + (-x).exp()),
+        Unary::Floor => |x| x.floor(),
         Unary::Not => unreachable!("not is boolean"),
     };
     x.iter().map(|&v| f(v)).collect()

@@ -16,7 +16,6 @@ use std::sync::Mutex;
 
 pub use client::{Compiled, Elem, HostArray, PjrtError, Plugin};
 
-use dpc_compiler::graph::DType;
 use dpc_compiler::lower::stablehlo::{export, LowerOptions, StaticSizes, Variant};
 use dpc_compiler::model::Model;
 
@@ -64,7 +63,7 @@ struct Key {
 pub struct PjrtModel {
     plugin: Plugin,
     model: Model,
-    precision: Option<DType>,
+    lower: LowerOptions,
     cache: Mutex<HashMap<Key, Compiled>>,
 }
 
@@ -77,7 +76,7 @@ impl PjrtModel {
         plugin: &Path,
         device: Device,
         model: Model,
-        precision: Option<DType>,
+        lower: LowerOptions,
     ) -> Result<PjrtModel, EvalError> {
         let plugin = Plugin::load(plugin, device == Device::Cpu).map_err(dev_err)?;
         let want = match device {
@@ -95,7 +94,7 @@ impl PjrtModel {
         Ok(PjrtModel {
             plugin,
             model,
-            precision,
+            lower,
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -171,8 +170,8 @@ impl PjrtModel {
                 m,
                 variant,
                 LowerOptions {
-                    precision: self.precision,
                     sizes: Some(sizes),
+                    ..self.lower
                 },
             )
             .map_err(|e| EvalError::Graph(e.0))?;

@@ -88,13 +88,15 @@ pub struct Export {
 }
 
 /// Options of the lowering beyond the variant.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LowerOptions {
     /// `--precision float32`: the networks in float32.
     pub precision: Option<DType>,
     /// Fixed sizes instead of symbolic ones, for compilers that take static shapes only
     /// (PJRT plugins).
     pub sizes: Option<StaticSizes>,
+    /// `--compress`: the embedding networks as tables (evaluated with elementary ops).
+    pub compress: Option<crate::build::Compress>,
 }
 
 /// Frames, centres and extended atoms per frame of a static-shape module.
@@ -122,7 +124,7 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
             unfused: true,
             flat_frames: true,
             precision: opts.precision,
-            ..Default::default()
+            compress: opts.compress,
         },
     )?;
     verify(&graph).map_err(|e| GraphError(format!("the built graph fails verification: {e}")))?;

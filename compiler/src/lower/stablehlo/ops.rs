@@ -221,6 +221,7 @@ fn unary(f: &mut Func, u: Unary, x: &Val) -> Val {
         Unary::Tanh => "tanh",
         Unary::Sqrt => "sqrt",
         Unary::Sigmoid => "logistic",
+        Unary::Floor => "floor",
         Unary::Not => "not",
         Unary::Recip => {
             let one = f.scalar(x.elem, 1.0);
