@@ -5,8 +5,7 @@
 
 mod common;
 
-use dpc_formats::Value;
-use dpc_runtime::{DeepPot, Frame};
+use dpc_runtime::DeepPot;
 
 fn close(label: &str, a: &[f64], b: &[f64]) {
     // float32 models differ by float32 rounding between summation orders.
@@ -21,9 +20,7 @@ fn close(label: &str, a: &[f64], b: &[f64]) {
 
 #[test]
 fn chunked_evaluation_equals_one_pass_on_every_variant() {
-    let text =
-        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
-    let doc = dpc_formats::json::parse(&text).unwrap();
+    let doc = common::variants_doc();
     for (name, entry) in doc.as_dict().unwrap() {
         let path = common::local_fixtures()
             .join("variants")
@@ -34,28 +31,12 @@ fn chunked_evaluation_equals_one_pass_on_every_variant() {
         let mut chunked = DeepPot::from_tree(tree).unwrap();
         chunked.set_chunk_size(3);
         let c = &entry.get("configs").unwrap().as_list().unwrap()[0];
-        let coord = common::floats(c.get("coord").unwrap());
-        let mut atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
-            .iter()
-            .map(|&t| t as i32)
-            .collect();
+        let mut cfg = common::Config::from_value(c);
         // Atom 0 of a type the later chunks do not start with, so a chunk that read its own
         // first atom for padding would differ.
         let ntypes = whole.model().ntypes() as i32;
-        atype[0] = (atype[3] + 1) % ntypes;
-        let opt = |k: &str| {
-            c.get(k)
-                .filter(|v: &&Value| !v.is_null())
-                .map(common::floats)
-        };
-        let (cell, fparam, aparam) = (opt("box"), opt("fparam"), opt("aparam"));
-        let frame = Frame {
-            coord: &coord,
-            atype: &atype,
-            cell: cell.as_deref(),
-            fparam: fparam.as_deref(),
-            aparam: aparam.as_deref(),
-        };
+        cfg.atype[0] = (cfg.atype[3] + 1) % ntypes;
+        let frame = cfg.frame();
         let a = chunked.compute(&frame, true).unwrap();
         let b = whole.compute(&frame, true).unwrap();
         close(&format!("{name} energy"), &[a.energy], &[b.energy]);

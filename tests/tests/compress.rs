@@ -122,24 +122,8 @@ fn compressed_variants_match_the_uncompressed_model() {
             continue; // se_atten variants: compression is refused (tested below)
         };
         let c = &entry.get("configs").unwrap().as_list().unwrap()[0];
-        let coord = common::floats(c.get("coord").unwrap());
-        let atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
-            .iter()
-            .map(|&t| t as i32)
-            .collect();
-        let opt = |k: &str| {
-            c.get(k)
-                .filter(|v: &&Value| !v.is_null())
-                .map(common::floats)
-        };
-        let (cell, fparam, aparam) = (opt("box"), opt("fparam"), opt("aparam"));
-        let frame = Frame {
-            coord: &coord,
-            atype: &atype,
-            cell: cell.as_deref(),
-            fparam: fparam.as_deref(),
-            aparam: aparam.as_deref(),
-        };
+        let cfg = common::Config::from_value(c);
+        let frame = cfg.frame();
         let a = pot.compute(&frame, false).unwrap();
         let b = plain.compute(&frame, false).unwrap();
         let d = diffs(&a, b.energy, &b.force, &b.virial);

@@ -4,7 +4,6 @@
 
 mod common;
 
-use dpc_formats::Value;
 use dpc_runtime::{DeepPot, Frame};
 
 fn pair(path: &std::path::Path) -> (DeepPot, DeepPot) {
@@ -79,24 +78,8 @@ fn fused_and_unfused_graphs_agree_on_every_variant() {
             .join("variants")
             .join(entry.get("model").unwrap().as_str().unwrap());
         let c = &entry.get("configs").unwrap().as_list().unwrap()[0];
-        let coord = common::floats(c.get("coord").unwrap());
-        let atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
-            .iter()
-            .map(|&t| t as i32)
-            .collect();
-        let opt = |k: &str| {
-            c.get(k)
-                .filter(|v: &&Value| !v.is_null())
-                .map(common::floats)
-        };
-        let (cell, fparam, aparam) = (opt("box"), opt("fparam"), opt("aparam"));
-        let frame = Frame {
-            coord: &coord,
-            atype: &atype,
-            cell: cell.as_deref(),
-            fparam: fparam.as_deref(),
-            aparam: aparam.as_deref(),
-        };
+        let cfg = common::Config::from_value(c);
+        let frame = cfg.frame();
         let tol = if name.ends_with("f32") { 1e-5 } else { 1e-12 };
         if compare(name, &path, &frame, tol) {
             fused_models += 1;

@@ -605,18 +605,9 @@ fn variant_graphs_match_tensorflow() {
             (ATOL, RTOL)
         };
         for c in m.get("configs").unwrap().as_list().unwrap() {
-            let get = |k: &str| c.get(k).filter(|v| !v.is_null()).map(floats);
-            let (coord, cell) = (get("coord").unwrap(), get("box"));
-            let (fparam, aparam) = (get("fparam"), get("aparam"));
-            let atype: Vec<i32> = get("atype").unwrap().iter().map(|&t| t as i32).collect();
-            let frame = Frame {
-                coord: &coord,
-                atype: &atype,
-                cell: cell.as_deref(),
-                fparam: fparam.as_deref(),
-                aparam: aparam.as_deref(),
-            };
-            let out = pot.compute(&frame, true).unwrap();
+            let out = pot
+                .compute(&common::Config::from_value(c).frame(), true)
+                .unwrap();
             let exp = Expected::from_value(c.get("expected").unwrap());
             let label = format!("{name}.pb {}", c.get("name").unwrap().as_str().unwrap());
             assert_close(&label, &out, &exp, atol, rtol);

@@ -75,9 +75,7 @@ fn fixtures_through_pjrt_match_deepmd_kit() {
 fn variants_through_pjrt_match_deepmd_kit() {
     let Some(plugin) = plugin() else { return };
     let dir = common::local_fixtures().join("variants");
-    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
-    let doc = dpc_formats::json::parse(&text).unwrap();
-    let opt = |v: Option<&Value>| v.filter(|x| !x.is_null()).map(common::floats);
+    let doc = common::variants_doc();
     for name in [
         "se_e2_a_fparam_aparam",
         "se_e2_a_excl",
@@ -90,24 +88,9 @@ fn variants_through_pjrt_match_deepmd_kit() {
         let tree = read_model(&dir.join(entry.get("model").unwrap().as_str().unwrap())).unwrap();
         let pot = on_pjrt(tree, &plugin);
         for c in entry.get("configs").unwrap().as_list().unwrap() {
-            let coord = common::floats(c.get("coord").unwrap());
-            let atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
-                .iter()
-                .map(|&t| t as i32)
-                .collect();
-            let (cell, fparam, aparam) = (
-                opt(c.get("box")),
-                opt(c.get("fparam")),
-                opt(c.get("aparam")),
-            );
-            let frame = Frame {
-                coord: &coord,
-                atype: &atype,
-                cell: cell.as_deref(),
-                fparam: fparam.as_deref(),
-                aparam: aparam.as_deref(),
-            };
-            let out = pot.compute(&frame, true).unwrap();
+            let out = pot
+                .compute(&common::Config::from_value(c).frame(), true)
+                .unwrap();
             let want = common::Expected::from_value(c.get("expected").unwrap());
             common::assert_close(&format!("{name} on PJRT"), &out, &want, 1e-10, 1e-12);
         }

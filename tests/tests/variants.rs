@@ -6,16 +6,10 @@
 mod common;
 
 use dpc_formats::Value;
-use dpc_runtime::{DeepPot, Frame};
+use dpc_runtime::DeepPot;
 
 fn doc() -> Value {
-    let text =
-        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
-    dpc_formats::json::parse(&text).unwrap()
-}
-
-fn opt_floats(v: Option<&Value>) -> Option<Vec<f64>> {
-    v.filter(|x| !x.is_null()).map(common::floats)
+    common::variants_doc()
 }
 
 /// Check one variant; float32 models get a float32-sized tolerance.
@@ -34,22 +28,8 @@ fn check(name: &str) {
         (1e-10, 1e-12)
     };
     for c in entry.get("configs").unwrap().as_list().unwrap() {
-        let coord = common::floats(c.get("coord").unwrap());
-        let atype: Vec<i32> = common::floats(c.get("atom_types").unwrap())
-            .iter()
-            .map(|&t| t as i32)
-            .collect();
-        let cell = opt_floats(c.get("box"));
-        let fparam = opt_floats(c.get("fparam"));
-        let aparam = opt_floats(c.get("aparam"));
-        let frame = Frame {
-            coord: &coord,
-            atype: &atype,
-            cell: cell.as_deref(),
-            fparam: fparam.as_deref(),
-            aparam: aparam.as_deref(),
-        };
-        let out = pot.compute(&frame, true).unwrap();
+        let cfg = common::Config::from_value(c);
+        let out = pot.compute(&cfg.frame(), true).unwrap();
         let cname = c.get("name").unwrap().as_str().unwrap();
         let want = common::Expected::from_value(c.get("expected").unwrap());
         common::assert_close(&format!("{name} {cname}"), &out, &want, atol, rtol);

@@ -140,3 +140,45 @@ pub fn worst(a: &[f64], b: &[f64], atol: f64, rtol: f64) -> (f64, f64) {
     }
     (ratio, absmax)
 }
+
+/// One configuration of a reference JSON (`coord`, `atom_types` or `atype`, optional `box`,
+/// `fparam`, `aparam`; null = absent), owned, ready to become a `Frame`.
+pub struct Config {
+    pub coord: Vec<f64>,
+    pub atype: Vec<i32>,
+    pub cell: Option<Vec<f64>>,
+    pub fparam: Option<Vec<f64>>,
+    pub aparam: Option<Vec<f64>>,
+}
+
+impl Config {
+    pub fn from_value(c: &Value) -> Config {
+        let get = |k: &str| c.get(k).filter(|v| !v.is_null()).map(floats);
+        let atype = get("atom_types")
+            .or_else(|| get("atype"))
+            .expect("atom types");
+        Config {
+            coord: get("coord").expect("coord"),
+            atype: atype.iter().map(|&t| t as i32).collect(),
+            cell: get("box"),
+            fparam: get("fparam"),
+            aparam: get("aparam"),
+        }
+    }
+
+    pub fn frame(&self) -> dpc_runtime::Frame<'_> {
+        dpc_runtime::Frame {
+            coord: &self.coord,
+            atype: &self.atype,
+            cell: self.cell.as_deref(),
+            fparam: self.fparam.as_deref(),
+            aparam: self.aparam.as_deref(),
+        }
+    }
+}
+
+/// `tests/fixtures/variants/reference.json`: per variant, its model file and configurations.
+pub fn variants_doc() -> Value {
+    let text = std::fs::read_to_string(local_fixtures().join("variants/reference.json")).unwrap();
+    dpc_formats::json::parse(&text).unwrap()
+}
