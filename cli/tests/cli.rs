@@ -337,7 +337,7 @@ fn compile_writes_an_hlo_and_refuses_what_it_cannot_lower() {
     assert!(ok, "compressed: {err}");
     fail(
         &["compile", "builtin:water", "-o", o, "--device", "tpu"],
-        "use cpu or cuda",
+        "use cpu, cuda or cpu,cuda",
     );
     let dp = dir.join("x.dp");
     fail(

@@ -199,6 +199,7 @@ impl DeepPot {
             precision: self.opts.precision,
             compress: self.opts.compress,
             sizes: None,
+            platform_index: false,
         };
         let p = crate::pjrt::PjrtModel::new(plugin, device, self.model.clone(), lower)?;
         self.pjrt = Some(std::sync::Arc::new(p));

@@ -153,6 +153,24 @@ fn stablehlo_values_are_defined_before_use() {
 }
 
 #[test]
+fn one_file_for_cpu_and_cuda_takes_the_platform_index() {
+    let (tree, model) = fixture_model("se_e2_r");
+    let opts = HloOptions {
+        platform: Platform::CpuAndCuda,
+        ..CPU
+    };
+    let hlo = hlo_tree(&tree, &model, opts).unwrap();
+    let Some(Value::Bytes(blob)) = hlo.get("@variables").unwrap().get("stablehlo") else {
+        panic!("no blob");
+    };
+    let info = jax_export::info(blob).unwrap();
+    assert_eq!(info.platforms, ["cpu", "cuda"]);
+    assert_eq!(info.inputs.len(), 4, "the index is not an array argument");
+    assert_eq!(Platform::parse("cpu,cuda"), Some(Platform::CpuAndCuda));
+    assert_eq!(Platform::parse("tpu"), None);
+}
+
+#[test]
 fn float32_export_runs_the_networks_in_float32_and_returns_float64() {
     let (_, model) = fixture_model("se_e2_a");
     let opts = LowerOptions {

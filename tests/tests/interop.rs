@@ -195,8 +195,14 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
     for (name, src, reference, key) in cases {
         let tree = read_model(&src).unwrap();
         let model = Model::from_tree(&tree).unwrap();
+        // One file for cpu and cuda (main takes the platform index) on one model.
+        let platform = if name == "se_e2_a_tos" {
+            Platform::CpuAndCuda
+        } else {
+            Platform::Cpu
+        };
         let opts = HloOptions {
-            platform: Platform::Cpu,
+            platform,
             precision: None,
             compress: None,
         };

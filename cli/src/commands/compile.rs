@@ -31,8 +31,8 @@ pub struct Args {
     /// StableHLO).
     #[arg(short, long, value_name = "OUT.hlo")]
     output: Option<std::path::PathBuf>,
-    /// The platform the executable is for.
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda")]
+    /// The platform(s) the exports are for: cpu, cuda, or cpu,cuda (one file for both).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda|cpu,cuda")]
     device: String,
     /// Print the StableHLO module of DeePMD-kit's `call_common_lower` (with ghosts, without
     /// atomic virial; with `--atomic-virial`, with it).
@@ -81,10 +81,8 @@ pub fn run(a: Args) -> Result<String> {
 fn stablehlo(a: &Args, tree: &dpc_formats::Value, model: &Model) -> Result<String> {
     let opts = a.build.options()?;
     let (precision, compress) = (opts.precision, opts.compress);
-    let platform = match a.device.as_str() {
-        "cpu" => Platform::Cpu,
-        "cuda" | "gpu" => Platform::Cuda,
-        other => bail!("--device {other}: use cpu or cuda"),
+    let Some(platform) = Platform::parse(&a.device) else {
+        bail!("--device {}: use cpu, cuda or cpu,cuda", a.device);
     };
     let mut out = String::new();
     if a.emit_stablehlo {
@@ -100,6 +98,7 @@ fn stablehlo(a: &Args, tree: &dpc_formats::Value, model: &Model) -> Result<Strin
                     precision,
                     sizes: None,
                     compress,
+                    platform_index: false,
                 },
             )?
             .mlir,

@@ -16,6 +16,8 @@ use crate::model::Model;
 pub enum Platform {
     Cpu,
     Cuda,
+    /// One module for both (`main` takes the platform index JAX passes, and ignores it).
+    CpuAndCuda,
 }
 
 impl Platform {
@@ -23,6 +25,26 @@ impl Platform {
         match self {
             Platform::Cpu => "cpu",
             Platform::Cuda => "cuda",
+            Platform::CpuAndCuda => "cpu and cuda",
+        }
+    }
+
+    /// `jax.export`'s platform list.
+    pub fn platforms(self) -> Vec<String> {
+        match self {
+            Platform::Cpu => vec!["cpu".into()],
+            Platform::Cuda => vec!["cuda".into()],
+            Platform::CpuAndCuda => vec!["cpu".into(), "cuda".into()],
+        }
+    }
+
+    /// `cpu`, `cuda` (or `gpu`), or both (`cpu,cuda` or `all`).
+    pub fn parse(s: &str) -> Option<Platform> {
+        match s.to_ascii_lowercase().replace(' ', "").as_str() {
+            "cpu" => Some(Platform::Cpu),
+            "cuda" | "gpu" => Some(Platform::Cuda),
+            "cpu,cuda" | "cuda,cpu" | "all" => Some(Platform::CpuAndCuda),
+            _ => None,
         }
     }
 }
@@ -59,6 +81,7 @@ pub fn serialized_export(
             precision: opts.precision,
             sizes: None,
             compress: opts.compress,
+            platform_index: opts.platform == Platform::CpuAndCuda,
         },
     )?;
     let has = |n: &str| e.args.iter().any(|p| p.name == n);
@@ -86,7 +109,7 @@ pub fn serialized_export(
         inputs: e.args.iter().map(array_type).collect(),
         out_tree,
         outputs: e.results.iter().map(array_type).collect(),
-        platforms: vec![opts.platform.name().into()],
+        platforms: opts.platform.platforms(),
         module: e.mlir.into_bytes(),
         shape_polymorphic: true,
     })

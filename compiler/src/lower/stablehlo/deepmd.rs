@@ -97,6 +97,9 @@ pub struct LowerOptions {
     pub sizes: Option<StaticSizes>,
     /// `--compress`: the embedding networks as tables (evaluated with elementary ops).
     pub compress: Option<crate::build::Compress>,
+    /// `main` takes the platform's index first, as `jax.export` requires of a module
+    /// exported for several platforms (the module is the same on each, so it is unused).
+    pub platform_index: bool,
 }
 
 /// Frames, centres and extended atoms per frame of a static-shape module.
@@ -194,7 +197,12 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
                 .collect(),
         })
         .collect();
-    let signature = signature(&arg_vals, &results);
+    let mut signature = signature(&arg_vals, &results);
+    if opts.platform_index {
+        signature = format!(
+            "%platform: tensor<i32> {{jax.global_constant = \"_platform_index\"}}, {signature}"
+        );
+    }
 
     // Sizes: frames, centres, extended atoms per frame; totals of the flattened system.
     let nf = f.dim_size(&arg_vals[0], 0);
