@@ -74,6 +74,7 @@ fn elementwise_rules() {
     check("tanh", &[2, 3], |g, x| g.tanh(x).unwrap());
     check("exp", &[2, 3], |g, x| g.exp(x).unwrap());
     check("sigmoid", &[4], |g, x| g.sigmoid(x).unwrap());
+    check("softmax", &[3, 5], |g, x| g.softmax(x).unwrap());
     check("neg", &[4], |g, x| g.neg(x).unwrap());
     check("log", &[2, 3], |g, x| {
         let e = g.exp(x).unwrap();

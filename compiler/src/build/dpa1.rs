@@ -107,7 +107,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
         let r3 = g.slice_n(rr, 2, 1, 4)?;
         let input_r = l2_normalize(g, r3, d.norm_floor_sq)?;
         for a in &d.attention {
-            let att = gated_attention(g, a, x, sw, nmask, input_r, d.norm_floor_sq)?;
+            let att = gated_attention(g, a, x, sw, nmask, input_r, d.norm_floor_sq, inp.fuse)?;
             let y = g.add(x, att)?;
             x = layer_norm(g, y, &a.norm)?;
         }
@@ -160,7 +160,10 @@ fn l2_normalize(g: &mut Graph, x: ValueId, floor_sq: f64) -> R {
     g.div(x, n)
 }
 
-fn softmax_last(g: &mut Graph, a: ValueId) -> R {
+fn softmax_last(g: &mut Graph, a: ValueId, fuse: bool) -> R {
+    if fuse {
+        return g.softmax(a);
+    }
     let last = g.ty(a).rank() - 1;
     let m = g.reduce_max(a, &[last], true)?;
     let m = g.stop_gradient(m)?;
@@ -178,6 +181,7 @@ fn gated_attention(
     nmask: ValueId,
     input_r: ValueId,
     floor_sq: f64,
+    fuse: bool,
 ) -> R {
     let hd = a.hidden_dim;
     let nnei = g.shape(x)[1];
@@ -205,7 +209,7 @@ fn gated_attention(
         let masked = g.scalar_like(MASKED_LOGIT, w);
         w = g.select(key_ok, w, masked)?;
     }
-    let mut p = softmax_last(g, w)?;
+    let mut p = softmax_last(g, w, fuse)?;
     let query_ok = g.reshape(nmask, vec![Dim::NLOC, nnei, Dim::ONE])?;
     let zero = g.scalar_like(0.0, p);
     p = g.select(query_ok, p, zero)?;

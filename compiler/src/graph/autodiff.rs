@@ -295,6 +295,10 @@ fn rule(
             let d = g.push(Op::EnvMatVjp(e.clone()), &[args[0], args[1], args[2], gy])?;
             Ok(vec![Some(d), None, None])
         }
+        Op::Softmax => Ok(vec![Some(g.push(Op::SoftmaxVjp, &[y, gy])?)]),
+        Op::SoftmaxVjp => Err(GraphError(
+            "softmax_vjp has no gradient (second derivatives are not supported)".into(),
+        )),
         Op::EnvMatVjp(_) => Err(GraphError(
             "env_mat_vjp has no gradient (second derivatives are not supported)".into(),
         )),

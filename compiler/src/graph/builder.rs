@@ -99,6 +99,11 @@ impl Graph {
         self.unary(Unary::Sigmoid, x)
     }
 
+    /// Softmax over the last axis as one op.
+    pub fn softmax(&mut self, x: ValueId) -> R {
+        self.push(Op::Softmax, &[x])
+    }
+
     pub fn floor(&mut self, x: ValueId) -> R {
         self.unary(Unary::Floor, x)
     }

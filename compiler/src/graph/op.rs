@@ -91,6 +91,11 @@ pub enum Op {
     ScatterAdd { rows: Dim },
     /// `(x)` unchanged, but autodiff treats it as a constant.
     StopGradient,
+    /// `(x)`: softmax over the last axis (max-shifted), in one pass per row.
+    Softmax,
+    /// `(y, g)`: the VJP of `Softmax` from its output `y` and cotangent `g`,
+    /// `y * (g - sum(g * y))` per row (no gradient of its own).
+    SoftmaxVjp,
     /// `(rr [n, s, c] [, types i32 [n]]) -> [n, m, c]`:
     /// `out[i] = sum_j Net(rr[i, j, 0])^T rr[i, j, :]`, the embedding network applied to the
     /// first channel and contracted with all channels (se_e2_a's `G^T R~`), fused so the
@@ -169,6 +174,8 @@ impl Op {
             Op::Gather => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
             Op::StopGradient => "stop_gradient",
+            Op::Softmax => "softmax",
+            Op::SoftmaxVjp => "softmax_vjp",
             Op::EmbedContract(_) => "embed_contract",
             Op::EmbedContractVjp(_) => "embed_contract_vjp",
             Op::Dense(_) => "dense",
@@ -191,7 +198,9 @@ impl Op {
             | Op::Pad { .. }
             | Op::ReduceSum { .. }
             | Op::ReduceMax { .. }
-            | Op::StopGradient => 1,
+            | Op::StopGradient
+            | Op::Softmax => 1,
+            Op::SoftmaxVjp => 2,
             Op::EmbedContract(e) => 1 + usize::from(e.centre_type.is_some()),
             Op::EmbedContractVjp(e) => 2 + usize::from(e.centre_type.is_some()),
             Op::Dense(e) => 1 + usize::from(e.centre_type.is_some()),
@@ -408,6 +417,19 @@ impl Op {
                 Ok(TensorType::new(u.dtype, s))
             }
             Op::StopGradient => Ok(a.unwrap().clone()),
+            Op::Softmax => {
+                let x = a.unwrap();
+                if !x.dtype.is_float() || x.rank() == 0 {
+                    return Err(format!("softmax of {x}"));
+                }
+                Ok(x.clone())
+            }
+            Op::SoftmaxVjp => {
+                if args[0] != args[1] || !args[0].dtype.is_float() || args[0].rank() == 0 {
+                    return Err(format!("softmax_vjp({}, {})", args[0], args[1]));
+                }
+                Ok(args[0].clone())
+            }
             Op::EnvMat(e) => {
                 env_input(e, args)?;
                 let s = vec![args[1].shape[0], args[1].shape[1], Dim::fixed(e.ncomp())];

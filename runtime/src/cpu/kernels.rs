@@ -1043,3 +1043,107 @@ mod tests {
         assert!(gather(&t, &Tensor::i32(vec![1], vec![-1])).is_err());
     }
 }
+
+/// Softmax over the last axis: per row, shift by the maximum, exponentiate, normalise.
+pub fn softmax(x: &Tensor) -> R<Tensor> {
+    fn rows<T: Float + Send + Sync>(v: &[T], len: usize) -> Vec<T> {
+        let mut o = vec![T::default(); v.len()];
+        if len == 0 {
+            return o;
+        }
+        o.par_chunks_mut(len * 64)
+            .zip(v.par_chunks(len * 64))
+            .for_each(|(ob, xb)| {
+                for (orow, xrow) in ob.chunks_mut(len).zip(xb.chunks(len)) {
+                    let m = xrow
+                        .iter()
+                        .copied()
+                        .fold(xrow[0], |a, b| if b > a { b } else { a });
+                    let mut z = T::default();
+                    for (o, &x) in orow.iter_mut().zip(xrow) {
+                        *o = (x - m).exp();
+                        z = z + *o;
+                    }
+                    let inv = T::one() / z;
+                    orow.iter_mut().for_each(|o| *o = *o * inv);
+                }
+            });
+        o
+    }
+    let len = *x
+        .shape
+        .last()
+        .ok_or_else(|| ExecError::Shape("softmax of a scalar".into()))?;
+    let data = match &x.data {
+        Data::F64(v) => Data::F64(rows(v, len)),
+        Data::F32(v) => Data::F32(rows(v, len)),
+        _ => return Err(ExecError::Type("softmax of integers".into())),
+    };
+    Ok(Tensor {
+        shape: x.shape.clone(),
+        data,
+    })
+}
+
+/// The VJP of `softmax` from its output `y` and cotangent `g`: `y * (g - sum(g * y))` per
+/// row of the last axis.
+pub fn softmax_vjp(y: &Tensor, g: &Tensor) -> R<Tensor> {
+    fn rows<T: Float + Send + Sync>(y: &[T], g: &[T], len: usize) -> Vec<T> {
+        let mut o = vec![T::default(); y.len()];
+        if len == 0 {
+            return o;
+        }
+        o.par_chunks_mut(len * 64)
+            .zip(y.par_chunks(len * 64).zip(g.par_chunks(len * 64)))
+            .for_each(|(ob, (yb, gb))| {
+                for ((orow, yrow), grow) in
+                    ob.chunks_mut(len).zip(yb.chunks(len)).zip(gb.chunks(len))
+                {
+                    let s = yrow
+                        .iter()
+                        .zip(grow)
+                        .fold(T::default(), |a, (&y, &g)| a + y * g);
+                    for ((o, &y), &g) in orow.iter_mut().zip(yrow).zip(grow) {
+                        *o = y * (g - s);
+                    }
+                }
+            });
+        o
+    }
+    if y.shape != g.shape {
+        return Err(ExecError::Shape("softmax_vjp: shapes differ".into()));
+    }
+    let len = *y
+        .shape
+        .last()
+        .ok_or_else(|| ExecError::Shape("softmax of a scalar".into()))?;
+    let data = match (&y.data, &g.data) {
+        (Data::F64(a), Data::F64(b)) => Data::F64(rows(a, b, len)),
+        (Data::F32(a), Data::F32(b)) => Data::F32(rows(a, b, len)),
+        _ => return Err(ExecError::Type("softmax_vjp dtypes".into())),
+    };
+    Ok(Tensor {
+        shape: y.shape.clone(),
+        data,
+    })
+}
+
+#[cfg(test)]
+mod softmax_tests {
+    use super::*;
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_match_the_definition() {
+        let x = Tensor::f64(vec![2, 3], vec![1.0, 2.0, 3.0, -1e30, 0.5, 0.5]);
+        let y = softmax(&x).unwrap();
+        let v = y.as_f64().unwrap();
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|a| (a - 3.0).exp()).sum();
+        assert!((v[0] - (-2.0f64).exp() / z).abs() < 1e-15);
+        assert_eq!(v[3], 0.0);
+        assert!((v[4] - 0.5).abs() < 1e-15 && (v[5] - 0.5).abs() < 1e-15);
+        let g = Tensor::f64(vec![2, 3], vec![1.0; 6]);
+        let d = softmax_vjp(&y, &g).unwrap();
+        // A constant cotangent has no effect through a softmax.
+        assert!(d.as_f64().unwrap().iter().all(|x| x.abs() < 1e-15));
+    }
+}

@@ -256,6 +256,8 @@ fn eval(
         Op::Gather => k::gather(a[0], a[1])?,
         Op::ScatterAdd { rows } => k::scatter_add(a[0], a[1], rows.eval(&bind))?,
         Op::StopGradient => a[0].clone(),
+        Op::Softmax => k::softmax(a[0])?,
+        Op::SoftmaxVjp => k::softmax_vjp(a[0], a[1])?,
         Op::EnvMat(e) => env::env_mat(e, a[0], a[1], a[2])?,
         Op::EnvMatVjp(e) => env::env_mat_vjp(e, a[0], a[1], a[2], a[3])?,
         Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied())?,
