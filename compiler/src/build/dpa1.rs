@@ -173,6 +173,7 @@ fn softmax_last(g: &mut Graph, a: ValueId, fuse: bool) -> R {
     g.div(e, z)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn gated_attention(
     g: &mut Graph,
     a: &AttentionLayer,
