@@ -10,7 +10,7 @@
 //! i.e. the IR's autodiff; nothing here differentiates.
 
 use super::ops::{lower_graph, Dims};
-use super::text::{tensor_type, Elem, Func, Size, Val};
+use super::text::{Elem, Func, Size, Val};
 use crate::build::{build_graph, io, BuildOptions};
 use crate::graph::{verify::verify, DType, GraphError};
 use crate::model::Model;
@@ -110,6 +110,25 @@ pub struct StaticSizes {
     pub nall: usize,
 }
 
+impl Port {
+    /// The port as a value named `name`: numeric sizes fixed, symbolic ones from `bind`.
+    fn val(&self, name: String, bind: impl Fn(&str) -> Size) -> Val {
+        Val {
+            name,
+            elem: match self.dtype {
+                PortType::F64 => Elem::F64,
+                PortType::I32 => Elem::I32,
+                PortType::I64 => Elem::I64,
+            },
+            shape: self
+                .shape
+                .iter()
+                .map(|s| s.parse().map_or_else(|_| bind(s), Size::Fixed))
+                .collect(),
+        }
+    }
+}
+
 fn port(name: &str, dtype: PortType, shape: &[&str]) -> Port {
     Port {
         name: name.into(),
@@ -177,25 +196,12 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
     ];
 
     let mut f = Func::default();
+    // The arguments typed only (`?` for symbolic sizes) until their sizes are read.
+    let unbound = |_: &str| Size::Var(String::new());
     let arg_vals: Vec<Val> = args
         .iter()
         .enumerate()
-        .map(|(i, p)| Val {
-            name: format!("%arg{i}"),
-            elem: match p.dtype {
-                PortType::F64 => Elem::F64,
-                PortType::I32 => Elem::I32,
-                PortType::I64 => Elem::I64,
-            },
-            shape: p
-                .shape
-                .iter()
-                .map(|s| match s.parse::<i64>() {
-                    Ok(n) => Size::Fixed(n),
-                    Err(_) => Size::Var(String::new()),
-                })
-                .collect(),
-        })
+        .map(|(i, p)| p.val(format!("%arg{i}"), unbound))
         .collect();
     let mut signature = signature(&arg_vals, &results);
     if opts.platform_index {
@@ -217,18 +223,12 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
         .iter()
         .zip(&arg_vals)
         .map(|(p, v)| {
-            let shape = p
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(axis, s)| match s.as_str() {
-                    "nf" => nf.clone(),
-                    "nloc" => nloc.clone(),
-                    "nloc + nghost" => nall.clone(),
-                    n => Size::Fixed(n.parse().unwrap_or_else(|_| panic!("dim {axis}: {n}"))),
-                })
-                .collect();
-            Val { shape, ..v.clone() }
+            p.val(v.name.clone(), |s| match s {
+                "nf" => nf.clone(),
+                "nloc" => nloc.clone(),
+                "nloc + nghost" => nall.clone(),
+                other => unreachable!("symbolic size {other}"),
+            })
         })
         .collect();
     let arg = |name: &str| {
@@ -350,24 +350,8 @@ fn signature(args: &[Val], results: &[Port]) -> String {
     let r: Vec<String> = results
         .iter()
         .map(|p| {
-            let elem = match p.dtype {
-                PortType::F64 => Elem::F64,
-                PortType::I32 => Elem::I32,
-                PortType::I64 => Elem::I64,
-            };
-            let shape: Vec<Size> = p
-                .shape
-                .iter()
-                .map(|s| match s.parse::<i64>() {
-                    Ok(n) => Size::Fixed(n),
-                    Err(_) => Size::Var(String::new()),
-                })
-                .collect();
-            format!(
-                "{} {{jax.result_info = \"result['{}']\"}}",
-                tensor_type(elem, &shape),
-                p.name
-            )
+            let ty = p.val(String::new(), |_| Size::Var(String::new())).ty();
+            format!("{ty} {{jax.result_info = \"result['{}']\"}}", p.name)
         })
         .collect();
     format!("{}) -> ({}", a.join(", "), r.join(", "))
@@ -447,9 +431,9 @@ impl Flat {
         } else {
             loc
         };
-        let zero = bc(f, &Size::Fixed(0));
+        let zero = f.splat(Elem::I32, 0.0, &shape);
         let valid = f.compare("GE", &n, &zero);
-        let minus = bc(f, &Size::Fixed(-1));
+        let minus = f.splat(Elem::I32, -1.0, &shape);
         let idx = f.select(&valid, &idx, &minus);
         let mut out = vec![self.tl.clone()];
         out.extend(shape[2..].iter().cloned());
@@ -468,29 +452,22 @@ fn distinguish_types(f: &mut Func, nl: &Val, atype: &Val, sel: &[usize]) -> Val 
         Size::Fixed(n) => n,
         Size::Var(_) => unreachable!("nnei is a constant of the model"),
     };
-    let bc = |f: &mut Func, v: i64, shape: &[Size]| {
-        let s = f.scalar(Elem::I32, v as f64);
-        f.broadcast_to(&s, shape.to_vec())
-    };
-    let zero = bc(f, 0, &shape);
+    let zero = f.splat(Elem::I32, 0.0, &shape);
     let valid = f.compare("GE", nl, &zero);
     let safe = f.select(&valid, nl, &zero);
     let t = f.gather_rows(atype, &safe);
     let real = f.compare("GE", &t, &zero);
     let valid = f.elementwise("and", &[&valid, &real], Elem::I1);
-    let last = bc(f, sel.len() as i64, &shape);
+    let last = f.splat(Elem::I32, sel.len() as f64, &shape);
     // Sort key: the type, with empty slots after every type.
     let key = f.select(&valid, &t, &last);
     let sorted = f.sort_by_key(&key, nl, 1);
     let total = f.size_mul(&rows, &Size::Fixed(nnei));
     let flat = f.reshape_raw(&sorted, vec![total]);
-    let mut start = {
-        let s = f.scalar(Elem::I32, 0.0);
-        f.broadcast_to(&s, vec![rows.clone()])
-    };
+    let mut start = f.splat(Elem::I32, 0.0, std::slice::from_ref(&rows));
     let mut blocks = Vec::new();
     for (ti, &st) in sel.iter().enumerate() {
-        let this = bc(f, ti as i64, &shape);
+        let this = f.splat(Elem::I32, ti as f64, &shape);
         let is_t = f.compare("EQ", &key, &this);
         let is_t = f.convert(&is_t, Elem::I32);
         let count = f.reduce(&is_t, &[1], "add");
@@ -501,14 +478,14 @@ fn distinguish_types(f: &mut Func, nl: &Val, atype: &Val, sel: &[usize]) -> Val 
             let beg = f.broadcast_in_dim(&start, bshape.clone(), &[0]);
             let ok = f.compare("LT", &j, &cnt);
             let pos = f.elementwise("add", &[&beg, &j], Elem::I32);
-            let cap = bc(f, nnei - 1, &bshape);
+            let cap = f.splat(Elem::I32, (nnei - 1) as f64, &bshape);
             let pos = f.elementwise("minimum", &[&pos, &cap], Elem::I32);
             let row = f.iota(bshape.clone(), 0);
-            let width = bc(f, nnei, &bshape);
+            let width = f.splat(Elem::I32, nnei as f64, &bshape);
             let row = f.elementwise("multiply", &[&row, &width], Elem::I32);
             let at = f.elementwise("add", &[&row, &pos], Elem::I32);
             let v = f.gather_rows(&flat, &at);
-            let none = bc(f, -1, &bshape);
+            let none = f.splat(Elem::I32, -1.0, &bshape);
             blocks.push(f.select(&ok, &v, &none));
         }
         start = f.elementwise("add", &[&start, &count], Elem::I32);
@@ -520,8 +497,7 @@ fn distinguish_types(f: &mut Func, nl: &Val, atype: &Val, sel: &[usize]) -> Val 
 /// DeePMD-kit's `mask` result: 1 for a real centre (type >= 0) whose type is not excluded.
 fn atom_mask(f: &mut Func, model: &Model, atype: &Val, nloc: &Size) -> Val {
     let loc = f.slice(atype, 1, &Size::Fixed(0), nloc);
-    let zero = f.scalar(Elem::I32, 0.0);
-    let zero = f.broadcast_to(&zero, loc.shape.clone());
+    let zero = f.splat(Elem::I32, 0.0, &loc.shape);
     let real = f.compare("GE", &loc, &zero);
     let mut mask = f.convert(&real, Elem::I32);
     if !model.atom_exclude_types.is_empty() {

@@ -131,8 +131,7 @@ pub fn lower_graph(
             }
             Op::Cast(_) => {
                 if elem == Elem::I1 {
-                    let z = f.scalar(args[0].elem, 0.0);
-                    let z = f.broadcast_to(&z, args[0].shape.clone());
+                    let z = f.splat(args[0].elem, 0.0, &args[0].shape);
                     f.compare("NE", args[0], &z)
                 } else {
                     f.convert(args[0], elem)
@@ -206,8 +205,7 @@ fn constant(f: &mut Func, t: &Tensor) -> Val {
         Data::Bool(v) => {
             let b: Vec<u8> = v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect();
             let i = f.constant_bytes(Elem::I32, &shape, &b);
-            let z = f.scalar(Elem::I32, 0.0);
-            let z = f.broadcast_to(&z, i.shape.clone());
+            let z = f.splat(Elem::I32, 0.0, &i.shape);
             f.compare("NE", &i, &z)
         }
     }
@@ -224,8 +222,7 @@ fn unary(f: &mut Func, u: Unary, x: &Val) -> Val {
         Unary::Floor => "floor",
         Unary::Not => "not",
         Unary::Recip => {
-            let one = f.scalar(x.elem, 1.0);
-            let one = f.broadcast_to(&one, x.shape.clone());
+            let one = f.splat(x.elem, 1.0, &x.shape);
             return f.elementwise("divide", &[&one, x], x.elem);
         }
     };

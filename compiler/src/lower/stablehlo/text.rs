@@ -95,8 +95,22 @@ pub fn tensor_type(elem: Elem, shape: &[Size]) -> String {
     s
 }
 
-fn is_static(shape: &[Size]) -> bool {
-    shape.iter().all(|d| matches!(d, Size::Fixed(_)))
+/// The sizes as numbers, if every one is fixed.
+fn fixed(shape: &[Size]) -> Option<Vec<i64>> {
+    shape
+        .iter()
+        .map(|d| match d {
+            Size::Fixed(n) => Some(*n),
+            Size::Var(_) => None,
+        })
+        .collect()
+}
+
+/// `rank` sizes: `at` on `axis`, `other(i)` elsewhere.
+fn on_axis(rank: usize, axis: usize, at: &Size, other: impl Fn(usize) -> Size) -> Vec<Size> {
+    (0..rank)
+        .map(|i| if i == axis { at.clone() } else { other(i) })
+        .collect()
 }
 
 fn list(v: impl IntoIterator<Item = impl std::fmt::Display>) -> String {
@@ -162,13 +176,10 @@ impl Func {
 
     /// A shape as a `tensor<rank x i32>` operand of the dynamic ops.
     pub fn shape_value(&mut self, shape: &[Size]) -> String {
-        if is_static(shape) {
-            let dims = list(shape.iter().map(|d| match d {
-                Size::Fixed(n) => *n,
-                Size::Var(_) => unreachable!(),
-            }));
+        if let Some(dims) = fixed(shape) {
             let rhs = format!(
-                "stablehlo.constant dense<[{dims}]> : tensor<{}xi32>",
+                "stablehlo.constant dense<[{}]> : tensor<{}xi32>",
+                list(dims),
                 shape.len()
             );
             return self
@@ -252,7 +263,7 @@ impl Func {
     /// `x` with the same elements in `shape` (no checks).
     pub fn reshape_raw(&mut self, x: &Val, shape: Vec<Size>) -> Val {
         let ty = tensor_type(x.elem, &shape);
-        let rhs = if is_static(&shape) {
+        let rhs = if fixed(&shape).is_some() {
             format!("stablehlo.reshape {} : ({}) -> {ty}", x.name, x.ty())
         } else {
             let s = self.shape_value(&shape);
@@ -278,7 +289,7 @@ impl Func {
     /// `x` placed in `shape`, axis `i` of `x` becoming axis `dims[i]`.
     pub fn broadcast_in_dim(&mut self, x: &Val, shape: Vec<Size>, dims: &[usize]) -> Val {
         let ty = tensor_type(x.elem, &shape);
-        let rhs = if is_static(&shape) {
+        let rhs = if fixed(&shape).is_some() {
             format!(
                 "stablehlo.broadcast_in_dim {}, dims = [{}] : ({}) -> {ty}",
                 x.name,
@@ -306,6 +317,12 @@ impl Func {
         let off = shape.len() - x.rank();
         let dims: Vec<usize> = (off..shape.len()).collect();
         self.broadcast_in_dim(x, shape, &dims)
+    }
+
+    /// A constant `v` of `elem` filling `shape`.
+    pub fn splat(&mut self, elem: Elem, v: f64, shape: &[Size]) -> Val {
+        let s = self.scalar(elem, v);
+        self.broadcast_to(&s, shape.to_vec())
     }
 
     /// An elementwise op over operands of one shape (`stablehlo.add`, ...).
@@ -365,53 +382,22 @@ impl Func {
         let mut shape = x.shape.clone();
         shape[axis] = self.size_sub(end, start);
         let ty = tensor_type(x.elem, &shape);
-        let rhs = if is_static(&x.shape) && is_static(&shape) {
-            let fixed = |s: &Size| match s {
-                Size::Fixed(n) => *n,
-                Size::Var(_) => unreachable!(),
-            };
-            let st: Vec<i64> = (0..x.rank())
-                .map(|i| if i == axis { fixed(start) } else { 0 })
-                .collect();
-            let lim: Vec<i64> = (0..x.rank())
-                .map(|i| {
-                    if i == axis {
-                        fixed(end)
-                    } else {
-                        fixed(&x.shape[i])
-                    }
-                })
-                .collect();
+        let st = on_axis(x.rank(), axis, start, |_| Size::Fixed(0));
+        let lim = on_axis(x.rank(), axis, end, |i| x.shape[i].clone());
+        let r = x.rank();
+        let rhs = if let (Some(s0), Some(l0), Some(_)) = (fixed(&st), fixed(&lim), fixed(&x.shape))
+        {
             format!(
                 "\"stablehlo.slice\"({}) {{start_indices = array<i64: {}>, limit_indices = array<i64: {}>, strides = array<i64: {}>}} : ({}) -> {ty}",
                 x.name,
-                list(st),
-                list(lim),
-                list(vec![1; x.rank()]),
+                list(s0),
+                list(l0),
+                list(vec![1; r]),
                 x.ty()
             )
         } else {
-            let st: Vec<Size> = (0..x.rank())
-                .map(|i| {
-                    if i == axis {
-                        start.clone()
-                    } else {
-                        Size::Fixed(0)
-                    }
-                })
-                .collect();
-            let lim: Vec<Size> = (0..x.rank())
-                .map(|i| {
-                    if i == axis {
-                        end.clone()
-                    } else {
-                        x.shape[i].clone()
-                    }
-                })
-                .collect();
             let (s, l) = (self.shape_value(&st), self.shape_value(&lim));
-            let one = self.shape_value(&vec![Size::Fixed(1); x.rank()]);
-            let r = x.rank();
+            let one = self.shape_value(&vec![Size::Fixed(1); r]);
             format!(
                 "stablehlo.real_dynamic_slice {}, {s}, {l}, {one} : ({}, tensor<{r}xi32>, tensor<{r}xi32>, tensor<{r}xi32>) -> {ty}",
                 x.name,
@@ -430,37 +416,15 @@ impl Func {
         let mut shape = x.shape.clone();
         shape[axis] = size.clone();
         let ty = tensor_type(x.elem, &shape);
-        let low: Vec<Size> = (0..x.rank())
-            .map(|i| {
-                if i == axis {
-                    before.clone()
-                } else {
-                    Size::Fixed(0)
-                }
-            })
-            .collect();
-        let high: Vec<Size> = (0..x.rank())
-            .map(|i| {
-                if i == axis {
-                    after.clone()
-                } else {
-                    Size::Fixed(0)
-                }
-            })
-            .collect();
-        let rhs = if is_static(&low) && is_static(&high) {
-            let fixed = |v: &[Size]| {
-                list(v.iter().map(|s| match s {
-                    Size::Fixed(n) => *n,
-                    Size::Var(_) => unreachable!(),
-                }))
-            };
+        let low = on_axis(x.rank(), axis, before, |_| Size::Fixed(0));
+        let high = on_axis(x.rank(), axis, &after, |_| Size::Fixed(0));
+        let rhs = if let (Some(l0), Some(h0)) = (fixed(&low), fixed(&high)) {
             format!(
                 "\"stablehlo.pad\"({}, {}) {{edge_padding_low = array<i64: {}>, edge_padding_high = array<i64: {}>, interior_padding = array<i64: {}>}} : ({}, {}) -> {ty}",
                 x.name,
                 zero.name,
-                fixed(&low),
-                fixed(&high),
+                list(l0),
+                list(h0),
                 list(vec![0; x.rank()]),
                 x.ty(),
                 zero.ty()
@@ -557,11 +521,8 @@ impl Func {
         );
         let mut sizes = vec![Size::Fixed(1)];
         sizes.extend_from_slice(rest);
-        let rhs = if is_static(&sizes) {
-            let s = list(sizes.iter().map(|s| match s {
-                Size::Fixed(n) => *n,
-                Size::Var(_) => unreachable!(),
-            }));
+        let rhs = if let Some(s) = fixed(&sizes) {
+            let s = list(s);
             format!(
                 "\"stablehlo.gather\"({}, {}) {{dimension_numbers = {dnums}, slice_sizes = array<i64: {s}>, indices_are_sorted = false}} : ({}, {}) -> {ty}",
                 table.name,
@@ -608,7 +569,7 @@ impl Func {
     /// `i32` counting along `axis` of `shape`.
     pub fn iota(&mut self, shape: Vec<Size>, axis: usize) -> Val {
         let ty = tensor_type(Elem::I32, &shape);
-        let rhs = if is_static(&shape) {
+        let rhs = if fixed(&shape).is_some() {
             format!("stablehlo.iota dim = {axis} : {ty}")
         } else {
             let s = self.shape_value(&shape);
