@@ -32,20 +32,6 @@ impl DeviceArgs {
             }
             return Ok(pot);
         };
-        attach(pot, &plugin, &self.device)
+        dpc_runtime::attach_pjrt(pot, &plugin, &self.device).map_err(anyhow::Error::msg)
     }
-}
-
-#[cfg(feature = "pjrt")]
-fn attach(mut pot: DeepPot, plugin: &std::path::Path, device: &str) -> Result<DeepPot> {
-    let device = dpc_runtime::pjrt::Device::parse(device).map_err(anyhow::Error::msg)?;
-    pot.use_pjrt(plugin, device)?;
-    Ok(pot)
-}
-
-#[cfg(not(feature = "pjrt"))]
-fn attach(_pot: DeepPot, _plugin: &std::path::Path, _device: &str) -> Result<DeepPot> {
-    anyhow::bail!(
-        "this dpc was built without PJRT support: rebuild with `cargo build --release --features pjrt`"
-    )
 }

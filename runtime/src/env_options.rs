@@ -52,11 +52,13 @@ pub fn device_from_env(pot: crate::DeepPot) -> Result<crate::DeepPot, String> {
         }
         return Ok(pot);
     };
-    attach(pot, std::path::Path::new(plugin.trim()), device.trim())
+    attach_pjrt(pot, std::path::Path::new(plugin.trim()), device.trim())
 }
 
+/// `pot` moved onto the PJRT `plugin` for `device` (`cpu` or `cuda`); the one place the
+/// `pjrt` feature decides, for the C library's environment and the command line alike.
 #[cfg(feature = "pjrt")]
-fn attach(
+pub fn attach_pjrt(
     mut pot: crate::DeepPot,
     plugin: &std::path::Path,
     device: &str,
@@ -67,10 +69,10 @@ fn attach(
 }
 
 #[cfg(not(feature = "pjrt"))]
-fn attach(
+pub fn attach_pjrt(
     _pot: crate::DeepPot,
     _plugin: &std::path::Path,
     _device: &str,
 ) -> Result<crate::DeepPot, String> {
-    Err("DPC_PJRT_PLUGIN is set, but this libdeepmd_c/dpc was built without PJRT support (cargo build --release --features pjrt)".into())
+    Err("a PJRT plugin was given, but this build of dpc/libdeepmd_c has no PJRT support: rebuild with `cargo build --release --features pjrt`".into())
 }

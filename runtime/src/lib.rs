@@ -10,4 +10,4 @@ pub mod pjrt;
 pub mod threads;
 
 pub use deep_pot::{DeepPot, EvalError, ExtendedOutput, Frame, Output};
-pub use env_options::{build_options_from_env, device_from_env};
+pub use env_options::{attach_pjrt, build_options_from_env, device_from_env};
