@@ -188,10 +188,7 @@ fn strip_min_nbor_dist(v: &mut Value) {
 #[test]
 fn tables_in_elementary_ops_match_the_fused_kernel() {
     for name in ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3"] {
-        let path = common::fixtures()
-            .join("models")
-            .join(name)
-            .join("model.dp");
+        let path = common::model_file(name, "model.dp");
         let tree = dpc_formats::read_model(&path).unwrap();
         let fused = compressed(tree.clone(), Compress::default());
         let plain = DeepPot::from_tree_opts(

@@ -70,10 +70,7 @@ fn dp_and_yaml_twins_hold_the_same_tree() {
 fn write_then_read_is_lossless_in_both_containers() {
     let dir = common::scratch("formats-roundtrip");
     for name in common::MODELS {
-        let src = common::fixtures()
-            .join("models")
-            .join(name)
-            .join("model.dp");
+        let src = common::model_file(name, "model.dp");
         let tree = read_model(&src).unwrap();
         for ext in ["dp", "yaml"] {
             let out = dir.join(format!("{name}.{ext}"));
@@ -165,13 +162,7 @@ fn tensorflow_graphs_parse() {
     let bin = g.def.encode_to_vec();
     assert_eq!(tf::parse(&bin, false).unwrap(), g.def);
     for name in common::MODELS {
-        let bytes = std::fs::read(
-            common::fixtures()
-                .join("models")
-                .join(name)
-                .join("model.pb"),
-        )
-        .unwrap();
+        let bytes = std::fs::read(common::model_file(name, "model.pb")).unwrap();
         let g = tf::Graph::new(tf::parse(&bytes, false).unwrap());
         assert!(g.string("train_attr/training_script").is_some(), "{name}");
         assert!(g.names().count() > 50, "{name}");

@@ -25,13 +25,7 @@ const CPU: HloOptions = HloOptions {
 };
 
 fn fixture_model(name: &str) -> (Value, Model) {
-    let tree = read_model(
-        &common::fixtures()
-            .join("models")
-            .join(name)
-            .join("model.dp"),
-    )
-    .unwrap();
+    let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
     let model = Model::from_tree(&tree).unwrap();
     (tree, model)
 }
@@ -183,29 +177,15 @@ fn float32_export_runs_the_networks_in_float32_and_returns_float64() {
     assert!(!sig.contains("f32"), "{sig}");
 }
 
-/// A variant's configurations: coordinates, types, cell, fparam (default filled), aparam and
-/// DeePMD-kit's energy, atom energies and forces.
-struct Cfg {
-    coord: Vec<f64>,
-    atype: Vec<i32>,
-    cell: Option<Vec<f64>>,
-    fparam: Option<Vec<f64>>,
-    aparam: Option<Vec<f64>>,
-    energy: f64,
-    atom_energy: Vec<f64>,
-    force: Vec<f64>,
-}
-
-fn variant(name: &str) -> (Model, Vec<Cfg>) {
-    let dir = common::local_fixtures().join("variants");
-    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
-    let doc = dpc_formats::json::parse(&text).unwrap();
+/// A variant's model and configurations (fparam defaulted, as DeePMD-kit's caller does) with
+/// DeePMD-kit's results.
+fn variant(name: &str) -> (Model, Vec<(common::Config, common::Expected)>) {
+    let doc = common::variants_doc();
     let entry = doc.get(name).unwrap();
-    let model = Model::from_tree(
-        &read_model(&dir.join(entry.get("model").unwrap().as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
-    let opt = |v: Option<&Value>| v.filter(|x| !x.is_null()).map(common::floats);
+    let file = common::local_fixtures()
+        .join("variants")
+        .join(entry.get("model").unwrap().as_str().unwrap());
+    let model = Model::from_tree(&read_model(&file).unwrap()).unwrap();
     let cfgs = entry
         .get("configs")
         .unwrap()
@@ -213,20 +193,10 @@ fn variant(name: &str) -> (Model, Vec<Cfg>) {
         .unwrap()
         .iter()
         .map(|c| {
-            let e = c.get("expected").unwrap();
-            Cfg {
-                coord: common::floats(c.get("coord").unwrap()),
-                atype: common::floats(c.get("atom_types").unwrap())
-                    .iter()
-                    .map(|&t| t as i32)
-                    .collect(),
-                cell: opt(c.get("box")),
-                fparam: opt(c.get("fparam")).or_else(|| model.fitting.default_fparam.clone()),
-                aparam: opt(c.get("aparam")),
-                energy: common::floats(e.get("energy").unwrap())[0],
-                atom_energy: common::floats(e.get("atom_energy").unwrap()),
-                force: common::floats(e.get("force").unwrap()),
-            }
+            let mut cfg = common::Config::from_value(c);
+            cfg.fparam = cfg.fparam.or_else(|| model.fitting.default_fparam.clone());
+            let want = common::Expected::from_value(c.get("expected").unwrap());
+            (cfg, want)
         })
         .collect();
     (model, cfgs)
@@ -248,7 +218,7 @@ fn check_flat_frames(name: &str) {
     .unwrap();
     let exts: Vec<nlist::Extended> = cfgs
         .iter()
-        .map(|c| {
+        .map(|(c, _)| {
             let cell = c.cell.as_deref().map(|b| Cell::new(b).unwrap());
             nlist::build(
                 &c.coord,
@@ -295,7 +265,7 @@ fn check_flat_frames(name: &str) {
     let mut nl = Vec::with_capacity(tl * nnei);
     let (mut fparam, mut aparam, mut pad) = (Vec::new(), Vec::new(), Vec::new());
     let nap = model.dim_aparam();
-    for (f, (e, c)) in exts.iter().zip(&cfgs).enumerate() {
+    for (f, (e, (c, _))) in exts.iter().zip(&cfgs).enumerate() {
         nl.extend(e.nlist.iter().map(|&j| {
             if j < 0 {
                 -1
@@ -341,17 +311,20 @@ fn check_flat_frames(name: &str) {
         .as_f64()
         .unwrap()
         .to_vec();
-    for (f, (e, c)) in exts.iter().zip(&cfgs).enumerate() {
+    for (f, (e, (c, want))) in exts.iter().zip(&cfgs).enumerate() {
         let n = c.atype.len();
         let mine = &ae[loc_off[f]..loc_off[f] + nloc_f(f)];
         assert_eq!(
             mine[n], 0.0,
             "{name} frame {f}: the virtual atom has energy"
         );
-        let (w, _) = common::worst(&mine[..n], &c.atom_energy, 1e-10, 1e-12);
+        let (w, _) = common::worst(&mine[..n], &want.atom_energy, 1e-10, 1e-12);
         assert!(w <= 1.0, "{name} frame {f}: atom energies off ({w}x)");
         let total: f64 = mine.iter().sum();
-        assert!((total - c.energy).abs() < 1e-9, "{name} frame {f}: energy");
+        assert!(
+            (total - want.energy).abs() < 1e-9,
+            "{name} frame {f}: energy"
+        );
         // Forces on the frame's atoms: the ghosts' folded back onto their owners.
         let mut fr = vec![0.0; 3 * n];
         for k in 0..e.nall {
@@ -361,7 +334,7 @@ fn check_flat_frames(name: &str) {
                 fr[3 * o + a] += force[3 * p + a];
             }
         }
-        let (w, _) = common::worst(&fr[..3 * n], &c.force, 1e-10, 1e-12);
+        let (w, _) = common::worst(&fr[..3 * n], &want.force, 1e-10, 1e-12);
         assert!(w <= 1.0, "{name} frame {f}: forces off ({w}x)");
     }
 }

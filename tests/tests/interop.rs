@@ -61,10 +61,7 @@ fn h5py_reads_what_dpc_writes() {
     };
     let dir = common::scratch("h5py");
     for name in common::MODELS {
-        let src = common::fixtures()
-            .join("models")
-            .join(name)
-            .join("model.dp");
+        let src = common::model_file(name, "model.dp");
         let tree = read_model(&src).unwrap();
         let (dp, yaml) = (
             dir.join(format!("{name}.dp")),
@@ -94,13 +91,7 @@ fn deepmd_kit_loads_what_dpc_writes() {
     };
     let dir = common::scratch("deepmd");
     for name in ["se_e2_a", "se_atten"] {
-        let tree = read_model(
-            &common::fixtures()
-                .join("models")
-                .join(name)
-                .join("model.yaml"),
-        )
-        .unwrap();
+        let tree = read_model(&common::model_file(name, "model.yaml")).unwrap();
         let (dp, yaml) = (
             dir.join(format!("{name}.dp")),
             dir.join(format!("{name}.yaml")),
@@ -176,7 +167,7 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
         .map(|m| {
             (
                 m.to_string(),
-                common::fixtures().join("models").join(m).join("model.dp"),
+                common::model_file(m, "model.dp"),
                 common::fixtures()
                     .join("reference")
                     .join(format!("{m}.json")),

@@ -17,10 +17,7 @@ const ATOL: f64 = 1e-10;
 const RTOL: f64 = 1e-12;
 
 fn model_pb(name: &str) -> std::path::PathBuf {
-    common::fixtures()
-        .join("models")
-        .join(name)
-        .join("model.pb")
+    common::model_file(name, "model.pb")
 }
 
 /// Every array under `v`, by path (`/descriptor/embeddings/networks[0]/layers[1]/@variables/w`).

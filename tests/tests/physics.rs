@@ -6,13 +6,7 @@ mod common;
 use dpc_runtime::{DeepPot, Frame, Output};
 
 fn load(name: &str) -> DeepPot {
-    DeepPot::load(
-        &common::fixtures()
-            .join("models")
-            .join(name)
-            .join("model.dp"),
-    )
-    .unwrap()
+    DeepPot::load(&common::model_file(name, "model.dp")).unwrap()
 }
 
 fn eval(pot: &DeepPot, coord: &[f64], atype: &[i32], cell: Option<&[f64]>) -> Output {

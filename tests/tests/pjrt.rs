@@ -39,10 +39,7 @@ fn on_pjrt(tree: Value, plugin: &Path) -> DeepPot {
 fn fixtures_through_pjrt_match_deepmd_kit() {
     let Some(plugin) = plugin() else { return };
     for name in common::MODELS {
-        let src = common::fixtures()
-            .join("models")
-            .join(name)
-            .join("model.dp");
+        let src = common::model_file(name, "model.dp");
         let tree = read_model(&src).unwrap();
         // The .xlo dpc compile writes, read back: what `dpc eval model.xlo` runs.
         let model = Model::from_tree(&tree).unwrap();
@@ -132,13 +129,7 @@ fn compressed_models_through_pjrt_match_deepmd_kit() {
     use dpc_compiler::build::{BuildOptions, Compress};
     let Some(plugin) = plugin() else { return };
     for name in ["se_e2_a", "se_e3"] {
-        let tree = read_model(
-            &common::fixtures()
-                .join("models")
-                .join(name)
-                .join("model.dp"),
-        )
-        .unwrap();
+        let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
         let opts = BuildOptions {
             compress: Some(Compress::default()),
             ..BuildOptions::default()

@@ -9,7 +9,7 @@ const ATOL: f64 = 1e-10;
 const RTOL: f64 = 1e-12;
 
 fn check_model(name: &str, file: &str) {
-    let pot = DeepPot::load(&common::fixtures().join("models").join(name).join(file)).unwrap();
+    let pot = DeepPot::load(&common::model_file(name, file)).unwrap();
     for c in common::reference(name) {
         let out = pot
             .compute(&Frame::new(&c.coord, &c.atype, c.cell.as_deref()), true)
@@ -78,13 +78,7 @@ fn se_atten_yaml() {
 #[test]
 fn chunked_evaluation_matches() {
     for name in ["se_e2_a", "se_atten"] {
-        let mut pot = DeepPot::load(
-            &common::fixtures()
-                .join("models")
-                .join(name)
-                .join("model.dp"),
-        )
-        .unwrap();
+        let mut pot = DeepPot::load(&common::model_file(name, "model.dp")).unwrap();
         pot.set_chunk_size(5);
         for c in common::reference(name) {
             let out = pot
@@ -108,13 +102,7 @@ fn chunked_evaluation_matches() {
 fn md_code_neighbor_lists_give_the_same_numbers() {
     use dpc_runtime::nlist::{self, Cell, Selection};
     for name in ["se_e2_a", "se_atten", "se_e3"] {
-        let pot = DeepPot::load(
-            &common::fixtures()
-                .join("models")
-                .join(name)
-                .join("model.dp"),
-        )
-        .unwrap();
+        let pot = DeepPot::load(&common::model_file(name, "model.dp")).unwrap();
         let m = pot.model();
         let sel = m.sel();
         let select = Selection {

@@ -182,3 +182,8 @@ pub fn variants_doc() -> Value {
     let text = std::fs::read_to_string(local_fixtures().join("variants/reference.json")).unwrap();
     dpc_formats::json::parse(&text).unwrap()
 }
+
+/// `file` of fixture model `name` (`../shared/fixtures/models/<name>/<file>`).
+pub fn model_file(name: &str, file: &str) -> PathBuf {
+    fixtures().join("models").join(name).join(file)
+}
