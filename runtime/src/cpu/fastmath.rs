@@ -71,41 +71,6 @@ fn exp_pos(x: f64) -> f64 {
     p * two_n
 }
 
-#[inline(always)]
-fn tanh_loop(x: &mut [f64]) {
-    // Sixteen at a time: four independent vectors in flight hide the long dependency chain
-    // of one evaluation.
-    let mut chunks = x.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let mut a = [0.0f64; 16];
-        a.copy_from_slice(c);
-        for v in a.iter_mut() {
-            *v = tanh(*v);
-        }
-        c.copy_from_slice(&a);
-    }
-    for v in chunks.into_remainder() {
-        *v = tanh(*v);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tanh_loop_avx2(x: &mut [f64]) {
-    tanh_loop(x)
-}
-
-/// `x <- tanh(x)` elementwise.
-pub fn tanh_in_place(x: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        unsafe { tanh_loop_avx2(x) };
-        return;
-    }
-    tanh_loop(x)
-}
-
 /// `tanh(x)` in float32 (Cephes' `tanhf`: a polynomial below 0.625, `1 - 2/(e^2x + 1)`
 /// above, with a float32 `exp`), branch-free like the float64 one.
 #[inline(always)]
@@ -147,38 +112,45 @@ fn exp_pos_f32(x: f32) -> f32 {
     p * two_n
 }
 
-#[inline(always)]
-fn tanh_loop_f32(x: &mut [f32]) {
-    let mut chunks = x.chunks_exact_mut(32);
-    for c in &mut chunks {
-        let mut a = [0.0f32; 32];
-        a.copy_from_slice(c);
-        for v in a.iter_mut() {
-            *v = tanh_f32(*v);
+/// `$name(x)`: `x <- $f(x)` elementwise, `$n` at a time (independent evaluations in flight
+/// hide the long dependency chain of one), compiled for AVX2 where the CPU has it.
+macro_rules! elementwise_in_place {
+    ($name:ident, $t:ty, $n:expr, $f:ident) => {
+        pub fn $name(x: &mut [$t]) {
+            #[inline(always)]
+            fn run(x: &mut [$t]) {
+                let mut chunks = x.chunks_exact_mut($n);
+                for c in &mut chunks {
+                    let mut a = [0.0 as $t; $n];
+                    a.copy_from_slice(c);
+                    for v in a.iter_mut() {
+                        *v = $f(*v);
+                    }
+                    c.copy_from_slice(&a);
+                }
+                for v in chunks.into_remainder() {
+                    *v = $f(*v);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn run_avx2(x: &mut [$t]) {
+                run(x)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                unsafe { run_avx2(x) };
+                return;
+            }
+            run(x)
         }
-        c.copy_from_slice(&a);
-    }
-    for v in chunks.into_remainder() {
-        *v = tanh_f32(*v);
-    }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tanh_loop_f32_avx2(x: &mut [f32]) {
-    tanh_loop_f32(x)
-}
-
-/// `x <- tanh(x)` elementwise for float32.
-pub fn tanh_in_place_f32(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        unsafe { tanh_loop_f32_avx2(x) };
-        return;
-    }
-    tanh_loop_f32(x)
-}
+// `x <- tanh(x)` for float64 (16 at a time) and float32 (32 at a time).
+elementwise_in_place!(tanh_in_place, f64, 16, tanh);
+elementwise_in_place!(tanh_in_place_f32, f32, 32, tanh_f32);
 
 #[cfg(test)]
 mod tests {
