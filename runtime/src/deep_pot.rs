@@ -401,6 +401,15 @@ impl DeepPot {
         if let Some(p) = &self.pjrt {
             return p.evaluate_extended(ext, fparam, aparam, atomic);
         }
+        if self.model.descriptor.has_message_passing() && ext.mapping.iter().any(|&o| o >= ext.nloc)
+        {
+            return Err(EvalError::Input(format!(
+                "the {} descriptor passes messages between atoms, so it needs the mapping \
+                 from every ghost atom to its local owner (one MPI rank with the atom map), \
+                 and the caller gave none",
+                self.model.descriptor.name()
+            )));
+        }
         let exec = self.executor(atomic)?;
         let nloc = ext.nloc;
         let mut out = ExtendedOutput {
@@ -416,9 +425,14 @@ impl DeepPot {
         // chunks add up to the whole. Chunks run side by side on the thread pool (every op
         // of the graph then runs in parallel, not only the kernels that split their own
         // work), and are added up in order, so the result does not depend on timing.
-        let chunk = self
-            .chunk
-            .unwrap_or_else(|| balanced_chunk(nloc, ext.nnei, rayon::current_num_threads()));
+        // A message-passing model reads its neighbours' features, which depend on their own
+        // neighbours, so its centres go through the graph together.
+        let chunk = if self.model.descriptor.has_message_passing() {
+            nloc.max(1)
+        } else {
+            self.chunk
+                .unwrap_or_else(|| balanced_chunk(nloc, ext.nnei, rayon::current_num_threads()))
+        };
         let ranges: Vec<(usize, usize)> = (0..nloc)
             .step_by(chunk)
             .map(|s| (s, (s + chunk).min(nloc)))
@@ -501,6 +515,15 @@ impl DeepPot {
             inputs.push(Tensor::f64(
                 vec![end - start, nap],
                 ap[start * nap..end * nap].to_vec(),
+            ));
+        }
+        if exec.graph().input_index(io::MAPPING).is_some() {
+            // Whole-system runs only (see `evaluate_extended`): sub-system atoms are the
+            // extended atoms themselves.
+            debug_assert!(start == 0 && end == ext.nloc);
+            inputs.push(Tensor::i32(
+                vec![sub.atoms.len()],
+                sub.atoms.iter().map(|&k| ext.mapping[k] as i32).collect(),
             ));
         }
         if let Some(p) = pad_atom {

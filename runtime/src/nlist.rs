@@ -212,6 +212,16 @@ pub fn build(
             used[k as usize] = true;
         }
     }
+    if let Some(c) = cell {
+        let wraps: Vec<[i64; 3]> = (0..nloc)
+            .map(|i| c.to_frac(pos(i)).map(|v| v.floor() as i64))
+            .collect();
+        if wraps.iter().any(|w| *w != [0; 3]) {
+            return Ok(in_given_frame(
+                coord, atype, c, &shifts, &cand, &wraps, &nlist, nsel,
+            ));
+        }
+    }
     // Local atoms are candidates 0..nloc; used ghosts follow in candidate order.
     let mut ext_index = vec![-1i64; cand.len()];
     let mut ext_coord = Vec::with_capacity(nloc * 3);
@@ -245,6 +255,67 @@ pub fn build(
         nlist,
         nnei: nsel,
     })
+}
+
+/// The extended system around the local atoms where the caller put them, not wrapped into
+/// the cell: each pair found in the wrapped frame keeps its vector, and the neighbour
+/// becomes the image `(owner, lattice shift)` of it seen from the unwrapped centre. Energies
+/// and forces do not depend on the frame; per-atom virials of message-passing models do,
+/// and this is the frame DeePMD-kit's PyTorch `DeepPot` uses (its vesin neighbour list).
+#[allow(clippy::too_many_arguments)]
+fn in_given_frame(
+    coord: &[f64],
+    atype: &[i32],
+    c: &Cell,
+    shifts: &[[f64; 3]],
+    cand: &[([f64; 3], usize, usize)],
+    wraps: &[[i64; 3]],
+    nlist: &[i64],
+    nsel: usize,
+) -> Extended {
+    let nloc = atype.len();
+    let shift_n: Vec<[i64; 3]> = shifts
+        .iter()
+        .map(|sh| c.to_frac(*sh).map(|v| v.round() as i64))
+        .collect();
+    let mut ext_coord = coord[..nloc * 3].to_vec();
+    let mut ext_type = atype.to_vec();
+    let mut mapping: Vec<usize> = (0..nloc).collect();
+    let mut ghosts: std::collections::HashMap<(usize, [i64; 3]), i32> =
+        std::collections::HashMap::new();
+    let mut out = vec![-1i32; nloc * nsel];
+    for i in 0..nloc {
+        for slot in 0..nsel {
+            let k = nlist[i * nsel + slot];
+            if k < 0 {
+                continue;
+            }
+            let (_, s, j) = cand[k as usize];
+            let n: [i64; 3] = std::array::from_fn(|d| shift_n[s][d] + wraps[i][d] - wraps[j][d]);
+            out[i * nsel + slot] = if n == [0; 3] {
+                j as i32
+            } else {
+                *ghosts.entry((j, n)).or_insert_with(|| {
+                    let sh = c.to_cart(n.map(|v| v as f64));
+                    for d in 0..3 {
+                        ext_coord.push(coord[3 * j + d] + sh[d]);
+                    }
+                    ext_type.push(atype[j]);
+                    mapping.push(j);
+                    mapping.len() as i32 - 1
+                })
+            };
+        }
+    }
+    Extended {
+        nloc,
+        nall: mapping.len(),
+        coord: ext_coord,
+        atype: ext_type,
+        mapping,
+        nlist: out,
+        nnei: nsel,
+    }
 }
 
 /// Fill one neighbour-list row from the candidates within rcut, `(distance^2, index)`:

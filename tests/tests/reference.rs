@@ -169,3 +169,13 @@ fn md_code_neighbor_lists_give_the_same_numbers() {
         }
     }
 }
+
+#[test]
+fn dpa3_dp() {
+    check_model("dpa3", "model.dp");
+}
+
+#[test]
+fn dpa3_yaml() {
+    check_model("dpa3", "model.yaml");
+}

@@ -130,7 +130,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
 }
 
 /// The type-embedding table: the net applied to one-hot rows, plus a zero padding row.
-fn type_table(g: &mut Graph, te: &TypeEmbedding, dt: DType) -> R {
+pub(super) fn type_table(g: &mut Graph, te: &TypeEmbedding, dt: DType) -> R {
     let n = te.ntypes;
     let mut eye = vec![0.0; n * n];
     for i in 0..n {

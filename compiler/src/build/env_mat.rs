@@ -28,16 +28,37 @@ pub fn nlist_mask(g: &mut Graph, nlist: ValueId) -> Result<(ValueId, ValueId), G
     Ok((mask, safe))
 }
 
-/// The environment matrix in `dtype` from extended coordinates and a neighbour list.
-pub fn env_mat(
+/// How the environment rows fade out towards the cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// `u^3 (-6u^2 + 15u - 10) + 1` between `rcut_smth` and `rcut`.
+    Quintic,
+    /// DPA-3's `use_exp_switch`: `exp(-exp(20 (r - rs) / rs))`, r clipped to `[0, rcut]`.
+    Exp,
+}
+
+/// The pair geometry of every (centre, neighbour slot).
+pub struct Geometry {
+    /// `r_j - r_i`, `[nloc, nnei, 3]`; padding slots hold a unit vector.
+    pub diff: ValueId,
+    /// `|diff|`, `[nloc, nnei, 1]`; 1 on padding slots, so no derivative of |0| is taken.
+    pub r: ValueId,
+    /// The switch, zero on padding slots, `[nloc, nnei, 1]`.
+    pub sw: ValueId,
+    /// Real neighbour slots: bool `[nloc, nnei]`, and as `[nloc, nnei, 1]` in `dtype`.
+    pub mask: ValueId,
+    pub maskf: ValueId,
+}
+
+/// Distances and switch from extended coordinates and a neighbour list, in `dtype`.
+pub fn geometry(
     g: &mut Graph,
     inp: &Inputs,
     nlist: ValueId,
     p: &EnvParams,
-    stats: &Stats,
-    radial_only: bool,
+    switch: Switch,
     dtype: DType,
-) -> Result<Env, GraphError> {
+) -> Result<Geometry, GraphError> {
     let nnei = g.shape(nlist)[1];
     let coord = g.cast(inp.coord, dtype)?;
     let (mask, safe) = nlist_mask(g, nlist)?;
@@ -54,8 +75,46 @@ pub fn env_mat(
     let r2 = g.sum(sq, &[2], true)?;
     let r = g.sqrt(r2)?; // [nloc, nnei, 1]
     let maskf = g.cast(mask3, dtype)?;
-    let sw = smooth_weight(g, r, p.rcut_smth, p.rcut)?;
+    let sw = match switch {
+        Switch::Quintic => smooth_weight(g, r, p.rcut_smth, p.rcut)?,
+        Switch::Exp => exp_switch(g, r, p.rcut_smth, p.rcut)?,
+    };
     let sw = g.mul(sw, maskf)?;
+    Ok(Geometry {
+        diff,
+        r,
+        sw,
+        mask,
+        maskf,
+    })
+}
+
+/// The environment matrix in `dtype` from extended coordinates and a neighbour list.
+pub fn env_mat(
+    g: &mut Graph,
+    inp: &Inputs,
+    nlist: ValueId,
+    p: &EnvParams,
+    stats: &Stats,
+    radial_only: bool,
+    dtype: DType,
+) -> Result<Env, GraphError> {
+    let geo = geometry(g, inp, nlist, p, Switch::Quintic, dtype)?;
+    env_from(g, inp, &geo, p, stats, radial_only, dtype)
+}
+
+/// The normalised environment rows of a pair geometry.
+pub fn env_from(
+    g: &mut Graph,
+    inp: &Inputs,
+    geo: &Geometry,
+    p: &EnvParams,
+    stats: &Stats,
+    radial_only: bool,
+    dtype: DType,
+) -> Result<Env, GraphError> {
+    let nnei = g.shape(geo.mask)[1];
+    let (r, sw) = (geo.r, geo.sw);
     let rp = if p.protection != 0.0 {
         g.add_scalar(r, p.protection)?
     } else {
@@ -66,7 +125,7 @@ pub fn env_mat(
         g.mul(t0, sw)?
     } else {
         let t0sq = g.mul(t0, t0)?;
-        let t1 = g.mul(diff, t0sq)?;
+        let t1 = g.mul(geo.diff, t0sq)?;
         let e = g.concat(&[t0, t1], 2)?;
         g.mul(e, sw)?
     };
@@ -77,7 +136,11 @@ pub fn env_mat(
     let em = g.sub(em, davg)?;
     let rr = g.div(em, dstd)?;
     let sw = g.reshape(sw, vec![Dim::NLOC, nnei])?;
-    Ok(Env { rr, sw, mask })
+    Ok(Env {
+        rr,
+        sw,
+        mask: geo.mask,
+    })
 }
 
 /// The normalised environment rows alone (`Env::rr`): one fused op unless fusion is off.
@@ -121,6 +184,19 @@ fn smooth_weight(g: &mut Graph, r: ValueId, rs: f64, rc: f64) -> R {
     let p = g.add_scalar(p, -10.0)?;
     let v = g.mul(u3, p)?;
     g.add_scalar(v, 1.0)
+}
+
+/// `exp(-exp(20 (clip(r, 0, rc) - rs) / rs))` (DeePMD-kit's `compute_exp_sw`).
+fn exp_switch(g: &mut Graph, r: ValueId, rs: f64, rc: f64) -> R {
+    let lo = g.scalar_like(0.0, r);
+    let hi = g.scalar_like(rc, r);
+    let c = g.maximum(r, lo)?;
+    let c = g.minimum(c, hi)?;
+    let u = g.add_scalar(c, -rs)?;
+    let u = g.scale(u, 20.0 / rs)?;
+    let e = g.exp(u)?;
+    let e = g.neg(e)?;
+    g.exp(e)
 }
 
 /// Type-pair exclusion: bool `[nloc, nnei]`, false where (centre type, neighbour type) is

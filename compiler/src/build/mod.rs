@@ -7,6 +7,7 @@
 
 pub mod compress;
 mod dpa1;
+mod dpa3;
 mod env_mat;
 mod fitting;
 pub(crate) mod nn;
@@ -60,6 +61,9 @@ pub mod io {
     /// centres passes where the system's atom 0 sits in the chunk. With `flat_frames` it
     /// is `i32[nloc]`: each centre's own frame's atom 0.
     pub const PAD_ATOM: &str = "pad_atom";
+    /// `i32[nall]` the local atom each extended atom images (only in graphs of
+    /// message-passing descriptors, which read neighbours' features through it).
+    pub const MAPPING: &str = "mapping";
     /// `f64[nloc]` atomic energies.
     pub const ATOM_ENERGY: &str = "atom_energy";
     /// `f64[]` total energy.
@@ -83,6 +87,8 @@ pub(crate) struct Inputs {
     pub compress: Option<compress::Plan>,
     /// See `BuildOptions::flat_frames`.
     pub flat_frames: bool,
+    /// `io::MAPPING`, for message-passing descriptors.
+    pub mapping: Option<ValueId>,
 }
 
 /// Build the graph for `model`.
@@ -137,6 +143,10 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         )
     });
     let atype_loc = g.slice(atype, 0, Dim::fixed(0), Dim::NLOC)?;
+    let mapping = model
+        .descriptor
+        .has_message_passing()
+        .then(|| g.input(io::MAPPING, TensorType::new(DType::I32, vec![Dim::NALL])));
     let inp = Inputs {
         coord,
         atype,
@@ -149,6 +159,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
             None => None,
         },
         flat_frames: opts.flat_frames,
+        mapping,
     };
 
     let nlist = env_mat::exclude_pairs(
@@ -165,11 +176,19 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
                 .into(),
         ));
     }
+    if inp.compress.is_some() && matches!(model.descriptor, Descriptor::Dpa3(_)) {
+        return Err(GraphError(
+            "compression of DPA-3 descriptors is not implemented; run the model without \
+             --compress"
+                .into(),
+        ));
+    }
     let desc = match &model.descriptor {
         Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
         Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,
         Descriptor::SeT(d) => se_t::build(&mut g, &inp, d, nlist)?,
         Descriptor::Dpa1(d) => dpa1::build(&mut g, &inp, d, nlist)?,
+        Descriptor::Dpa3(d) => dpa3::build(&mut g, &inp, d, nlist)?,
     };
     let desc = g.cast(desc, DType::F64)?;
     let mut ae = fitting::build(&mut g, &inp, &model.fitting, desc)?;

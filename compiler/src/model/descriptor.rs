@@ -29,6 +29,7 @@ pub enum Descriptor {
     SeR(SeR),
     SeT(SeT),
     Dpa1(Box<Dpa1>),
+    Dpa3(Box<super::dpa3::Dpa3>),
 }
 
 /// `se_e2_a`: embedding of the radial term, contracted with the full environment matrix.
@@ -135,8 +136,9 @@ impl Descriptor {
             "se_e3" | "se_at" | "se_a_3be" | "se_t" => Ok(Descriptor::SeT(parse_se_t(at, ntypes)?)),
             "dpa1" | "se_atten" => Ok(Descriptor::Dpa1(Box::new(parse_dpa1(at, ntypes, false)?))),
             "se_atten_v2" => Ok(Descriptor::Dpa1(Box::new(parse_dpa1(at, ntypes, true)?))),
-            "dpa2" | "dpa3" | "dpa4" | "hybrid" | "se_e3_tebd" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
-                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2)")))
+            "dpa3" => Ok(Descriptor::Dpa3(Box::new(super::dpa3::parse(at, ntypes)?))),
+            "dpa2" | "dpa4" | "hybrid" | "se_e3_tebd" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
+                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3)")))
             }
             other => Err(at.unsupported(format!("unknown descriptor type `{other}`"))),
         }
@@ -152,6 +154,7 @@ impl Descriptor {
             Descriptor::SeR(d) => d.env,
             Descriptor::SeT(d) => d.env,
             Descriptor::Dpa1(d) => d.env,
+            Descriptor::Dpa3(d) => d.env,
         }
     }
 
@@ -162,12 +165,19 @@ impl Descriptor {
             Descriptor::SeR(d) => d.sel.clone(),
             Descriptor::SeT(d) => d.sel.clone(),
             Descriptor::Dpa1(d) => vec![d.nnei],
+            Descriptor::Dpa3(d) => vec![d.e_sel],
         }
     }
 
     /// Whether the neighbour list mixes types (one distance-sorted block).
     pub fn mixed_types(&self) -> bool {
-        matches!(self, Descriptor::Dpa1(_))
+        matches!(self, Descriptor::Dpa1(_) | Descriptor::Dpa3(_))
+    }
+
+    /// Whether atoms' features pass between neighbours layer by layer, so ghost atoms need
+    /// the `mapping` to their local owners and centres cannot be evaluated in chunks.
+    pub fn has_message_passing(&self) -> bool {
+        matches!(self, Descriptor::Dpa3(_))
     }
 
     pub fn name(&self) -> &'static str {
@@ -176,6 +186,7 @@ impl Descriptor {
             Descriptor::SeR(_) => "se_e2_r",
             Descriptor::SeT(_) => "se_e3",
             Descriptor::Dpa1(_) => "se_atten",
+            Descriptor::Dpa3(_) => "dpa3",
         }
     }
 
@@ -186,6 +197,7 @@ impl Descriptor {
             Descriptor::SeA(d) => ng(&d.embeddings) * d.axis_neuron,
             Descriptor::SeR(d) => ng(&d.embeddings),
             Descriptor::SeT(d) => ng(&d.embeddings),
+            Descriptor::Dpa3(d) => d.dim_out(),
             Descriptor::Dpa1(d) => {
                 d.embedding.n_out().unwrap_or(0) * d.axis_neuron
                     + if d.concat_output_tebd {
@@ -203,6 +215,7 @@ impl Descriptor {
             Descriptor::SeR(d) => d.dtype,
             Descriptor::SeT(d) => d.dtype,
             Descriptor::Dpa1(d) => d.dtype,
+            Descriptor::Dpa3(d) => d.dtype,
         }
     }
 }
@@ -225,7 +238,7 @@ fn env_params(at: &At) -> Result<EnvParams, ModelError> {
     })
 }
 
-fn stats(
+pub(super) fn stats(
     at: &At,
     ntypes: usize,
     nnei: usize,
@@ -255,7 +268,7 @@ fn stats(
     })
 }
 
-fn dtype_of(at: &At) -> Result<DType, ModelError> {
+pub(super) fn dtype_of(at: &At) -> Result<DType, ModelError> {
     precision(at.opt_str("precision")?.unwrap_or("float64"), at)
 }
 
@@ -390,7 +403,7 @@ fn parse_se_t(at: At, ntypes: usize) -> Result<SeT, ModelError> {
     })
 }
 
-fn parse_type_embedding(at: At, ntypes: usize) -> Result<TypeEmbedding, ModelError> {
+pub(super) fn parse_type_embedding(at: At, ntypes: usize) -> Result<TypeEmbedding, ModelError> {
     at.version(1, 1, 2)?;
     if at.bool_or("use_econf_tebd", false)? {
         return Err(

@@ -34,6 +34,13 @@ pub fn with_precision(model: &Model, dtype: DType) -> Result<Model, ModelError> 
             )))
         }
         Descriptor::Dpa1(_) => {}
+        Descriptor::Dpa3(d) if d.dtype != dtype => {
+            return Err(ModelError::Unsupported(format!(
+                "changing the precision of a DPA-3 descriptor (it is {})",
+                d.dtype
+            )))
+        }
+        Descriptor::Dpa3(_) => {}
     }
     m.fitting.dtype = dtype;
     cast_nets(&mut m.fitting.nets, dtype);
