@@ -880,6 +880,227 @@ fn dpa1(p: &Script, sd: &Sd, type_map: &Value, v2: bool) -> Result<DescInfo, For
     })
 }
 
+/// DPA-3: `repflow` options from the script (`RepFlowArgs` defaults), weights from
+/// `descriptor.repflows`.
+fn dpa3(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> {
+    let ntypes = type_map.as_list().map_or(0, <[Value]>::len);
+    if p.bool("add_chg_spin_ebd", false)? {
+        return Err(unsupported(
+            "DPA-3 with charge/spin embeddings (add_chg_spin_ebd)",
+        ));
+    }
+    let empty = Value::Dict(Dict::new());
+    let r = Script(p.get("repflow").unwrap_or(&empty));
+    let b = sd.sub("repflows");
+    let precision = p.str("precision", "float64")?;
+    let prec = norm_precision(&precision)?;
+    let activation = p.str("activation_function", "silu")?;
+    let trainable = p.or("trainable", Value::Bool(true));
+    let prot = p.or("env_protection", Value::Float(0.0));
+    let n_dim = r.usize("n_dim", 128)?;
+    let e_dim = r.usize("e_dim", 64)?;
+    let a_dim = r.usize("a_dim", 64)?;
+    let nlayers = r.usize("nlayers", 6)?;
+    let e_sel = r.usize("e_sel", 120)?;
+    let a_sel = r.usize("a_sel", 20)?;
+    let num = |k: &str, d: f64| r.get(k).cloned().unwrap_or(Value::Float(d));
+    let (e_rcut, e_rcut_smth) = (num("e_rcut", 6.0), num("e_rcut_smth", 5.0));
+    let (a_rcut, a_rcut_smth) = (num("a_rcut", 4.0), num("a_rcut_smth", 3.5));
+    let a_rate = r.usize("a_compress_rate", 0)?;
+    let a_e_rate = r.usize("a_compress_e_rate", 1)?;
+    let a_split = r.bool("a_compress_use_split", false)?;
+    let n_multi = r.usize("n_multi_edge_message", 1)?;
+    let axis = r.usize("axis_neuron", 4)?;
+    let update_angle = r.bool("update_angle", true)?;
+    let update_style = r.str("update_style", "res_residual")?;
+    let update_residual = num("update_residual", 0.1);
+    let update_residual_init = r.str("update_residual_init", "const")?;
+    let fix_stat_std = if r.bool("skip_stat", false)? {
+        Value::Float(0.3)
+    } else {
+        num("fix_stat_std", 0.3)
+    };
+    let optim_update = r.bool("optim_update", true)?;
+    let smooth_edge_update = r.bool("smooth_edge_update", false)?;
+    let edge_init_use_dist = r.bool("edge_init_use_dist", false)?;
+    let use_exp_switch = r.bool("use_exp_switch", false)?;
+    let use_dynamic_sel = r.bool("use_dynamic_sel", false)?;
+    let sel_reduce_factor = num("sel_reduce_factor", 10.0);
+    let sequential_update = r.bool("sequential_update", false)?;
+    let plain = |sd: &Sd| layer(sd, None, false, &precision, trainable.clone());
+    let mut layers = Vec::with_capacity(nlayers);
+    for i in 0..nlayers {
+        let l = b.sub(&format!("layers.{i}"));
+        let mut items = vec![
+            ("@class", s("RepFlowLayer")),
+            ("@version", Value::Int(2)),
+            ("e_rcut", e_rcut.clone()),
+            ("e_rcut_smth", e_rcut_smth.clone()),
+            ("e_sel", ints(&[e_sel])),
+            ("a_rcut", a_rcut.clone()),
+            ("a_rcut_smth", a_rcut_smth.clone()),
+            ("a_sel", Value::Int(a_sel as i64)),
+            ("ntypes", Value::Int(ntypes as i64)),
+            ("n_dim", Value::Int(n_dim as i64)),
+            ("e_dim", Value::Int(e_dim as i64)),
+            ("a_dim", Value::Int(a_dim as i64)),
+            ("a_compress_rate", Value::Int(a_rate as i64)),
+            ("a_compress_e_rate", Value::Int(a_e_rate as i64)),
+            ("a_compress_use_split", Value::Bool(a_split)),
+            ("n_multi_edge_message", Value::Int(n_multi as i64)),
+            ("axis_neuron", Value::Int(axis as i64)),
+            ("activation_function", s(&activation)),
+            ("update_angle", Value::Bool(update_angle)),
+            ("update_style", s(&update_style)),
+            ("update_residual", update_residual.clone()),
+            ("update_residual_init", s(&update_residual_init)),
+            ("precision", s(&prec)),
+            ("optim_update", Value::Bool(optim_update)),
+            ("smooth_edge_update", Value::Bool(smooth_edge_update)),
+            ("use_dynamic_sel", Value::Bool(use_dynamic_sel)),
+            ("sel_reduce_factor", sel_reduce_factor.clone()),
+            ("sequential_update", Value::Bool(sequential_update)),
+            ("node_self_mlp", plain(&l.sub("node_self_mlp"))?),
+            ("node_sym_linear", plain(&l.sub("node_sym_linear"))?),
+            ("node_edge_linear", plain(&l.sub("node_edge_linear"))?),
+            ("edge_self_linear", plain(&l.sub("edge_self_linear"))?),
+        ];
+        if update_angle {
+            items.extend([
+                ("edge_angle_linear1", plain(&l.sub("edge_angle_linear1"))?),
+                ("edge_angle_linear2", plain(&l.sub("edge_angle_linear2"))?),
+                ("angle_self_linear", plain(&l.sub("angle_self_linear"))?),
+            ]);
+            if a_rate != 0 && !a_split {
+                items.extend([
+                    ("a_compress_n_linear", plain(&l.sub("a_compress_n_linear"))?),
+                    ("a_compress_e_linear", plain(&l.sub("a_compress_e_linear"))?),
+                ]);
+            }
+        }
+        if update_style == "res_residual" {
+            let list = |name: &str| -> Result<Value, FormatError> {
+                let n = (0..).take_while(|k| l.has(&format!("{name}.{k}"))).count();
+                Ok(Value::List(
+                    (0..n)
+                        .map(|k| l.get(&format!("{name}.{k}")))
+                        .collect::<Result<_, _>>()?,
+                ))
+            };
+            items.push((
+                "@variables",
+                dict(vec![
+                    ("n_residual", list("n_residual")?),
+                    ("e_residual", list("e_residual")?),
+                    ("a_residual", list("a_residual")?),
+                ]),
+            ));
+        }
+        layers.push(dict(items));
+    }
+    let use_econf = p.bool("use_econf_tebd", false)?;
+    let use_bias = p.bool("use_tebd_bias", false)?;
+    let te_spec = NetSpec {
+        neuron: &[n_dim],
+        activation: "Linear",
+        resnet_dt: false,
+        precision: &precision,
+    };
+    let te_net = embedding_net(
+        &sd.sub("type_embedding.embedding.embedding_net"),
+        &te_spec,
+        use_bias,
+        &Value::Bool(true),
+    )?;
+    let tebd = dict(vec![
+        ("@class", s("TypeEmbedNet")),
+        ("@version", Value::Int(2)),
+        ("ntypes", Value::Int(ntypes as i64)),
+        ("neuron", ints(&[n_dim])),
+        ("resnet_dt", Value::Bool(false)),
+        ("precision", s(&precision)),
+        ("activation_function", s("Linear")),
+        ("trainable", trainable.clone()),
+        ("padding", Value::Bool(true)),
+        ("use_econf_tebd", Value::Bool(use_econf)),
+        ("use_tebd_bias", Value::Bool(use_bias)),
+        ("type_map", type_map.clone()),
+        ("embedding", te_net),
+    ]);
+    let args = dict(vec![
+        ("n_dim", Value::Int(n_dim as i64)),
+        ("e_dim", Value::Int(e_dim as i64)),
+        ("a_dim", Value::Int(a_dim as i64)),
+        ("nlayers", Value::Int(nlayers as i64)),
+        ("e_rcut", e_rcut.clone()),
+        ("e_rcut_smth", e_rcut_smth.clone()),
+        ("e_sel", Value::Int(e_sel as i64)),
+        ("a_rcut", a_rcut),
+        ("a_rcut_smth", a_rcut_smth),
+        ("a_sel", Value::Int(a_sel as i64)),
+        ("a_compress_rate", Value::Int(a_rate as i64)),
+        ("a_compress_e_rate", Value::Int(a_e_rate as i64)),
+        ("a_compress_use_split", Value::Bool(a_split)),
+        ("n_multi_edge_message", Value::Int(n_multi as i64)),
+        ("axis_neuron", Value::Int(axis as i64)),
+        ("update_angle", Value::Bool(update_angle)),
+        ("update_style", s(&update_style)),
+        ("update_residual", update_residual),
+        ("update_residual_init", s(&update_residual_init)),
+        ("fix_stat_std", fix_stat_std),
+        ("optim_update", Value::Bool(optim_update)),
+        ("smooth_edge_update", Value::Bool(smooth_edge_update)),
+        ("edge_init_use_dist", Value::Bool(edge_init_use_dist)),
+        ("use_exp_switch", Value::Bool(use_exp_switch)),
+        ("use_dynamic_sel", Value::Bool(use_dynamic_sel)),
+        ("sel_reduce_factor", sel_reduce_factor),
+        ("sequential_update", Value::Bool(sequential_update)),
+    ]);
+    let concat = p.bool("concat_output_tebd", false)?;
+    let rcut = e_rcut.as_f64().unwrap_or(6.0);
+    let rcut_smth = e_rcut_smth.as_f64().unwrap_or(5.0);
+    let variable = dict(vec![
+        ("edge_embd", plain(&b.sub("edge_embd"))?),
+        ("angle_embd", plain(&b.sub("angle_embd"))?),
+        ("repflow_layers", Value::List(layers)),
+        ("env_mat", env_mat(rcut, rcut_smth, Value::Float(0.0))),
+        (
+            "@variables",
+            dict(vec![("davg", b.get("mean")?), ("dstd", b.get("stddev")?)]),
+        ),
+    ]);
+    let tree = dict(vec![
+        ("@class", s("Descriptor")),
+        ("type", s("dpa3")),
+        ("@version", Value::Int(2)),
+        ("ntypes", Value::Int(ntypes as i64)),
+        ("repflow_args", args),
+        ("concat_output_tebd", Value::Bool(concat)),
+        ("activation_function", s(&activation)),
+        ("precision", s(&precision)),
+        ("exclude_types", p.or("exclude_types", Value::List(vec![]))),
+        ("env_protection", prot),
+        ("trainable", trainable),
+        ("use_econf_tebd", Value::Bool(use_econf)),
+        ("use_tebd_bias", Value::Bool(use_bias)),
+        (
+            "use_loc_mapping",
+            Value::Bool(p.bool("use_loc_mapping", true)?),
+        ),
+        ("add_chg_spin_ebd", Value::Bool(false)),
+        ("default_chg_spin", p.or("default_chg_spin", Value::Null)),
+        ("type_map", type_map.clone()),
+        ("type_embedding", tebd),
+        ("repflow_variable", variable),
+    ]);
+    Ok(DescInfo {
+        tree,
+        dim_out: n_dim + if concat { n_dim } else { 0 },
+        mixed_types: true,
+        ntypes,
+    })
+}
+
 fn energy_fitting(
     p: &Script,
     sd: &Sd,
@@ -1052,9 +1273,10 @@ pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
         "se_e3" | "se_at" | "se_a_3be" => se_t(&dp, &dsd, &type_map)?,
         "dpa1" | "se_atten" => dpa1(&dp, &dsd, &type_map, false)?,
         "se_atten_v2" => dpa1(&dp, &dsd, &type_map, true)?,
+        "dpa3" => dpa3(&dp, &dsd, &type_map)?,
         other => {
             return Err(unsupported(format!(
-            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2)"
+            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3)"
         )))
         }
     };

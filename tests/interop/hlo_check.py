@@ -52,8 +52,15 @@ for c in ref["configs"]:
     kw = params([c])
     out = dp.eval(np.array(c["coord"]).reshape(1, -1), box, c["atom_types"], atomic=True, **kw)
     for k, v in zip(keys, out):
-        if k in c["expected"]:
-            check(k, v, c["expected"][k])
+        want = c["expected"].get(k)
+        jax_split = ref.get("descriptor") in ("dpa2", "dpa3")
+        if k == "atom_virial" and jax_split and c["per_format"]["hlo"].get(k) is not None:
+            # Message-passing models: DeePMD-kit's JAX backend splits the virial over atoms
+            # its own way in periodic cells (the fixtures README); its own .hlo's numbers
+            # are the reference for a .hlo.
+            want = c["per_format"]["hlo"][k]
+        if want is not None:
+            check(k, v, want)
     e, f, v = dp.eval(np.array(c["coord"]).reshape(1, -1), box, c["atom_types"], **kw)
     check("energy", e, c["expected"]["energy"])
     check("force", f, c["expected"]["force"])

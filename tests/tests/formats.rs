@@ -161,7 +161,8 @@ fn tensorflow_graphs_parse() {
     use prost::Message;
     let bin = g.def.encode_to_vec();
     assert_eq!(tf::parse(&bin, false).unwrap(), g.def);
-    for name in common::MODELS {
+    // DeePMD-kit cannot write a .pb of a message-passing model (dpa3 has none).
+    for name in common::MODELS.iter().filter(|&&n| n != "dpa3") {
         let bytes = std::fs::read(common::model_file(name, "model.pb")).unwrap();
         let g = tf::Graph::new(tf::parse(&bytes, false).unwrap());
         assert!(g.string("train_attr/training_script").is_some(), "{name}");

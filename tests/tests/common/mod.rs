@@ -25,7 +25,14 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// The descriptors issue 2 supports, each with model.dp, model.yaml and reference/<name>.json.
-pub const MODELS: [&str; 5] = ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_atten"];
+pub const MODELS: [&str; 6] = [
+    "se_e2_a",
+    "se_e2_a_tos",
+    "se_e2_r",
+    "se_e3",
+    "se_atten",
+    "dpa3",
+];
 
 use dpc_formats::Value;
 use dpc_runtime::Output;

@@ -277,6 +277,18 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
                 let ap = arg("aparam").expect("model has aparam");
                 f.reshape_raw(&ap, vec![tl.clone(), Size::Fixed(dap as i64)])
             }
+            io::MAPPING => {
+                // Per-frame owners -> owners in the flat system (frame f's locals start at
+                // f * nloc), laid out like the coordinates.
+                let m = arg("mapping").expect("every export takes the mapping");
+                let m = f.convert(&m, Elem::I32);
+                let fi = f.iota(m.shape.clone(), 0);
+                let n = f.size_scalar(&nloc, Elem::I32);
+                let n = f.broadcast_to(&n, m.shape.clone());
+                let off = f.elementwise("multiply", &[&fi, &n], Elem::I32);
+                let m = f.elementwise("add", &[&off, &m], Elem::I32);
+                fl.flatten(&mut f, &m)
+            }
             io::PAD_ATOM => {
                 // Each centre's frame's extended atom 0, which is that frame's first local.
                 let fi = f.iota(vec![nf.clone(), nloc.clone()], 0);
