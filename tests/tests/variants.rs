@@ -67,4 +67,8 @@ variants!(
     se_e2_a_overflow,
     dpa1_overflow,
     dpa1_softplus,
+    dpa3_avg_dynsel_excl,
+    dpa3_incr_linear_heads,
+    dpa3_sequential_split,
+    dpa3_noangle_fparam,
 );
