@@ -76,6 +76,7 @@ void PairDPC::load_models(const std::vector<std::string> &paths) {
     std::string msg = take_message(DP_DeepPotCheckOK(pot));
     if (!msg.empty()) error->all(FLERR, "pair dpc: cannot load {}: {}", paths[0], msg);
     cutoff = DP_DeepPotGetCutoff(pot);
+    ghost_cutoff = dpc_DeepPotGetGhostCutoff(pot);
     type_map = take_message(DP_DeepPotGetTypeMap(pot));
   } else {
     std::vector<const char *> names;
@@ -84,6 +85,7 @@ void PairDPC::load_models(const std::vector<std::string> &paths) {
     std::string msg = take_message(DP_DeepPotModelDeviCheckOK(devi));
     if (!msg.empty()) error->all(FLERR, "pair dpc: cannot load the models: {}", msg);
     cutoff = DP_DeepPotModelDeviGetCutoff(devi);
+    ghost_cutoff = dpc_DeepPotModelDeviGetGhostCutoff(devi);
     // The models share the type map (the library checks); read it from the first.
     DP_DeepPot *first = DP_NewDeepPot(paths[0].c_str());
     type_map = take_message(DP_DeepPotGetTypeMap(first));
@@ -200,6 +202,21 @@ void PairDPC::init_style() {
   energy_unit = force->boltz / BOLTZ_METAL;
   distance_unit = force->angstrom;
   neighbor->add_request(this, NeighConst::REQ_FULL);
+  // A message-passing model (DPA-3) reads atoms several cutoffs away. On one rank the atom
+  // map gives every ghost's owner and rcut of ghosts suffice; otherwise the ghosts within
+  // (layers - 1) rcut are evaluated as well, and need their own neighbours as ghosts.
+  bool mapped = comm->nprocs == 1 && atom->map_style != Atom::MAP_NONE;
+  if (ghost_cutoff > cutoff && !mapped) {
+    double need = ghost_cutoff * distance_unit + neighbor->skin;
+    if (comm->cutghostuser < need) {
+      comm->cutghostuser = need;
+      if (comm->me == 0)
+        utils::logmesg(lmp,
+                       "pair dpc: message-passing model without an atom map or on several "
+                       "ranks: ghost cutoff set to {} (layers x cutoff + skin)\n",
+                       need);
+    }
+  }
 }
 
 double PairDPC::init_one(int, int) {
@@ -231,6 +248,14 @@ void PairDPC::compute(int eflag, int vflag) {
 
   DP_Nlist *nl = DP_NewNlist(list->inum, list->ilist, list->numneigh, list->firstneigh);
   DP_NlistSetMask(nl, NEIGHMASK);
+  // On one rank every ghost is an image of a local atom: its owner, through the atom map,
+  // is what message-passing models (DPA-3) read neighbours' features from.
+  std::vector<int> owner;
+  if (comm->nprocs == 1 && atom->map_style != Atom::MAP_NONE) {
+    owner.resize(nall);
+    for (int i = 0; i < nall; ++i) owner[i] = atom->map(atom->tag[i]);
+    DP_NlistSetMapping(nl, owner.data());
+  }
   int ago = neighbor->ago;
   const double *fp = fparam.empty() ? nullptr : fparam.data();
 

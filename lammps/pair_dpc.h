@@ -42,6 +42,7 @@ class PairDPC : public Pair {
   DP_DeepPotModelDevi *devi = nullptr;  // several models
   int nmodels = 0;
   double cutoff = 0.0;
+  double ghost_cutoff = 0.0;  // how far ghosts must reach without an atom map (DPA-3)
   std::vector<std::string> model_types;  // the model's type map
   std::vector<int> type_of;              // LAMMPS type - 1 -> model type (-1: not modelled)
   std::vector<double> fparam;

@@ -319,27 +319,44 @@ fn eval_frame_nlist(
         sel: &sel,
         mixed_types: m.mixed_types(),
     };
-    let ext = nlist::from_md_list(
-        &coord,
-        &atype,
-        nloc_real,
-        &neighbors,
-        mapping.as_deref(),
-        &select,
-    )
-    .map_err(|e| e.0)?;
+    let layers = m.descriptor.message_passing_layers();
+    // Extended atom -> index into `real` (`usize::MAX`: none).
+    let (ext, origin) = if layers > 0 && mapping.is_none() {
+        // Ghost owners unknown (several ranks): ghosts are evaluated as centres as well.
+        if nap > 0 {
+            return Err(
+                "aparam with a message-passing model needs the atom mapping (one MPI rank)".into(),
+            );
+        }
+        nlist::expand_centres(&coord, &atype, nloc_real, &select, layers).map_err(|e| e.0)?
+    } else {
+        let ext = nlist::from_md_list(
+            &coord,
+            &atype,
+            nloc_real,
+            &neighbors,
+            mapping.as_deref(),
+            &select,
+        )
+        .map_err(|e| e.0)?;
+        (ext, (0..real.len()).collect())
+    };
     let ex = pot
         .evaluate_extended(&ext, fparam.as_deref(), aparam.as_deref(), atomic, None)
         .map_err(|e| e.to_string())?;
     out.energy = ex.energy;
     out.virial = ex.virial;
-    for (r, &k) in real.iter().enumerate() {
-        out.force[3 * k..3 * k + 3].copy_from_slice(&ex.force[3 * r..3 * r + 3]);
+    for (e, &r) in origin.iter().enumerate() {
+        if r == usize::MAX {
+            continue;
+        }
+        let k = real[r];
+        out.force[3 * k..3 * k + 3].copy_from_slice(&ex.force[3 * e..3 * e + 3]);
         if r < nloc_real {
-            out.atom_energy[k] = ex.atom_energy[r];
+            out.atom_energy[k] = ex.atom_energy[e];
         }
         if let (Some(av), Some(ev)) = (out.atom_virial.as_mut(), ex.atom_virial.as_ref()) {
-            av[9 * k..9 * k + 9].copy_from_slice(&ev[9 * r..9 * r + 9]);
+            av[9 * k..9 * k + 9].copy_from_slice(&ev[9 * e..9 * e + 9]);
         }
     }
     let finite =

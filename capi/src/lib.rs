@@ -347,6 +347,31 @@ pub unsafe extern "C" fn DP_DeepBaseModelGetTypeMap(dp: *mut DP_DeepBaseModel) -
     DP_DeepPotGetTypeMap(dp)
 }
 
+/// How far beyond the local atoms an MD code's ghost atoms must reach when it cannot give
+/// their owners (several ranks): the cutoff times the message-passing layers (dpc
+/// extension; 0 for a null or failed handle).
+fn ghost_cutoff(p: &DeepPot) -> f64 {
+    p.model().rcut() * p.model().descriptor.message_passing_layers().max(1) as f64
+}
+
+/// dpc extension: see `ghost_cutoff`.
+#[no_mangle]
+pub unsafe extern "C" fn dpc_DeepPotGetGhostCutoff(dp: *mut DP_DeepPot) -> f64 {
+    match dp.as_ref().and_then(|d| d.pot.as_ref()) {
+        Some(p) => ghost_cutoff(p),
+        None => 0.0,
+    }
+}
+
+/// dpc extension: the largest ghost cutoff of the models.
+#[no_mangle]
+pub unsafe extern "C" fn dpc_DeepPotModelDeviGetGhostCutoff(dp: *mut DP_DeepPotModelDevi) -> f64 {
+    match dp.as_ref() {
+        Some(d) => d.pots.iter().map(ghost_cutoff).fold(0.0, f64::max),
+        None => 0.0,
+    }
+}
+
 macro_rules! devi_getter {
     ($name:ident, $base:ident, $ty:ty, $default:expr, |$p:ident| $body:expr) => {
         #[no_mangle]

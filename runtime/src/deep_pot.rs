@@ -1,9 +1,10 @@
 //! `DeepPot`: evaluate a model on atomic configurations, with DeePMD-kit's inputs, outputs,
 //! units and conventions (`deepmd.infer.DeepPot.eval`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dpc_compiler::build::{build_graph, io, BuildOptions};
 use dpc_compiler::graph::{verify::verify, Bindings, Tensor};
@@ -128,6 +129,9 @@ pub struct DeepPot {
     tree: Value,
     plain: Executor,
     atomic: OnceLock<Result<Executor, EvalError>>,
+    /// Graphs on fewer neighbour slots (DPA-3, `Model::with_slots`), by (edge slots, angle
+    /// slots, atomic virial).
+    narrowed: Mutex<HashMap<(usize, usize, bool), Arc<Executor>>>,
     /// Centres per graph run; `None` picks by neighbour count.
     chunk: Option<usize>,
     /// How the graphs are built (`atomic_virial` is set per graph).
@@ -180,6 +184,7 @@ impl DeepPot {
             tree,
             plain,
             atomic: OnceLock::new(),
+            narrowed: Mutex::new(HashMap::new()),
             chunk: None,
             opts,
             #[cfg(feature = "pjrt")]
@@ -399,6 +404,13 @@ impl DeepPot {
     ) -> Result<ExtendedOutput, EvalError> {
         #[cfg(feature = "pjrt")]
         if let Some(p) = &self.pjrt {
+            if ext.centre_weight.is_some() {
+                return Err(EvalError::Input(
+                    "a message-passing model over several MPI ranks runs on dpc's CPU \
+                     runtime, not through a PJRT plugin"
+                        .into(),
+                ));
+            }
             return p.evaluate_extended(ext, fparam, aparam, atomic);
         }
         if self.model.descriptor.has_message_passing() && ext.mapping.iter().any(|&o| o >= ext.nloc)
@@ -410,7 +422,11 @@ impl DeepPot {
                 self.model.descriptor.name()
             )));
         }
-        let exec = self.executor(atomic)?;
+        let narrowed = self.narrow(ext, atomic)?;
+        let (exec, ext) = match &narrowed {
+            Some((e, x)) => (&**e, x),
+            None => (self.executor(atomic)?, ext),
+        };
         let nloc = ext.nloc;
         let mut out = ExtendedOutput {
             energy: 0.0,
@@ -470,6 +486,81 @@ impl DeepPot {
         Ok(out)
     }
 
+    /// For a model whose neighbour slots can be narrowed (DPA-3), the graph on as many slots
+    /// as this system fills (rounded up, so a few graphs serve a whole MD run) and the system
+    /// with its list cut to them: padding slots cost as much as real ones, and DPA-3's angle
+    /// work grows with the square of its slots.
+    fn narrow(
+        &self,
+        ext: &nlist::Extended,
+        atomic: bool,
+    ) -> Result<Option<(Arc<Executor>, nlist::Extended)>, EvalError> {
+        let dpc_compiler::model::Descriptor::Dpa3(d) = &self.model.descriptor else {
+            return Ok(None);
+        };
+        let (nnei, a_rc2) = (ext.nnei, d.a_rcut * d.a_rcut);
+        let mut edges = 0;
+        let mut angles = 0;
+        for i in 0..ext.nloc {
+            let row = &ext.nlist[i * nnei..(i + 1) * nnei];
+            let used = row.iter().rposition(|&k| k >= 0).map_or(0, |p| p + 1);
+            edges = edges.max(used);
+            let xi = &ext.coord[3 * i..3 * i + 3];
+            let near = row[..used.min(d.a_sel)]
+                .iter()
+                .filter(|&&k| {
+                    k >= 0 && {
+                        let xk = &ext.coord[3 * k as usize..3 * k as usize + 3];
+                        let r2: f64 = (0..3).map(|c| (xk[c] - xi[c]).powi(2)).sum();
+                        r2 < a_rc2
+                    }
+                })
+                .count();
+            angles = angles.max(near);
+        }
+        let e = edges.div_ceil(4).max(1) * 4;
+        let a = angles.div_ceil(2).max(1) * 2;
+        let (e, a) = (e.min(d.e_sel), a.min(d.a_sel).min(e.min(d.e_sel)));
+        if e == d.e_sel && a == d.a_sel {
+            return Ok(None);
+        }
+        let key = (e, a, atomic);
+        let cached = self
+            .narrowed
+            .lock()
+            .expect("not poisoned")
+            .get(&key)
+            .cloned();
+        let exec = match cached {
+            Some(x) => x,
+            None => {
+                let model = self.model.with_slots(e, a).expect("DPA-3 narrows");
+                let x = Arc::new(compile(
+                    &model,
+                    BuildOptions {
+                        atomic_virial: atomic,
+                        ..self.opts
+                    },
+                )?);
+                self.narrowed
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(key, x.clone());
+                x
+            }
+        };
+        let mut nlist = Vec::with_capacity(ext.nloc * e);
+        for i in 0..ext.nloc {
+            nlist.extend_from_slice(&ext.nlist[i * nnei..i * nnei + e]);
+        }
+        let cut = nlist::Extended {
+            nlist,
+            nnei: e,
+            ..ext.clone()
+        };
+        Ok(Some((exec, cut)))
+    }
+
     /// The graph on centres `start..end`.
     #[allow(clippy::too_many_arguments)]
     fn run_chunk(
@@ -494,40 +585,68 @@ impl DeepPot {
                 sub.atoms.len() - 1
             }
         });
-        let mut inputs = vec![
-            Tensor::f64(
-                vec![sub.atoms.len(), 3],
-                sub.atoms
-                    .iter()
-                    .flat_map(|&k| ext.coord[3 * k..3 * k + 3].iter().copied())
-                    .collect(),
+        let n = sub.atoms.len();
+        let mut named: Vec<(&str, Tensor)> = vec![
+            (
+                io::COORD,
+                Tensor::f64(
+                    vec![n, 3],
+                    sub.atoms
+                        .iter()
+                        .flat_map(|&k| ext.coord[3 * k..3 * k + 3].iter().copied())
+                        .collect(),
+                ),
             ),
-            Tensor::i32(
-                vec![sub.atoms.len()],
-                sub.atoms.iter().map(|&k| ext.atype[k]).collect(),
+            (
+                io::ATYPE,
+                Tensor::i32(vec![n], sub.atoms.iter().map(|&k| ext.atype[k]).collect()),
             ),
-            Tensor::i32(vec![end - start, ext.nnei], sub.nlist),
+            (
+                io::NLIST,
+                Tensor::i32(vec![end - start, ext.nnei], std::mem::take(&mut sub.nlist)),
+            ),
         ];
         if let Some(fp) = fparam {
-            inputs.push(Tensor::f64(vec![fp.len()], fp.to_vec()));
+            named.push((io::FPARAM, Tensor::f64(vec![fp.len()], fp.to_vec())));
         }
         if let Some(ap) = aparam {
-            inputs.push(Tensor::f64(
-                vec![end - start, nap],
-                ap[start * nap..end * nap].to_vec(),
+            named.push((
+                io::APARAM,
+                Tensor::f64(vec![end - start, nap], ap[start * nap..end * nap].to_vec()),
             ));
+        }
+        if let Some(p) = pad_atom {
+            named.push((io::PAD_ATOM, Tensor::i32(vec![], vec![p as i32])));
         }
         if exec.graph().input_index(io::MAPPING).is_some() {
             // Whole-system runs only (see `evaluate_extended`): sub-system atoms are the
             // extended atoms themselves.
             debug_assert!(start == 0 && end == ext.nloc);
-            inputs.push(Tensor::i32(
-                vec![sub.atoms.len()],
-                sub.atoms.iter().map(|&k| ext.mapping[k] as i32).collect(),
+            named.push((
+                io::MAPPING,
+                Tensor::i32(
+                    vec![n],
+                    sub.atoms.iter().map(|&k| ext.mapping[k] as i32).collect(),
+                ),
             ));
+            let w = match &ext.centre_weight {
+                Some(w) => w[start..end].to_vec(),
+                None => vec![1.0; end - start],
+            };
+            named.push((io::CENTRE_WEIGHT, Tensor::f64(vec![end - start], w)));
         }
-        if let Some(p) = pad_atom {
-            inputs.push(Tensor::i32(vec![], vec![p as i32]));
+        let mut inputs = Vec::with_capacity(named.len());
+        for spec in &exec.graph().inputs {
+            let k = named
+                .iter()
+                .position(|(name, _)| *name == spec.name)
+                .ok_or_else(|| {
+                    EvalError::Exec(ExecError::Input(format!(
+                        "no value for the graph input {}",
+                        spec.name
+                    )))
+                })?;
+            inputs.push(named.swap_remove(k).1);
         }
         let bind = Bindings {
             nloc: end - start,

@@ -132,6 +132,9 @@ pub struct Extended {
     /// `[nloc * nnei]`, indices into the extended atoms, -1 padded.
     pub nlist: Vec<i32>,
     pub nnei: usize,
+    /// `[nloc]` how much each centre's energy counts; `None`: all of them fully. Only
+    /// `expand_centres` sets it (ghost atoms evaluated as centres).
+    pub centre_weight: Option<Vec<f64>>,
 }
 
 /// Coincident atoms (closer than this, in Å) are an error: the model is singular there.
@@ -254,6 +257,7 @@ pub fn build(
         mapping,
         nlist,
         nnei: nsel,
+        centre_weight: None,
     })
 }
 
@@ -315,7 +319,198 @@ fn in_given_frame(
         mapping,
         nlist: out,
         nnei: nsel,
+        centre_weight: None,
     }
+}
+
+/// An MD rank's extended system for a model whose atoms pass features to their neighbours
+/// `layers` times, when the ghost atoms' owners are unknown (several ranks): ghosts are
+/// evaluated as centres too, so no features cross ranks between layers.
+///
+/// An atom's energy reads features that came from atoms up to `layers * rcut` away, so the
+/// centres are every atom within `(layers - 1) * rcut` of a local atom (hop by hop along
+/// neighbour pairs), each with its own full neighbour list; the ghosts these reach are
+/// present but not evaluated, and read as a feature row the type embedding of their type
+/// (an extra empty centre per type). Their later-layer features would be wrong, and so
+/// would those of the outermost centres, but the error moves inwards one shell per layer
+/// and never reaches a local atom. Only local atoms' energies count (`centre_weight`).
+///
+/// Returns the system and, per extended atom, its index in the input (`usize::MAX` for the
+/// extra centres). Fails when the ghosts visibly do not reach `layers * rcut`.
+pub fn expand_centres(
+    coord: &[f64],
+    atype: &[i32],
+    nloc: usize,
+    select: &Selection,
+    layers: usize,
+) -> Result<(Extended, Vec<usize>), NlistError> {
+    let Selection {
+        rcut,
+        sel,
+        mixed_types,
+    } = *select;
+    let nall = atype.len();
+    if coord.len() != nall * 3 || nloc > nall || layers == 0 {
+        return Err(NlistError(format!(
+            "inconsistent sizes: {} coordinates, {nall} atoms, {nloc} local",
+            coord.len()
+        )));
+    }
+    let pos = |i: usize| [coord[3 * i], coord[3 * i + 1], coord[3 * i + 2]];
+    check_ghost_reach(coord, nloc, rcut * (layers as f64 - 0.5))?;
+    let points: Vec<([f64; 3], usize, usize)> = (0..nall).map(|k| (pos(k), 0, k)).collect();
+    let grid = Grid::new(&points, rcut);
+    let rc2 = rcut * rcut;
+    let neighbours = |i: usize, found: &mut Vec<(f64, usize)>| -> Result<(), NlistError> {
+        found.clear();
+        let xi = pos(i);
+        for k in grid.around(xi) {
+            if k == i {
+                continue;
+            }
+            let xk = pos(k);
+            let d = [xk[0] - xi[0], xk[1] - xi[1], xk[2] - xi[2]];
+            let r2 = dot(d, d);
+            if r2 <= rc2 {
+                if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
+                    return Err(NlistError(format!(
+                        "atoms {i} and {k} overlap (distance {:.3e} Å)",
+                        r2.sqrt()
+                    )));
+                }
+                found.push((r2, k));
+            }
+        }
+        Ok(())
+    };
+    // Hops from the local atoms.
+    let mut depth = vec![usize::MAX; nall];
+    let mut frontier: Vec<usize> = (0..nloc).collect();
+    for d in depth.iter_mut().take(nloc) {
+        *d = 0;
+    }
+    let mut found = Vec::new();
+    for hop in 1..=layers {
+        let mut next = Vec::new();
+        for &i in &frontier {
+            neighbours(i, &mut found)?;
+            for &(_, k) in &found {
+                if depth[k] == usize::MAX {
+                    depth[k] = hop;
+                    next.push(k);
+                }
+            }
+        }
+        next.sort_unstable();
+        frontier = next;
+    }
+    let centres: Vec<usize> = (0..nall).filter(|&k| depth[k] < layers).collect();
+    let outer: Vec<usize> = (0..nall).filter(|&k| depth[k] == layers).collect();
+    let mut types: Vec<i32> = outer.iter().map(|&k| atype[k]).collect();
+    types.sort_unstable();
+    types.dedup();
+    let ncentre = centres.len() + types.len();
+    let mut origin: Vec<usize> = centres.clone();
+    origin.extend(std::iter::repeat_n(usize::MAX, types.len()));
+    origin.extend(&outer);
+    let mut ext_index = vec![-1i64; nall];
+    for (e, &k) in origin.iter().enumerate() {
+        if k != usize::MAX {
+            ext_index[k] = e as i64;
+        }
+    }
+    let mut ext_coord = Vec::with_capacity(origin.len() * 3);
+    let mut ext_type = Vec::with_capacity(origin.len());
+    for (e, &k) in origin.iter().enumerate() {
+        if k == usize::MAX {
+            ext_coord.extend_from_slice(&[0.0; 3]);
+            ext_type.push(types[e - centres.len()]);
+        } else {
+            ext_coord.extend_from_slice(&pos(k));
+            ext_type.push(atype[k]);
+        }
+    }
+    let mapping: Vec<usize> = origin
+        .iter()
+        .enumerate()
+        .map(|(e, &k)| {
+            if e < ncentre {
+                e
+            } else {
+                let t = types.binary_search(&atype[k]).expect("listed");
+                centres.len() + t
+            }
+        })
+        .collect();
+    let nsel: usize = sel.iter().sum();
+    check_memory(ncentre, origin.len(), nsel)?;
+    let mut nlist = vec![-1i64; ncentre * nsel];
+    for (e, &i) in centres.iter().enumerate() {
+        neighbours(i, &mut found)?;
+        for f in found.iter_mut() {
+            f.1 = ext_index[f.1] as usize;
+        }
+        select_row(
+            &mut found,
+            &mut nlist[e * nsel..(e + 1) * nsel],
+            |k| ext_type[k],
+            sel,
+            mixed_types,
+        );
+    }
+    let mut weight = vec![0.0; ncentre];
+    for w in weight.iter_mut().take(nloc) {
+        *w = 1.0;
+    }
+    Ok((
+        Extended {
+            nloc: ncentre,
+            nall: origin.len(),
+            coord: ext_coord,
+            atype: ext_type,
+            mapping,
+            nlist: nlist.into_iter().map(|k| k as i32).collect(),
+            nnei: nsel,
+            centre_weight: Some(weight),
+        },
+        origin,
+    ))
+}
+
+/// The ghosts must reach `need` beyond the local atoms wherever they exist: per side of the
+/// local atoms' bounding box, the ghosts beyond it extend either hardly at all (a
+/// non-periodic side) or at least `need`.
+fn check_ghost_reach(coord: &[f64], nloc: usize, need: f64) -> Result<(), NlistError> {
+    let nall = coord.len() / 3;
+    if nloc == 0 || nall == nloc {
+        return Ok(());
+    }
+    let bbox = |r: std::ops::Range<usize>| {
+        let mut lo = [f64::INFINITY; 3];
+        let mut hi = [f64::NEG_INFINITY; 3];
+        for i in r {
+            for d in 0..3 {
+                lo[d] = lo[d].min(coord[3 * i + d]);
+                hi[d] = hi[d].max(coord[3 * i + d]);
+            }
+        }
+        (lo, hi)
+    };
+    let (llo, lhi) = bbox(0..nloc);
+    let (alo, ahi) = bbox(0..nall);
+    for d in 0..3 {
+        for reach in [llo[d] - alo[d], ahi[d] - lhi[d]] {
+            if reach > 1e-6 && reach < need {
+                return Err(NlistError(format!(
+                    "the ghost atoms reach only {reach:.2} Å beyond the local atoms, but this \
+                     message-passing model needs about {need:.2} Å of them to evaluate without \
+                     exchanging features between ranks; give the MD code a ghost cutoff of at \
+                     least its layers x rcut (LAMMPS: comm_modify cutoff)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fill one neighbour-list row from the candidates within rcut, `(distance^2, index)`:
@@ -432,6 +627,7 @@ pub fn from_md_list(
         mapping,
         nlist: nlist.into_iter().map(|k| k as i32).collect(),
         nnei: nsel,
+        centre_weight: None,
     })
 }
 

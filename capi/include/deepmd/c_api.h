@@ -38,9 +38,9 @@ typedef struct DP_Nlist DP_Nlist;
  *  firstneigh[ii] its neighbour indices (locals then ghosts, any order, rcut + skin). */
 extern DP_Nlist* DP_NewNlist(int inum_, int* ilist_, int* numneigh_, int** firstneigh_);
 
-/** DP_NewNlist with a domain-decomposition communication pattern. The pattern is only
- *  needed by message-passing models, which dpc does not evaluate; it is accepted and not
- *  used. */
+/** DP_NewNlist with a domain-decomposition communication pattern. dpc accepts the pattern
+ *  and does not use it: a message-passing model (DPA-3) without the atom mapping evaluates
+ *  its ghost atoms as centres too, which needs ghosts out to dpc_DeepPotGetGhostCutoff. */
 extern DP_Nlist* DP_NewNlist_comm(int inum_, int* ilist_, int* numneigh_, int** firstneigh_,
                                   int nswap, int* sendnum, int* recvnum, int* firstrecv,
                                   int** sendlist, int* sendproc, int* recvproc, void* world,
@@ -205,6 +205,11 @@ extern void DP_DeepPotComputeCanonicalGraphGPU(
 /* Model properties. */
 
 extern double DP_DeepPotGetCutoff(DP_DeepPot* dp);
+
+/** dpc extension: how far beyond the local atoms the ghost atoms must reach when their
+ *  owners are not given (DP_NlistSetMapping), e.g. on several MPI ranks: the cutoff times
+ *  the model's message-passing layers (DPA-3), else the cutoff. */
+extern double dpc_DeepPotGetGhostCutoff(DP_DeepPot* dp);
 extern int DP_DeepPotGetNumbTypes(DP_DeepPot* dp);
 extern int DP_DeepPotGetNumbTypesSpin(DP_DeepPot* dp);
 extern int DP_DeepPotGetDimFParam(DP_DeepPot* dp);
@@ -312,6 +317,9 @@ extern void DP_DeepPotModelDeviComputeNListf3(
     float* atomic_virial);
 
 extern double DP_DeepPotModelDeviGetCutoff(DP_DeepPotModelDevi* dp);
+
+/** dpc extension: the largest dpc_DeepPotGetGhostCutoff of the models. */
+extern double dpc_DeepPotModelDeviGetGhostCutoff(DP_DeepPotModelDevi* dp);
 extern int DP_DeepPotModelDeviGetNumbTypes(DP_DeepPotModelDevi* dp);
 extern int DP_DeepPotModelDeviGetNumbTypesSpin(DP_DeepPotModelDevi* dp);
 extern int DP_DeepPotModelDeviGetDimFParam(DP_DeepPotModelDevi* dp);

@@ -64,6 +64,10 @@ pub mod io {
     /// `i32[nall]` the local atom each extended atom images (only in graphs of
     /// message-passing descriptors, which read neighbours' features through it).
     pub const MAPPING: &str = "mapping";
+    /// `f64[nloc]` how much each centre's energy counts (1 or 0; only in graphs of
+    /// message-passing descriptors): an MD rank evaluates ghost atoms as centres too, for
+    /// the features its own atoms read, without counting their energies.
+    pub const CENTRE_WEIGHT: &str = "centre_weight";
     /// `f64[nloc]` atomic energies.
     pub const ATOM_ENERGY: &str = "atom_energy";
     /// `f64[]` total energy.
@@ -213,6 +217,13 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         let r = g.slice(r, 0, Dim::fixed(0), Dim::NLOC)?;
         let r = g.cast(r, DType::F64)?;
         ae = g.mul(ae, r)?;
+    }
+    if model.descriptor.has_message_passing() {
+        let w = g.input(
+            io::CENTRE_WEIGHT,
+            TensorType::new(DType::F64, vec![Dim::NLOC]),
+        );
+        ae = g.mul(ae, w)?;
     }
     let energy = g.sum(ae, &[0], false)?;
     g.set_output(io::ATOM_ENERGY, ae);

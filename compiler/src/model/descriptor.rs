@@ -177,7 +177,16 @@ impl Descriptor {
     /// Whether atoms' features pass between neighbours layer by layer, so ghost atoms need
     /// the `mapping` to their local owners and centres cannot be evaluated in chunks.
     pub fn has_message_passing(&self) -> bool {
-        matches!(self, Descriptor::Dpa3(_))
+        self.message_passing_layers() > 0
+    }
+
+    /// How many times features hop from atom to neighbouring atom before the energy: an
+    /// atom's energy reads atoms up to `layers * rcut` away (0: only its own neighbours).
+    pub fn message_passing_layers(&self) -> usize {
+        match self {
+            Descriptor::Dpa3(d) => d.layers.len(),
+            _ => 0,
+        }
     }
 
     pub fn name(&self) -> &'static str {

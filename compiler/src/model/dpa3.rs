@@ -41,6 +41,10 @@ pub struct Dpa3 {
     pub a_rcut_smth: f64,
     pub e_sel: usize,
     pub a_sel: usize,
+    /// The `e_sel` and `a_sel` the model was trained with, which its sums are divided by;
+    /// they stay when the slots are narrowed to the neighbours present (`with_slots`).
+    pub norm_e_sel: usize,
+    pub norm_a_sel: usize,
     pub n_dim: usize,
     pub e_dim: usize,
     pub a_dim: usize,
@@ -104,12 +108,38 @@ impl Dpa3 {
     /// What edge sums are divided by: `e_sel`, or `e_sel / sel_reduce_factor` with
     /// `use_dynamic_sel`.
     pub fn edge_norm(&self) -> f64 {
-        self.e_sel as f64 / self.sel_reduce_factor.unwrap_or(1.0)
+        self.norm_e_sel as f64 / self.sel_reduce_factor.unwrap_or(1.0)
     }
 
     /// The same for angle sums: `a_sel` or `a_sel / sel_reduce_factor`.
     pub fn angle_norm(&self) -> f64 {
-        self.a_sel as f64 / self.sel_reduce_factor.unwrap_or(1.0)
+        self.norm_a_sel as f64 / self.sel_reduce_factor.unwrap_or(1.0)
+    }
+
+    /// The same model on `e` edge and `a` angle slots (at most the trained ones). Exact for
+    /// any system where every atom has at most `e` neighbours within `e_rcut` and at most `a`
+    /// within `a_rcut`: the slots dropped would be padding, which adds nothing.
+    pub fn with_slots(&self, e: usize, a: usize) -> Dpa3 {
+        let e = e.clamp(1, self.e_sel);
+        let a = a.clamp(1, self.a_sel).min(e);
+        let slice = |t: &Tensor| {
+            let (nt, n, c) = (t.shape[0], t.shape[1], t.shape[2]);
+            let v = t.to_f64_vec();
+            let mut out = Vec::with_capacity(nt * e * c);
+            for ti in 0..nt {
+                out.extend_from_slice(&v[ti * n * c..ti * n * c + e * c]);
+            }
+            crate::build::nn::cast_tensor(&Tensor::f64(vec![nt, e, c], out), t.dtype())
+        };
+        Dpa3 {
+            e_sel: e,
+            a_sel: a,
+            stats: Stats {
+                davg: slice(&self.stats.davg),
+                dstd: slice(&self.stats.dstd),
+            },
+            ..self.clone()
+        }
     }
 
     pub fn dim_out(&self) -> usize {
@@ -343,6 +373,8 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa3, ModelError> {
         a_rcut_smth,
         e_sel,
         a_sel,
+        norm_e_sel: e_sel,
+        norm_a_sel: a_sel,
         n_dim,
         e_dim,
         a_dim,

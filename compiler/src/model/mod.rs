@@ -165,6 +165,18 @@ impl Model {
         self.descriptor.sel()
     }
 
+    /// For a descriptor whose neighbour slots can be narrowed to the neighbours a system
+    /// has (DPA-3; see `Dpa3::with_slots`), the model on `e` edge and `a` angle slots.
+    pub fn with_slots(&self, e: usize, a: usize) -> Option<Model> {
+        match &self.descriptor {
+            Descriptor::Dpa3(d) => Some(Model {
+                descriptor: Descriptor::Dpa3(Box::new(d.with_slots(e, a))),
+                ..self.clone()
+            }),
+            _ => None,
+        }
+    }
+
     pub fn nnei(&self) -> usize {
         self.sel().iter().sum()
     }

@@ -116,6 +116,8 @@ pub trait Float:
     + std::ops::Neg<Output = Self>
     + std::iter::Sum
     + Default
+    + Send
+    + Sync
     + 'static
 {
     fn exp(self) -> Self;
@@ -165,14 +167,24 @@ fn unary_f<T: Float>(u: Unary, x: &[T]) -> Vec<T> {
         Unary::Floor => |x| x.floor(),
         Unary::Not => unreachable!("not is boolean"),
     };
-    x.iter().map(|&v| f(v)).collect()
+    fill_par(x.len(), 1, |st, o| {
+        let len = o.len();
+        for (v, &a) in o.iter_mut().zip(&x[st..st + len]) {
+            *v = f(a);
+        }
+    })
 }
 
 pub fn unary(u: Unary, x: &Tensor) -> R<Tensor> {
     let data = match (&x.data, u) {
         (Data::F64(v), Unary::Tanh) => {
             let mut out = v.clone();
-            super::fastmath::tanh_in_place(&mut out);
+            if out.len() >= PAR_MIN {
+                out.par_chunks_mut(8192)
+                    .for_each(super::fastmath::tanh_in_place);
+            } else {
+                super::fastmath::tanh_in_place(&mut out);
+            }
             Data::F64(out)
         }
         (Data::F64(v), _) => Data::F64(unary_f(u, v)),
@@ -217,56 +229,106 @@ fn is_trailing(inner: &[usize], outer: &[usize]) -> bool {
     trimmed.len() <= outer.len() && outer.ends_with(trimmed)
 }
 
-fn zip_bcast<A: Copy, B: Copy, C: Default + Clone>(
+/// Elementwise outputs at least this long are computed on the thread pool, in blocks.
+const PAR_MIN: usize = 1 << 15;
+
+/// A vector of `n` values filled by `f(start, block)` over consecutive blocks of a multiple
+/// of `unit` elements, in parallel when `n` is large. (The zeroed allocation is lazy: the
+/// blocks' first writes fault its pages in, on their own threads.)
+fn fill_par<C: Default + Clone + Send>(
+    n: usize,
+    unit: usize,
+    f: impl Fn(usize, &mut [C]) + Sync,
+) -> Vec<C> {
+    let mut o = vec![C::default(); n];
+    if n < PAR_MIN || rayon::current_num_threads() == 1 {
+        f(0, &mut o);
+        return o;
+    }
+    let unit = unit.max(1);
+    let per = n.div_ceil(rayon::current_num_threads() * 8).max(4096);
+    let ch = per.div_ceil(unit) * unit;
+    o.par_chunks_mut(ch)
+        .enumerate()
+        .for_each(|(k, blk)| f(k * ch, blk));
+    o
+}
+
+fn zip_bcast<A: Copy + Sync, B: Copy + Sync, C: Default + Clone + Send>(
     out: &[usize],
     a: (&[A], &[usize]),
     b: (&[B], &[usize]),
-    f: impl Fn(A, B) -> C,
+    f: impl Fn(A, B) -> C + Sync,
 ) -> Vec<C> {
     let n: usize = out.iter().product();
     // Fast paths: equal shapes, and one side repeating contiguously (scalars, bias rows).
     if a.0.len() == n && b.0.len() == n && a.1 == out && b.1 == out {
-        return a.0.iter().zip(b.0).map(|(&x, &y)| f(x, y)).collect();
+        return fill_par(n, 1, |st, o| {
+            let len = o.len();
+            for ((v, &x), &y) in o.iter_mut().zip(&a.0[st..st + len]).zip(&b.0[st..st + len]) {
+                *v = f(x, y);
+            }
+        });
     }
     if a.0.len() == n && a.1 == out && !b.0.is_empty() && is_trailing(b.1, out) {
-        let mut o = Vec::with_capacity(n);
-        if let [y] = b.0 {
-            o.extend(a.0.iter().map(|&x| f(x, *y)));
-        } else {
-            for row in a.0.chunks(b.0.len()) {
-                o.extend(row.iter().zip(b.0).map(|(&x, &y)| f(x, y)));
+        let p = b.0.len();
+        return fill_par(n, p, |st, o| {
+            let len = o.len();
+            if let [y] = b.0 {
+                for (v, &x) in o.iter_mut().zip(&a.0[st..st + len]) {
+                    *v = f(x, *y);
+                }
+            } else {
+                for (orow, arow) in o.chunks_mut(p).zip(a.0[st..st + len].chunks(p)) {
+                    for ((v, &x), &y) in orow.iter_mut().zip(arow).zip(b.0) {
+                        *v = f(x, y);
+                    }
+                }
             }
-        }
-        return o;
+        });
     }
     if b.0.len() == n && b.1 == out && !a.0.is_empty() && is_trailing(a.1, out) {
-        let mut o = Vec::with_capacity(n);
-        if let [x] = a.0 {
-            o.extend(b.0.iter().map(|&y| f(*x, y)));
-        } else {
-            for row in b.0.chunks(a.0.len()) {
-                o.extend(a.0.iter().zip(row).map(|(&x, &y)| f(x, y)));
+        let p = a.0.len();
+        return fill_par(n, p, |st, o| {
+            let len = o.len();
+            if let [x] = a.0 {
+                for (v, &y) in o.iter_mut().zip(&b.0[st..st + len]) {
+                    *v = f(*x, y);
+                }
+            } else {
+                for (orow, brow) in o.chunks_mut(p).zip(b.0[st..st + len].chunks(p)) {
+                    for ((v, &x), &y) in orow.iter_mut().zip(a.0).zip(brow) {
+                        *v = f(x, y);
+                    }
+                }
             }
-        }
-        return o;
+        });
     }
     // One side constant along trailing axes (a per-row scale such as `x * mask[..., None]`).
     if a.0.len() == n && a.1 == out {
         if let Some(block) = row_scalar(b.1, out, b.0.len()) {
-            let mut o = Vec::with_capacity(n);
-            for (row, &y) in a.0.chunks(block).zip(b.0) {
-                o.extend(row.iter().map(|&x| f(x, y)));
-            }
-            return o;
+            return fill_par(n, block, |st, o| {
+                let len = o.len();
+                let rows = a.0[st..st + len].chunks(block).zip(&b.0[st / block..]);
+                for (orow, (arow, &y)) in o.chunks_mut(block).zip(rows) {
+                    for (v, &x) in orow.iter_mut().zip(arow) {
+                        *v = f(x, y);
+                    }
+                }
+            });
         }
     }
     if b.0.len() == n && b.1 == out {
         if let Some(block) = row_scalar(a.1, out, a.0.len()) {
-            let mut o = Vec::with_capacity(n);
-            for (row, &x) in b.0.chunks(block).zip(a.0) {
-                o.extend(row.iter().map(|&y| f(x, y)));
-            }
-            return o;
+            return fill_par(n, block, |st, o| {
+                let len = o.len();
+                let rows = b.0[st..st + len].chunks(block).zip(&a.0[st / block..]);
+                for (orow, (brow, &x)) in o.chunks_mut(block).zip(rows) {
+                    for (v, &y) in orow.iter_mut().zip(brow) {
+                        *v = f(x, y);
+                    }
+                }
+            });
         }
     }
     let mut o = vec![C::default(); n];
@@ -302,6 +364,8 @@ where
     T: Copy
         + Default
         + PartialOrd
+        + Send
+        + Sync
         + std::ops::Add<Output = T>
         + std::ops::Sub<Output = T>
         + std::ops::Mul<Output = T>
@@ -380,7 +444,7 @@ pub fn select(c: &Tensor, x: &Tensor, y: &Tensor) -> R<Tensor> {
     let Data::Bool(cv) = &c.data else {
         return Err(ExecError::Type("select condition must be bool".into()));
     };
-    fn sel<T: Copy + Default>(
+    fn sel<T: Copy + Default + Send + Sync>(
         out: &[usize],
         c: (&[bool], &[usize]),
         x: (&[T], &[usize]),
@@ -404,15 +468,16 @@ pub fn select(c: &Tensor, x: &Tensor, y: &Tensor) -> R<Tensor> {
             step(y.0.len(), y.1),
         ) {
             let at = |s: usize, i: usize| if s == 1 { i } else { i / s };
-            return (0..n)
-                .map(|i| {
-                    if c.0[at(sc, i)] {
+            return fill_par(n, 1, |st, o| {
+                for (k, v) in o.iter_mut().enumerate() {
+                    let i = st + k;
+                    *v = if c.0[at(sc, i)] {
                         x.0[at(sx, i)]
                     } else {
                         y.0[at(sy, i)]
-                    }
-                })
-                .collect();
+                    };
+                }
+            });
         }
         let mut o = vec![T::default(); n];
         for_each_bcast(out, [c.1, x.1, y.1], |i, [ic, ix, iy]| {
@@ -591,10 +656,55 @@ pub fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
     }
     let st = strides(&x.shape);
     let permuted: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
-    let mut idx = Vec::with_capacity(x.len());
-    // Offsets of the output walk, in input coordinates.
-    walk(&out, &permuted, |off| idx.push(off));
-    remap(x, out, &idx)
+    strided(x, out, &permuted, 0)
+}
+
+/// The tensor of `shape` whose element at multi-index `i` is `x`'s element at
+/// `base + sum(i * st)`: a view (broadcast, slice, transpose) made contiguous, copied a
+/// last-axis run at a time.
+fn strided(x: &Tensor, shape: Vec<usize>, st: &[usize], base: usize) -> Tensor {
+    fn copy<T: Copy>(v: &[T], shape: &[usize], st: &[usize], base: usize) -> Vec<T> {
+        let total: usize = shape.iter().product();
+        let mut o = Vec::with_capacity(total);
+        if total == 0 {
+            return o;
+        }
+        let Some((&inner, outer)) = shape.split_last() else {
+            o.push(v[base]);
+            return o;
+        };
+        let si = st[outer.len()];
+        let mut idx = vec![0usize; outer.len()];
+        let mut off = base;
+        loop {
+            match si {
+                1 => o.extend_from_slice(&v[off..off + inner]),
+                0 => o.extend(std::iter::repeat_n(v[off], inner)),
+                _ => o.extend((0..inner).map(|k| v[off + k * si])),
+            }
+            let mut ax = outer.len();
+            loop {
+                if ax == 0 {
+                    return o;
+                }
+                ax -= 1;
+                idx[ax] += 1;
+                off += st[ax];
+                if idx[ax] < outer[ax] {
+                    break;
+                }
+                off -= st[ax] * outer[ax];
+                idx[ax] = 0;
+            }
+        }
+    }
+    let data = match &x.data {
+        Data::F64(v) => Data::F64(copy(v, &shape, st, base)),
+        Data::F32(v) => Data::F32(copy(v, &shape, st, base)),
+        Data::I32(v) => Data::I32(copy(v, &shape, st, base)),
+        Data::Bool(v) => Data::Bool(copy(v, &shape, st, base)),
+    };
+    Tensor { shape, data }
 }
 
 /// Visit every multi-index of `shape` in row-major order, passing `sum(index * stride)`.
@@ -628,9 +738,7 @@ pub fn broadcast(x: &Tensor, to: &[usize]) -> R<Tensor> {
         )));
     }
     let st = bcast_strides(&x.shape, to);
-    let mut idx = Vec::with_capacity(to.iter().product());
-    walk(to, &st, |off| idx.push(off));
-    Ok(remap(x, to.to_vec(), &idx))
+    Ok(strided(x, to.to_vec(), &st, 0))
 }
 
 pub fn slice(x: &Tensor, axis: usize, start: usize, end: usize) -> R<Tensor> {
@@ -644,9 +752,7 @@ pub fn slice(x: &Tensor, axis: usize, start: usize, end: usize) -> R<Tensor> {
     out[axis] = end - start;
     let st = strides(&x.shape);
     let base = start * st[axis];
-    let mut idx = Vec::with_capacity(out.iter().product());
-    walk(&out, &st, |off| idx.push(base + off));
-    Ok(remap(x, out, &idx))
+    Ok(strided(x, out, &st, base))
 }
 
 /// Concatenate along `axis`.
