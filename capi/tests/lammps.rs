@@ -208,25 +208,8 @@ fn lammps_nve_matches_dpc_and_reproduces_over_two_ranks() {
         .map(|s| s.parse().unwrap())
         .unwrap_or(1000);
 
-    let one = scratch("np1");
-    let single = run_lammps(&venv, &one, 1, &plugin, &model, nsteps);
-
-    // Step 0 against dpc's own evaluation of the dumped configuration.
-    let dump = read_dump(&one.join("dump.step0"));
-    let pot = DeepPot::load(Path::new(&model)).unwrap();
-    let c = cell(&dump);
-    let out = pot
-        .compute(&Frame::new(&dump.coord, &dump.atype, Some(&c)), false)
-        .unwrap();
-    let natoms = dump.atype.len() as f64;
-    let de = (single[0][2] - out.energy).abs();
-    let df = max_abs_diff(&dump.force, &out.force);
-    println!("step 0: |E_lammps - E_dpc| = {de:.2e} eV, max |F_lammps - F_dpc| = {df:.2e} eV/A");
-    assert!(
-        de <= 1e-10 * out.energy.abs().max(1.0),
-        "energy differs by {de}"
-    );
-    assert!(df <= 1e-10, "forces differ by {df}");
+    let single = single_rank_matches_dpc(&venv, &plugin, &model, nsteps, "np1");
+    let natoms = read_dump(&scratch("np1").join("dump.step0")).atype.len() as f64;
 
     // Energy conservation.
     let e0 = single[0][4];
@@ -243,14 +226,69 @@ fn lammps_nve_matches_dpc_and_reproduces_over_two_ranks() {
     assert!(drift.abs() < 1e-4, "energy drift {drift} eV/atom");
 
     // Two ranks, over the first steps.
-    let two = scratch("np2");
-    let steps2 = nsteps.min(200);
-    let double = run_lammps(&venv, &two, 2, &plugin, &model, steps2);
-    let rel = thermo_diff(&single, &double);
+    two_ranks_reproduce_one(&venv, &plugin, &model, &single, nsteps.min(200), "np2");
+}
+
+/// A single-rank run of `nsteps`, its step 0 checked against dpc's own evaluation of the
+/// dumped configuration; the thermo rows.
+fn single_rank_matches_dpc(
+    venv: &Path,
+    plugin: &Path,
+    model: &str,
+    nsteps: usize,
+    dir: &str,
+) -> Vec<Vec<f64>> {
+    let one = scratch(dir);
+    let single = run_lammps(venv, &one, 1, plugin, model, nsteps);
+    let dump = read_dump(&one.join("dump.step0"));
+    let pot = DeepPot::load(Path::new(model)).unwrap();
+    let c = cell(&dump);
+    let out = pot
+        .compute(&Frame::new(&dump.coord, &dump.atype, Some(&c)), false)
+        .unwrap();
+    let de = (single[0][2] - out.energy).abs();
+    let df = max_abs_diff(&dump.force, &out.force);
     println!(
-        "mpirun -np 2, {steps2} steps: thermo output differs from one rank by {rel:.2e} (relative)"
+        "{model} step 0: |E_lammps - E_dpc| = {de:.2e} eV, max |F_lammps - F_dpc| = {df:.2e} eV/A"
+    );
+    assert!(
+        de <= 1e-10 * out.energy.abs().max(1.0),
+        "energy differs by {de}"
+    );
+    assert!(df <= 1e-10, "forces differ by {df}");
+    single
+}
+
+/// `mpirun -np 2` over the first `steps` steps gives the single-rank thermo output.
+fn two_ranks_reproduce_one(
+    venv: &Path,
+    plugin: &Path,
+    model: &str,
+    single: &[Vec<f64>],
+    steps: usize,
+    dir: &str,
+) {
+    let double = run_lammps(venv, &scratch(dir), 2, plugin, model, steps);
+    let rel = thermo_diff(single, &double);
+    println!(
+        "{model}: mpirun -np 2, {steps} steps: thermo output differs from one rank by {rel:.2e} (relative)"
     );
     assert!(rel <= 1e-8, "two ranks differ from one by {rel}");
+}
+
+/// DPA-3 passes features between atoms layer by layer: on one rank through the atom map, on
+/// two by evaluating ghosts within (layers - 1) rcut as centres (the pair style widens the
+/// ghost cutoff). Short runs: the model is slow next to se_e2_r.
+#[test]
+fn lammps_dpa3_over_one_and_two_ranks() {
+    let Some(venv) = venv() else { return };
+    let plugin = build_plugin(&venv);
+    let model = fixtures()
+        .join("models/dpa3/model.dp")
+        .display()
+        .to_string();
+    let single = single_rank_matches_dpc(&venv, &plugin, &model, 10, "dpa3-np1");
+    two_ranks_reproduce_one(&venv, &plugin, &model, &single, 10, "dpa3-np2");
 }
 
 /// Reads `model_devi.out` rows: step, then six deviations.
