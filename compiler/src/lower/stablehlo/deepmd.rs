@@ -289,7 +289,7 @@ pub fn export(model: &Model, variant: Variant, opts: LowerOptions) -> Result<Exp
                 let m = f.elementwise("add", &[&off, &m], Elem::I32);
                 fl.flatten(&mut f, &m)
             }
-            io::CENTRE_WEIGHT => f.splat(Elem::F64, 1.0, &[tl.clone()]),
+            io::CENTRE_WEIGHT => f.splat(Elem::F64, 1.0, std::slice::from_ref(&tl)),
             io::PAD_ATOM => {
                 // Each centre's frame's extended atom 0, which is that frame's first local.
                 let fi = f.iota(vec![nf.clone(), nloc.clone()], 0);
