@@ -1101,6 +1101,57 @@ fn dpa3(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> 
     })
 }
 
+/// The descriptor section `p` with its parameters under `sd`.
+fn descriptor(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> {
+    Ok(match p.str("type", "")?.as_str() {
+        "se_e2_a" | "se_a" => se_a(p, sd, type_map)?,
+        "se_e2_r" | "se_r" => se_r(p, sd, type_map)?,
+        "se_e3" | "se_at" | "se_a_3be" => se_t(p, sd, type_map)?,
+        "dpa1" | "se_atten" => dpa1(p, sd, type_map, false)?,
+        "se_atten_v2" => dpa1(p, sd, type_map, true)?,
+        "dpa3" => dpa3(p, sd, type_map)?,
+        "hybrid" => hybrid(p, sd, type_map)?,
+        other => {
+            return Err(unsupported(format!(
+            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3, hybrid)"
+        )))
+        }
+    })
+}
+
+/// `hybrid`: each listed descriptor from `descrpt_list.<i>`.
+fn hybrid(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> {
+    let Some(Value::List(list)) = p.get("list") else {
+        return Err(bad("model_def_script: a hybrid descriptor without `list`"));
+    };
+    let mut subs = Vec::with_capacity(list.len());
+    for (i, sub) in list.iter().enumerate() {
+        subs.push(descriptor(
+            &Script(sub),
+            &sd.sub(&format!("descrpt_list.{i}")),
+            type_map,
+        )?);
+    }
+    let first = subs
+        .first()
+        .ok_or_else(|| bad("model_def_script: an empty hybrid descriptor list"))?;
+    let (mixed, ntypes) = (subs.iter().any(|d| d.mixed_types), first.ntypes);
+    Ok(DescInfo {
+        dim_out: subs.iter().map(|d| d.dim_out).sum(),
+        mixed_types: mixed,
+        ntypes,
+        tree: dict(vec![
+            ("@class", s("Descriptor")),
+            ("type", s("hybrid")),
+            ("@version", Value::Int(1)),
+            (
+                "list",
+                Value::List(subs.into_iter().map(|d| d.tree).collect()),
+            ),
+        ]),
+    })
+}
+
 fn energy_fitting(
     p: &Script,
     sd: &Sd,
@@ -1266,20 +1317,7 @@ pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
         .ok_or_else(|| bad("model_def_script has no descriptor"))?;
     let dp = Script(dp_val);
     let dsd = am.sub("descriptor");
-    let dtype = dp.str("type", "")?;
-    let desc = match dtype.as_str() {
-        "se_e2_a" | "se_a" => se_a(&dp, &dsd, &type_map)?,
-        "se_e2_r" | "se_r" => se_r(&dp, &dsd, &type_map)?,
-        "se_e3" | "se_at" | "se_a_3be" => se_t(&dp, &dsd, &type_map)?,
-        "dpa1" | "se_atten" => dpa1(&dp, &dsd, &type_map, false)?,
-        "se_atten_v2" => dpa1(&dp, &dsd, &type_map, true)?,
-        "dpa3" => dpa3(&dp, &dsd, &type_map)?,
-        other => {
-            return Err(unsupported(format!(
-            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3)"
-        )))
-        }
-    };
+    let desc = descriptor(&dp, &dsd, &type_map)?;
     let empty = Value::Dict(Dict::new());
     let fp = Script(md.get("fitting_net").unwrap_or(&empty));
     if fp.str("type", "ener")? != "ener" {

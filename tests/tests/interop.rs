@@ -175,7 +175,12 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
             )
         })
         .collect();
-    for v in ["se_e2_a_fparam_aparam", "se_e2_a_excl", "dpa1_concat_tos_t"] {
+    for v in [
+        "se_e2_a_fparam_aparam",
+        "se_e2_a_excl",
+        "dpa1_concat_tos_t",
+        "hybrid_dpa1_dpa3",
+    ] {
         cases.push((
             v.to_string(),
             variants.join(v).join("model.dp"),

@@ -71,4 +71,6 @@ variants!(
     dpa3_incr_linear_heads,
     dpa3_sequential_split,
     dpa3_noangle_fparam,
+    hybrid_se_a_se_r,
+    hybrid_dpa1_dpa3,
 );

@@ -31,13 +31,13 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let sw = g.mul(env.sw, nmask_f)?; // [nloc, nnei]
                                       // Padded slots read the type of the system's atom 0, as DeePMD-kit does.
     let pad = if inp.flat_frames {
-        let p = g.input(
+        let p = g.shared_input(
             super::io::PAD_ATOM,
             crate::graph::TensorType::new(DType::I32, vec![Dim::NLOC]),
         );
         g.reshape(p, vec![Dim::NLOC, Dim::ONE])?
     } else {
-        g.input(
+        g.shared_input(
             super::io::PAD_ATOM,
             crate::graph::TensorType::new(DType::I32, vec![]),
         )

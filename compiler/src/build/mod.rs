@@ -10,6 +10,7 @@ mod dpa1;
 mod dpa3;
 mod env_mat;
 mod fitting;
+mod hybrid;
 pub(crate) mod nn;
 mod se_a;
 mod se_r;
@@ -173,27 +174,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         &model.pair_exclude_types,
         model.ntypes(),
     )?;
-    if inp.compress.is_some() && matches!(model.descriptor, Descriptor::Dpa1(_)) {
-        return Err(GraphError(
-            "compression of se_atten/DPA-1 descriptors is not implemented; run the model \
-             without --compress"
-                .into(),
-        ));
-    }
-    if inp.compress.is_some() && matches!(model.descriptor, Descriptor::Dpa3(_)) {
-        return Err(GraphError(
-            "compression of DPA-3 descriptors is not implemented; run the model without \
-             --compress"
-                .into(),
-        ));
-    }
-    let desc = match &model.descriptor {
-        Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
-        Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,
-        Descriptor::SeT(d) => se_t::build(&mut g, &inp, d, nlist)?,
-        Descriptor::Dpa1(d) => dpa1::build(&mut g, &inp, d, nlist)?,
-        Descriptor::Dpa3(d) => dpa3::build(&mut g, &inp, d, nlist)?,
-    };
+    let desc = descriptor(&mut g, &inp, &model.descriptor, nlist)?;
     let desc = g.cast(desc, DType::F64)?;
     let mut ae = fitting::build(&mut g, &inp, &model.fitting, desc)?;
     if model.tf_semantics {
@@ -230,6 +211,31 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
     g.set_output(io::ENERGY, energy);
     derivatives(&mut g, coord, ae, energy, opts)?;
     Ok(g)
+}
+
+/// The descriptor rows `[nloc, dim_out]` of the centres.
+pub(crate) fn descriptor(
+    g: &mut Graph,
+    inp: &Inputs,
+    d: &Descriptor,
+    nlist: ValueId,
+) -> Result<ValueId, GraphError> {
+    let refuse = |what: &str| {
+        GraphError(format!(
+            "compression of {what} descriptors is not implemented; run the model without \
+             --compress"
+        ))
+    };
+    Ok(match d {
+        Descriptor::SeA(d) => se_a::build(g, inp, d, nlist)?,
+        Descriptor::SeR(d) => se_r::build(g, inp, d, nlist)?,
+        Descriptor::SeT(d) => se_t::build(g, inp, d, nlist)?,
+        Descriptor::Dpa1(_) if inp.compress.is_some() => return Err(refuse("se_atten/DPA-1")),
+        Descriptor::Dpa1(d) => dpa1::build(g, inp, d, nlist)?,
+        Descriptor::Dpa3(_) if inp.compress.is_some() => return Err(refuse("DPA-3")),
+        Descriptor::Dpa3(d) => dpa3::build(g, inp, d, nlist)?,
+        Descriptor::Hybrid(list) => hybrid::build(g, inp, d, list, nlist)?,
+    })
 }
 
 /// Forces `-dE/dR` and virials `F (x) R` of every extended atom; with `atomic_virial`, plus

@@ -98,6 +98,25 @@ impl Graph {
         ValueId(self.nodes.len() as u32 - 1)
     }
 
+    /// The input called `name` if one is declared (with this type), else a new one: for
+    /// inputs several builders read (a hybrid's sub-descriptors).
+    pub fn shared_input(&mut self, name: &str, ty: TensorType) -> ValueId {
+        if let Some(k) = self
+            .inputs
+            .iter()
+            .position(|i| i.name == name && i.ty == ty)
+        {
+            if let Some(v) = self
+                .nodes
+                .iter()
+                .position(|n| matches!(n.op, Op::Input(j) if j == k))
+            {
+                return ValueId(v as u32);
+            }
+        }
+        self.input(name, ty)
+    }
+
     /// Append a node, inferring its type from the arguments.
     pub fn push(&mut self, op: Op, args: &[ValueId]) -> Result<ValueId, GraphError> {
         for a in args {

@@ -30,6 +30,8 @@ pub enum Descriptor {
     SeT(SeT),
     Dpa1(Box<Dpa1>),
     Dpa3(Box<super::dpa3::Dpa3>),
+    /// `hybrid`: sub-descriptors on cuts of one neighbour list, outputs concatenated.
+    Hybrid(Vec<Descriptor>),
 }
 
 /// `se_e2_a`: embedding of the radial term, contracted with the full environment matrix.
@@ -137,8 +139,9 @@ impl Descriptor {
             "dpa1" | "se_atten" => Ok(Descriptor::Dpa1(Box::new(parse_dpa1(at, ntypes, false)?))),
             "se_atten_v2" => Ok(Descriptor::Dpa1(Box::new(parse_dpa1(at, ntypes, true)?))),
             "dpa3" => Ok(Descriptor::Dpa3(Box::new(super::dpa3::parse(at, ntypes)?))),
-            "dpa2" | "dpa4" | "hybrid" | "se_e3_tebd" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
-                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3)")))
+            "hybrid" => parse_hybrid(at, ntypes),
+            "dpa2" | "dpa4" | "se_e3_tebd" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
+                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3, hybrid)")))
             }
             other => Err(at.unsupported(format!("unknown descriptor type `{other}`"))),
         }
@@ -150,6 +153,15 @@ impl Descriptor {
 
     pub fn env(&self) -> EnvParams {
         match self {
+            // DeePMD-kit's hybrid: the largest cutoff, the smallest smoothing start.
+            Descriptor::Hybrid(list) => EnvParams {
+                rcut: list.iter().map(|d| d.rcut()).fold(0.0, f64::max),
+                rcut_smth: list
+                    .iter()
+                    .map(|d| d.env().rcut_smth)
+                    .fold(f64::INFINITY, f64::min),
+                protection: list[0].env().protection,
+            },
             Descriptor::SeA(d) => d.env,
             Descriptor::SeR(d) => d.env,
             Descriptor::SeT(d) => d.env,
@@ -166,12 +178,22 @@ impl Descriptor {
             Descriptor::SeT(d) => d.sel.clone(),
             Descriptor::Dpa1(d) => vec![d.nnei],
             Descriptor::Dpa3(d) => vec![d.e_sel],
+            // The list covers every sub-descriptor's: per type (or in all) the largest sel.
+            Descriptor::Hybrid(list) => {
+                let sels: Vec<Vec<usize>> = list.iter().map(Descriptor::sel).collect();
+                (0..sels[0].len())
+                    .map(|t| sels.iter().map(|s| s[t]).max().unwrap_or(0))
+                    .collect()
+            }
         }
     }
 
     /// Whether the neighbour list mixes types (one distance-sorted block).
     pub fn mixed_types(&self) -> bool {
-        matches!(self, Descriptor::Dpa1(_) | Descriptor::Dpa3(_))
+        match self {
+            Descriptor::Hybrid(list) => list[0].mixed_types(),
+            d => matches!(d, Descriptor::Dpa1(_) | Descriptor::Dpa3(_)),
+        }
     }
 
     /// Whether atoms' features pass between neighbours layer by layer, so ghost atoms need
@@ -185,6 +207,11 @@ impl Descriptor {
     pub fn message_passing_layers(&self) -> usize {
         match self {
             Descriptor::Dpa3(d) => d.layers.len(),
+            Descriptor::Hybrid(list) => list
+                .iter()
+                .map(Descriptor::message_passing_layers)
+                .max()
+                .unwrap_or(0),
             _ => 0,
         }
     }
@@ -196,6 +223,7 @@ impl Descriptor {
             Descriptor::SeT(_) => "se_e3",
             Descriptor::Dpa1(_) => "se_atten",
             Descriptor::Dpa3(_) => "dpa3",
+            Descriptor::Hybrid(_) => "hybrid",
         }
     }
 
@@ -207,6 +235,7 @@ impl Descriptor {
             Descriptor::SeR(d) => ng(&d.embeddings),
             Descriptor::SeT(d) => ng(&d.embeddings),
             Descriptor::Dpa3(d) => d.dim_out(),
+            Descriptor::Hybrid(list) => list.iter().map(Descriptor::dim_out).sum(),
             Descriptor::Dpa1(d) => {
                 d.embedding.n_out().unwrap_or(0) * d.axis_neuron
                     + if d.concat_output_tebd {
@@ -225,6 +254,8 @@ impl Descriptor {
             Descriptor::SeT(d) => d.dtype,
             Descriptor::Dpa1(d) => d.dtype,
             Descriptor::Dpa3(d) => d.dtype,
+            // The concatenated output is float64.
+            Descriptor::Hybrid(_) => DType::F64,
         }
     }
 }
@@ -572,6 +603,28 @@ fn parse_dpa1(at: At, ntypes_model: usize, v2: bool) -> Result<Dpa1, ModelError>
         dtype,
         norm_floor_sq: 1e-24,
     })
+}
+
+fn parse_hybrid(at: At, ntypes: usize) -> Result<Descriptor, ModelError> {
+    at.version(1, 1, 1)?;
+    let list = at
+        .list("list")?
+        .into_iter()
+        .map(|c| Descriptor::parse(c.at(), ntypes))
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.is_empty() {
+        return Err(at.err("a hybrid descriptor needs at least one descriptor in `list`"));
+    }
+    if list
+        .iter()
+        .any(|d| d.mixed_types() != list[0].mixed_types())
+    {
+        return Err(at.unsupported(
+            "a hybrid of mixed-type (se_atten, DPA-3) and per-type (se_e2_a, se_e2_r, se_e3) \
+             descriptors: each needs its own neighbour-list layout",
+        ));
+    }
+    Ok(Descriptor::Hybrid(list))
 }
 
 /// The one network of an ndim-0 collection.

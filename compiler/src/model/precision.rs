@@ -14,7 +14,19 @@ pub fn with_precision(model: &Model, dtype: DType) -> Result<Model, ModelError> 
         return Err(ModelError::Unsupported(format!("precision {dtype}")));
     }
     let mut m = model.clone();
-    match &mut m.descriptor {
+    descriptor_precision(&mut m.descriptor, dtype)?;
+    m.fitting.dtype = dtype;
+    cast_nets(&mut m.fitting.nets, dtype);
+    Ok(m)
+}
+
+fn descriptor_precision(d: &mut Descriptor, dtype: DType) -> Result<(), ModelError> {
+    match d {
+        Descriptor::Hybrid(list) => {
+            for d in list {
+                descriptor_precision(d, dtype)?;
+            }
+        }
         Descriptor::SeA(d) => {
             d.dtype = dtype;
             cast_nets(&mut d.embeddings, dtype);
@@ -42,9 +54,7 @@ pub fn with_precision(model: &Model, dtype: DType) -> Result<Model, ModelError> 
         }
         Descriptor::Dpa3(_) => {}
     }
-    m.fitting.dtype = dtype;
-    cast_nets(&mut m.fitting.nets, dtype);
-    Ok(m)
+    Ok(())
 }
 
 fn cast_nets(c: &mut NetCollection, dtype: DType) {
