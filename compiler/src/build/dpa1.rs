@@ -14,7 +14,7 @@ use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
 type R = Result<ValueId, GraphError>;
 
 /// The softmax logit of masked keys: finite, so no NaN appears even in all-masked rows.
-const MASKED_LOGIT: f64 = -1e30;
+pub(super) const MASKED_LOGIT: f64 = -1e30;
 /// DeePMD-kit's `attnw_shift`.
 const ATTN_SHIFT: f64 = 20.0;
 
@@ -30,18 +30,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let nmask_f = g.cast(nmask, dt)?;
     let sw = g.mul(env.sw, nmask_f)?; // [nloc, nnei]
                                       // Padded slots read the type of the system's atom 0, as DeePMD-kit does.
-    let pad = if inp.flat_frames {
-        let p = g.shared_input(
-            super::io::PAD_ATOM,
-            crate::graph::TensorType::new(DType::I32, vec![Dim::NLOC]),
-        );
-        g.reshape(p, vec![Dim::NLOC, Dim::ONE])?
-    } else {
-        g.shared_input(
-            super::io::PAD_ATOM,
-            crate::graph::TensorType::new(DType::I32, vec![]),
-        )
-    };
+    let pad = pad_atom(g, inp)?;
     let nl0 = g.select(nmask, nlist, pad)?;
     let rr = apply_keep(g, env.rr, keep)?; // [nloc, nnei, 4]
     let ss = g.slice_n(rr, 2, 0, 1)?;
@@ -160,7 +149,24 @@ fn l2_normalize(g: &mut Graph, x: ValueId, floor_sq: f64) -> R {
     g.div(x, n)
 }
 
-fn softmax_last(g: &mut Graph, a: ValueId, fuse: bool) -> R {
+/// The extended atom DeePMD-kit reads for padded neighbour slots (`io::PAD_ATOM`), shaped to
+/// broadcast against `[nloc, nnei]`.
+pub(super) fn pad_atom(g: &mut Graph, inp: &Inputs) -> R {
+    if inp.flat_frames {
+        let p = g.shared_input(
+            super::io::PAD_ATOM,
+            crate::graph::TensorType::new(DType::I32, vec![Dim::NLOC]),
+        );
+        g.reshape(p, vec![Dim::NLOC, Dim::ONE])
+    } else {
+        Ok(g.shared_input(
+            super::io::PAD_ATOM,
+            crate::graph::TensorType::new(DType::I32, vec![]),
+        ))
+    }
+}
+
+pub(super) fn softmax_last(g: &mut Graph, a: ValueId, fuse: bool) -> R {
     if fuse {
         return g.softmax(a);
     }

@@ -336,7 +336,12 @@ fn edge_angle_reduce(g: &mut Graph, c: &Ctx, lin2: &Layer, m: ValueId, edge: Val
 }
 
 /// Combine an embedding with its updates (`update_style`).
-fn list_update(g: &mut Graph, style: UpdateStyle, list: &[ValueId], res: &[Tensor]) -> R {
+pub(super) fn list_update(
+    g: &mut Graph,
+    style: UpdateStyle,
+    list: &[ValueId],
+    res: &[Tensor],
+) -> R {
     let n = list.len();
     match style {
         UpdateStyle::ResAvg => {
@@ -377,7 +382,7 @@ fn list_update(g: &mut Graph, style: UpdateStyle, list: &[ValueId], res: &[Tenso
 }
 
 /// `u + r * v` with `r` broadcast over the last axis.
-fn residual_add(g: &mut Graph, u: ValueId, r: &Tensor, v: ValueId) -> R {
+pub(super) fn residual_add(g: &mut Graph, u: ValueId, r: &Tensor, v: ValueId) -> R {
     let dt = g.dtype(v);
     let r = g.constant(cast_tensor(r, dt));
     let rv = g.mul(v, r)?;

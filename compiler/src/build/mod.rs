@@ -7,6 +7,7 @@
 
 pub mod compress;
 mod dpa1;
+mod dpa2;
 mod dpa3;
 mod env_mat;
 mod fitting;
@@ -234,6 +235,8 @@ pub(crate) fn descriptor(
         Descriptor::Dpa1(d) => dpa1::build(g, inp, d, nlist)?,
         Descriptor::Dpa3(_) if inp.compress.is_some() => return Err(refuse("DPA-3")),
         Descriptor::Dpa3(d) => dpa3::build(g, inp, d, nlist)?,
+        Descriptor::Dpa2(_) if inp.compress.is_some() => return Err(refuse("DPA-2")),
+        Descriptor::Dpa2(d) => dpa2::build(g, inp, d, nlist)?,
         Descriptor::Hybrid(list) => hybrid::build(g, inp, d, list, nlist)?,
     })
 }

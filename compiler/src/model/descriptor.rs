@@ -30,6 +30,7 @@ pub enum Descriptor {
     SeT(SeT),
     Dpa1(Box<Dpa1>),
     Dpa3(Box<super::dpa3::Dpa3>),
+    Dpa2(Box<super::dpa2::Dpa2>),
     /// `hybrid`: sub-descriptors on cuts of one neighbour list, outputs concatenated.
     Hybrid(Vec<Descriptor>),
 }
@@ -140,8 +141,9 @@ impl Descriptor {
             "se_atten_v2" => Ok(Descriptor::Dpa1(Box::new(parse_dpa1(at, ntypes, true)?))),
             "dpa3" => Ok(Descriptor::Dpa3(Box::new(super::dpa3::parse(at, ntypes)?))),
             "hybrid" => parse_hybrid(at, ntypes),
-            "dpa2" | "dpa4" | "se_e3_tebd" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
-                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3, hybrid)")))
+            "dpa2" => Ok(Descriptor::Dpa2(Box::new(super::dpa2::parse(at, ntypes)?))),
+            "dpa4" | "se_e3_tebd" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
+                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa2, dpa3, hybrid)")))
             }
             other => Err(at.unsupported(format!("unknown descriptor type `{other}`"))),
         }
@@ -167,6 +169,10 @@ impl Descriptor {
             Descriptor::SeT(d) => d.env,
             Descriptor::Dpa1(d) => d.env,
             Descriptor::Dpa3(d) => d.env,
+            Descriptor::Dpa2(d) => EnvParams {
+                rcut: d.rcut,
+                ..d.repinit.env
+            },
         }
     }
 
@@ -178,6 +184,7 @@ impl Descriptor {
             Descriptor::SeT(d) => d.sel.clone(),
             Descriptor::Dpa1(d) => vec![d.nnei],
             Descriptor::Dpa3(d) => vec![d.e_sel],
+            Descriptor::Dpa2(d) => vec![d.nsel],
             // The list covers every sub-descriptor's: per type (or in all) the largest sel.
             Descriptor::Hybrid(list) => {
                 let sels: Vec<Vec<usize>> = list.iter().map(Descriptor::sel).collect();
@@ -192,7 +199,10 @@ impl Descriptor {
     pub fn mixed_types(&self) -> bool {
         match self {
             Descriptor::Hybrid(list) => list[0].mixed_types(),
-            d => matches!(d, Descriptor::Dpa1(_) | Descriptor::Dpa3(_)),
+            d => matches!(
+                d,
+                Descriptor::Dpa1(_) | Descriptor::Dpa2(_) | Descriptor::Dpa3(_)
+            ),
         }
     }
 
@@ -207,6 +217,7 @@ impl Descriptor {
     pub fn message_passing_layers(&self) -> usize {
         match self {
             Descriptor::Dpa3(d) => d.layers.len(),
+            Descriptor::Dpa2(d) => d.repformers.layers.len(),
             Descriptor::Hybrid(list) => list
                 .iter()
                 .map(Descriptor::message_passing_layers)
@@ -223,6 +234,7 @@ impl Descriptor {
             Descriptor::SeT(_) => "se_e3",
             Descriptor::Dpa1(_) => "se_atten",
             Descriptor::Dpa3(_) => "dpa3",
+            Descriptor::Dpa2(_) => "dpa2",
             Descriptor::Hybrid(_) => "hybrid",
         }
     }
@@ -235,6 +247,7 @@ impl Descriptor {
             Descriptor::SeR(d) => ng(&d.embeddings),
             Descriptor::SeT(d) => ng(&d.embeddings),
             Descriptor::Dpa3(d) => d.dim_out(),
+            Descriptor::Dpa2(d) => d.dim_out(),
             Descriptor::Hybrid(list) => list.iter().map(Descriptor::dim_out).sum(),
             Descriptor::Dpa1(d) => {
                 d.embedding.n_out().unwrap_or(0) * d.axis_neuron
@@ -254,6 +267,7 @@ impl Descriptor {
             Descriptor::SeT(d) => d.dtype,
             Descriptor::Dpa1(d) => d.dtype,
             Descriptor::Dpa3(d) => d.dtype,
+            Descriptor::Dpa2(d) => d.dtype,
             // The concatenated output is float64.
             Descriptor::Hybrid(_) => DType::F64,
         }
@@ -628,7 +642,7 @@ fn parse_hybrid(at: At, ntypes: usize) -> Result<Descriptor, ModelError> {
 }
 
 /// The one network of an ndim-0 collection.
-fn single_net(at: &At, key: &str) -> Result<Net, ModelError> {
+pub(super) fn single_net(at: &At, key: &str) -> Result<Net, ModelError> {
     let c = NetCollection::parse(at.get(key)?.at())?;
     if c.ndim != 0 {
         return Err(at.err(format!("{key} must be a single shared network (ndim 0)")));

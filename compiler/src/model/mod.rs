@@ -6,6 +6,7 @@
 
 mod access;
 pub mod descriptor;
+pub mod dpa2;
 pub mod dpa3;
 pub mod fitting;
 pub mod network;

@@ -53,6 +53,13 @@ fn descriptor_precision(d: &mut Descriptor, dtype: DType) -> Result<(), ModelErr
             )))
         }
         Descriptor::Dpa3(_) => {}
+        Descriptor::Dpa2(d) if d.dtype != dtype => {
+            return Err(ModelError::Unsupported(format!(
+                "changing the precision of a DPA-2 descriptor (it is {})",
+                d.dtype
+            )))
+        }
+        Descriptor::Dpa2(_) => {}
     }
     Ok(())
 }
