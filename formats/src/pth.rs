@@ -1110,12 +1110,443 @@ fn descriptor(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatE
         "dpa1" | "se_atten" => dpa1(p, sd, type_map, false)?,
         "se_atten_v2" => dpa1(p, sd, type_map, true)?,
         "dpa3" => dpa3(p, sd, type_map)?,
+        "dpa2" => dpa2(p, sd, type_map)?,
         "hybrid" => hybrid(p, sd, type_map)?,
         other => {
             return Err(unsupported(format!(
-            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa3, hybrid)"
+            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa2, dpa3, hybrid)"
         )))
         }
+    })
+}
+
+/// DPA-2: `repinit` / `repformer` options from the script (`RepinitArgs`,
+/// `RepformerArgs` defaults), weights from `repinit`, `repinit_three_body`, `repformers`.
+fn dpa2(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> {
+    let ntypes = type_map.as_list().map_or(0, <[Value]>::len);
+    let empty = Value::Dict(Dict::new());
+    let ri = Script(p.get("repinit").unwrap_or(&empty));
+    let rf = Script(p.get("repformer").unwrap_or(&empty));
+    let precision = p.str("precision", "float64")?;
+    let prec = norm_precision(&precision)?;
+    let trainable = p.or("trainable", Value::Bool(true));
+    let prot = p.or("env_protection", Value::Float(0.0));
+    let num = |sc: &Script, k: &str, d: f64| sc.get(k).cloned().unwrap_or(Value::Float(d));
+    let fnum = |v: &Value| v.as_f64().unwrap_or(0.0);
+    // RepinitArgs.
+    let r_rcut = num(&ri, "rcut", f64::NAN);
+    let r_rcut_smth = num(&ri, "rcut_smth", f64::NAN);
+    let r_nsel = ri.usize("nsel", 0)?;
+    let r_neuron = ri.usizes("neuron", &[25, 50, 100])?;
+    let r_axis = ri.usize("axis_neuron", 16)?;
+    let tebd_dim = ri.usize("tebd_dim", 8)?;
+    let tebd_mode = ri.str("tebd_input_mode", "concat")?;
+    let r_act = ri.str("activation_function", "tanh")?;
+    let r_resnet = ri.bool("resnet_dt", false)?;
+    let use_3b = ri.bool("use_three_body", false)?;
+    let t_neuron = ri.usizes("three_body_neuron", &[2, 4, 8])?;
+    let t_sel = ri.usize("three_body_sel", 40)?;
+    let t_rcut = num(&ri, "three_body_rcut", 4.0);
+    let t_rcut_smth = num(&ri, "three_body_rcut_smth", 0.5);
+    if r_nsel == 0 || fnum(&r_rcut).is_nan() || fnum(&r_rcut_smth).is_nan() {
+        return Err(bad(
+            "model_def_script: repinit needs rcut, rcut_smth and nsel",
+        ));
+    }
+    let repinit_args = dict(vec![
+        ("rcut", r_rcut.clone()),
+        ("rcut_smth", r_rcut_smth.clone()),
+        ("nsel", Value::Int(r_nsel as i64)),
+        ("neuron", ints(&r_neuron)),
+        ("axis_neuron", Value::Int(r_axis as i64)),
+        ("tebd_dim", Value::Int(tebd_dim as i64)),
+        ("tebd_input_mode", s(&tebd_mode)),
+        (
+            "set_davg_zero",
+            Value::Bool(ri.bool("set_davg_zero", true)?),
+        ),
+        ("activation_function", s(&r_act)),
+        ("resnet_dt", Value::Bool(r_resnet)),
+        (
+            "type_one_side",
+            Value::Bool(ri.bool("type_one_side", false)?),
+        ),
+        ("use_three_body", Value::Bool(use_3b)),
+        ("three_body_neuron", ints(&t_neuron)),
+        ("three_body_sel", Value::Int(t_sel as i64)),
+        ("three_body_rcut", t_rcut.clone()),
+        ("three_body_rcut_smth", t_rcut_smth.clone()),
+    ]);
+    // RepformerArgs.
+    let f_rcut = num(&rf, "rcut", f64::NAN);
+    let f_rcut_smth = num(&rf, "rcut_smth", f64::NAN);
+    let f_nsel = rf.usize("nsel", 0)?;
+    if f_nsel == 0 || fnum(&f_rcut).is_nan() || fnum(&f_rcut_smth).is_nan() {
+        return Err(bad(
+            "model_def_script: repformer needs rcut, rcut_smth and nsel",
+        ));
+    }
+    let nlayers = rf.usize("nlayers", 3)?;
+    let g1_dim = rf.usize("g1_dim", 128)?;
+    let g2_dim = rf.usize("g2_dim", 16)?;
+    let f_axis = rf.usize("axis_neuron", 4)?;
+    let flag = |k: &str, d: bool| rf.bool(k, d);
+    let (has_conv, has_drrd, has_grrg, has_attn1) = (
+        flag("update_g1_has_conv", true)?,
+        flag("update_g1_has_drrd", true)?,
+        flag("update_g1_has_grrg", true)?,
+        flag("update_g1_has_attn", true)?,
+    );
+    let (has_g1g1, has_attn2, update_h2) = (
+        flag("update_g2_has_g1g1", true)?,
+        flag("update_g2_has_attn", true)?,
+        flag("update_h2", false)?,
+    );
+    let (a1h, a1n) = (rf.usize("attn1_hidden", 64)?, rf.usize("attn1_nhead", 4)?);
+    let (a2h, a2n) = (rf.usize("attn2_hidden", 16)?, rf.usize("attn2_nhead", 4)?);
+    let a2_gate = flag("attn2_has_gate", false)?;
+    let f_act = rf.str("activation_function", "tanh")?;
+    let f_style = rf.str("update_style", "res_avg")?;
+    let trainable_ln = flag("trainable_ln", true)?;
+    let use_sqrt = flag("use_sqrt_nnei", true)?;
+    let (out_conv, out_mlp) = (flag("g1_out_conv", true)?, flag("g1_out_mlp", true)?);
+    let ln_eps = match rf.get("ln_eps") {
+        None | Some(Value::Null) => Value::Float(1e-5),
+        Some(v) => v.clone(),
+    };
+    let smooth = p.bool("smooth", true)?;
+    let repformer_args = dict(vec![
+        ("rcut", f_rcut.clone()),
+        ("rcut_smth", f_rcut_smth.clone()),
+        ("nsel", Value::Int(f_nsel as i64)),
+        ("nlayers", Value::Int(nlayers as i64)),
+        ("g1_dim", Value::Int(g1_dim as i64)),
+        ("g2_dim", Value::Int(g2_dim as i64)),
+        ("axis_neuron", Value::Int(f_axis as i64)),
+        ("direct_dist", Value::Bool(flag("direct_dist", false)?)),
+        ("update_g1_has_conv", Value::Bool(has_conv)),
+        ("update_g1_has_drrd", Value::Bool(has_drrd)),
+        ("update_g1_has_grrg", Value::Bool(has_grrg)),
+        ("update_g1_has_attn", Value::Bool(has_attn1)),
+        ("update_g2_has_g1g1", Value::Bool(has_g1g1)),
+        ("update_g2_has_attn", Value::Bool(has_attn2)),
+        ("update_h2", Value::Bool(update_h2)),
+        ("attn1_hidden", Value::Int(a1h as i64)),
+        ("attn1_nhead", Value::Int(a1n as i64)),
+        ("attn2_hidden", Value::Int(a2h as i64)),
+        ("attn2_nhead", Value::Int(a2n as i64)),
+        ("attn2_has_gate", Value::Bool(a2_gate)),
+        ("activation_function", s(&f_act)),
+        ("update_style", s(&f_style)),
+        ("update_residual", num(&rf, "update_residual", 0.001)),
+        (
+            "update_residual_init",
+            s(&rf.str("update_residual_init", "norm")?),
+        ),
+        ("set_davg_zero", Value::Bool(flag("set_davg_zero", true)?)),
+        ("trainable_ln", Value::Bool(trainable_ln)),
+        ("use_sqrt_nnei", Value::Bool(use_sqrt)),
+        ("g1_out_conv", Value::Bool(out_conv)),
+        ("g1_out_mlp", Value::Bool(out_mlp)),
+        ("ln_eps", ln_eps.clone()),
+    ]);
+    let use_econf = p.bool("use_econf_tebd", false)?;
+    let use_bias = p.bool("use_tebd_bias", false)?;
+    let te_spec = NetSpec {
+        neuron: &[tebd_dim],
+        activation: "Linear",
+        resnet_dt: false,
+        precision: &precision,
+    };
+    let te_net = embedding_net(
+        &sd.sub("type_embedding.embedding.embedding_net"),
+        &te_spec,
+        use_bias,
+        &Value::Bool(true),
+    )?;
+    let tebd = dict(vec![
+        ("@class", s("TypeEmbedNet")),
+        ("@version", Value::Int(2)),
+        ("ntypes", Value::Int(ntypes as i64)),
+        ("neuron", ints(&[tebd_dim])),
+        ("resnet_dt", Value::Bool(false)),
+        ("precision", s(&precision)),
+        ("activation_function", s("Linear")),
+        ("trainable", trainable.clone()),
+        ("padding", Value::Bool(true)),
+        ("use_econf_tebd", Value::Bool(use_econf)),
+        ("use_tebd_bias", Value::Bool(use_bias)),
+        ("type_map", type_map.clone()),
+        ("embedding", te_net),
+    ]);
+    let plain = |sd: &Sd| layer(sd, None, false, &precision, trainable.clone());
+    let concat = p.bool("concat_output_tebd", true)?;
+    let add_tebd = p.bool("add_tebd_to_repinit_out", false)?;
+    let mut items = vec![
+        ("@class", s("Descriptor")),
+        ("type", s("dpa2")),
+        ("@version", Value::Int(3)),
+        ("ntypes", Value::Int(ntypes as i64)),
+        ("repinit_args", repinit_args),
+        ("repformer_args", repformer_args),
+        ("concat_output_tebd", Value::Bool(concat)),
+        ("precision", s(&precision)),
+        ("smooth", Value::Bool(smooth)),
+        ("exclude_types", p.or("exclude_types", Value::List(vec![]))),
+        ("env_protection", prot),
+        ("trainable", trainable.clone()),
+        ("add_tebd_to_repinit_out", Value::Bool(add_tebd)),
+        ("use_econf_tebd", Value::Bool(use_econf)),
+        ("use_tebd_bias", Value::Bool(use_bias)),
+        ("type_map", type_map.clone()),
+        ("type_embedding", tebd),
+        ("g1_shape_tranform", plain(&sd.sub("g1_shape_tranform"))?),
+    ];
+    if add_tebd {
+        items.push(("tebd_transform", plain(&sd.sub("tebd_transform"))?));
+    }
+    // A se_atten-style block's variables: its embedding collection(s), env_mat, statistics.
+    let block = |b: &Sd, neuron: &[usize], rc: f64, rs: f64| -> Result<Value, FormatError> {
+        let spec = NetSpec {
+            neuron,
+            activation: &r_act,
+            resnet_dt: r_resnet,
+            precision: &precision,
+        };
+        let mut v = vec![(
+            "embeddings",
+            collection(
+                0,
+                ntypes,
+                "embedding_network",
+                vec![embedding_net(
+                    &b.sub("filter_layers.networks.0"),
+                    &spec,
+                    true,
+                    &trainable,
+                )?],
+            ),
+        )];
+        v.push(("env_mat", env_mat(rc, rs, Value::Float(0.0))));
+        v.push((
+            "@variables",
+            dict(vec![("davg", b.get("mean")?), ("dstd", b.get("stddev")?)]),
+        ));
+        if tebd_mode == "strip" {
+            v.push((
+                "embeddings_strip",
+                collection(
+                    0,
+                    ntypes,
+                    "embedding_network",
+                    vec![embedding_net(
+                        &b.sub("filter_layers_strip.networks.0"),
+                        &spec,
+                        true,
+                        &trainable,
+                    )?],
+                ),
+            ));
+        }
+        Ok(dict(v))
+    };
+    let rep = sd.sub("repformers");
+    let mut layers = Vec::with_capacity(nlayers);
+    for i in 0..nlayers {
+        let l = rep.sub(&format!("layers.{i}"));
+        // The last layer leaves g2 and h2 alone (nothing reads them after it).
+        let update_chnnl_2 = i + 1 != nlayers;
+        let (has_g1g1, has_attn2, update_h2) = (
+            has_g1g1 && update_chnnl_2,
+            has_attn2 && update_chnnl_2,
+            update_h2 && update_chnnl_2,
+        );
+        let mut li = vec![
+            ("@class", s("RepformerLayer")),
+            ("@version", Value::Int(2)),
+            ("rcut", f_rcut.clone()),
+            ("rcut_smth", f_rcut_smth.clone()),
+            ("sel", ints(&[f_nsel])),
+            ("ntypes", Value::Int(ntypes as i64)),
+            ("g1_dim", Value::Int(g1_dim as i64)),
+            ("g2_dim", Value::Int(g2_dim as i64)),
+            ("axis_neuron", Value::Int(f_axis as i64)),
+            ("update_chnnl_2", Value::Bool(update_chnnl_2)),
+            ("update_g1_has_conv", Value::Bool(has_conv)),
+            ("update_g1_has_drrd", Value::Bool(has_drrd)),
+            ("update_g1_has_grrg", Value::Bool(has_grrg)),
+            ("update_g1_has_attn", Value::Bool(has_attn1)),
+            ("update_g2_has_g1g1", Value::Bool(has_g1g1)),
+            ("update_g2_has_attn", Value::Bool(has_attn2)),
+            ("update_h2", Value::Bool(update_h2)),
+            ("attn1_hidden", Value::Int(a1h as i64)),
+            ("attn1_nhead", Value::Int(a1n as i64)),
+            ("attn2_hidden", Value::Int(a2h as i64)),
+            ("attn2_nhead", Value::Int(a2n as i64)),
+            ("attn2_has_gate", Value::Bool(a2_gate)),
+            ("activation_function", s(&f_act)),
+            ("update_style", s(&f_style)),
+            ("smooth", Value::Bool(smooth)),
+            ("precision", s(&prec)),
+            ("trainable_ln", Value::Bool(trainable_ln)),
+            ("use_sqrt_nnei", Value::Bool(use_sqrt)),
+            ("g1_out_conv", Value::Bool(out_conv)),
+            ("g1_out_mlp", Value::Bool(out_mlp)),
+            ("ln_eps", ln_eps.clone()),
+            ("linear1", plain(&l.sub("linear1"))?),
+        ];
+        if update_chnnl_2 {
+            li.push(("linear2", plain(&l.sub("linear2"))?));
+        }
+        if has_conv {
+            li.push(("proj_g1g2", plain(&l.sub("proj_g1g2"))?));
+        }
+        if has_g1g1 {
+            li.push(("proj_g1g1g2", plain(&l.sub("proj_g1g1g2"))?));
+        }
+        if has_attn2 || update_h2 {
+            li.push((
+                "attn2g_map",
+                dict(vec![
+                    ("@class", s("Atten2Map")),
+                    ("@version", Value::Int(1)),
+                    ("input_dim", Value::Int(g2_dim as i64)),
+                    ("hidden_dim", Value::Int(a2h as i64)),
+                    ("head_num", Value::Int(a2n as i64)),
+                    ("has_gate", Value::Bool(a2_gate)),
+                    ("smooth", Value::Bool(smooth)),
+                    ("attnw_shift", Value::Float(20.0)),
+                    ("precision", s(&prec)),
+                    ("mapqk", plain(&l.sub("attn2g_map.mapqk"))?),
+                ]),
+            ));
+            if has_attn2 {
+                li.push((
+                    "attn2_mh_apply",
+                    dict(vec![
+                        ("@class", s("Atten2MultiHeadApply")),
+                        ("@version", Value::Int(1)),
+                        ("input_dim", Value::Int(g2_dim as i64)),
+                        ("head_num", Value::Int(a2n as i64)),
+                        ("precision", s(&prec)),
+                        ("mapv", plain(&l.sub("attn2_mh_apply.mapv"))?),
+                        ("head_map", plain(&l.sub("attn2_mh_apply.head_map"))?),
+                    ]),
+                ));
+                li.push((
+                    "attn2_lm",
+                    dict(vec![
+                        ("@class", s("LayerNorm")),
+                        ("@version", Value::Int(1)),
+                        ("eps", ln_eps.clone()),
+                        ("trainable", Value::Bool(trainable_ln)),
+                        ("precision", s(&prec)),
+                        (
+                            "@variables",
+                            dict(vec![
+                                ("w", l.get("attn2_lm.matrix")?),
+                                ("b", l.get("attn2_lm.bias")?),
+                            ]),
+                        ),
+                    ]),
+                ));
+            }
+            if update_h2 {
+                li.push((
+                    "attn2_ev_apply",
+                    dict(vec![
+                        ("@class", s("Atten2EquiVarApply")),
+                        ("@version", Value::Int(1)),
+                        ("input_dim", Value::Int(g2_dim as i64)),
+                        ("head_num", Value::Int(a2n as i64)),
+                        ("precision", s(&prec)),
+                        ("head_map", plain(&l.sub("attn2_ev_apply.head_map"))?),
+                    ]),
+                ));
+            }
+        }
+        if has_attn1 {
+            li.push((
+                "loc_attn",
+                dict(vec![
+                    ("@class", s("LocalAtten")),
+                    ("@version", Value::Int(1)),
+                    ("input_dim", Value::Int(g1_dim as i64)),
+                    ("hidden_dim", Value::Int(a1h as i64)),
+                    ("head_num", Value::Int(a1n as i64)),
+                    ("smooth", Value::Bool(smooth)),
+                    ("attnw_shift", Value::Float(20.0)),
+                    ("precision", s(&prec)),
+                    ("mapq", plain(&l.sub("loc_attn.mapq"))?),
+                    ("mapkv", plain(&l.sub("loc_attn.mapkv"))?),
+                    ("head_map", plain(&l.sub("loc_attn.head_map"))?),
+                ]),
+            ));
+        }
+        if out_mlp {
+            li.push(("g1_self_mlp", plain(&l.sub("g1_self_mlp"))?));
+        }
+        let list = |name: &str| -> Result<Value, FormatError> {
+            let n = (0..).take_while(|k| l.has(&format!("{name}.{k}"))).count();
+            Ok(Value::List(
+                (0..n)
+                    .map(|k| l.get(&format!("{name}.{k}")))
+                    .collect::<Result<_, _>>()?,
+            ))
+        };
+        li.push((
+            "@variables",
+            dict(vec![
+                ("g1_residual", list("g1_residual")?),
+                ("g2_residual", list("g2_residual")?),
+                ("h2_residual", list("h2_residual")?),
+            ]),
+        ));
+        layers.push(dict(li));
+    }
+    items.push((
+        "repinit_variable",
+        block(
+            &sd.sub("repinit"),
+            &r_neuron,
+            fnum(&r_rcut),
+            fnum(&r_rcut_smth),
+        )?,
+    ));
+    items.push((
+        "repformers_variable",
+        dict(vec![
+            ("g2_embd", plain(&rep.sub("g2_embd"))?),
+            ("repformer_layers", Value::List(layers)),
+            (
+                "env_mat",
+                env_mat(fnum(&f_rcut), fnum(&f_rcut_smth), Value::Float(0.0)),
+            ),
+            (
+                "@variables",
+                dict(vec![
+                    ("davg", rep.get("mean")?),
+                    ("dstd", rep.get("stddev")?),
+                ]),
+            ),
+        ]),
+    ));
+    if use_3b {
+        items.push((
+            "repinit_three_body_variable",
+            block(
+                &sd.sub("repinit_three_body"),
+                &t_neuron,
+                fnum(&t_rcut),
+                fnum(&t_rcut_smth),
+            )?,
+        ));
+    }
+    Ok(DescInfo {
+        tree: dict(items),
+        dim_out: g1_dim + if concat { tebd_dim } else { 0 },
+        mixed_types: true,
+        ntypes,
     })
 }
 

@@ -245,3 +245,13 @@ fn message_passing_without_the_mapping_expands_the_centres() {
         );
     }
 }
+
+#[test]
+fn dpa2_dp() {
+    check_model("dpa2", "model.dp");
+}
+
+#[test]
+fn dpa2_yaml() {
+    check_model("dpa2", "model.yaml");
+}

@@ -25,12 +25,13 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// The descriptors issue 2 supports, each with model.dp, model.yaml and reference/<name>.json.
-pub const MODELS: [&str; 6] = [
+pub const MODELS: [&str; 7] = [
     "se_e2_a",
     "se_e2_a_tos",
     "se_e2_r",
     "se_e3",
     "se_atten",
+    "dpa2",
     "dpa3",
 ];
 
