@@ -103,10 +103,15 @@ fn load_err(t: Value) -> String {
 
 #[test]
 fn unsupported_and_inconsistent_models_are_named() {
+    // Unsupported kinds are named; supported ones with another descriptor's keys name the
+    // key they lack.
     for (kind, word) in [
-        ("dpa2", "dpa2"),
-        ("hybrid", "hybrid"),
+        ("dpa4", "dpa4"),
+        ("se_a_mask", "se_a_mask"),
         ("my_descriptor", "unknown descriptor"),
+        ("dpa2", "missing key `ntypes`"),
+        ("dpa3", "missing key `ntypes`"),
+        ("hybrid", "@version 2"),
     ] {
         let mut t = tree();
         set(
