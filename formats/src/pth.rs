@@ -1145,7 +1145,8 @@ fn dpa2(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> 
     let r_resnet = ri.bool("resnet_dt", false)?;
     let use_3b = ri.bool("use_three_body", false)?;
     let t_neuron = ri.usizes("three_body_neuron", &[2, 4, 8])?;
-    let t_sel = ri.usize("three_body_sel", 40)?;
+    // Unused without the three-body block, and then kept as written (even "auto").
+    let t_sel_v = ri.get("three_body_sel").cloned().unwrap_or(Value::Int(40));
     let t_rcut = num(&ri, "three_body_rcut", 4.0);
     let t_rcut_smth = num(&ri, "three_body_rcut_smth", 0.5);
     if r_nsel == 0 || fnum(&r_rcut).is_nan() || fnum(&r_rcut_smth).is_nan() {
@@ -1173,7 +1174,7 @@ fn dpa2(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> 
         ),
         ("use_three_body", Value::Bool(use_3b)),
         ("three_body_neuron", ints(&t_neuron)),
-        ("three_body_sel", Value::Int(t_sel as i64)),
+        ("three_body_sel", t_sel_v),
         ("three_body_rcut", t_rcut.clone()),
         ("three_body_rcut_smth", t_rcut_smth.clone()),
     ]);
@@ -1494,14 +1495,16 @@ fn dpa2(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> 
                     .collect::<Result<_, _>>()?,
             ))
         };
-        li.push((
-            "@variables",
-            dict(vec![
-                ("g1_residual", list("g1_residual")?),
-                ("g2_residual", list("g2_residual")?),
-                ("h2_residual", list("h2_residual")?),
-            ]),
-        ));
+        if f_style == "res_residual" {
+            li.push((
+                "@variables",
+                dict(vec![
+                    ("g1_residual", list("g1_residual")?),
+                    ("g2_residual", list("g2_residual")?),
+                    ("h2_residual", list("h2_residual")?),
+                ]),
+            ));
+        }
         layers.push(dict(li));
     }
     items.push((

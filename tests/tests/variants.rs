@@ -73,4 +73,7 @@ variants!(
     dpa3_noangle_fparam,
     hybrid_se_a_se_r,
     hybrid_dpa1_dpa3,
+    dpa2_all_updates,
+    dpa2_nonsmooth_incr,
+    dpa2_residual_tos,
 );
