@@ -12,7 +12,7 @@ use std::f64::consts::PI;
 
 use super::dpa1::type_table;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
-use super::nn::{activation, cast_tensor, layer};
+use super::nn::{activation_fused, cast_tensor, layer};
 use super::Inputs;
 use crate::graph::{Cmp, DType, Dim, Graph, GraphError, Tensor, ValueId};
 use crate::model::dpa3::{AngleCompress, Dpa3, RepflowLayer, UpdateStyle};
@@ -35,6 +35,14 @@ struct Ctx<'a> {
     a_sw: ValueId,
     /// `[nloc, nnei, 1]`, with `!smooth_edge_update`: whether an edge is an angle neighbour.
     edge_in_angle: Option<ValueId>,
+    /// Whether activations may be fused ops.
+    fuse: bool,
+}
+
+impl Ctx<'_> {
+    fn act(&self, g: &mut Graph, x: ValueId) -> R {
+        activation_fused(g, x, self.d.activation, self.fuse)
+    }
 }
 
 pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa3, nlist: ValueId) -> R {
@@ -98,10 +106,10 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa3, nlist: ValueId) -> R {
 
     let table = type_table(g, &d.type_embedding, dt)?;
     let tebd = g.gather(table, inp.atype_loc)?; // [nloc, n_dim]
-    let mut node = activation(g, tebd, d.activation)?;
+    let mut node = activation_fused(g, tebd, d.activation, inp.fuse)?;
     let mut edge = layer(g, edge_input, &d.edge_embd)?;
     if !d.edge_init_use_dist {
-        edge = activation(g, edge, d.activation)?;
+        edge = activation_fused(g, edge, d.activation, inp.fuse)?;
     }
     let mut angle = layer(g, angle_input, &d.angle_embd)?;
 
@@ -122,6 +130,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa3, nlist: ValueId) -> R {
         a_maskf: a_geo.maskf,
         a_sw,
         edge_in_angle,
+        fuse: inp.fuse,
     };
     for l in &d.layers {
         (node, edge, angle) = if d.sequential_update {
@@ -145,25 +154,24 @@ fn layer_parallel(
     edge: ValueId,
     angle: ValueId,
 ) -> Result<(ValueId, ValueId, ValueId), GraphError> {
-    let act = c.d.activation;
     let mut n_list = vec![node];
     let s = layer(g, node, &l.node_self_mlp)?;
-    n_list.push(activation(g, s, act)?);
+    n_list.push(c.act(g, s)?);
     n_list.push(node_sym(g, c, l, edge, node)?);
     n_list.extend(node_edge_message(g, c, l, node, edge)?);
     let n_upd = list_update(g, c.d.update_style, &n_list, &l.n_residual)?;
 
     let mut e_list = vec![edge];
     let es = pair_linear(g, c, &l.edge_self_linear, node, edge)?;
-    e_list.push(activation(g, es, act)?);
+    e_list.push(c.act(g, es)?);
     let a_upd = match &l.angle {
         Some(al) => {
             let (node_a, edge_a) = angle_inputs(g, c, l, node, edge)?;
             let ea = triple_linear(g, c, &al.edge_angle_linear1, angle, node_a, edge_a)?;
-            let ea = activation(g, ea, act)?;
+            let ea = c.act(g, ea)?;
             e_list.push(edge_angle_reduce(g, c, &al.edge_angle_linear2, ea, edge)?);
             let aa = triple_linear(g, c, &al.angle_self_linear, angle, node_a, edge_a)?;
-            let aa = activation(g, aa, act)?;
+            let aa = c.act(g, aa)?;
             list_update(g, c.d.update_style, &[angle, aa], &l.a_residual)?
         }
         None => list_update(g, c.d.update_style, &[angle], &l.a_residual)?,
@@ -182,26 +190,25 @@ fn layer_sequential(
     edge: ValueId,
     angle: ValueId,
 ) -> Result<(ValueId, ValueId, ValueId), GraphError> {
-    let act = c.d.activation;
     let al = l
         .angle
         .as_ref()
         .ok_or_else(|| GraphError("sequential_update needs the angle update".into()))?;
     let es = pair_linear(g, c, &l.edge_self_linear, node, edge)?;
-    let es = activation(g, es, act)?;
+    let es = c.act(g, es)?;
     let edge1 = residual_add(g, edge, &l.e_residual[0], es)?;
     let (node_a, edge_a) = angle_inputs(g, c, l, node, edge1)?;
     let aa = triple_linear(g, c, &al.angle_self_linear, angle, node_a, edge_a)?;
-    let aa = activation(g, aa, act)?;
+    let aa = c.act(g, aa)?;
     let a_upd = residual_add(g, angle, &l.a_residual[0], aa)?;
     let ea = triple_linear(g, c, &al.edge_angle_linear1, a_upd, node_a, edge_a)?;
-    let ea = activation(g, ea, act)?;
+    let ea = c.act(g, ea)?;
     let ea = edge_angle_reduce(g, c, &al.edge_angle_linear2, ea, edge1)?;
     let e_upd = residual_add(g, edge1, &l.e_residual[1], ea)?;
 
     let mut n_list = vec![node];
     let s = layer(g, node, &l.node_self_mlp)?;
-    n_list.push(activation(g, s, act)?);
+    n_list.push(c.act(g, s)?);
     n_list.push(node_sym(g, c, l, e_upd, node)?);
     n_list.extend(node_edge_message(g, c, l, node, e_upd)?);
     let n_upd = list_update(g, c.d.update_style, &n_list, &l.n_residual)?;
@@ -215,7 +222,7 @@ fn node_sym(g: &mut Graph, c: &Ctx, l: &RepflowLayer, edge: ValueId, node: Value
     let b = grrg(g, c, nei)?;
     let x = g.concat(&[a, b], 1)?;
     let y = layer(g, x, &l.node_sym_linear)?;
-    activation(g, y, c.d.activation)
+    c.act(g, y)
 }
 
 /// DeePMD-kit's `symmetrization_op`: `hg = h2^T (g sw) / sqrt(nnei)` (`[nloc, 3, ng]`), then
@@ -243,7 +250,7 @@ fn node_edge_message(
     edge: ValueId,
 ) -> Result<Vec<ValueId>, GraphError> {
     let m = pair_linear(g, c, &l.node_edge_linear, node, edge)?;
-    let m = activation(g, m, c.d.activation)?;
+    let m = c.act(g, m)?;
     let m = g.mul(m, c.sw)?;
     let m = g.sum(m, &[1], false)?;
     let m = g.scale(m, 1.0 / c.d.edge_norm())?;
@@ -332,7 +339,7 @@ fn edge_angle_reduce(g: &mut Graph, c: &Ctx, lin2: &Layer, m: ValueId, edge: Val
         m = g.select(inside, m, edge)?;
     }
     let y = layer(g, m, lin2)?;
-    activation(g, y, c.d.activation)
+    c.act(g, y)
 }
 
 /// Combine an embedding with its updates (`update_style`).

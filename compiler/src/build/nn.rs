@@ -75,6 +75,15 @@ pub fn fusable(n: &Net, dtype: DType) -> Option<Arc<Mlp>> {
     Some(Arc::new(mlp))
 }
 
+/// `activation`, as one fused op where there is one and fusion is on (`fuse`).
+pub fn activation_fused(g: &mut Graph, x: ValueId, a: Activation, fuse: bool) -> R {
+    match a {
+        Activation::Silu if fuse => g.act(crate::graph::ActFn::Silu, x),
+        Activation::Silut(thr) if fuse => g.act(crate::graph::ActFn::Silut(thr), x),
+        _ => activation(g, x, a),
+    }
+}
+
 pub fn activation(g: &mut Graph, x: ValueId, a: Activation) -> R {
     match a {
         Activation::Linear => Ok(x),

@@ -296,6 +296,10 @@ fn rule(
             Ok(vec![Some(d), None, None])
         }
         Op::Softmax => Ok(vec![Some(g.push(Op::SoftmaxVjp, &[y, gy])?)]),
+        Op::Act(f) => Ok(vec![Some(g.push(Op::ActVjp(*f), &[args[0], gy])?)]),
+        Op::ActVjp(_) => Err(GraphError(
+            "activation_vjp has no gradient (second derivatives are not supported)".into(),
+        )),
         Op::SoftmaxVjp => Err(GraphError(
             "softmax_vjp has no gradient (second derivatives are not supported)".into(),
         )),

@@ -104,6 +104,11 @@ impl Graph {
         self.push(Op::Softmax, &[x])
     }
 
+    /// A fused activation (`Op::Act`).
+    pub fn act(&mut self, f: super::op::ActFn, x: ValueId) -> R {
+        self.push(Op::Act(f), &[x])
+    }
+
     pub fn floor(&mut self, x: ValueId) -> R {
         self.unary(Unary::Floor, x)
     }

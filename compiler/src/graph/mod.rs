@@ -18,7 +18,7 @@ pub mod verify;
 use std::fmt;
 
 pub use mlp::{Act, Dense, Embed, EnvSpec, Mlp, MlpLayer, Residual};
-pub use op::{Binary, Cmp, Op, Unary};
+pub use op::{ActFn, Binary, Cmp, Op, Unary};
 pub use table::{Knots, Table};
 pub use tensor::{Data, Tensor};
 pub use types::{Bindings, DType, Dim, Shape, Sym, TensorType};

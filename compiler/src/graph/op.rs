@@ -50,6 +50,17 @@ pub enum Cmp {
     Ne,
 }
 
+/// Activations with a fused elementwise kernel (`Op::Act`): the ones whose elementary form
+/// takes many passes over a tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActFn {
+    /// `x sigmoid(x)`.
+    Silu,
+    /// DeePMD-kit's `silut:thr`: silu below `thr`, `tanh(slope (x - thr)) + silu(thr)` above,
+    /// with `slope = silu'(thr)`.
+    Silut(f64),
+}
+
 /// One operation. Arguments are listed per variant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -93,6 +104,10 @@ pub enum Op {
     StopGradient,
     /// `(x)`: softmax over the last axis (max-shifted), in one pass per row.
     Softmax,
+    /// `(x)`: an activation, elementwise, in one pass.
+    Act(ActFn),
+    /// `(x, g)`: the VJP of `Act`, `g * act'(x)` (no gradient of its own).
+    ActVjp(ActFn),
     /// `(y, g)`: the VJP of `Softmax` from its output `y` and cotangent `g`,
     /// `y * (g - sum(g * y))` per row (no gradient of its own).
     SoftmaxVjp,
@@ -175,6 +190,8 @@ impl Op {
             Op::ScatterAdd { .. } => "scatter_add",
             Op::StopGradient => "stop_gradient",
             Op::Softmax => "softmax",
+            Op::Act(_) => "activation",
+            Op::ActVjp(_) => "activation_vjp",
             Op::SoftmaxVjp => "softmax_vjp",
             Op::EmbedContract(_) => "embed_contract",
             Op::EmbedContractVjp(_) => "embed_contract_vjp",
@@ -199,8 +216,9 @@ impl Op {
             | Op::ReduceSum { .. }
             | Op::ReduceMax { .. }
             | Op::StopGradient
-            | Op::Softmax => 1,
-            Op::SoftmaxVjp => 2,
+            | Op::Softmax
+            | Op::Act(_) => 1,
+            Op::SoftmaxVjp | Op::ActVjp(_) => 2,
             Op::EmbedContract(e) => 1 + usize::from(e.centre_type.is_some()),
             Op::EmbedContractVjp(e) => 2 + usize::from(e.centre_type.is_some()),
             Op::Dense(e) => 1 + usize::from(e.centre_type.is_some()),
@@ -423,6 +441,19 @@ impl Op {
                     return Err(format!("softmax of {x}"));
                 }
                 Ok(x.clone())
+            }
+            Op::Act(_) => {
+                let x = a.unwrap();
+                if !x.dtype.is_float() {
+                    return Err(format!("activation of {x}"));
+                }
+                Ok(x.clone())
+            }
+            Op::ActVjp(_) => {
+                if args[0] != args[1] || !args[0].dtype.is_float() {
+                    return Err(format!("activation_vjp({}, {})", args[0], args[1]));
+                }
+                Ok(args[0].clone())
             }
             Op::SoftmaxVjp => {
                 if args[0] != args[1] || !args[0].dtype.is_float() || args[0].rank() == 0 {

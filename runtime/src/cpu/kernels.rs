@@ -3,7 +3,7 @@
 //! Plain loops over strided indices; matmul goes through `matrixmultiply`. These are the
 //! correctness baseline every faster path is checked against.
 
-use dpc_compiler::graph::{Binary, Cmp, Data, Tensor, Unary};
+use dpc_compiler::graph::{ActFn, Binary, Cmp, Data, Tensor, Unary};
 
 use rayon::prelude::*;
 
@@ -1251,5 +1251,115 @@ mod softmax_tests {
         let d = softmax_vjp(&y, &g).unwrap();
         // A constant cotangent has no effect through a softmax.
         assert!(d.as_f64().unwrap().iter().all(|x| x.abs() < 1e-15));
+    }
+}
+
+/// `silut`'s constants at `thr`: the tail's slope `silu'(thr)` and offset `silu(thr)`.
+fn silut_consts(thr: f64) -> (f64, f64) {
+    let s = 1.0 / (1.0 + (-thr).exp());
+    (s + thr * s * (1.0 - s), thr * s)
+}
+
+/// A fused activation, elementwise (`Op::Act`), computed as its elementary form is.
+pub fn act(f: ActFn, x: &Tensor) -> R<Tensor> {
+    fn run<T: Float + From<f64>>(f: ActFn, v: &[T]) -> Vec<T> {
+        let one = T::one();
+        let sig = move |x: T| one / (one + (-x).exp());
+        match f {
+            ActFn::Silu => fill_par(v.len(), 1, |st, o| {
+                for (y, &x) in o.iter_mut().zip(&v[st..]) {
+                    *y = x * sig(x);
+                }
+            }),
+            ActFn::Silut(thr) => {
+                let (slope, konst) = silut_consts(thr);
+                let (thr, slope, konst) = (T::from(thr), T::from(slope), T::from(konst));
+                fill_par(v.len(), 1, |st, o| {
+                    for (y, &x) in o.iter_mut().zip(&v[st..]) {
+                        *y = if x < thr {
+                            x * sig(x)
+                        } else {
+                            ((x - thr) * slope).tanh() + konst
+                        };
+                    }
+                })
+            }
+        }
+    }
+    let data = match &x.data {
+        Data::F64(v) => Data::F64(run(f, v)),
+        Data::F32(v) => Data::F32(run32(f, v)),
+        _ => return Err(ExecError::Type(format!("activation of {:?}", x.dtype()))),
+    };
+    Ok(Tensor {
+        shape: x.shape.clone(),
+        data,
+    })
+}
+
+/// `g * act'(x)` (`Op::ActVjp`).
+pub fn act_vjp(f: ActFn, x: &Tensor, g: &Tensor) -> R<Tensor> {
+    if x.shape != g.shape {
+        return Err(ExecError::Shape(format!(
+            "activation_vjp of {:?} and {:?}",
+            x.shape, g.shape
+        )));
+    }
+    fn run<T: Float + From<f64>>(f: ActFn, v: &[T], gv: &[T]) -> Vec<T> {
+        let one = T::one();
+        let dsilu = move |x: T| {
+            let s = one / (one + (-x).exp());
+            s + x * s * (one - s)
+        };
+        match f {
+            ActFn::Silu => fill_par(v.len(), 1, |st, o| {
+                for ((y, &x), &g) in o.iter_mut().zip(&v[st..]).zip(&gv[st..]) {
+                    *y = g * dsilu(x);
+                }
+            }),
+            ActFn::Silut(thr) => {
+                let (slope, _) = silut_consts(thr);
+                let (thr, slope) = (T::from(thr), T::from(slope));
+                fill_par(v.len(), 1, |st, o| {
+                    for ((y, &x), &g) in o.iter_mut().zip(&v[st..]).zip(&gv[st..]) {
+                        *y = if x < thr {
+                            g * dsilu(x)
+                        } else {
+                            let t = ((x - thr) * slope).tanh();
+                            g * (slope * (one - t * t))
+                        };
+                    }
+                })
+            }
+        }
+    }
+    let data = match (&x.data, &g.data) {
+        (Data::F64(v), Data::F64(gv)) => Data::F64(run(f, v, gv)),
+        (Data::F32(v), Data::F32(gv)) => Data::F32(run32_vjp(f, v, gv)),
+        _ => return Err(ExecError::Type("activation_vjp of mixed types".into())),
+    };
+    Ok(Tensor {
+        shape: x.shape.clone(),
+        data,
+    })
+}
+
+/// The float32 forms, through float64 (f32 has no `From<f64>`); as exact as the elementary
+/// form, whose float32 constants are rounded the same way.
+fn run32(f: ActFn, v: &[f32]) -> Vec<f32> {
+    let w: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+    let t = Tensor::f64(vec![w.len()], w);
+    match act(f, &t).map(|t| t.data) {
+        Ok(Data::F64(o)) => o.into_iter().map(|x| x as f32).collect(),
+        _ => unreachable!("f64 activation"),
+    }
+}
+
+fn run32_vjp(f: ActFn, v: &[f32], g: &[f32]) -> Vec<f32> {
+    let t = Tensor::f64(vec![v.len()], v.iter().map(|&x| f64::from(x)).collect());
+    let u = Tensor::f64(vec![g.len()], g.iter().map(|&x| f64::from(x)).collect());
+    match act_vjp(f, &t, &u).map(|t| t.data) {
+        Ok(Data::F64(o)) => o.into_iter().map(|x| x as f32).collect(),
+        _ => unreachable!("f64 activation"),
     }
 }

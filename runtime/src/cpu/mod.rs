@@ -258,6 +258,8 @@ fn eval(
         Op::StopGradient => a[0].clone(),
         Op::Softmax => k::softmax(a[0])?,
         Op::SoftmaxVjp => k::softmax_vjp(a[0], a[1])?,
+        Op::Act(f) => k::act(*f, a[0])?,
+        Op::ActVjp(f) => k::act_vjp(*f, a[0], a[1])?,
         Op::EnvMat(e) => env::env_mat(e, a[0], a[1], a[2])?,
         Op::EnvMatVjp(e) => env::env_mat_vjp(e, a[0], a[1], a[2], a[3])?,
         Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied())?,
