@@ -183,66 +183,69 @@ fn dpa3_yaml() {
 /// Several MPI ranks: ghost owners unknown, so a message-passing model evaluates the ghosts
 /// within (layers - 1) rcut as centres too (`nlist::expand_centres`). Energy, forces, virial
 /// and atom energies match DeePMD-kit; per-atom virials are split over the ghost images
-/// instead (their sum is the virial, checked).
+/// instead (their sum is the virial, checked). DPA-2's repinit features count as a hop.
 #[test]
 fn message_passing_without_the_mapping_expands_the_centres() {
     use dpc_runtime::nlist::{self, Cell, Selection};
-    let pot = DeepPot::load(&common::model_file("dpa3", "model.dp")).unwrap();
-    let m = pot.model();
-    let layers = m.descriptor.message_passing_layers();
-    assert_eq!(layers, 2);
-    let sel = m.sel();
-    let select = Selection {
-        rcut: m.rcut(),
-        sel: &sel,
-        mixed_types: true,
-    };
-    let close = |what: &str, got: &[f64], want: &[f64]| {
-        let d = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs() / (ATOL + RTOL * b.abs()))
-            .fold(0.0, f64::max);
-        assert!(d <= 1.0, "{what}: off by {d} tolerances");
-    };
-    for c in common::reference("dpa3") {
-        // An MD rank's view: ghosts out to layers * rcut + 1 Å, owners not given.
-        let cell = c.cell.as_deref().map(|b| Cell::new(b).unwrap());
-        let reach = layers as f64 * m.rcut() + 1.0;
-        let ext = nlist::build(&c.coord, &c.atype, cell.as_ref(), reach, &[100_000], true).unwrap();
-        let (wide, origin) =
-            nlist::expand_centres(&ext.coord, &ext.atype, ext.nloc, &select, layers).unwrap();
-        let out = pot
-            .evaluate_extended(&wide, None, None, true, None)
-            .unwrap();
-        let n = c.atype.len();
-        let (mut force, mut av) = (vec![0.0; 3 * n], [0.0; 9]);
-        for (e, &k) in origin.iter().enumerate() {
-            if k == usize::MAX {
-                continue;
+    for (name, want_layers) in [("dpa3", 2), ("dpa2", 3)] {
+        let pot = DeepPot::load(&common::model_file(name, "model.dp")).unwrap();
+        let m = pot.model();
+        let layers = m.descriptor.message_passing_layers();
+        assert_eq!(layers, want_layers, "{name}");
+        let sel = m.sel();
+        let select = Selection {
+            rcut: m.rcut(),
+            sel: &sel,
+            mixed_types: true,
+        };
+        let close = |what: &str, got: &[f64], want: &[f64]| {
+            let d = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs() / (ATOL + RTOL * b.abs()))
+                .fold(0.0, f64::max);
+            assert!(d <= 1.0, "{what}: off by {d} tolerances");
+        };
+        for c in common::reference(name) {
+            // An MD rank's view: ghosts out to layers * rcut + 1 Å, owners not given.
+            let cell = c.cell.as_deref().map(|b| Cell::new(b).unwrap());
+            let reach = layers as f64 * m.rcut() + 1.0;
+            let ext =
+                nlist::build(&c.coord, &c.atype, cell.as_ref(), reach, &[100_000], true).unwrap();
+            let (wide, origin) =
+                nlist::expand_centres(&ext.coord, &ext.atype, ext.nloc, &select, layers).unwrap();
+            let out = pot
+                .evaluate_extended(&wide, None, None, true, None)
+                .unwrap();
+            let n = c.atype.len();
+            let (mut force, mut av) = (vec![0.0; 3 * n], [0.0; 9]);
+            for (e, &k) in origin.iter().enumerate() {
+                if k == usize::MAX {
+                    continue;
+                }
+                let owner = ext.mapping[k];
+                (0..3).for_each(|d| force[3 * owner + d] += out.force[3 * e + d]);
+                (0..9).for_each(|d| av[d] += out.atom_virial.as_ref().unwrap()[9 * e + d]);
             }
-            let owner = ext.mapping[k];
-            (0..3).for_each(|d| force[3 * owner + d] += out.force[3 * e + d]);
-            (0..9).for_each(|d| av[d] += out.atom_virial.as_ref().unwrap()[9 * e + d]);
+            let label = format!("{name} expanded {}", c.name);
+            close(
+                &format!("{label} energy"),
+                &[out.energy],
+                &[c.expected.energy],
+            );
+            close(&format!("{label} force"), &force, &c.expected.force);
+            close(&format!("{label} virial"), &out.virial, &c.expected.virial);
+            close(&format!("{label} atom virial sum"), &av, &c.expected.virial);
+            close(
+                &format!("{label} atom energy"),
+                &out.atom_energy[..n],
+                &c.expected.atom_energy,
+            );
+            assert!(
+                out.atom_energy[n..].iter().all(|&e| e == 0.0),
+                "{label}: ghost energies count"
+            );
         }
-        let label = format!("dpa3 expanded {}", c.name);
-        close(
-            &format!("{label} energy"),
-            &[out.energy],
-            &[c.expected.energy],
-        );
-        close(&format!("{label} force"), &force, &c.expected.force);
-        close(&format!("{label} virial"), &out.virial, &c.expected.virial);
-        close(&format!("{label} atom virial sum"), &av, &c.expected.virial);
-        close(
-            &format!("{label} atom energy"),
-            &out.atom_energy[..n],
-            &c.expected.atom_energy,
-        );
-        assert!(
-            out.atom_energy[n..].iter().all(|&e| e == 0.0),
-            "{label}: ghost energies count"
-        );
     }
 }
 

@@ -214,10 +214,12 @@ impl Descriptor {
 
     /// How many times features hop from atom to neighbouring atom before the energy: an
     /// atom's energy reads atoms up to `layers * rcut` away (0: only its own neighbours).
+    /// DPA-2's first features (repinit) already come from a neighbourhood, so they count as
+    /// one more hop; DPA-3's are the type embedding.
     pub fn message_passing_layers(&self) -> usize {
         match self {
             Descriptor::Dpa3(d) => d.layers.len(),
-            Descriptor::Dpa2(d) => d.repformers.layers.len(),
+            Descriptor::Dpa2(d) => d.repformers.layers.len() + 1,
             Descriptor::Hybrid(list) => list
                 .iter()
                 .map(Descriptor::message_passing_layers)
