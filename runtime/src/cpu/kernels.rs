@@ -887,6 +887,51 @@ pub fn reduce_sum(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
         };
         return Ok(Tensor { shape: out, data });
     }
+    // One run of adjacent axes in the middle: `[outer, mid, inner]` summed over `mid`, a row
+    // of `inner` at a time, outer rows on the thread pool. Each output adds its inputs in
+    // increasing `mid`, the general path's order.
+    let contiguous = !sorted.is_empty() && sorted.windows(2).all(|w| w[1] == w[0] + 1);
+    if contiguous {
+        let (a, b) = (sorted[0], sorted[sorted.len() - 1] + 1);
+        let outer: usize = x.shape[..a].iter().product();
+        let mid: usize = x.shape[a..b].iter().product();
+        let inner: usize = x.shape[b..].iter().product();
+        let out: Vec<usize> = (0..rank)
+            .filter_map(|i| match (sorted.contains(&i), keepdims) {
+                (false, _) => Some(x.shape[i]),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect();
+        fn mids<T: Copy + Default + Send + Sync + std::ops::Add<Output = T>>(
+            v: &[T],
+            outer: usize,
+            mid: usize,
+            inner: usize,
+        ) -> Vec<T> {
+            fill_par(outer * inner, inner, |st, o| {
+                if inner == 0 {
+                    return;
+                }
+                for (k, orow) in o.chunks_mut(inner).enumerate() {
+                    let base = (st / inner + k) * mid * inner;
+                    for m in 0..mid {
+                        let row = &v[base + m * inner..base + (m + 1) * inner];
+                        for (a, &b) in orow.iter_mut().zip(row) {
+                            *a = *a + b;
+                        }
+                    }
+                }
+            })
+        }
+        let data = match &x.data {
+            Data::F64(v) => Data::F64(mids(v, outer, mid, inner)),
+            Data::F32(v) => Data::F32(mids(v, outer, mid, inner)),
+            Data::I32(v) => Data::I32(mids(v, outer, mid, inner)),
+            Data::Bool(_) => return Err(ExecError::Type("sum of bools".into())),
+        };
+        return Ok(Tensor { shape: out, data });
+    }
     let (out, map) = reduce_map(&x.shape, axes, keepdims);
     let n: usize = out.iter().product();
     fn acc<T: Copy + Default + std::ops::Add<Output = T>>(
@@ -987,6 +1032,77 @@ pub fn scatter_add(idx: &Tensor, upd: &Tensor, rows: usize) -> R<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sums over every run of adjacent axes (the strided fast path, with outputs large
+    /// enough to split over threads) equal the naive index loop exactly, and so do strided
+    /// broadcasts, slices and transposes.
+    #[test]
+    fn strided_paths_equal_the_index_loops() {
+        let shape = [3usize, 5, 7, 600];
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| ((i * 7919) % 1009) as f64 * 0.37 - 100.0)
+            .collect();
+        let x = Tensor::f64(shape.to_vec(), v.clone());
+        let st = strides(&shape);
+        for axes in [
+            vec![1],
+            vec![1, 2],
+            vec![2],
+            vec![0, 1],
+            vec![2, 3],
+            vec![1, 2, 3],
+        ] {
+            let got = reduce_sum(&x, &axes, true).unwrap();
+            let kept: Vec<usize> = (0..4)
+                .map(|i| if axes.contains(&i) { 1 } else { shape[i] })
+                .collect();
+            let kst = strides(&kept);
+            let mut want = vec![0.0; kept.iter().product()];
+            let mut idx = [0usize; 4];
+            for (flat, &val) in v.iter().enumerate() {
+                let mut r = flat;
+                for d in 0..4 {
+                    idx[d] = r / st[d];
+                    r %= st[d];
+                }
+                let o: usize = (0..4)
+                    .map(|d| {
+                        if axes.contains(&d) {
+                            0
+                        } else {
+                            idx[d] * kst[d]
+                        }
+                    })
+                    .sum();
+                want[o] += val;
+            }
+            assert_eq!(got.shape, kept, "{axes:?}");
+            assert_eq!(got.as_f64().unwrap(), &want[..], "{axes:?}");
+        }
+        let t = transpose(&x, &[2, 0, 3, 1]);
+        let ts = strides(&t.shape);
+        for (flat, &got) in t.as_f64().unwrap().iter().enumerate() {
+            let (a, b, c, d) = (
+                flat / ts[0],
+                flat % ts[0] / ts[1],
+                flat % ts[1] / ts[2],
+                flat % ts[2],
+            );
+            assert_eq!(got, v[b * st[0] + d * st[1] + a * st[2] + c]);
+        }
+        let sl = slice(&x, 2, 2, 5).unwrap();
+        assert_eq!(sl.shape, vec![3, 5, 3, 600]);
+        assert_eq!(sl.as_f64().unwrap()[0], v[2 * st[2]]);
+        let row = Tensor::f64(vec![1, 5, 1, 1], (0..5).map(f64::from).collect());
+        let b = broadcast(&row, &[3, 5, 7, 2]).unwrap();
+        assert!(b
+            .as_f64()
+            .unwrap()
+            .chunks(14)
+            .enumerate()
+            .all(|(k, c)| c.iter().all(|&y| y == (k % 5) as f64)));
+    }
 
     /// `select`'s fast path against the general broadcasting loop.
     #[test]
