@@ -3,11 +3,9 @@
 //! its first features `g1`; repformer layers then update `g1`, the pair features `g2` and the
 //! pair directions `h2` by message passing.
 
-use dpc_formats::Value;
-
-use super::access::{to_tensor, At};
+use super::access::At;
 use super::descriptor::{dtype_of, parse_type_embedding, single_net, stats};
-use super::dpa3::UpdateStyle;
+use super::dpa3::{residuals, UpdateStyle};
 use super::network::{Activation, Layer, LayerNorm, Net};
 use super::{Dpa1, EnvParams, ModelError, Stats, TebdInput, TypeEmbedding};
 use crate::graph::{DType, Tensor};
@@ -136,15 +134,6 @@ fn env(at: &At, rcut: f64, rcut_smth: f64, protection: f64) -> Result<EnvParams,
         rcut,
         rcut_smth,
         protection,
-    })
-}
-
-fn style(at: &At, s: Option<&str>) -> Result<UpdateStyle, ModelError> {
-    Ok(match s.unwrap_or("res_avg") {
-        "res_avg" => UpdateStyle::ResAvg,
-        "res_incr" => UpdateStyle::ResIncr,
-        "res_residual" => UpdateStyle::ResResidual,
-        other => return Err(at.err(format!("unknown update_style `{other}`"))),
     })
 }
 
@@ -284,7 +273,7 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa2, ModelError> {
     };
     let f_nsel = fa.usize("nsel")?;
     let activation = Activation::parse(fa.opt_str("activation_function")?.unwrap_or("tanh"), &fa)?;
-    let update_style = style(&fa, fa.opt_str("update_style")?)?;
+    let update_style = UpdateStyle::parse(&fa, "res_avg")?;
     let f_axis = fa.usize("axis_neuron")?;
     if f_axis == 0 || f_axis > g2_dim.min(g1_dim) {
         return Err(fa.err(format!("axis_neuron {f_axis} too large for g1/g2 widths")));
@@ -499,31 +488,6 @@ fn parse_layer(
         0
     };
     let n_h2 = usize::from(update_h2);
-    let residual = |key: &str, n: usize, dim: usize| -> Result<Vec<Tensor>, ModelError> {
-        if style != UpdateStyle::ResResidual {
-            return Ok(Vec::new());
-        }
-        let vars = la.get("@variables")?;
-        let Some(Value::List(list)) = vars.v.get(key) else {
-            return Err(vars.at().err(format!("missing residual list `{key}`")));
-        };
-        if list.len() != n {
-            return Err(vars
-                .at()
-                .err(format!("`{key}` has {} vectors, expected {n}", list.len())));
-        }
-        list.iter()
-            .map(|v| match v {
-                Value::Array(a) if a.len() == dim => to_tensor(a, &la).map(|mut t| {
-                    t.shape = vec![dim];
-                    t
-                }),
-                _ => Err(vars
-                    .at()
-                    .err(format!("`{key}` holds a non-vector of width != {dim}"))),
-            })
-            .collect()
-    };
     Ok(RepformerLayer {
         update_chnnl_2,
         g1_out_conv,
@@ -541,8 +505,8 @@ fn parse_layer(
         g1_self_mlp,
         smooth,
         use_sqrt_nnei: b("use_sqrt_nnei", true)?,
-        g1_residual: residual("g1_residual", n_g1, g1)?,
-        g2_residual: residual("g2_residual", n_g2, g2)?,
-        h2_residual: residual("h2_residual", n_h2, 1)?,
+        g1_residual: residuals(&la, style, "g1_residual", n_g1, g1)?,
+        g2_residual: residuals(&la, style, "g2_residual", n_g2, g2)?,
+        h2_residual: residuals(&la, style, "h2_residual", n_h2, 1)?,
     })
 }

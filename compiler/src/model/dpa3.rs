@@ -20,6 +20,52 @@ pub enum UpdateStyle {
     ResResidual,
 }
 
+impl UpdateStyle {
+    /// `update_style` as DeePMD-kit spells it (`default` where the key is absent).
+    pub fn parse(at: &At, default: &str) -> Result<UpdateStyle, ModelError> {
+        Ok(match at.opt_str("update_style")?.unwrap_or(default) {
+            "res_avg" => UpdateStyle::ResAvg,
+            "res_incr" => UpdateStyle::ResIncr,
+            "res_residual" => UpdateStyle::ResResidual,
+            other => return Err(at.err(format!("unknown update_style `{other}`"))),
+        })
+    }
+}
+
+/// A layer's residual vectors `@variables.<key>`: `n` vectors of width `dim` with
+/// `res_residual`, none otherwise.
+pub(super) fn residuals(
+    la: &At,
+    style: UpdateStyle,
+    key: &str,
+    n: usize,
+    dim: usize,
+) -> Result<Vec<Tensor>, ModelError> {
+    if style != UpdateStyle::ResResidual {
+        return Ok(Vec::new());
+    }
+    let vars = la.get("@variables")?;
+    let Some(Value::List(list)) = vars.v.get(key) else {
+        return Err(vars.at().err(format!("missing residual list `{key}`")));
+    };
+    if list.len() != n {
+        return Err(vars
+            .at()
+            .err(format!("`{key}` has {} vectors, expected {n}", list.len())));
+    }
+    list.iter()
+        .map(|v| match v {
+            Value::Array(a) if a.len() == dim => to_tensor(a, la).map(|mut t| {
+                t.shape = vec![dim];
+                t
+            }),
+            _ => Err(vars
+                .at()
+                .err(format!("`{key}` holds a non-vector of width != {dim}"))),
+        })
+        .collect()
+}
+
 /// How the node and edge embeddings are narrowed before they enter the angle update.
 #[derive(Debug, Clone)]
 pub enum AngleCompress {
@@ -212,12 +258,7 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa3, ModelError> {
         )));
     }
     let update_angle = args.bool_or("update_angle", true)?;
-    let update_style = match args.opt_str("update_style")?.unwrap_or("res_residual") {
-        "res_avg" => UpdateStyle::ResAvg,
-        "res_incr" => UpdateStyle::ResIncr,
-        "res_residual" => UpdateStyle::ResResidual,
-        other => return Err(args.err(format!("unknown update_style `{other}`"))),
-    };
+    let update_style = UpdateStyle::parse(&args, "res_residual")?;
     let rate = args.usize_or("a_compress_rate", 0)?;
     let e_rate = args.usize_or("a_compress_e_rate", 1)?;
     let a_compress = if rate == 0 {
@@ -278,10 +319,6 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa3, ModelError> {
     let angle_embd = Layer::parse(var.get("angle_embd")?.at())?;
     check_layer(&var, "edge_embd", &edge_embd, 1, e_dim)?;
     check_layer(&var, "angle_embd", &angle_embd, 1, a_dim)?;
-    let n_upd = match update_style {
-        UpdateStyle::ResResidual => Some(()),
-        _ => None,
-    };
     let mut layers = Vec::new();
     for l in var.list("repflow_layers")? {
         let la = l.at();
@@ -309,32 +346,6 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa3, ModelError> {
             )),
             _ => None,
         };
-        let residuals = |key: &str, n: usize, dim: usize| -> Result<Vec<Tensor>, ModelError> {
-            if n_upd.is_none() {
-                return Ok(Vec::new());
-            }
-            let vars = la.get("@variables")?;
-            let list = match vars.v.get(key) {
-                Some(Value::List(l)) => l,
-                _ => return Err(vars.at().err(format!("missing residual list `{key}`"))),
-            };
-            if list.len() != n {
-                return Err(vars
-                    .at()
-                    .err(format!("`{key}` has {} vectors, expected {n}", list.len())));
-            }
-            list.iter()
-                .map(|v| match v {
-                    Value::Array(a) if a.len() == dim => to_tensor(a, &la).map(|mut t| {
-                        t.shape = vec![dim];
-                        t
-                    }),
-                    _ => Err(vars
-                        .at()
-                        .err(format!("`{key}` holds a non-vector of width != {dim}"))),
-                })
-                .collect()
-        };
         let n_count = 2 + n_multi_edge_message;
         let e_count = 1 + usize::from(update_angle);
         let a_count = usize::from(update_angle);
@@ -345,9 +356,9 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa3, ModelError> {
             edge_self_linear: lay("edge_self_linear", edge_info, e_dim)?,
             angle,
             a_compress: a_comp,
-            n_residual: residuals("n_residual", n_count, n_dim)?,
-            e_residual: residuals("e_residual", e_count, e_dim)?,
-            a_residual: residuals("a_residual", a_count, a_dim)?,
+            n_residual: residuals(&la, update_style, "n_residual", n_count, n_dim)?,
+            e_residual: residuals(&la, update_style, "e_residual", e_count, e_dim)?,
+            a_residual: residuals(&la, update_style, "a_residual", a_count, a_dim)?,
         });
     }
     if layers.is_empty() {
