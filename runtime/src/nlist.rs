@@ -369,17 +369,13 @@ pub fn expand_centres(
                 continue;
             }
             let xk = pos(k);
-            let d = [xk[0] - xi[0], xk[1] - xi[1], xk[2] - xi[2]];
-            let r2 = dot(d, d);
-            if r2 <= rc2 {
-                if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
-                    return Err(NlistError(format!(
-                        "atoms {i} and {k} overlap (distance {:.3e} Å)",
-                        r2.sqrt()
-                    )));
-                }
-                found.push((r2, k));
-            }
+            keep_within(
+                found,
+                i,
+                k,
+                [xk[0] - xi[0], xk[1] - xi[1], xk[2] - xi[2]],
+                rc2,
+            )?;
         }
         Ok(())
     };
@@ -513,6 +509,28 @@ fn check_ghost_reach(coord: &[f64], nloc: usize, need: f64) -> Result<(), NlistE
     Ok(())
 }
 
+/// Record neighbour `k` of atom `i` (separation `d`) if it lies within the cutoff; atoms that
+/// coincide are an error.
+fn keep_within(
+    found: &mut Vec<(f64, usize)>,
+    i: usize,
+    k: usize,
+    d: [f64; 3],
+    rc2: f64,
+) -> Result<(), NlistError> {
+    let r2 = dot(d, d);
+    if r2 <= rc2 {
+        if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
+            return Err(NlistError(format!(
+                "atoms {i} and {k} overlap (distance {:.3e} Å)",
+                r2.sqrt()
+            )));
+        }
+        found.push((r2, k));
+    }
+    Ok(())
+}
+
 /// Fill one neighbour-list row from the candidates within rcut, `(distance^2, index)`:
 /// DeePMD-kit's rule keeps the `sum(sel)` nearest of any type, then (unless types are mixed)
 /// splits them into per-type blocks of `sel[t]` slots, nearest first. Ties keep index order.
@@ -589,16 +607,7 @@ pub fn from_md_list(
                 coord[3 * j + 1] - xi[1],
                 coord[3 * j + 2] - xi[2],
             ];
-            let r2 = dot(d, d);
-            if r2 <= rc2 {
-                if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
-                    return Err(NlistError(format!(
-                        "atoms {i} and {j} overlap (distance {:.3e} Å)",
-                        r2.sqrt()
-                    )));
-                }
-                found.push((r2, j));
-            }
+            keep_within(&mut found, i, j, d, rc2)?;
         }
         select_row(
             &mut found,
