@@ -79,7 +79,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dpc", default="target/release/dpc")
     p.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "../../shared/fixtures"))
-    p.add_argument("--models", nargs="+", default=["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_atten", "se_e2_a_big"])
+    p.add_argument("--models", nargs="+", default=["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_atten", "se_e2_a_big", "dpa2", "dpa3"])
     p.add_argument("--atoms", type=int, default=2048)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)

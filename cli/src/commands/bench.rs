@@ -187,8 +187,8 @@ pub fn run(a: Args) -> Result<String> {
     if a.profile {
         let mut prof = dpc_runtime::cpu::Profile::new();
         pot.compute_profiled(&frame, a.atomic_virial, &mut prof)?;
-        let total: f64 = prof.values().map(|v| v.0).sum();
-        let mut rows: Vec<_> = prof.into_iter().collect();
+        let total = prof.total();
+        let mut rows: Vec<_> = prof.kinds.iter().collect();
         rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
         outln!(
             out,
@@ -202,6 +202,12 @@ pub fn run(a: Args) -> Result<String> {
                 t * 1e3,
                 100.0 * t / total
             );
+        }
+        let mut nodes = prof.nodes.clone();
+        nodes.sort_by(|a, b| b.3.total_cmp(&a.3));
+        outln!(out, "slowest nodes (node, op, output shape):");
+        for (id, op, shape, t) in nodes.iter().take(10) {
+            outln!(out, "  %{id:<6} {op:<14} {:>8.1} ms  {shape:?}", t * 1e3);
         }
     }
     Ok(out)

@@ -40,6 +40,91 @@ fn exp_pos(x: f64) -> f64 {
     let k = x * std::f64::consts::LOG2_E + SHIFT;
     let n = k - SHIFT;
     let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = exp_poly(r);
+    // The low bits of k hold n; 2^n is n + 1023 in the exponent field.
+    let two_n = f64::from_bits((k.to_bits().wrapping_sub(SHIFT.to_bits()) + 1023) << 52);
+    p * two_n
+}
+
+/// `e^x` for any `x`, branch-free: the argument is clamped to `[-708, 709]` first, so the
+/// result saturates at about `3.3e-308` and `8.2e307` instead of reaching 0 or infinity
+/// (the sigmoids below read it where that is beyond their resolution). NaN stays NaN.
+#[inline(always)]
+pub fn exp_clamped(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+    let x = x.clamp(-708.0, 709.0);
+    let k = x * std::f64::consts::LOG2_E + SHIFT;
+    let n = k - SHIFT;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = exp_poly(r);
+    // n is in [-1021, 1023] after the clamp, so n + 1023 is a normal exponent.
+    let two_n =
+        f64::from_bits(((k.to_bits().wrapping_sub(SHIFT.to_bits()) as i64 + 1023) as u64) << 52);
+    p * two_n
+}
+
+/// `silu(x) = x / (1 + e^-x)`.
+#[inline(always)]
+pub fn silu(x: f64) -> f64 {
+    x / (1.0 + exp_clamped(-x))
+}
+
+/// `silu'(x) = s + x s (1 - s)`, `s = sigmoid(x)`.
+#[inline(always)]
+pub fn silu_grad(x: f64) -> f64 {
+    let s = 1.0 / (1.0 + exp_clamped(-x));
+    s + x * s * (1.0 - s)
+}
+
+/// DeePMD-kit's `silut:thr`: silu below `thr`, `tanh(slope (x - thr)) + konst` from `thr`
+/// on.
+#[inline(always)]
+pub fn silut(x: f64, thr: f64, slope: f64, konst: f64) -> f64 {
+    if x < thr {
+        silu(x)
+    } else {
+        tanh((x - thr) * slope) + konst
+    }
+}
+
+/// The derivative of `silut`.
+#[inline(always)]
+pub fn silut_grad(x: f64, thr: f64, slope: f64) -> f64 {
+    if x < thr {
+        silu_grad(x)
+    } else {
+        let t = tanh((x - thr) * slope);
+        slope * (1.0 - t * t)
+    }
+}
+
+/// `o = silut(x)` over slices: silu vectorized over all of them, then the few elements at
+/// or above `thr` redone one by one, so the common case pays for one `exp`.
+pub fn silut_into(x: &[f64], o: &mut [f64], thr: f64, slope: f64, konst: f64) {
+    map_into(x, o, silu);
+    for (y, &v) in o.iter_mut().zip(x) {
+        if v >= thr {
+            *y = silut(v, thr, slope, konst);
+        }
+    }
+}
+
+/// `o = g silut'(x)` over slices, like `silut_into`.
+pub fn silut_vjp_into(x: &[f64], g: &[f64], o: &mut [f64], thr: f64, slope: f64) {
+    map2_into(x, g, o, |v, g| g * silu_grad(v));
+    for ((y, &v), &g) in o.iter_mut().zip(x).zip(g) {
+        if v >= thr {
+            *y = g * silut_grad(v, thr, slope);
+        }
+    }
+}
+
+/// `e^r` for `|r| <= ln2/2`: the degree-13 Taylor polynomial (truncation error below
+/// 1e-17 relative).
+#[inline(always)]
+fn exp_poly(r: f64) -> f64 {
     // sum_{i<=13} r^i / i!, by Estrin's scheme: short dependency chains, so consecutive
     // elements overlap in the pipeline.
     const C: [f64; 14] = [
@@ -65,10 +150,7 @@ fn exp_pos(x: f64) -> f64 {
     let q1 = (C[4] + C[5] * r) + r2 * (C[6] + C[7] * r);
     let q2 = (C[8] + C[9] * r) + r2 * (C[10] + C[11] * r);
     let q3 = C[12] + C[13] * r;
-    let p = (q0 + r4 * q1) + r8 * (q2 + r4 * q3);
-    // The low bits of k hold n; 2^n is n + 1023 in the exponent field.
-    let two_n = f64::from_bits((k.to_bits().wrapping_sub(SHIFT.to_bits()) + 1023) << 52);
-    p * two_n
+    (q0 + r4 * q1) + r8 * (q2 + r4 * q3)
 }
 
 /// `tanh(x)` in float32 (Cephes' `tanhf`: a polynomial below 0.625, `1 - 2/(e^2x + 1)`
@@ -110,6 +192,77 @@ fn exp_pos_f32(x: f32) -> f32 {
     let p = (p01 + r2 * p23) + (r2 * r2) * (p45 + r2 * p67);
     let two_n = f32::from_bits((k.to_bits().wrapping_sub(SHIFT.to_bits()) + 127) << 23);
     p * two_n
+}
+
+/// `out[i] = f(x[i])`, 8 at a time, compiled for AVX2 where the CPU has it (`f` is
+/// inlined into that copy, so the fast functions above vectorize).
+pub fn map_into(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
+    #[inline(always)]
+    fn run(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
+        let mut xs = x.chunks_exact(8);
+        let mut os = out.chunks_exact_mut(8);
+        for (o, v) in (&mut os).zip(&mut xs) {
+            let mut a = [0.0; 8];
+            for k in 0..8 {
+                a[k] = f(v[k]);
+            }
+            o.copy_from_slice(&a);
+        }
+        for (o, &v) in os.into_remainder().iter_mut().zip(xs.remainder()) {
+            *o = f(v);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
+        run(x, out, f)
+    }
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { run_avx2(x, out, f) };
+        return;
+    }
+    run(x, out, f)
+}
+
+/// `out[i] = f(x[i], y[i])`, like `map_into`.
+pub fn map2_into(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64 + Copy) {
+    #[inline(always)]
+    fn run(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64 + Copy) {
+        let mut xs = x.chunks_exact(8);
+        let mut ys = y.chunks_exact(8);
+        let mut os = out.chunks_exact_mut(8);
+        for ((o, v), w) in (&mut os).zip(&mut xs).zip(&mut ys) {
+            let mut a = [0.0; 8];
+            for k in 0..8 {
+                a[k] = f(v[k], w[k]);
+            }
+            o.copy_from_slice(&a);
+        }
+        for ((o, &v), &w) in os
+            .into_remainder()
+            .iter_mut()
+            .zip(xs.remainder())
+            .zip(ys.remainder())
+        {
+            *o = f(v, w);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64 + Copy) {
+        run(x, y, out, f)
+    }
+    assert!(x.len() == out.len() && y.len() == out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { run_avx2(x, y, out, f) };
+        return;
+    }
+    run(x, y, out, f)
 }
 
 /// `$name(x)`: `x <- $f(x)` elementwise, `$n` at a time (independent evaluations in flight
@@ -231,10 +384,99 @@ mod tests {
     }
 
     #[test]
+    fn exp_and_the_silu_family_are_within_a_few_ulp_of_libm() {
+        let mut x = -700.0;
+        while x < 700.0 {
+            for v in [x, x * 1e-3, x * 1e-9] {
+                let u = ulps(exp_clamped(v), v.exp());
+                assert!(
+                    u <= 2,
+                    "exp({v}) = {} vs {} ({u} ulp)",
+                    exp_clamped(v),
+                    v.exp()
+                );
+            }
+            x += 0.0713;
+        }
+        assert_eq!(exp_clamped(0.0), 1.0);
+        assert!(exp_clamped(f64::NAN).is_nan());
+        assert!(exp_clamped(-1e9) > 0.0 && exp_clamped(-1e9) < 4e-308);
+        assert!(exp_clamped(1e9).is_finite());
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let (thr, slope, konst) = (10.0, 1.0000045, 9.99954);
+        let mut x = -60.0;
+        while x < 60.0 {
+            let s = sig(x);
+            let close = |a: f64, b: f64| (a - b).abs() <= 4.0 * f64::EPSILON * b.abs().max(1e-300);
+            assert!(close(silu(x), x * s), "silu({x})");
+            // s + x s (1 - s) cancels near its root: compare on the scale of its terms.
+            let want = s + x * s * (1.0 - s);
+            let scale = s.abs() + (x * s * (1.0 - s)).abs();
+            assert!(
+                (silu_grad(x) - want).abs() <= 8.0 * f64::EPSILON * scale,
+                "silu'({x})"
+            );
+            let want = if x < thr {
+                x * s
+            } else {
+                ((x - thr) * slope).tanh() + konst
+            };
+            assert!(close(silut(x, thr, slope, konst), want), "silut({x})");
+            let t = ((x - thr) * slope).tanh();
+            let want = if x < thr {
+                s + x * s * (1.0 - s)
+            } else {
+                slope * (1.0 - t * t)
+            };
+            assert!(
+                (silut_grad(x, thr, slope) - want).abs() <= 1e-15,
+                "silut'({x})"
+            );
+            x += 0.0037;
+        }
+        let v: Vec<f64> = (0..1001).map(|i| (i as f64 - 500.0) * 0.031).collect();
+        let mut o = vec![0.0; v.len()];
+        map_into(&v, &mut o, silu);
+        assert!(o.iter().zip(&v).all(|(a, &b)| *a == silu(b)));
+        map2_into(&v, &v, &mut o, |a, b| a * silu_grad(b));
+        assert!(o.iter().zip(&v).all(|(a, &b)| *a == b * silu_grad(b)));
+    }
+
+    #[test]
     fn the_slice_form_equals_the_scalar_form() {
         let mut v: Vec<f64> = (0..1000).map(|i| (i as f64 - 500.0) * 0.013).collect();
         let want: Vec<f64> = v.iter().map(|&x| tanh(x)).collect();
         tanh_in_place(&mut v);
         assert_eq!(v, want);
+    }
+}
+#[cfg(test)]
+mod timing {
+    #[test]
+    #[ignore]
+    fn time_silu() {
+        let v: Vec<f64> = (0..8_000_000)
+            .map(|i| ((i % 1000) as f64 - 500.0) * 0.01)
+            .collect();
+        let mut o = vec![0.0; v.len()];
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            for (y, &x) in o.iter_mut().zip(&v) {
+                *y = x / (1.0 + (-x).exp());
+            }
+            println!("libm silu {:?} {}", t.elapsed(), o[77]);
+            let t = std::time::Instant::now();
+            super::map_into(&v, &mut o, super::silu);
+            println!("fast silu {:?} {}", t.elapsed(), o[77]);
+            let t = std::time::Instant::now();
+            super::silut_into(&v, &mut o, 10.0, 1.0, 9.9);
+            println!("fast silut {:?} {}", t.elapsed(), o[77]);
+            let t = std::time::Instant::now();
+            super::map_into(&v, &mut o, super::exp_clamped);
+            println!("fast exp {:?} {}", t.elapsed(), o[77]);
+            let t = std::time::Instant::now();
+            super::map_into(&v, &mut o, super::tanh);
+            println!("fast tanh {:?} {}", t.elapsed(), o[77]);
+        }
     }
 }

@@ -7,6 +7,7 @@ use dpc_compiler::graph::{ActFn, Binary, Cmp, Data, Tensor, Unary};
 
 use rayon::prelude::*;
 
+use super::fastmath as fm;
 use super::ExecError;
 
 type R<T> = Result<T, ExecError>;
@@ -1371,33 +1372,25 @@ mod softmax_tests {
 }
 
 /// `silut`'s constants at `thr`: the tail's slope `silu'(thr)` and offset `silu(thr)`.
-fn silut_consts(thr: f64) -> (f64, f64) {
+pub(crate) fn silut_consts(thr: f64) -> (f64, f64) {
     let s = 1.0 / (1.0 + (-thr).exp());
     (s + thr * s * (1.0 - s), thr * s)
 }
 
-/// A fused activation, elementwise (`Op::Act`), computed as its elementary form is.
+/// A fused activation, elementwise (`Op::Act`), with the vectorized `exp`/`tanh` of
+/// `fastmath` (a few ulp from the elementary form's libm calls).
 pub fn act(f: ActFn, x: &Tensor) -> R<Tensor> {
-    fn run<T: Float + From<f64>>(f: ActFn, v: &[T]) -> Vec<T> {
-        let one = T::one();
-        let sig = move |x: T| one / (one + (-x).exp());
+    fn run(f: ActFn, v: &[f64]) -> Vec<f64> {
         match f {
             ActFn::Silu => fill_par(v.len(), 1, |st, o| {
-                for (y, &x) in o.iter_mut().zip(&v[st..]) {
-                    *y = x * sig(x);
-                }
+                let len = o.len();
+                fm::map_into(&v[st..st + len], o, fm::silu)
             }),
             ActFn::Silut(thr) => {
                 let (slope, konst) = silut_consts(thr);
-                let (thr, slope, konst) = (T::from(thr), T::from(slope), T::from(konst));
                 fill_par(v.len(), 1, |st, o| {
-                    for (y, &x) in o.iter_mut().zip(&v[st..]) {
-                        *y = if x < thr {
-                            x * sig(x)
-                        } else {
-                            ((x - thr) * slope).tanh() + konst
-                        };
-                    }
+                    let len = o.len();
+                    fm::silut_into(&v[st..st + len], o, thr, slope, konst)
                 })
             }
         }
@@ -1413,7 +1406,7 @@ pub fn act(f: ActFn, x: &Tensor) -> R<Tensor> {
     })
 }
 
-/// `g * act'(x)` (`Op::ActVjp`).
+/// `g * act'(x)` (`Op::ActVjp`), vectorized like `act`.
 pub fn act_vjp(f: ActFn, x: &Tensor, g: &Tensor) -> R<Tensor> {
     if x.shape != g.shape {
         return Err(ExecError::Shape(format!(
@@ -1421,30 +1414,19 @@ pub fn act_vjp(f: ActFn, x: &Tensor, g: &Tensor) -> R<Tensor> {
             x.shape, g.shape
         )));
     }
-    fn run<T: Float + From<f64>>(f: ActFn, v: &[T], gv: &[T]) -> Vec<T> {
-        let one = T::one();
-        let dsilu = move |x: T| {
-            let s = one / (one + (-x).exp());
-            s + x * s * (one - s)
-        };
+    fn run(f: ActFn, v: &[f64], gv: &[f64]) -> Vec<f64> {
         match f {
             ActFn::Silu => fill_par(v.len(), 1, |st, o| {
-                for ((y, &x), &g) in o.iter_mut().zip(&v[st..]).zip(&gv[st..]) {
-                    *y = g * dsilu(x);
-                }
+                let len = o.len();
+                fm::map2_into(&v[st..st + len], &gv[st..st + len], o, |x, g| {
+                    g * fm::silu_grad(x)
+                })
             }),
             ActFn::Silut(thr) => {
                 let (slope, _) = silut_consts(thr);
-                let (thr, slope) = (T::from(thr), T::from(slope));
                 fill_par(v.len(), 1, |st, o| {
-                    for ((y, &x), &g) in o.iter_mut().zip(&v[st..]).zip(&gv[st..]) {
-                        *y = if x < thr {
-                            g * dsilu(x)
-                        } else {
-                            let t = ((x - thr) * slope).tanh();
-                            g * (slope * (one - t * t))
-                        };
-                    }
+                    let len = o.len();
+                    fm::silut_vjp_into(&v[st..st + len], &gv[st..st + len], o, thr, slope)
                 })
             }
         }

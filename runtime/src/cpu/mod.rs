@@ -5,11 +5,13 @@ mod dense;
 mod embed;
 mod env;
 pub mod fastmath;
+mod fuse;
 mod gemm;
 mod kernels;
 mod real;
 
 use std::fmt;
+use std::sync::Arc;
 
 use dpc_compiler::graph::{Bindings, Graph, Op, Tensor};
 
@@ -37,37 +39,89 @@ impl fmt::Display for ExecError {
 
 impl std::error::Error for ExecError {}
 
-/// Seconds and node count per op kind.
-pub type Profile = std::collections::BTreeMap<&'static str, (f64, usize)>;
+/// Where one or more runs spent their time.
+#[derive(Debug, Default, Clone)]
+pub struct Profile {
+    /// Seconds and node count per op kind.
+    pub kinds: std::collections::BTreeMap<&'static str, (f64, usize)>,
+    /// Seconds per node: `(node index, op kind, output shape, seconds)`, in run order.
+    pub nodes: Vec<(usize, &'static str, Vec<usize>, f64)>,
+}
 
-/// A graph prepared for repeated runs: which nodes the outputs need, and when each value
-/// can be dropped.
+impl Profile {
+    pub fn new() -> Profile {
+        Profile::default()
+    }
+
+    fn add(&mut self, node: usize, kind: &'static str, shape: &[usize], secs: f64) {
+        let e = self.kinds.entry(kind).or_default();
+        e.0 += secs;
+        e.1 += 1;
+        self.nodes.push((node, kind, shape.to_vec(), secs));
+    }
+
+    /// Total seconds in graph ops.
+    pub fn total(&self) -> f64 {
+        self.kinds.values().map(|v| v.0).sum()
+    }
+}
+
+/// A graph prepared for repeated runs: which nodes the outputs need, which run fused
+/// (`fuse`), and when each value can be dropped.
 pub struct Executor {
     graph: Graph,
     needed: Vec<bool>,
     last_use: Vec<usize>,
+    /// The elementwise cluster each node roots, if any.
+    fused: Vec<Option<Arc<fuse::Cluster>>>,
 }
 
 impl Executor {
+    /// Prepare `graph`, with chains of elementwise ops fused.
     pub fn new(graph: Graph) -> Executor {
+        Executor::prepare(graph, true)
+    }
+
+    /// Prepare `graph` to run node by node (the reference the fused run is tested against).
+    pub fn unfused(graph: Graph) -> Executor {
+        Executor::prepare(graph, false)
+    }
+
+    fn prepare(graph: Graph, fuse: bool) -> Executor {
         let n = graph.nodes.len();
-        let mut needed = vec![false; n];
-        for (_, v) in &graph.outputs {
-            needed[v.index()] = true;
-        }
-        for i in (0..n).rev() {
-            if needed[i] {
-                for a in &graph.nodes[i].args {
-                    needed[a.index()] = true;
+        let needed_by = |args: &dyn Fn(usize) -> Vec<usize>| {
+            let mut needed = vec![false; n];
+            for (_, v) in &graph.outputs {
+                needed[v.index()] = true;
+            }
+            for i in (0..n).rev() {
+                if needed[i] {
+                    for a in args(i) {
+                        needed[a] = true;
+                    }
                 }
             }
-        }
+            needed
+        };
+        let node_args = |i: usize| graph.nodes[i].args.iter().map(|a| a.index()).collect();
+        let (fused, _) = if fuse {
+            fuse::plan(&graph, &needed_by(&node_args))
+        } else {
+            (vec![None; n], vec![false; n])
+        };
+        // A fused node reads its cluster's leaves instead of its own arguments; absorbed
+        // nodes are needed no more.
+        let args = |i: usize| -> Vec<usize> {
+            match &fused[i] {
+                Some(c) => c.leaves.clone(),
+                None => node_args(i),
+            }
+        };
+        let needed = needed_by(&args);
         let mut last_use = vec![0usize; n];
-        for (i, node) in graph.nodes.iter().enumerate() {
-            if needed[i] {
-                for a in &node.args {
-                    last_use[a.index()] = i;
-                }
+        for (i, _) in needed.iter().enumerate().filter(|(_, &n)| n) {
+            for a in args(i) {
+                last_use[a] = i;
             }
         }
         for (_, v) in &graph.outputs {
@@ -77,7 +131,17 @@ impl Executor {
             graph,
             needed,
             last_use,
+            fused,
         }
+    }
+
+    /// How many fused clusters the plan has.
+    pub fn fused_clusters(&self) -> usize {
+        self.fused
+            .iter()
+            .zip(&self.needed)
+            .filter(|(c, &n)| n && c.is_some())
+            .count()
     }
 
     pub fn graph(&self) -> &Graph {
@@ -148,14 +212,32 @@ impl Executor {
                         )));
                     }
                     t.shape = shape;
-                    vals[i] = Some(t);
                     if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
-                        let e = p.entry(node.op.name()).or_default();
-                        e.0 += t0.elapsed().as_secs_f64();
-                        e.1 += 1;
+                        p.add(i, node.op.name(), &t.shape, t0.elapsed().as_secs_f64());
                     }
+                    vals[i] = Some(t);
                     continue;
                 }
+            }
+            if let Some(c) = &self.fused[i] {
+                let out = {
+                    let leaves: Vec<&Tensor> = c
+                        .leaves
+                        .iter()
+                        .map(|&l| vals[l].as_ref().expect("leaf computed before use"))
+                        .collect();
+                    fuse::run(c, &leaves, &bind.shape(&node.ty.shape))?
+                };
+                if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
+                    p.add(i, "fused", &out.shape, t.elapsed().as_secs_f64());
+                }
+                vals[i] = Some(out);
+                for &l in &c.leaves {
+                    if self.last_use[l] == i {
+                        vals[l] = None;
+                    }
+                }
+                continue;
             }
             let out = {
                 let arg = |k: usize| -> &Tensor {
@@ -176,9 +258,7 @@ impl Executor {
                 )?
             };
             if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
-                let e = p.entry(node.op.name()).or_default();
-                e.0 += t.elapsed().as_secs_f64();
-                e.1 += 1;
+                p.add(i, node.op.name(), &out.shape, t.elapsed().as_secs_f64());
             }
             let want = bind.shape(&node.ty.shape);
             if out.shape != want {

@@ -1,0 +1,510 @@
+//! Elementwise fusion for the CPU executor: a tree of float64 elementwise ops of one output
+//! shape runs as one loop over tiles of that output, so its intermediate tensors never go
+//! to memory. Message-passing descriptors are dominated by such chains (DPA-3's split
+//! linear maps add four broadcast operands on `[nloc, a, a, d]` and then activate).
+//!
+//! The plan is made once per graph (`plan`): a node joins its consumer's cluster when it is
+//! elementwise, has that one consumer, has the consumer's output shape and is not a graph
+//! output; other operands are leaves, read with numpy broadcasting (a `Broadcast` node is
+//! read through, from its own input). Each op computes exactly what its own kernel
+//! computes, with the same scalar functions in the same order, so fusion changes no bits.
+
+use std::sync::Arc;
+
+use dpc_compiler::graph::{ActFn, Binary, DType, Dim, Graph, Op, Tensor, Unary};
+use rayon::prelude::*;
+
+use super::fastmath as fm;
+use super::kernels::{silut_consts, strides};
+use super::ExecError;
+
+/// Where an instruction reads an operand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Src {
+    /// The cluster's leaf `k`.
+    Leaf(usize),
+    /// The result of instruction `k`.
+    Tmp(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Elem {
+    Unary(Unary),
+    Binary(Binary),
+    Act(ActFn),
+    ActVjp(ActFn),
+}
+
+#[derive(Debug, Clone)]
+struct Instr {
+    op: Elem,
+    args: Vec<Src>,
+}
+
+/// One fused tree: its leaves (node indices, each read broadcast to the root's shape) and
+/// its instructions in evaluation order; the last one is the root.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub leaves: Vec<usize>,
+    prog: Vec<Instr>,
+}
+
+fn elem(op: &Op) -> Option<Elem> {
+    match op {
+        Op::Unary(u) if !matches!(u, Unary::Not | Unary::Floor) => Some(Elem::Unary(*u)),
+        Op::Binary(b) if !matches!(b, Binary::And | Binary::Or) => Some(Elem::Binary(*b)),
+        Op::Act(f) => Some(Elem::Act(*f)),
+        Op::ActVjp(f) => Some(Elem::ActVjp(*f)),
+        _ => None,
+    }
+}
+
+/// The fusion plan of `g`: for each node, the cluster it roots (if any), and which nodes
+/// were absorbed into a cluster (they are no longer computed on their own). `needed` marks
+/// the nodes the outputs need, before fusion.
+pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>) {
+    let n = g.nodes.len();
+    let mut users = vec![0usize; n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if needed[i] {
+            for a in &node.args {
+                users[a.index()] += 1;
+            }
+        }
+    }
+    let mut is_output = vec![false; n];
+    for (_, v) in &g.outputs {
+        is_output[v.index()] = true;
+    }
+    let fusable = |i: usize| {
+        let node = &g.nodes[i];
+        node.ty.dtype == DType::F64 && elem(&node.op).is_some()
+    };
+    let mut roots: Vec<Option<Arc<Cluster>>> = vec![None; n];
+    let mut absorbed = vec![false; n];
+    for i in (0..n).rev() {
+        if !needed[i] || absorbed[i] || !fusable(i) {
+            continue;
+        }
+        let shape = &g.nodes[i].ty.shape;
+        let mut c = Cluster {
+            leaves: Vec::new(),
+            prog: Vec::new(),
+        };
+        let mut members = Vec::new();
+        let mut reads_through = false;
+        grow(
+            g,
+            i,
+            shape,
+            &users,
+            &is_output,
+            &fusable,
+            &mut c,
+            &mut members,
+            &mut reads_through,
+        );
+        // One op alone gains nothing over its own kernel unless it reads a broadcast
+        // through.
+        if c.prog.len() >= 2 || reads_through {
+            for m in members {
+                if m != i {
+                    absorbed[m] = true;
+                }
+            }
+            roots[i] = Some(Arc::new(c));
+        }
+    }
+    (roots, absorbed)
+}
+
+/// Add node `i` (and the producers it absorbs) to `c`; returns where its value is.
+#[allow(clippy::too_many_arguments)]
+fn grow(
+    g: &Graph,
+    i: usize,
+    shape: &[Dim],
+    users: &[usize],
+    is_output: &[bool],
+    fusable: &dyn Fn(usize) -> bool,
+    c: &mut Cluster,
+    members: &mut Vec<usize>,
+    reads_through: &mut bool,
+) -> Src {
+    members.push(i);
+    let node = &g.nodes[i];
+    let mut args = Vec::with_capacity(node.args.len());
+    for a in &node.args {
+        let j = a.index();
+        let src =
+            g.nodes[j].ty.shape.as_slice() == shape && users[j] == 1 && !is_output[j] && fusable(j);
+        if src {
+            args.push(grow(
+                g,
+                j,
+                shape,
+                users,
+                is_output,
+                fusable,
+                c,
+                members,
+                reads_through,
+            ));
+            continue;
+        }
+        let leaf = match (&g.nodes[j].op, g.nodes[j].args.as_slice()) {
+            (Op::Broadcast(_), [x]) => {
+                *reads_through = true;
+                x.index()
+            }
+            _ => j,
+        };
+        let k = match c.leaves.iter().position(|&l| l == leaf) {
+            Some(k) => k,
+            None => {
+                c.leaves.push(leaf);
+                c.leaves.len() - 1
+            }
+        };
+        args.push(Src::Leaf(k));
+    }
+    c.prog.push(Instr {
+        op: elem(&node.op).expect("fusable node"),
+        args,
+    });
+    Src::Tmp(c.prog.len() - 1)
+}
+
+/// Elements per tile: the scratch of a tile stays in the first-level caches.
+const TILE: usize = 512;
+
+/// A leaf as read by the loop: its data and its strides in the (collapsed) output shape.
+struct Leaf<'a> {
+    data: &'a [f64],
+    strides: Vec<usize>,
+    /// Contiguous over the whole output: tiles are slices of it.
+    dense: bool,
+}
+
+/// Run `c` on its leaves' values, producing a tensor of `out_shape`.
+pub fn run(c: &Cluster, leaves: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, ExecError> {
+    let n: usize = out_shape.iter().product();
+    let mut raw: Vec<(&[f64], Vec<usize>)> = Vec::with_capacity(leaves.len());
+    for t in leaves {
+        let data = t
+            .as_f64()
+            .ok_or_else(|| ExecError::Type(format!("fused op on {:?}", t.dtype())))?;
+        raw.push((data, bcast_strides(&t.shape, out_shape)?));
+    }
+    let (shape, strides) = collapse(out_shape, raw.iter().map(|r| r.1.clone()).collect());
+    let dense_st = self::strides(&shape);
+    let leaves: Vec<Leaf> = raw
+        .iter()
+        .zip(strides)
+        .map(|((data, _), st)| Leaf {
+            data,
+            dense: st == dense_st && data.len() == n,
+            strides: st,
+        })
+        .collect();
+    let mut out = vec![0.0; n];
+    let per = if rayon::current_num_threads() > 1 && n >= 1 << 15 {
+        n.div_ceil(rayon::current_num_threads() * 8)
+            .div_ceil(TILE)
+            .max(8)
+            * TILE
+    } else {
+        n.max(1)
+    };
+    out.par_chunks_mut(per).enumerate().for_each(|(b, blk)| {
+        let mut scratch = Scratch::new(c, leaves.len());
+        for (t, tile) in blk.chunks_mut(TILE).enumerate() {
+            run_tile(c, &leaves, &shape, b * per + t * TILE, tile, &mut scratch);
+        }
+    });
+    Ok(Tensor::f64(out_shape.to_vec(), out))
+}
+
+/// Per-thread buffers: one per non-dense leaf and one per instruction.
+struct Scratch {
+    leaf: Vec<Vec<f64>>,
+    tmp: Vec<Vec<f64>>,
+}
+
+impl Scratch {
+    fn new(c: &Cluster, nleaves: usize) -> Scratch {
+        Scratch {
+            leaf: vec![vec![0.0; TILE]; nleaves],
+            tmp: vec![vec![0.0; TILE]; c.prog.len().saturating_sub(1)],
+        }
+    }
+}
+
+fn run_tile(
+    c: &Cluster,
+    leaves: &[Leaf],
+    shape: &[usize],
+    start: usize,
+    out: &mut [f64],
+    s: &mut Scratch,
+) {
+    let len = out.len();
+    for (l, buf) in leaves.iter().zip(&mut s.leaf) {
+        if !l.dense {
+            gather_tile(l, shape, start, &mut buf[..len]);
+        }
+    }
+    let last = c.prog.len() - 1;
+    for (k, ins) in c.prog.iter().enumerate() {
+        // Instruction k writes tmp[k] (or the output); its operands come before it.
+        let (done, rest) = s.tmp.split_at_mut(k.min(last));
+        let dst: &mut [f64] = if k == last {
+            &mut *out
+        } else {
+            &mut rest[0][..len]
+        };
+        let read = |src: Src| -> &[f64] {
+            match src {
+                Src::Leaf(j) if leaves[j].dense => &leaves[j].data[start..start + len],
+                Src::Leaf(j) => &s.leaf[j][..len],
+                Src::Tmp(j) => &done[j][..len],
+            }
+        };
+        let x = read(ins.args[0]);
+        let y = ins.args.get(1).map(|&a| read(a));
+        apply(ins.op, x, y, dst);
+    }
+}
+
+/// Fill `buf` with the leaf's values at output positions `start..start + buf.len()`.
+fn gather_tile(l: &Leaf, shape: &[usize], start: usize, buf: &mut [f64]) {
+    let rank = shape.len();
+    if rank == 0 {
+        buf.fill(l.data[0]);
+        return;
+    }
+    let mut idx = vec![0usize; rank];
+    let mut rem = start;
+    for d in (0..rank).rev() {
+        idx[d] = rem % shape[d];
+        rem /= shape[d];
+    }
+    let mut off: usize = idx.iter().zip(&l.strides).map(|(i, s)| i * s).sum();
+    let (ld, ls) = (shape[rank - 1], l.strides[rank - 1]);
+    let mut k = 0;
+    while k < buf.len() {
+        let run = (ld - idx[rank - 1]).min(buf.len() - k);
+        if ls == 0 {
+            buf[k..k + run].fill(l.data[off]);
+        } else if ls == 1 {
+            buf[k..k + run].copy_from_slice(&l.data[off..off + run]);
+        } else {
+            for (q, v) in buf[k..k + run].iter_mut().enumerate() {
+                *v = l.data[off + q * ls];
+            }
+        }
+        k += run;
+        idx[rank - 1] += run;
+        off += run * ls;
+        // Carry into the outer axes.
+        let mut d = rank - 1;
+        while idx[d] == shape[d] && d > 0 {
+            off -= shape[d] * l.strides[d];
+            idx[d] = 0;
+            d -= 1;
+            idx[d] += 1;
+            off += l.strides[d];
+        }
+    }
+}
+
+/// One instruction over a tile: `o = op(x[, y])`.
+fn apply(op: Elem, x: &[f64], y: Option<&[f64]>, o: &mut [f64]) {
+    let y = || y.expect("binary operand");
+    match op {
+        Elem::Binary(b) => {
+            let y = y();
+            let f: fn(f64, f64) -> f64 = match b {
+                Binary::Add => |p, q| p + q,
+                Binary::Sub => |p, q| p - q,
+                Binary::Mul => |p, q| p * q,
+                Binary::Div => |p, q| p / q,
+                Binary::Max => |p, q| if p >= q { p } else { q },
+                Binary::Min => |p, q| if p <= q { p } else { q },
+                Binary::And | Binary::Or => unreachable!("not fused"),
+            };
+            match b {
+                // The common ones get their own loops so they vectorize.
+                Binary::Add => o
+                    .iter_mut()
+                    .zip(x.iter().zip(y))
+                    .for_each(|(v, (p, q))| *v = p + q),
+                Binary::Mul => o
+                    .iter_mut()
+                    .zip(x.iter().zip(y))
+                    .for_each(|(v, (p, q))| *v = p * q),
+                _ => o
+                    .iter_mut()
+                    .zip(x.iter().zip(y))
+                    .for_each(|(v, (&p, &q))| *v = f(p, q)),
+            }
+        }
+        Elem::Unary(Unary::Tanh) => fm::map_into(x, o, fm::tanh),
+        Elem::Unary(u) => {
+            let f: fn(f64) -> f64 = match u {
+                Unary::Neg => |x| -x,
+                Unary::Exp => f64::exp,
+                Unary::Log => f64::ln,
+                Unary::Sqrt => f64::sqrt,
+                Unary::Recip => |x| 1.0 / x,
+                Unary::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
+                Unary::Tanh | Unary::Floor | Unary::Not => unreachable!("handled or not fused"),
+            };
+            o.iter_mut().zip(x).for_each(|(v, &p)| *v = f(p));
+        }
+        Elem::Act(ActFn::Silu) => fm::map_into(x, o, fm::silu),
+        Elem::Act(ActFn::Silut(thr)) => {
+            let (slope, konst) = silut_consts(thr);
+            fm::silut_into(x, o, thr, slope, konst)
+        }
+        Elem::ActVjp(ActFn::Silu) => fm::map2_into(x, y(), o, |p, g| g * fm::silu_grad(p)),
+        Elem::ActVjp(ActFn::Silut(thr)) => {
+            let (slope, _) = silut_consts(thr);
+            fm::silut_vjp_into(x, y(), o, thr, slope)
+        }
+    }
+}
+
+/// Strides of `shape` read broadcast (numpy rules) into `out`.
+fn bcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<usize>, ExecError> {
+    if shape.len() > out.len() {
+        return Err(ExecError::Shape(format!(
+            "fused operand {shape:?} into {out:?}"
+        )));
+    }
+    let st = strides(shape);
+    let lead = out.len() - shape.len();
+    (0..out.len())
+        .map(|i| {
+            if i < lead {
+                return Ok(0);
+            }
+            let d = shape[i - lead];
+            if d == out[i] && d != 1 {
+                Ok(st[i - lead])
+            } else if d == 1 || d == out[i] {
+                Ok(0)
+            } else {
+                Err(ExecError::Shape(format!(
+                    "fused operand {shape:?} into {out:?}"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Drop unit axes, then merge neighbouring axes that every leaf walks the same way (both
+/// broadcast, or the outer stride equal to the inner one times the inner size), so runs
+/// are as long as possible.
+fn collapse(shape: &[usize], st: Vec<Vec<usize>>) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
+    let mut shape: Vec<usize> = keep.iter().map(|&d| shape[d]).collect();
+    let mut st: Vec<Vec<usize>> = st
+        .into_iter()
+        .map(|s| keep.iter().map(|&d| s[d]).collect())
+        .collect();
+    let mut d = shape.len();
+    while d >= 2 {
+        let (a, b) = (d - 2, d - 1);
+        if st.iter().all(|s| s[a] == s[b] * shape[b]) {
+            shape[a] *= shape[b];
+            shape.remove(b);
+            for s in st.iter_mut() {
+                s[a] = s[b];
+                s.remove(b);
+            }
+        }
+        d -= 1;
+    }
+    (shape, st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Executor;
+    use dpc_compiler::graph::{Bindings, TensorType};
+
+    /// A DPA-3-like chain: four broadcast operands added, activated, scaled; run fused and
+    /// node by node, bit for bit.
+    #[test]
+    fn a_fused_chain_equals_the_node_by_node_run() {
+        let mut g = Graph::new();
+        let t =
+            |s: &[usize]| TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect());
+        let ang = g.input("ang", t(&[5, 3, 3, 7]));
+        let nd = g.input("nd", t(&[5, 1, 1, 7]));
+        let ek = g.input("ek", t(&[5, 1, 3, 7]));
+        let ej = g.input("ej", t(&[5, 3, 1, 7]));
+        let b = g.input("b", t(&[7]));
+        let y = g.add(ang, nd).unwrap();
+        let y = g.add(y, ek).unwrap();
+        let y = g.add(y, ej).unwrap();
+        let y = g.add(y, b).unwrap();
+        let a = g.push(Op::Act(ActFn::Silut(0.7)), &[y]).unwrap();
+        let th = g.push(Op::Unary(Unary::Tanh), &[a]).unwrap();
+        let z = g
+            .push(
+                Op::Broadcast(vec![5, 3, 3, 7].into_iter().map(Dim::fixed).collect()),
+                &[ek],
+            )
+            .unwrap();
+        let out = g.mul(th, z).unwrap();
+        g.set_output("out", out);
+        g.set_output("y", y);
+        let vals = |n: usize, k: f64| -> Vec<f64> {
+            (0..n).map(|i| ((i as f64) * k).sin() * 2.0).collect()
+        };
+        let inputs = vec![
+            Tensor::f64(vec![5, 3, 3, 7], vals(315, 0.37)),
+            Tensor::f64(vec![5, 1, 1, 7], vals(35, 1.1)),
+            Tensor::f64(vec![5, 1, 3, 7], vals(105, 0.91)),
+            Tensor::f64(vec![5, 3, 1, 7], vals(105, 0.53)),
+            Tensor::f64(vec![7], vals(7, 2.9)),
+        ];
+        let fused = Executor::new(g.clone());
+        assert!(fused.fused_clusters() >= 2, "the chains were fused");
+        let plain = Executor::unfused(g);
+        let bind = Bindings::default();
+        let a = fused.run(inputs.clone(), bind).unwrap();
+        let b = plain.run(inputs, bind).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn tiles_cross_rows_and_threads() {
+        // An output larger than a tile and than the parallel threshold, with a leaf whose
+        // broadcast axis is inner.
+        let (n, m) = (1000, 67);
+        let mut g = Graph::new();
+        let t =
+            |s: &[usize]| TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect());
+        let x = g.input("x", t(&[n, m]));
+        let c = g.input("c", t(&[n, 1]));
+        let y = g.add(x, c).unwrap();
+        let y = g.push(Op::Act(ActFn::Silu), &[y]).unwrap();
+        g.set_output("y", y);
+        let xs = Tensor::f64(
+            vec![n, m],
+            (0..n * m).map(|i| (i % 97) as f64 * 0.1 - 4.0).collect(),
+        );
+        let cs = Tensor::f64(vec![n, 1], (0..n).map(|i| i as f64 * 1e-3).collect());
+        let a = Executor::new(g.clone())
+            .run(vec![xs.clone(), cs.clone()], Bindings::default())
+            .unwrap();
+        let b = Executor::unfused(g)
+            .run(vec![xs, cs], Bindings::default())
+            .unwrap();
+        assert_eq!(a, b);
+    }
+}
