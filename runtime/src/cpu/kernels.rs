@@ -601,11 +601,36 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
         }};
     }
     let data = match (&a.data, &b.data) {
+        // Many rows times one small matrix (a layer's weights): pack the matrix once and
+        // stream the rows through the register-blocked kernel.
+        (Data::F64(p), Data::F64(q)) if !b_batched && batch * m >= 64 && k <= 256 => {
+            Data::F64(rows_times_matrix(p, q, batch * m, k, n))
+        }
         (Data::F64(p), Data::F64(q)) => Data::F64(mm!(p, q, matrixmultiply::dgemm, 0.0f64)),
         (Data::F32(p), Data::F32(q)) => Data::F32(mm!(p, q, matrixmultiply::sgemm, 0.0f32)),
         _ => return Err(ExecError::Type("matmul of non-floats".into())),
     };
     Ok(Tensor { shape, data })
+}
+
+/// `a [rows, k] @ b [k, n]` with `b` packed once (`gemm::PackedB`), rows split over the
+/// thread pool.
+fn rows_times_matrix(a: &[f64], b: &[f64], rows: usize, k: usize, n: usize) -> Vec<f64> {
+    let packed = super::gemm::PackedB::new(b, k, n, false);
+    let mut o = vec![0.0; rows * n];
+    if n == 0 {
+        return o;
+    }
+    let per = if rows * n * k.max(1) < PARALLEL_MIN_WORK {
+        rows
+    } else {
+        rows.div_ceil(rayon::current_num_threads() * 4).max(16)
+    };
+    o.par_chunks_mut(per * n).enumerate().for_each(|(c, op)| {
+        let r = op.len() / n;
+        packed.gemm(r, &a[c * per * k..], k, op, n, false);
+    });
+    o
 }
 
 /// Apply a per-element index map: output element `i` is input element `src(i)`.
