@@ -633,44 +633,30 @@ fn rows_times_matrix(a: &[f64], b: &[f64], rows: usize, k: usize, n: usize) -> V
     o
 }
 
-/// Apply a per-element index map: output element `i` is input element `src(i)`.
-fn gather_by<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
-    idx.iter().map(|&i| v[i]).collect()
-}
-
-fn remap(x: &Tensor, shape: Vec<usize>, idx: &[usize]) -> Tensor {
-    let data = match &x.data {
-        Data::F64(v) => Data::F64(gather_by(v, idx)),
-        Data::F32(v) => Data::F32(gather_by(v, idx)),
-        Data::I32(v) => Data::I32(gather_by(v, idx)),
-        Data::Bool(v) => Data::Bool(gather_by(v, idx)),
-    };
-    Tensor { shape, data }
-}
-
 pub fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
     let out: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
     // Swapping the last two axes (the common case): blocked 2-d transposes per batch.
     let r = perm.len();
     if r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i) {
         let (m, n) = (x.shape[r - 2], x.shape[r - 1]);
-        fn t2<T: Copy + Default>(v: &[T], m: usize, n: usize) -> Vec<T> {
-            let mut o = vec![T::default(); v.len()];
+        fn t2<T: Copy + Default + Send + Sync>(v: &[T], m: usize, n: usize) -> Vec<T> {
             if m * n == 0 {
-                return o;
+                return vec![T::default(); v.len()];
             }
-            for (src, dst) in v.chunks(m * n).zip(o.chunks_mut(m * n)) {
-                for ib in (0..m).step_by(32) {
-                    for jb in (0..n).step_by(32) {
-                        for i in ib..(ib + 32).min(m) {
-                            for j in jb..(jb + 32).min(n) {
-                                dst[j * m + i] = src[i * n + j];
+            // Whole matrices per block, blocks on the thread pool.
+            fill_par(v.len(), m * n, |st, o| {
+                for (src, dst) in v[st..st + o.len()].chunks(m * n).zip(o.chunks_mut(m * n)) {
+                    for ib in (0..m).step_by(32) {
+                        for jb in (0..n).step_by(32) {
+                            for i in ib..(ib + 32).min(m) {
+                                for j in jb..(jb + 32).min(n) {
+                                    dst[j * m + i] = src[i * n + j];
+                                }
                             }
                         }
                     }
                 }
-            }
-            o
+            })
         }
         let data = match &x.data {
             Data::F64(v) => Data::F64(t2(v, m, n)),
@@ -1014,14 +1000,30 @@ pub fn gather(table: &Tensor, idx: &Tensor) -> R<Tensor> {
     };
     let rows = table.shape[0];
     let row: usize = table.shape[1..].iter().product();
-    let mut map = Vec::with_capacity(iv.len() * row);
-    for &i in iv {
-        let r = check_index(i, rows)?;
-        map.extend(r * row..(r + 1) * row);
+    let src: Vec<usize> = iv
+        .iter()
+        .map(|&i| check_index(i, rows))
+        .collect::<R<_>>()?;
+    // Whole rows copied, blocks of rows on the thread pool.
+    fn rows_of<T: Copy + Default + Send + Sync>(v: &[T], src: &[usize], row: usize) -> Vec<T> {
+        if row == 0 {
+            return Vec::new();
+        }
+        fill_par(src.len() * row, row, |st, o| {
+            for (orow, &r) in o.chunks_mut(row).zip(&src[st / row..]) {
+                orow.copy_from_slice(&v[r * row..(r + 1) * row]);
+            }
+        })
     }
+    let data = match &table.data {
+        Data::F64(v) => Data::F64(rows_of(v, &src, row)),
+        Data::F32(v) => Data::F32(rows_of(v, &src, row)),
+        Data::I32(v) => Data::I32(rows_of(v, &src, row)),
+        Data::Bool(v) => Data::Bool(rows_of(v, &src, row)),
+    };
     let mut shape = idx.shape.clone();
     shape.extend_from_slice(&table.shape[1..]);
-    Ok(remap(table, shape, &map))
+    Ok(Tensor { shape, data })
 }
 
 pub fn scatter_add(idx: &Tensor, upd: &Tensor, rows: usize) -> R<Tensor> {
