@@ -6,8 +6,11 @@
 //! The plan is made once per graph (`plan`): a node joins its consumer's cluster when it is
 //! elementwise, has that one consumer, has the consumer's output shape and is not a graph
 //! output; other operands are leaves, read with numpy broadcasting (a `Broadcast` node is
-//! read through, from its own input). Each op computes exactly what its own kernel
-//! computes, with the same scalar functions in the same order, so fusion changes no bits.
+//! read through, from its own input). A product of rows by a small constant matrix (a
+//! split linear layer, `x [.., k] @ W [k, n]`, possibly reshaped) feeding the cluster is
+//! computed inside it too, tile by tile, from the rows of `x`. Each op computes exactly what
+//! its own kernel computes, with the same functions in the same order (the products with
+//! the same packed GEMM), so fusion changes no bits.
 
 use std::sync::Arc;
 
@@ -15,7 +18,8 @@ use dpc_compiler::graph::{ActFn, Binary, DType, Dim, Graph, Op, Tensor, Unary};
 use rayon::prelude::*;
 
 use super::fastmath as fm;
-use super::kernels::{silut_consts, strides};
+use super::gemm::PackedB;
+use super::kernels::{silut_consts, strides, ROWS_MATMUL_MAX_K};
 use super::ExecError;
 
 /// Where an instruction reads an operand.
@@ -27,26 +31,40 @@ enum Src {
     Tmp(usize),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Clone)]
 enum Elem {
     Unary(Unary),
     Binary(Binary),
     Act(ActFn),
     ActVjp(ActFn),
+    /// The rows of a `Rows` leaf times a constant matrix with the output's last axis as
+    /// columns.
+    RowsMatmul(Arc<PackedB>),
 }
 
-#[derive(Debug, Clone)]
 struct Instr {
     op: Elem,
     args: Vec<Src>,
 }
 
-/// One fused tree: its leaves (node indices, each read broadcast to the root's shape) and
-/// its instructions in evaluation order; the last one is the root.
-#[derive(Debug, Clone)]
+/// How a leaf is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LeafKind {
+    /// Broadcast (numpy rules) to the cluster's shape.
+    Broadcast,
+    /// As rows of `k` values, one per row of the output's last axis (a `RowsMatmul`
+    /// operand).
+    Rows(usize),
+}
+
+/// One fused tree: its leaves (node indices) and its instructions in evaluation order; the
+/// last one is the root.
 pub struct Cluster {
     pub leaves: Vec<usize>,
+    kinds: Vec<LeafKind>,
     prog: Vec<Instr>,
+    /// The output's last axis when the cluster has a `RowsMatmul`: tiles hold whole rows.
+    row: Option<usize>,
 }
 
 fn elem(op: &Op) -> Option<Elem> {
@@ -89,7 +107,9 @@ pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>
         let shape = &g.nodes[i].ty.shape;
         let mut c = Cluster {
             leaves: Vec::new(),
+            kinds: Vec::new(),
             prog: Vec::new(),
+            row: None,
         };
         let mut members = Vec::new();
         let mut reads_through = false;
@@ -152,6 +172,19 @@ fn grow(
             ));
             continue;
         }
+        if let Some((x, w)) = rows_matmul(g, j, shape, users, is_output) {
+            let (k, n) = (w.shape[0], w.shape[1]);
+            let data = w.as_f64().expect("f64 weights");
+            members.extend(matmul_nodes(g, j));
+            c.row = Some(n);
+            let leaf = add_leaf(c, x, LeafKind::Rows(k));
+            c.prog.push(Instr {
+                op: Elem::RowsMatmul(Arc::new(PackedB::new(data, k, n, false))),
+                args: vec![Src::Leaf(leaf)],
+            });
+            args.push(Src::Tmp(c.prog.len() - 1));
+            continue;
+        }
         let leaf = match (&g.nodes[j].op, g.nodes[j].args.as_slice()) {
             (Op::Broadcast(_), [x]) => {
                 *reads_through = true;
@@ -159,20 +192,66 @@ fn grow(
             }
             _ => j,
         };
-        let k = match c.leaves.iter().position(|&l| l == leaf) {
-            Some(k) => k,
-            None => {
-                c.leaves.push(leaf);
-                c.leaves.len() - 1
-            }
-        };
-        args.push(Src::Leaf(k));
+        args.push(Src::Leaf(add_leaf(c, leaf, LeafKind::Broadcast)));
     }
     c.prog.push(Instr {
         op: elem(&node.op).expect("fusable node"),
         args,
     });
     Src::Tmp(c.prog.len() - 1)
+}
+
+fn add_leaf(c: &mut Cluster, node: usize, kind: LeafKind) -> usize {
+    let found = (0..c.leaves.len()).find(|&k| c.leaves[k] == node && c.kinds[k] == kind);
+    found.unwrap_or_else(|| {
+        c.leaves.push(node);
+        c.kinds.push(kind);
+        c.leaves.len() - 1
+    })
+}
+
+/// `j` as `x @ W` (`W` a float64 constant `[k, n]`, `k` small), possibly behind a reshape,
+/// of the cluster's shape with `n` as its last axis, and used only here: `(x, W)`.
+fn rows_matmul<'g>(
+    g: &'g Graph,
+    j: usize,
+    shape: &[Dim],
+    users: &[usize],
+    is_output: &[bool],
+) -> Option<(usize, &'g Tensor)> {
+    let private = |i: usize| users[i] == 1 && !is_output[i];
+    if !private(j) || g.nodes[j].ty.shape.as_slice() != shape {
+        return None;
+    }
+    let [.., m] = matmul_nodes(g, j)[..] else {
+        return None;
+    };
+    if !private(m) || g.nodes[m].ty.dtype != DType::F64 {
+        return None;
+    }
+    let [x, w] = g.nodes[m].args[..] else {
+        return None;
+    };
+    let Op::Const(w) = &g.nodes[w.index()].op else {
+        return None;
+    };
+    let last = shape.last()?;
+    let fits = w.shape.len() == 2
+        && w.as_f64().is_some()
+        && w.shape[0] <= ROWS_MATMUL_MAX_K
+        && last.sym.is_none()
+        && last.factor == w.shape[1]
+        && w.shape[1] > 0;
+    fits.then_some((x.index(), &**w))
+}
+
+/// The nodes of `j` read as a matmul: `[j]` when it is one, `[j, m]` when it reshapes one.
+fn matmul_nodes(g: &Graph, j: usize) -> Vec<usize> {
+    match (&g.nodes[j].op, g.nodes[j].args.as_slice()) {
+        (Op::MatMul, _) => vec![j],
+        (Op::Reshape(_), [m]) if g.nodes[m.index()].op == Op::MatMul => vec![j, m.index()],
+        _ => vec![],
+    }
 }
 
 /// Elements per tile: the scratch of a tile stays in the first-level caches.
@@ -182,7 +261,8 @@ const TILE: usize = 512;
 struct Leaf<'a> {
     data: &'a [f64],
     strides: Vec<usize>,
-    /// Contiguous over the whole output: tiles are slices of it.
+    /// Contiguous over the whole output (tiles are slices of it), or rows of a
+    /// `RowsMatmul` (read by the instruction).
     dense: bool,
 }
 
@@ -190,36 +270,55 @@ struct Leaf<'a> {
 pub fn run(c: &Cluster, leaves: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, ExecError> {
     let n: usize = out_shape.iter().product();
     let mut raw: Vec<(&[f64], Vec<usize>)> = Vec::with_capacity(leaves.len());
-    for t in leaves {
+    for (t, kind) in leaves.iter().zip(&c.kinds) {
         let data = t
             .as_f64()
             .ok_or_else(|| ExecError::Type(format!("fused op on {:?}", t.dtype())))?;
-        raw.push((data, bcast_strides(&t.shape, out_shape)?));
+        let st = match *kind {
+            LeafKind::Broadcast => bcast_strides(&t.shape, out_shape)?,
+            LeafKind::Rows(k) => {
+                let rows = n / c.row.unwrap_or(1).max(1);
+                if data.len() != rows * k {
+                    return Err(ExecError::Shape(format!(
+                        "fused matmul of {:?} into {out_shape:?}",
+                        t.shape
+                    )));
+                }
+                vec![0; out_shape.len()]
+            }
+        };
+        raw.push((data, st));
     }
     let (shape, strides) = collapse(out_shape, raw.iter().map(|r| r.1.clone()).collect());
     let dense_st = self::strides(&shape);
     let leaves: Vec<Leaf> = raw
         .iter()
         .zip(strides)
-        .map(|((data, _), st)| Leaf {
+        .zip(&c.kinds)
+        .map(|(((data, _), st), kind)| Leaf {
             data,
-            dense: st == dense_st && data.len() == n,
+            dense: *kind != LeafKind::Broadcast || (st == dense_st && data.len() == n),
             strides: st,
         })
         .collect();
+    // Tiles of whole rows when a product is fused.
+    let tile = match c.row {
+        Some(r) => r * (TILE / r).max(1),
+        None => TILE,
+    };
     let mut out = vec![0.0; n];
     let per = if rayon::current_num_threads() > 1 && n >= 1 << 15 {
         n.div_ceil(rayon::current_num_threads() * 8)
-            .div_ceil(TILE)
+            .div_ceil(tile)
             .max(8)
-            * TILE
+            * tile
     } else {
         n.max(1)
     };
     out.par_chunks_mut(per).enumerate().for_each(|(b, blk)| {
-        let mut scratch = Scratch::new(c, leaves.len());
-        for (t, tile) in blk.chunks_mut(TILE).enumerate() {
-            run_tile(c, &leaves, &shape, b * per + t * TILE, tile, &mut scratch);
+        let mut scratch = Scratch::new(c, leaves.len(), tile);
+        for (t, part) in blk.chunks_mut(tile).enumerate() {
+            run_tile(c, &leaves, &shape, b * per + t * tile, part, &mut scratch);
         }
     });
     Ok(Tensor::f64(out_shape.to_vec(), out))
@@ -232,10 +331,10 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(c: &Cluster, nleaves: usize) -> Scratch {
+    fn new(c: &Cluster, nleaves: usize, tile: usize) -> Scratch {
         Scratch {
-            leaf: vec![vec![0.0; TILE]; nleaves],
-            tmp: vec![vec![0.0; TILE]; c.prog.len().saturating_sub(1)],
+            leaf: vec![vec![0.0; tile]; nleaves],
+            tmp: vec![vec![0.0; tile]; c.prog.len().saturating_sub(1)],
         }
     }
 }
@@ -270,9 +369,24 @@ fn run_tile(
                 Src::Tmp(j) => &done[j][..len],
             }
         };
+        if let (Elem::RowsMatmul(w), [Src::Leaf(j)]) = (&ins.op, ins.args.as_slice()) {
+            let (LeafKind::Rows(k), Some(n)) = (c.kinds[*j], c.row) else {
+                unreachable!("a product reads a rows leaf")
+            };
+            let (r0, rows) = (start / n, len / n);
+            w.gemm(
+                rows,
+                &leaves[*j].data[r0 * k..(r0 + rows) * k],
+                k,
+                dst,
+                n,
+                false,
+            );
+            continue;
+        }
         let x = read(ins.args[0]);
         let y = ins.args.get(1).map(|&a| read(a));
-        apply(ins.op, x, y, dst);
+        apply(&ins.op, x, y, dst);
     }
 }
 
@@ -319,9 +433,9 @@ fn gather_tile(l: &Leaf, shape: &[usize], start: usize, buf: &mut [f64]) {
 }
 
 /// One instruction over a tile: `o = op(x[, y])`.
-fn apply(op: Elem, x: &[f64], y: Option<&[f64]>, o: &mut [f64]) {
+fn apply(op: &Elem, x: &[f64], y: Option<&[f64]>, o: &mut [f64]) {
     let y = || y.expect("binary operand");
-    match op {
+    match *op {
         Elem::Binary(b) => {
             let y = y();
             let f: fn(f64, f64) -> f64 = match b {
@@ -372,6 +486,7 @@ fn apply(op: Elem, x: &[f64], y: Option<&[f64]>, o: &mut [f64]) {
             let (slope, _) = silut_consts(thr);
             fm::silut_vjp_into(x, y(), o, thr, slope)
         }
+        Elem::RowsMatmul(_) => unreachable!("products run in run_tile"),
     }
 }
 
@@ -479,6 +594,50 @@ mod tests {
         let a = fused.run(inputs.clone(), bind).unwrap();
         let b = plain.run(inputs, bind).unwrap();
         assert_eq!(a, b);
+    }
+
+    /// A split linear layer: `reshape(x [rows, k] @ W) + broadcast rows`, activated, with
+    /// the product computed inside the cluster, bit for bit as the matmul kernel does.
+    #[test]
+    fn a_fused_product_equals_the_matmul_kernel() {
+        let (b, a, k, n) = (80, 9, 5, 7); // over the parallel threshold
+        let mut g = Graph::new();
+        let t =
+            |s: &[usize]| TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect());
+        let x = g.input("x", t(&[b, a, a, k]));
+        let e = g.input("e", t(&[b, 1, a, n]));
+        let w = g.constant(Tensor::f64(
+            vec![k, n],
+            (0..k * n).map(|i| (i as f64 * 0.77).cos()).collect(),
+        ));
+        let x2 = g
+            .reshape(x, vec![Dim::fixed(b * a * a), Dim::fixed(k)])
+            .unwrap();
+        let y = g.matmul(x2, w).unwrap();
+        let dims = [b, a, a, n].into_iter().map(Dim::fixed).collect();
+        let y = g.reshape(y, dims).unwrap();
+        let y = g.add(y, e).unwrap();
+        let y = g.push(Op::Act(ActFn::Silu), &[y]).unwrap();
+        g.set_output("y", y);
+        let xs = Tensor::f64(
+            vec![b, a, a, k],
+            (0..b * a * a * k)
+                .map(|i| ((i * 7919) % 1000) as f64 * 4e-3 - 2.0)
+                .collect(),
+        );
+        let es = Tensor::f64(
+            vec![b, 1, a, n],
+            (0..b * a * n).map(|i| (i as f64 * 0.13).sin()).collect(),
+        );
+        let fused = Executor::new(g.clone());
+        assert_eq!(fused.fused_clusters(), 1);
+        let got = fused
+            .run(vec![xs.clone(), es.clone()], Bindings::default())
+            .unwrap();
+        let want = Executor::unfused(g)
+            .run(vec![xs, es], Bindings::default())
+            .unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -603,7 +603,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let data = match (&a.data, &b.data) {
         // Many rows times one small matrix (a layer's weights): pack the matrix once and
         // stream the rows through the register-blocked kernel.
-        (Data::F64(p), Data::F64(q)) if !b_batched && batch * m >= 64 && k <= 256 => {
+        (Data::F64(p), Data::F64(q)) if !b_batched && batch * m >= 64 && k <= ROWS_MATMUL_MAX_K => {
             Data::F64(rows_times_matrix(p, q, batch * m, k, n))
         }
         (Data::F64(p), Data::F64(q)) => Data::F64(mm!(p, q, matrixmultiply::dgemm, 0.0f64)),
@@ -612,6 +612,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     };
     Ok(Tensor { shape, data })
 }
+
+/// The widest `k` `rows_times_matrix` takes (one slice of the packed kernel; the fused
+/// products in `fuse` use the same bound, so both round alike).
+pub(crate) const ROWS_MATMUL_MAX_K: usize = 256;
 
 /// `a [rows, k] @ b [k, n]` with `b` packed once (`gemm::PackedB`), rows split over the
 /// thread pool.
@@ -1000,10 +1004,7 @@ pub fn gather(table: &Tensor, idx: &Tensor) -> R<Tensor> {
     };
     let rows = table.shape[0];
     let row: usize = table.shape[1..].iter().product();
-    let src: Vec<usize> = iv
-        .iter()
-        .map(|&i| check_index(i, rows))
-        .collect::<R<_>>()?;
+    let src: Vec<usize> = iv.iter().map(|&i| check_index(i, rows)).collect::<R<_>>()?;
     // Whole rows copied, blocks of rows on the thread pool.
     fn rows_of<T: Copy + Default + Send + Sync>(v: &[T], src: &[usize], row: usize) -> Vec<T> {
         if row == 0 {
