@@ -8,13 +8,14 @@
 //! output; other operands are leaves, read with numpy broadcasting (a `Broadcast` node is
 //! read through, from its own input). A product of rows by a small constant matrix (a
 //! split linear layer, `x [.., k] @ W [k, n]`, possibly reshaped) feeding the cluster is
-//! computed inside it too, tile by tile, from the rows of `x`. Each op computes exactly what
+//! computed inside it too, tile by tile, from the rows of `x`; and a sum over adjacent axes
+//! of such a tree adds the tiles up as they are made. Each op computes exactly what
 //! its own kernel computes, with the same functions in the same order (the products with
 //! the same packed GEMM), so fusion changes no bits.
 
 use std::sync::Arc;
 
-use dpc_compiler::graph::{ActFn, Binary, DType, Dim, Graph, Op, Tensor, Unary};
+use dpc_compiler::graph::{ActFn, Binary, Bindings, DType, Dim, Graph, Op, Tensor, Unary};
 use rayon::prelude::*;
 
 use super::fastmath as fm;
@@ -58,13 +59,18 @@ enum LeafKind {
 }
 
 /// One fused tree: its leaves (node indices) and its instructions in evaluation order; the
-/// last one is the root.
+/// last one is the tree's value, of `shape`.
 pub struct Cluster {
     pub leaves: Vec<usize>,
     kinds: Vec<LeafKind>,
     prog: Vec<Instr>,
-    /// The output's last axis when the cluster has a `RowsMatmul`: tiles hold whole rows.
+    /// The shape the instructions compute.
+    shape: Vec<Dim>,
+    /// The last axis when the cluster has a `RowsMatmul`: tiles hold whole rows.
     row: Option<usize>,
+    /// With `Some((a, b))`, the cluster's node is a sum of the tree's value over the axes
+    /// `a..b` (the tree's value never goes to memory either).
+    reduce: Option<(usize, usize)>,
 }
 
 fn elem(op: &Op) -> Option<Elem> {
@@ -101,22 +107,41 @@ pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>
     let mut roots: Vec<Option<Arc<Cluster>>> = vec![None; n];
     let mut absorbed = vec![false; n];
     for i in (0..n).rev() {
-        if !needed[i] || absorbed[i] || !fusable(i) {
+        if !needed[i] || absorbed[i] {
             continue;
         }
-        let shape = &g.nodes[i].ty.shape;
+        // A sum over adjacent axes of a private elementwise value: the tree is that value's,
+        // summed as it is computed.
+        let (top, reduce) = match (&g.nodes[i].op, g.nodes[i].args.as_slice()) {
+            (Op::ReduceSum { axes, .. }, [x])
+                if fusable(x.index())
+                    && users[x.index()] == 1
+                    && !is_output[x.index()]
+                    && !absorbed[x.index()] =>
+            {
+                match adjacent(axes) {
+                    Some(r) => (x.index(), Some(r)),
+                    None => continue,
+                }
+            }
+            _ if fusable(i) => (i, None),
+            _ => continue,
+        };
+        let shape = g.nodes[top].ty.shape.clone();
         let mut c = Cluster {
             leaves: Vec::new(),
             kinds: Vec::new(),
             prog: Vec::new(),
+            shape: shape.clone(),
             row: None,
+            reduce,
         };
         let mut members = Vec::new();
         let mut reads_through = false;
         grow(
             g,
-            i,
-            shape,
+            top,
+            &shape,
             &users,
             &is_output,
             &fusable,
@@ -125,8 +150,8 @@ pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>
             &mut reads_through,
         );
         // One op alone gains nothing over its own kernel unless it reads a broadcast
-        // through.
-        if c.prog.len() >= 2 || reads_through {
+        // through or feeds a sum.
+        if c.prog.len() >= 2 || reads_through || reduce.is_some() {
             for m in members {
                 if m != i {
                     absorbed[m] = true;
@@ -136,6 +161,15 @@ pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>
         }
     }
     (roots, absorbed)
+}
+
+/// `axes` as a run `a..b` of adjacent axes, if they are one.
+fn adjacent(axes: &[usize]) -> Option<(usize, usize)> {
+    let mut v = axes.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let (&a, &last) = (v.first()?, v.last()?);
+    (last - a + 1 == v.len()).then_some((a, last + 1))
 }
 
 /// Add node `i` (and the producers it absorbs) to `c`; returns where its value is.
@@ -266,30 +300,36 @@ struct Leaf<'a> {
     dense: bool,
 }
 
-/// Run `c` on its leaves' values, producing a tensor of `out_shape`.
-pub fn run(c: &Cluster, leaves: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, ExecError> {
-    let n: usize = out_shape.iter().product();
+/// Run `c` on its leaves' values, producing its node's value, of `out_shape`.
+pub fn run(
+    c: &Cluster,
+    leaves: &[&Tensor],
+    out_shape: &[usize],
+    bind: &Bindings,
+) -> Result<Tensor, ExecError> {
+    let full = bind.shape(&c.shape);
+    let n: usize = full.iter().product();
     let mut raw: Vec<(&[f64], Vec<usize>)> = Vec::with_capacity(leaves.len());
     for (t, kind) in leaves.iter().zip(&c.kinds) {
         let data = t
             .as_f64()
             .ok_or_else(|| ExecError::Type(format!("fused op on {:?}", t.dtype())))?;
         let st = match *kind {
-            LeafKind::Broadcast => bcast_strides(&t.shape, out_shape)?,
+            LeafKind::Broadcast => bcast_strides(&t.shape, &full)?,
             LeafKind::Rows(k) => {
                 let rows = n / c.row.unwrap_or(1).max(1);
                 if data.len() != rows * k {
                     return Err(ExecError::Shape(format!(
-                        "fused matmul of {:?} into {out_shape:?}",
+                        "fused matmul of {:?} into {full:?}",
                         t.shape
                     )));
                 }
-                vec![0; out_shape.len()]
+                vec![0; full.len()]
             }
         };
         raw.push((data, st));
     }
-    let (shape, strides) = collapse(out_shape, raw.iter().map(|r| r.1.clone()).collect());
+    let (shape, strides) = collapse(&full, raw.iter().map(|r| r.1.clone()).collect());
     let dense_st = self::strides(&shape);
     let leaves: Vec<Leaf> = raw
         .iter()
@@ -306,22 +346,111 @@ pub fn run(c: &Cluster, leaves: &[&Tensor], out_shape: &[usize]) -> Result<Tenso
         Some(r) => r * (TILE / r).max(1),
         None => TILE,
     };
-    let mut out = vec![0.0; n];
-    let per = if rayon::current_num_threads() > 1 && n >= 1 << 15 {
-        n.div_ceil(rayon::current_num_threads() * 8)
-            .div_ceil(tile)
-            .max(8)
-            * tile
-    } else {
-        n.max(1)
-    };
-    out.par_chunks_mut(per).enumerate().for_each(|(b, blk)| {
-        let mut scratch = Scratch::new(c, leaves.len(), tile);
-        for (t, part) in blk.chunks_mut(tile).enumerate() {
-            run_tile(c, &leaves, &shape, b * per + t * tile, part, &mut scratch);
+    let threads = rayon::current_num_threads();
+    let data = match c.reduce {
+        None => {
+            let mut out = vec![0.0; n];
+            let per = if threads > 1 && n >= 1 << 15 {
+                n.div_ceil(threads * 8).div_ceil(tile).max(8) * tile
+            } else {
+                n.max(1)
+            };
+            out.par_chunks_mut(per).enumerate().for_each(|(b, blk)| {
+                let mut scratch = Scratch::new(c, leaves.len(), tile);
+                for (t, part) in blk.chunks_mut(tile).enumerate() {
+                    run_tile(c, &leaves, &shape, b * per + t * tile, part, &mut scratch);
+                }
+            });
+            out
         }
-    });
-    Ok(Tensor::f64(out_shape.to_vec(), out))
+        Some((a, b)) => {
+            let outer: usize = full[..a].iter().product();
+            let inner: usize = full[b..].iter().product();
+            let mid: usize = full[a..b].iter().product();
+            summed(c, &leaves, &shape, (outer, mid, inner), tile)
+        }
+    };
+    let want: usize = out_shape.iter().product();
+    if data.len() != want {
+        return Err(ExecError::Shape(format!(
+            "fused sum of {full:?} into {out_shape:?}"
+        )));
+    }
+    Ok(Tensor::f64(out_shape.to_vec(), data))
+}
+
+/// The tree's value `[outer, mid, inner]` summed over `mid`, without storing it: tiles of
+/// whole `mid x inner` blocks (or, for large blocks, row-aligned pieces of one), each output
+/// adding its inputs in increasing `mid` from zero, as `reduce_sum` does, so the sums are
+/// bit-identical. Blocks of `outer` run on the thread pool.
+fn summed(
+    c: &Cluster,
+    leaves: &[Leaf],
+    shape: &[usize],
+    (outer, mid, inner): (usize, usize, usize),
+    tile: usize,
+) -> Vec<f64> {
+    let mut out = vec![0.0; outer * inner];
+    let block = mid * inner;
+    if out.is_empty() || block == 0 {
+        return out;
+    }
+    // Blocks per tile (small blocks) and tile length; `tile` is a multiple of the fused
+    // products' row, and so is `block` (the row is the last axis, inside every block).
+    let (per_tile, len) = if block <= tile {
+        let k = (tile / block).max(1);
+        (k, k * block)
+    } else {
+        (1, tile)
+    };
+    let threads = rayon::current_num_threads();
+    let blocks_per_task = if threads > 1 && outer * block >= 1 << 15 {
+        outer.div_ceil(threads * 8).div_ceil(per_tile).max(1) * per_tile
+    } else {
+        outer
+    };
+    out.par_chunks_mut(blocks_per_task * inner)
+        .enumerate()
+        .for_each(|(t, oblk)| {
+            let mut scratch = Scratch::new(c, leaves.len(), len);
+            let mut buf = vec![0.0; len];
+            let first = t * blocks_per_task;
+            let count = oblk.len() / inner;
+            let (start, end) = (first * block, (first + count) * block);
+            let mut f = start;
+            while f < end {
+                let l = len.min(end - f);
+                run_tile(c, leaves, shape, f, &mut buf[..l], &mut scratch);
+                // Element f of the value adds into output (f / block) * inner + f % inner,
+                // a contiguous piece at a time.
+                let (mut o, mut at) = ((f - start) / block, (f - start) % block);
+                let mut rest = &buf[..l];
+                while !rest.is_empty() {
+                    if inner == 1 {
+                        // A run of one output's inputs: add them in a register.
+                        let take = (block - at).min(rest.len());
+                        let acc = &mut oblk[o];
+                        *acc = rest[..take].iter().fold(*acc, |a, &v| a + v);
+                        rest = &rest[take..];
+                        at += take;
+                    } else {
+                        let q = at % inner;
+                        let take = (inner - q).min(rest.len());
+                        let row = &mut oblk[o * inner + q..o * inner + q + take];
+                        for (a, &v) in row.iter_mut().zip(&rest[..take]) {
+                            *a += v;
+                        }
+                        rest = &rest[take..];
+                        at += take;
+                    }
+                    if at == block {
+                        (o, at) = (o + 1, 0);
+                    }
+                }
+                f += l;
+            }
+        });
+    out
 }
 
 /// Per-thread buffers: one per non-dense leaf and one per instruction.
@@ -638,6 +767,60 @@ mod tests {
             .run(vec![xs, es], Bindings::default())
             .unwrap();
         assert_eq!(got, want);
+    }
+
+    /// Sums over leading, middle and trailing axes of fused values, small and large blocks,
+    /// with and without a fused product: bit for bit as `reduce_sum` of the stored value.
+    #[test]
+    fn fused_sums_equal_the_reduce_kernel() {
+        let (b, a, k, n) = (70, 9, 5, 8);
+        for (axes, keep) in [
+            (vec![2], false),
+            (vec![3], true),
+            (vec![1, 2], true),
+            (vec![0], false),
+            (vec![0, 1, 2, 3], false),
+        ] {
+            let mut g = Graph::new();
+            let t = |s: &[usize]| {
+                TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect())
+            };
+            let x = g.input("x", t(&[b, a, a, k]));
+            let e = g.input("e", t(&[b, a, 1, 1]));
+            let w = g.constant(Tensor::f64(
+                vec![k, n],
+                (0..k * n).map(|i| (i as f64 * 0.31).sin()).collect(),
+            ));
+            let x2 = g
+                .reshape(x, vec![Dim::fixed(b * a * a), Dim::fixed(k)])
+                .unwrap();
+            let y = g.matmul(x2, w).unwrap();
+            let dims = [b, a, a, n].into_iter().map(Dim::fixed).collect();
+            let y = g.reshape(y, dims).unwrap();
+            let y = g.push(Op::Act(ActFn::Silut(3.0)), &[y]).unwrap();
+            let y = g.mul(y, e).unwrap();
+            let s = g.sum(y, &axes, keep).unwrap();
+            g.set_output("s", s);
+            let xs = Tensor::f64(
+                vec![b, a, a, k],
+                (0..b * a * a * k)
+                    .map(|i| ((i * 7919) % 1000) as f64 * 5e-3 - 2.0)
+                    .collect(),
+            );
+            let es = Tensor::f64(
+                vec![b, a, 1, 1],
+                (0..b * a).map(|i| (i as f64 * 0.7).cos()).collect(),
+            );
+            let fused = Executor::new(g.clone());
+            assert_eq!(fused.fused_clusters(), 1, "{axes:?}");
+            let got = fused
+                .run(vec![xs.clone(), es.clone()], Bindings::default())
+                .unwrap();
+            let want = Executor::unfused(g)
+                .run(vec![xs, es], Bindings::default())
+                .unwrap();
+            assert_eq!(got, want, "{axes:?}");
+        }
     }
 
     #[test]

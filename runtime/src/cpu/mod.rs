@@ -226,7 +226,7 @@ impl Executor {
                         .iter()
                         .map(|&l| vals[l].as_ref().expect("leaf computed before use"))
                         .collect();
-                    fuse::run(c, &leaves, &bind.shape(&node.ty.shape))?
+                    fuse::run(c, &leaves, &bind.shape(&node.ty.shape), &bind)?
                 };
                 if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
                     p.add(i, "fused", &out.shape, t.elapsed().as_secs_f64());
