@@ -76,4 +76,5 @@ variants!(
     dpa2_all_updates,
     dpa2_nonsmooth_incr,
     dpa2_residual_tos,
+    dpa2_strip_three_body,
 );

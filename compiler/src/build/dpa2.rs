@@ -66,7 +66,10 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa2, nlist: ValueId) -> R {
     Ok(g1)
 }
 
-/// `DescrptBlockSeTTebd` (concat mode): `sum_jk (r_j . r_k) G(r_j . r_k, T_j, T_k) / nnei^2`.
+/// `DescrptBlockSeTTebd`: `sum_jk (r_j . r_k) G_jk / nnei^2` over neighbour pairs, with
+/// `G_jk = G(r_j . r_k, T_j, T_k)` (concat mode) or, in strip mode,
+/// `G_jk = g(r_j . r_k) (1 + t(T_j, T_k) [sw_j sw_k])`, `t` a network on the pair of type
+/// embeddings tabulated over every type pair.
 fn three_body(
     g: &mut Graph,
     inp: &Inputs,
@@ -75,11 +78,6 @@ fn three_body(
     nlist: ValueId,
     dt: DType,
 ) -> R {
-    if tb.tebd_input != TebdInput::Concat {
-        return Err(GraphError(
-            "DPA-2's three-body block in strip mode is not implemented".into(),
-        ));
-    }
     let nnei = tb.nnei;
     let keep = pair_keep(g, inp, nlist, &tb.exclude_types, tb.stats.davg.shape[0])?;
     let geo = geometry(g, inp, nlist, &tb.env, Switch::Quintic, dt)?;
@@ -101,15 +99,53 @@ fn three_body(
     let pad = pad_atom(g, inp)?;
     let nl0 = g.select(nmask, nlist, pad)?;
     let nt = g.shape(table)[1];
-    let emb = g.gather(inp.atype, nl0)?;
-    let emb = g.gather(table, emb)?; // [nloc, nnei, nt]
-    let full = vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(nnei), nt];
-    let ej = g.reshape(emb, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, nt])?;
-    let ej = g.broadcast(ej, full.clone())?;
-    let ek = g.reshape(emb, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), nt])?;
-    let ek = g.broadcast(ek, full)?;
-    let x = g.concat(&[ss, ej, ek], 3)?;
-    let gg = net(g, x, &tb.embedding)?; // [nloc, nnei, nnei, ng]
+    let gg = match tb.tebd_input {
+        TebdInput::Concat => {
+            let emb = g.gather(inp.atype, nl0)?;
+            let emb = g.gather(table, emb)?; // [nloc, nnei, nt]
+            let full = vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(nnei), nt];
+            let ej = g.reshape(emb, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, nt])?;
+            let ej = g.broadcast(ej, full.clone())?;
+            let ek = g.reshape(emb, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), nt])?;
+            let ek = g.broadcast(ek, full)?;
+            let x = g.concat(&[ss, ej, ek], 3)?;
+            net(g, x, &tb.embedding)? // [nloc, nnei, nnei, ng]
+        }
+        TebdInput::Strip => {
+            let strip = tb
+                .embedding_strip
+                .as_ref()
+                .expect("validated: strip mode has embeddings_strip");
+            let gs = net(g, ss, &tb.embedding)?; // [nloc, nnei, nnei, ng]
+                                                 // Row a * ntp + b of the pair table is [T[a], T[b]].
+            let ntp = g.shape(table)[0].factor;
+            let sq = vec![Dim::fixed(ntp), Dim::fixed(ntp), nt];
+            let ta = g.reshape(table, vec![Dim::fixed(ntp), Dim::ONE, nt])?;
+            let ta = g.broadcast(ta, sq.clone())?;
+            let tb_ = g.reshape(table, vec![Dim::ONE, Dim::fixed(ntp), nt])?;
+            let tb_ = g.broadcast(tb_, sq)?;
+            let pair = g.concat(&[ta, tb_], 2)?;
+            let pair = g.reshape(pair, vec![Dim::fixed(ntp * ntp), Dim::fixed(2 * nt.factor)])?;
+            let tt = net(g, pair, strip)?; // [ntp * ntp, ng]
+            let ty = g.gather(inp.atype, nl0)?; // [nloc, nnei]
+            let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
+            let ntp_c = g.scalar(ntp as f64, DType::I32);
+            let tj = g.mul(tj, ntp_c)?;
+            let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
+            let idx = g.add(tj, tk)?; // [nloc, nnei, nnei]
+            let mut gt = g.gather(tt, idx)?; // [nloc, nnei, nnei, ng]
+            if tb.smooth {
+                let nf = g.cast(nmask, dt)?;
+                let sw = g.mul(env.sw, nf)?; // [nloc, nnei], zero off the list
+                let swj = g.reshape(sw, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, Dim::ONE])?;
+                let swk = g.reshape(sw, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), Dim::ONE])?;
+                let w = g.mul(swj, swk)?;
+                gt = g.mul(gt, w)?;
+            }
+            let prod = g.mul(gs, gt)?;
+            g.add(prod, gs)?
+        }
+    };
     let gg = g.mul(gg, ss)?;
     let res = g.sum(gg, &[1, 2], false)?;
     g.scale(res, 1.0 / (nnei * nnei) as f64)

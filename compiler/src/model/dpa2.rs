@@ -227,6 +227,17 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa2, ModelError> {
                 embedding.n_in()
             )));
         }
+        if let Some(st) = &embedding_strip {
+            if st.n_in() != Some(2 * nt) || st.n_out() != embedding.n_out() {
+                return Err(tv.err(format!(
+                    "three-body strip embedding maps {:?} -> {:?}, expected {} -> {:?}",
+                    st.n_in(),
+                    st.n_out(),
+                    2 * nt,
+                    embedding.n_out()
+                )));
+            }
+        }
         g1_in += embedding.n_out().unwrap_or(0);
         Some(ThreeBody {
             env: env(
