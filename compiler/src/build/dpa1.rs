@@ -6,7 +6,7 @@
 //! `gr_i = (1/nnei) sum_j G_ij^T R_ij` and `D_i = gr_i gr_i[:axis]^T` (+ centre type embedding).
 
 use super::env_mat::{apply_keep, env_mat, pair_keep};
-use super::nn::{cast_tensor, layer, layer_norm, net};
+use super::nn::{cast_tensor, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
 use crate::graph::{DType, Dim, Graph, GraphError, Tensor, ValueId};
 use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
@@ -43,15 +43,14 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
         TebdInput::Concat => {
             let temb_ext = g.gather(table, inp.atype)?; // [nall, nt]
             let nei_t = g.gather(temb_ext, nl0)?; // [nloc, nnei, nt]
-            let x = if d.type_one_side {
-                g.concat(&[ss, nei_t], 2)?
+                                                  // The network on [s, T_j(, T_i)], its first layer split by input block.
+            if d.type_one_side {
+                net_on_parts(g, &[ss, nei_t], &d.embedding)?
             } else {
                 let cen = g.gather(table, inp.atype_loc)?;
                 let cen = g.reshape(cen, vec![Dim::NLOC, Dim::ONE, nt])?;
-                let cen = g.broadcast(cen, vec![Dim::NLOC, nnei, nt])?;
-                g.concat(&[ss, nei_t, cen], 2)?
-            };
-            net(g, x, &d.embedding)?
+                net_on_parts(g, &[ss, nei_t, cen], &d.embedding)?
+            }
         }
         TebdInput::Strip => {
             let strip = d

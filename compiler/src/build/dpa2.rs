@@ -11,7 +11,7 @@
 use super::dpa1::{pad_atom, softmax_last, type_table, MASKED_LOGIT};
 use super::dpa3::list_update;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
-use super::nn::{activation, layer, layer_norm, net};
+use super::nn::{activation, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
 use crate::graph::{Cmp, DType, Dim, Graph, GraphError, ValueId};
 use crate::model::dpa2::{Atten2, Dpa2, LocalAtten, RepformerLayer, Repformers, ThreeBody};
@@ -103,13 +103,10 @@ fn three_body(
         TebdInput::Concat => {
             let emb = g.gather(inp.atype, nl0)?;
             let emb = g.gather(table, emb)?; // [nloc, nnei, nt]
-            let full = vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(nnei), nt];
             let ej = g.reshape(emb, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, nt])?;
-            let ej = g.broadcast(ej, full.clone())?;
             let ek = g.reshape(emb, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), nt])?;
-            let ek = g.broadcast(ek, full)?;
-            let x = g.concat(&[ss, ej, ek], 3)?;
-            net(g, x, &tb.embedding)? // [nloc, nnei, nnei, ng]
+            // G([r_j . r_k, T_j, T_k]) with its first layer split by input block.
+            net_on_parts(g, &[ss, ej, ek], &tb.embedding)? // [nloc, nnei, nnei, ng]
         }
         TebdInput::Strip => {
             let strip = tb

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::graph::{Act, Cmp, DType, Graph, GraphError, Mlp, MlpLayer, Residual, Tensor, ValueId};
+use crate::graph::op::broadcast_shapes;
+use crate::graph::{
+    Act, Cmp, DType, Dim, Graph, GraphError, Mlp, MlpLayer, Residual, Tensor, ValueId,
+};
 use crate::model::{Activation, Layer, LayerNorm, Net};
 
 type R = Result<ValueId, GraphError>;
@@ -41,6 +44,108 @@ pub fn layer(g: &mut Graph, x: ValueId, l: &Layer) -> R {
 
 pub fn net(g: &mut Graph, x: ValueId, n: &Net) -> R {
     n.layers.iter().try_fold(x, |x, l| layer(g, x, l))
+}
+
+/// `net` applied to the concatenation of `parts` along their last axis, where the parts'
+/// leading axes broadcast against each other (a pair's angle with each atom's type
+/// embedding, say). The first layer's product is split by input block, `sum_i part_i W_i`,
+/// each on its part's own (smaller) shape, so the broadcast concatenation is never built;
+/// the sums round differently from one product over the concatenation, at the level of
+/// the last bit. A first layer with a residual connection (which reads the concatenation)
+/// falls back to building it.
+pub fn net_on_parts(g: &mut Graph, parts: &[ValueId], n: &Net) -> R {
+    let mut lead: Vec<Dim> = Vec::new();
+    for &p in parts {
+        let sh = g.shape(p);
+        let pl = &sh[..sh.len() - 1];
+        lead = broadcast_shapes(&lead, pl).map_err(GraphError)?;
+    }
+    let widths: Vec<usize> = parts
+        .iter()
+        .map(|&p| g.shape(p).last().map_or(0, |d| d.factor))
+        .collect();
+    let total: usize = widths.iter().sum();
+    let Some((first, rest)) = n.layers.split_first() else {
+        return Ok(parts[0]);
+    };
+    if first.n_in() != total {
+        return Err(GraphError(format!(
+            "a layer of {} inputs on parts of {total}",
+            first.n_in()
+        )));
+    }
+    let resnet = first.resnet && (first.n_out() == total || first.n_out() == 2 * total);
+    if resnet || parts.len() == 1 {
+        let full: Vec<ValueId> = parts
+            .iter()
+            .zip(&widths)
+            .map(|(&p, &w)| {
+                let mut to = lead.clone();
+                to.push(Dim::fixed(w));
+                if g.shape(p) == to.as_slice() {
+                    Ok(p)
+                } else {
+                    g.broadcast(p, to)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let x = if full.len() == 1 {
+            full[0]
+        } else {
+            g.concat(&full, lead.len())?
+        };
+        return net(g, x, n);
+    }
+    let out_dt = g.dtype(parts[0]);
+    let w_all = first.w.to_f64_vec();
+    let nout = first.n_out();
+    let mut y: Option<ValueId> = None;
+    let mut row = 0;
+    for (&p, &w) in parts.iter().zip(&widths) {
+        let rows = Tensor::f64(vec![w, nout], w_all[row * nout..(row + w) * nout].to_vec());
+        row += w;
+        let block = Layer {
+            w: cast_tensor(&rows, first.dtype),
+            b: None,
+            idt: None,
+            activation: Activation::Linear,
+            resnet: false,
+            dtype: first.dtype,
+        };
+        let t = layer_product(g, p, &block)?;
+        y = Some(match y {
+            None => t,
+            Some(acc) => g.add(acc, t)?,
+        });
+    }
+    let mut y = y.expect("at least two parts");
+    if let Some(b) = &first.b {
+        let b = g.constant(b.clone());
+        y = g.add(y, b)?;
+    }
+    y = activation(g, y, first.activation)?;
+    if let Some(idt) = &first.idt {
+        let idt = g.constant(idt.clone());
+        y = g.mul(y, idt)?;
+    }
+    let y = g.cast(y, out_dt)?;
+    rest.iter().try_fold(y, |x, l| layer(g, x, l))
+}
+
+/// `x [..., k] @ l.w` in the layer's dtype, `[..., out]` (no bias or activation).
+fn layer_product(g: &mut Graph, x: ValueId, l: &Layer) -> R {
+    let xt = g.ty(x).clone();
+    let rank = xt.rank();
+    let lead = xt.shape[..rank - 1].to_vec();
+    let rows = crate::graph::types::numel(&lead)
+        .ok_or_else(|| GraphError("layer input too large".into()))?;
+    let x2 = g.cast(x, l.dtype)?;
+    let x2 = g.reshape(x2, vec![rows, xt.shape[rank - 1]])?;
+    let w = g.constant(l.w.clone());
+    let y = g.matmul(x2, w)?;
+    let mut out = lead;
+    out.push(Dim::fixed(l.n_out()));
+    g.reshape(y, out)
 }
 
 /// `n` as a fused network computing in `dtype`, if the fused kernels can run it exactly as
