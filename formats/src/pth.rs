@@ -759,33 +759,7 @@ fn dpa1(p: &Script, sd: &Sd, type_map: &Value, v2: bool) -> Result<DescInfo, For
     )?;
     let use_econf = p.bool("use_econf_tebd", false)?;
     let use_bias = p.bool("use_tebd_bias", false)?;
-    let te_spec = NetSpec {
-        neuron: &[tebd_dim],
-        activation: "Linear",
-        resnet_dt: false,
-        precision: &precision,
-    };
-    let te_net = embedding_net(
-        &sd.sub("type_embedding.embedding.embedding_net"),
-        &te_spec,
-        use_bias,
-        &Value::Bool(true),
-    )?;
-    let tebd = dict(vec![
-        ("@class", s("TypeEmbedNet")),
-        ("@version", Value::Int(2)),
-        ("ntypes", Value::Int(ntypes as i64)),
-        ("neuron", ints(&[tebd_dim])),
-        ("resnet_dt", Value::Bool(false)),
-        ("precision", s(&precision)),
-        ("activation_function", s("Linear")),
-        ("trainable", trainable.clone()),
-        ("padding", Value::Bool(true)),
-        ("use_econf_tebd", Value::Bool(use_econf)),
-        ("use_tebd_bias", Value::Bool(use_bias)),
-        ("type_map", type_map.clone()),
-        ("embedding", te_net),
-    ]);
+    let tebd = type_embed_net(p, sd, tebd_dim, &precision, &trainable, type_map)?;
     let mut vars = vec![("davg", b.get("mean")?), ("dstd", b.get("stddev")?)];
     if lmax > 1 {
         vars.push(("degree_gain_raw", b.get("adam_degree_gain_raw")?));
@@ -1101,6 +1075,123 @@ fn dpa3(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> 
     })
 }
 
+/// A descriptor's `TypeEmbedNet` tree (`tebd_dim` wide, with the padding row), weights from
+/// `type_embedding.embedding.embedding_net`.
+fn type_embed_net(
+    p: &Script,
+    sd: &Sd,
+    tebd_dim: usize,
+    precision: &str,
+    trainable: &Value,
+    type_map: &Value,
+) -> Result<Value, FormatError> {
+    let ntypes = type_map.as_list().map_or(0, <[Value]>::len);
+    let use_econf = p.bool("use_econf_tebd", false)?;
+    let use_bias = p.bool("use_tebd_bias", false)?;
+    let te_spec = NetSpec {
+        neuron: &[tebd_dim],
+        activation: "Linear",
+        resnet_dt: false,
+        precision,
+    };
+    let te_net = embedding_net(
+        &sd.sub("type_embedding.embedding.embedding_net"),
+        &te_spec,
+        use_bias,
+        &Value::Bool(true),
+    )?;
+    Ok(dict(vec![
+        ("@class", s("TypeEmbedNet")),
+        ("@version", Value::Int(2)),
+        ("ntypes", Value::Int(ntypes as i64)),
+        ("neuron", ints(&[tebd_dim])),
+        ("resnet_dt", Value::Bool(false)),
+        ("precision", s(precision)),
+        ("activation_function", s("Linear")),
+        ("trainable", trainable.clone()),
+        ("padding", Value::Bool(true)),
+        ("use_econf_tebd", Value::Bool(use_econf)),
+        ("use_tebd_bias", Value::Bool(use_bias)),
+        ("type_map", type_map.clone()),
+        ("embedding", te_net),
+    ]))
+}
+
+/// `se_e3_tebd`: DPA-2's three-body block alone, weights from `se_ttebd`, in the order of
+/// `DescrptSeTTebd.serialize`.
+fn se_t_tebd(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> {
+    let b = sd.sub("se_ttebd");
+    let ntypes = type_map.as_list().map_or(0, <[Value]>::len);
+    let sel = p.usizes("sel", &[])?;
+    let neuron = p.usizes("neuron", &[2, 4, 8])?;
+    let tebd_dim = p.usize("tebd_dim", 8)?;
+    let mode = p.str("tebd_input_mode", "concat")?;
+    let activation = p.str("activation_function", "tanh")?;
+    let precision = p.str("precision", "float64")?;
+    let resnet_dt = p.bool("resnet_dt", false)?;
+    let trainable = p.or("trainable", Value::Bool(true));
+    let prot = p.or("env_protection", Value::Float(0.0));
+    let (rcut, rcut_smth) = (p.f64("rcut")?, p.f64("rcut_smth")?);
+    let concat = p.bool("concat_output_tebd", true)?;
+    let spec = NetSpec {
+        neuron: &neuron,
+        activation: &activation,
+        resnet_dt,
+        precision: &precision,
+    };
+    let nets = |key: &str| -> Result<Value, FormatError> {
+        Ok(collection(
+            0,
+            ntypes,
+            "embedding_network",
+            vec![embedding_net(&b.sub(key), &spec, true, &trainable)?],
+        ))
+    };
+    let tebd = type_embed_net(p, sd, tebd_dim, &precision, &trainable, type_map)?;
+    let mut items = vec![
+        ("@class", s("Descriptor")),
+        ("type", s("se_e3_tebd")),
+        ("@version", Value::Int(1)),
+        ("rcut", Value::Float(rcut)),
+        ("rcut_smth", Value::Float(rcut_smth)),
+        ("sel", ints(&sel)),
+        ("ntypes", Value::Int(ntypes as i64)),
+        ("neuron", ints(&neuron)),
+        ("tebd_dim", Value::Int(tebd_dim as i64)),
+        ("tebd_input_mode", s(&mode)),
+        ("set_davg_zero", Value::Bool(p.bool("set_davg_zero", true)?)),
+        ("activation_function", s(&activation)),
+        ("resnet_dt", Value::Bool(resnet_dt)),
+        ("concat_output_tebd", Value::Bool(concat)),
+        (
+            "use_econf_tebd",
+            Value::Bool(p.bool("use_econf_tebd", false)?),
+        ),
+        ("type_map", type_map.clone()),
+        ("precision", s(&norm_precision(&precision)?)),
+        ("embeddings", nets("filter_layers.networks.0")?),
+        ("env_mat", env_mat(rcut, rcut_smth, prot.clone())),
+        ("type_embedding", tebd),
+        ("exclude_types", p.or("exclude_types", Value::List(vec![]))),
+        ("env_protection", prot),
+        ("smooth", Value::Bool(p.bool("smooth", true)?)),
+        (
+            "@variables",
+            dict(vec![("davg", b.get("mean")?), ("dstd", b.get("stddev")?)]),
+        ),
+        ("trainable", trainable.clone()),
+    ];
+    if mode == "strip" {
+        items.push(("embeddings_strip", nets("filter_layers_strip.networks.0")?));
+    }
+    Ok(DescInfo {
+        tree: dict(items),
+        dim_out: neuron.last().copied().unwrap_or(0) + if concat { tebd_dim } else { 0 },
+        mixed_types: true,
+        ntypes,
+    })
+}
+
 /// The descriptor section `p` with its parameters under `sd`.
 fn descriptor(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> {
     Ok(match p.str("type", "")?.as_str() {
@@ -1111,10 +1202,11 @@ fn descriptor(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatE
         "se_atten_v2" => dpa1(p, sd, type_map, true)?,
         "dpa3" => dpa3(p, sd, type_map)?,
         "dpa2" => dpa2(p, sd, type_map)?,
+        "se_e3_tebd" => se_t_tebd(p, sd, type_map)?,
         "hybrid" => hybrid(p, sd, type_map)?,
         other => {
             return Err(unsupported(format!(
-            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa2, dpa3, hybrid)"
+            "descriptor `{other}` (supported: se_e2_a, se_e2_r, se_e3, se_e3_tebd, se_atten/dpa1, se_atten_v2, dpa2, dpa3, hybrid)"
         )))
         }
     })
@@ -1253,33 +1345,7 @@ fn dpa2(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> 
     ]);
     let use_econf = p.bool("use_econf_tebd", false)?;
     let use_bias = p.bool("use_tebd_bias", false)?;
-    let te_spec = NetSpec {
-        neuron: &[tebd_dim],
-        activation: "Linear",
-        resnet_dt: false,
-        precision: &precision,
-    };
-    let te_net = embedding_net(
-        &sd.sub("type_embedding.embedding.embedding_net"),
-        &te_spec,
-        use_bias,
-        &Value::Bool(true),
-    )?;
-    let tebd = dict(vec![
-        ("@class", s("TypeEmbedNet")),
-        ("@version", Value::Int(2)),
-        ("ntypes", Value::Int(ntypes as i64)),
-        ("neuron", ints(&[tebd_dim])),
-        ("resnet_dt", Value::Bool(false)),
-        ("precision", s(&precision)),
-        ("activation_function", s("Linear")),
-        ("trainable", trainable.clone()),
-        ("padding", Value::Bool(true)),
-        ("use_econf_tebd", Value::Bool(use_econf)),
-        ("use_tebd_bias", Value::Bool(use_bias)),
-        ("type_map", type_map.clone()),
-        ("embedding", te_net),
-    ]);
+    let tebd = type_embed_net(p, sd, tebd_dim, &precision, &trainable, type_map)?;
     let plain = |sd: &Sd| layer(sd, None, false, &precision, trainable.clone());
     let concat = p.bool("concat_output_tebd", true)?;
     let add_tebd = p.bool("add_tebd_to_repinit_out", false)?;

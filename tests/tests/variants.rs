@@ -77,4 +77,6 @@ variants!(
     dpa2_nonsmooth_incr,
     dpa2_residual_tos,
     dpa2_strip_three_body,
+    se_e3_tebd_strip,
+    se_e3_tebd_concat,
 );

@@ -15,6 +15,7 @@ use super::nn::{activation, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
 use crate::graph::{Cmp, DType, Dim, Graph, GraphError, ValueId};
 use crate::model::dpa2::{Atten2, Dpa2, LocalAtten, RepformerLayer, Repformers, ThreeBody};
+use crate::model::se_t_tebd::SeTTebd;
 use crate::model::{EnvParams, Layer, TebdInput};
 
 type R = Result<ValueId, GraphError>;
@@ -64,6 +65,20 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa2, nlist: ValueId) -> R {
         g1 = g.concat(&[g1, tebd], 1)?;
     }
     Ok(g1)
+}
+
+/// `se_e3_tebd`: the three-body block on the model's list, then (with
+/// `concat_output_tebd`) the centre's type embedding.
+pub fn se_t_tebd(g: &mut Graph, inp: &Inputs, d: &SeTTebd, nlist: ValueId) -> R {
+    let dt = d.dtype;
+    let table = type_table(g, &d.type_embedding, dt)?;
+    let out = three_body(g, inp, &d.block, table, nlist, dt)?;
+    if d.concat_output_tebd {
+        let cen = g.gather(table, inp.atype_loc)?;
+        g.concat(&[out, cen], 1)
+    } else {
+        Ok(out)
+    }
 }
 
 /// `DescrptBlockSeTTebd`: `sum_jk (r_j . r_k) G_jk / nnei^2` over neighbour pairs, with

@@ -31,6 +31,8 @@ pub enum Descriptor {
     Dpa1(Box<Dpa1>),
     Dpa3(Box<super::dpa3::Dpa3>),
     Dpa2(Box<super::dpa2::Dpa2>),
+    /// `se_e3_tebd`: DPA-2's three-body block on its own.
+    SeTTebd(Box<super::se_t_tebd::SeTTebd>),
     /// `hybrid`: sub-descriptors on cuts of one neighbour list, outputs concatenated.
     Hybrid(Vec<Descriptor>),
 }
@@ -142,8 +144,11 @@ impl Descriptor {
             "dpa3" => Ok(Descriptor::Dpa3(Box::new(super::dpa3::parse(at, ntypes)?))),
             "hybrid" => parse_hybrid(at, ntypes),
             "dpa2" => Ok(Descriptor::Dpa2(Box::new(super::dpa2::parse(at, ntypes)?))),
-            "dpa4" | "se_e3_tebd" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
-                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_atten/dpa1, se_atten_v2, dpa2, dpa3, hybrid)")))
+            "se_e3_tebd" => Ok(Descriptor::SeTTebd(Box::new(super::se_t_tebd::parse(
+                at, ntypes,
+            )?))),
+            "dpa4" | "se_a_tpe" | "se_a_ebd" | "se_a_mask" | "loc_frame" => {
+                Err(at.unsupported(format!("descriptor `{kind}` is not supported yet (supported: se_e2_a, se_e2_r, se_e3, se_e3_tebd, se_atten/dpa1, se_atten_v2, dpa2, dpa3, hybrid)")))
             }
             other => Err(at.unsupported(format!("unknown descriptor type `{other}`"))),
         }
@@ -169,6 +174,7 @@ impl Descriptor {
             Descriptor::SeT(d) => d.env,
             Descriptor::Dpa1(d) => d.env,
             Descriptor::Dpa3(d) => d.env,
+            Descriptor::SeTTebd(d) => d.block.env,
             Descriptor::Dpa2(d) => EnvParams {
                 rcut: d.rcut,
                 ..d.repinit.env
@@ -185,6 +191,7 @@ impl Descriptor {
             Descriptor::Dpa1(d) => vec![d.nnei],
             Descriptor::Dpa3(d) => vec![d.e_sel],
             Descriptor::Dpa2(d) => vec![d.nsel],
+            Descriptor::SeTTebd(d) => vec![d.block.nnei],
             // The list covers every sub-descriptor's: per type (or in all) the largest sel.
             Descriptor::Hybrid(list) => {
                 let sels: Vec<Vec<usize>> = list.iter().map(Descriptor::sel).collect();
@@ -201,7 +208,10 @@ impl Descriptor {
             Descriptor::Hybrid(list) => list[0].mixed_types(),
             d => matches!(
                 d,
-                Descriptor::Dpa1(_) | Descriptor::Dpa2(_) | Descriptor::Dpa3(_)
+                Descriptor::Dpa1(_)
+                    | Descriptor::Dpa2(_)
+                    | Descriptor::Dpa3(_)
+                    | Descriptor::SeTTebd(_)
             ),
         }
     }
@@ -237,6 +247,7 @@ impl Descriptor {
             Descriptor::Dpa1(_) => "se_atten",
             Descriptor::Dpa3(_) => "dpa3",
             Descriptor::Dpa2(_) => "dpa2",
+            Descriptor::SeTTebd(_) => "se_e3_tebd",
             Descriptor::Hybrid(_) => "hybrid",
         }
     }
@@ -250,6 +261,7 @@ impl Descriptor {
             Descriptor::SeT(d) => ng(&d.embeddings),
             Descriptor::Dpa3(d) => d.dim_out(),
             Descriptor::Dpa2(d) => d.dim_out(),
+            Descriptor::SeTTebd(d) => d.dim_out(),
             Descriptor::Hybrid(list) => list.iter().map(Descriptor::dim_out).sum(),
             Descriptor::Dpa1(d) => {
                 d.embedding.n_out().unwrap_or(0) * d.axis_neuron
@@ -270,13 +282,14 @@ impl Descriptor {
             Descriptor::Dpa1(d) => d.dtype,
             Descriptor::Dpa3(d) => d.dtype,
             Descriptor::Dpa2(d) => d.dtype,
+            Descriptor::SeTTebd(d) => d.dtype,
             // The concatenated output is float64.
             Descriptor::Hybrid(_) => DType::F64,
         }
     }
 }
 
-fn env_params(at: &At) -> Result<EnvParams, ModelError> {
+pub(super) fn env_params(at: &At) -> Result<EnvParams, ModelError> {
     let rcut = at.f64("rcut")?;
     let rcut_smth = at.f64("rcut_smth")?;
     if !(rcut > 0.0 && rcut.is_finite() && rcut_smth < rcut && rcut_smth.is_finite()) {

@@ -11,6 +11,7 @@ pub mod dpa3;
 pub mod fitting;
 pub mod network;
 pub mod precision;
+pub mod se_t_tebd;
 
 use std::fmt;
 

@@ -60,6 +60,13 @@ fn descriptor_precision(d: &mut Descriptor, dtype: DType) -> Result<(), ModelErr
             )))
         }
         Descriptor::Dpa2(_) => {}
+        Descriptor::SeTTebd(d) if d.dtype != dtype => {
+            return Err(ModelError::Unsupported(format!(
+                "changing the precision of a se_e3_tebd descriptor (it is {})",
+                d.dtype
+            )))
+        }
+        Descriptor::SeTTebd(_) => {}
     }
     Ok(())
 }
