@@ -974,33 +974,7 @@ fn dpa3(p: &Script, sd: &Sd, type_map: &Value) -> Result<DescInfo, FormatError> 
     }
     let use_econf = p.bool("use_econf_tebd", false)?;
     let use_bias = p.bool("use_tebd_bias", false)?;
-    let te_spec = NetSpec {
-        neuron: &[n_dim],
-        activation: "Linear",
-        resnet_dt: false,
-        precision: &precision,
-    };
-    let te_net = embedding_net(
-        &sd.sub("type_embedding.embedding.embedding_net"),
-        &te_spec,
-        use_bias,
-        &Value::Bool(true),
-    )?;
-    let tebd = dict(vec![
-        ("@class", s("TypeEmbedNet")),
-        ("@version", Value::Int(2)),
-        ("ntypes", Value::Int(ntypes as i64)),
-        ("neuron", ints(&[n_dim])),
-        ("resnet_dt", Value::Bool(false)),
-        ("precision", s(&precision)),
-        ("activation_function", s("Linear")),
-        ("trainable", trainable.clone()),
-        ("padding", Value::Bool(true)),
-        ("use_econf_tebd", Value::Bool(use_econf)),
-        ("use_tebd_bias", Value::Bool(use_bias)),
-        ("type_map", type_map.clone()),
-        ("embedding", te_net),
-    ]);
+    let tebd = type_embed_net(p, sd, n_dim, &precision, &trainable, type_map)?;
     let args = dict(vec![
         ("n_dim", Value::Int(n_dim as i64)),
         ("e_dim", Value::Int(e_dim as i64)),

@@ -13,14 +13,7 @@ type R = Result<ValueId, GraphError>;
 /// Apply a layer to `x [..., in]`, giving `[..., out]` in `x`'s dtype.
 pub fn layer(g: &mut Graph, x: ValueId, l: &Layer) -> R {
     let xt = g.ty(x).clone();
-    let rank = xt.rank();
-    let lead = xt.shape[..rank - 1].to_vec();
-    let rows = crate::graph::types::numel(&lead)
-        .ok_or_else(|| GraphError("layer input too large".into()))?;
-    let x2 = g.cast(x, l.dtype)?;
-    let x2 = g.reshape(x2, vec![rows, xt.shape[rank - 1]])?;
-    let w = g.constant(l.w.clone());
-    let mut y = g.matmul(x2, w)?;
+    let (x2, mut y, mut out) = rows_product(g, x, l)?;
     if let Some(b) = &l.b {
         let b = g.constant(b.clone());
         y = g.add(y, b)?;
@@ -36,10 +29,28 @@ pub fn layer(g: &mut Graph, x: ValueId, l: &Layer) -> R {
         let xx = g.concat(&[x2, x2], 1)?;
         y = g.add(y, xx)?;
     }
-    let mut out = lead;
     out.push(crate::graph::Dim::fixed(l.n_out()));
     let y = g.reshape(y, out)?;
     g.cast(y, xt.dtype)
+}
+
+/// `x [..., k]` as rows `[n, k]` in the layer's dtype and their product with its weights
+/// `[n, out]`, with `x`'s leading axes.
+fn rows_product(
+    g: &mut Graph,
+    x: ValueId,
+    l: &Layer,
+) -> Result<(ValueId, ValueId, Vec<Dim>), GraphError> {
+    let xt = g.ty(x).clone();
+    let rank = xt.rank();
+    let lead = xt.shape[..rank - 1].to_vec();
+    let rows = crate::graph::types::numel(&lead)
+        .ok_or_else(|| GraphError("layer input too large".into()))?;
+    let x2 = g.cast(x, l.dtype)?;
+    let x2 = g.reshape(x2, vec![rows, xt.shape[rank - 1]])?;
+    let w = g.constant(l.w.clone());
+    let y = g.matmul(x2, w)?;
+    Ok((x2, y, lead))
 }
 
 pub fn net(g: &mut Graph, x: ValueId, n: &Net) -> R {
@@ -134,16 +145,7 @@ pub fn net_on_parts(g: &mut Graph, parts: &[ValueId], n: &Net) -> R {
 
 /// `x [..., k] @ l.w` in the layer's dtype, `[..., out]` (no bias or activation).
 fn layer_product(g: &mut Graph, x: ValueId, l: &Layer) -> R {
-    let xt = g.ty(x).clone();
-    let rank = xt.rank();
-    let lead = xt.shape[..rank - 1].to_vec();
-    let rows = crate::graph::types::numel(&lead)
-        .ok_or_else(|| GraphError("layer input too large".into()))?;
-    let x2 = g.cast(x, l.dtype)?;
-    let x2 = g.reshape(x2, vec![rows, xt.shape[rank - 1]])?;
-    let w = g.constant(l.w.clone());
-    let y = g.matmul(x2, w)?;
-    let mut out = lead;
+    let (_, y, mut out) = rows_product(g, x, l)?;
     out.push(Dim::fixed(l.n_out()));
     g.reshape(y, out)
 }

@@ -137,6 +137,42 @@ fn env(at: &At, rcut: f64, rcut_smth: f64, protection: f64) -> Result<EnvParams,
     })
 }
 
+/// The three-body block's embedding (and, in strip mode, its pair-type embedding) under
+/// `at`, checked against the type-embedding width `nt`.
+pub(super) fn three_body_nets(
+    at: &At,
+    tebd_input: TebdInput,
+    nt: usize,
+) -> Result<(Net, Option<Net>), ModelError> {
+    let embedding = single_net(at, "embeddings")?;
+    let want = match tebd_input {
+        TebdInput::Concat => 1 + 2 * nt,
+        TebdInput::Strip => 1,
+    };
+    if embedding.n_in() != Some(want) || embedding.n_out().is_none() {
+        return Err(at.err(format!(
+            "the three-body embedding takes {:?} inputs, expected {want}",
+            embedding.n_in()
+        )));
+    }
+    let strip = match tebd_input {
+        TebdInput::Strip => Some(single_net(at, "embeddings_strip")?),
+        TebdInput::Concat => None,
+    };
+    if let Some(st) = &strip {
+        if st.n_in() != Some(2 * nt) || st.n_out() != embedding.n_out() {
+            return Err(at.err(format!(
+                "the three-body strip embedding maps {:?} -> {:?}, expected {} -> {:?}",
+                st.n_in(),
+                st.n_out(),
+                2 * nt,
+                embedding.n_out()
+            )));
+        }
+    }
+    Ok((embedding, strip))
+}
+
 pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa2, ModelError> {
     at.version(3, 1, 3)?;
     let ntypes = at.usize("ntypes")?;
@@ -212,32 +248,7 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa2, ModelError> {
         let tv = at.get("repinit_three_body_variable")?;
         let tv = tv.at();
         let nnei = ri.usize("three_body_sel")?;
-        let embedding = single_net(&tv, "embeddings")?;
-        let embedding_strip = match tebd_input {
-            TebdInput::Strip => Some(single_net(&tv, "embeddings_strip")?),
-            TebdInput::Concat => None,
-        };
-        let want = match tebd_input {
-            TebdInput::Concat => 1 + 2 * nt,
-            TebdInput::Strip => 1,
-        };
-        if embedding.n_in() != Some(want) {
-            return Err(tv.err(format!(
-                "three-body embedding takes {:?} inputs, expected {want}",
-                embedding.n_in()
-            )));
-        }
-        if let Some(st) = &embedding_strip {
-            if st.n_in() != Some(2 * nt) || st.n_out() != embedding.n_out() {
-                return Err(tv.err(format!(
-                    "three-body strip embedding maps {:?} -> {:?}, expected {} -> {:?}",
-                    st.n_in(),
-                    st.n_out(),
-                    2 * nt,
-                    embedding.n_out()
-                )));
-            }
-        }
+        let (embedding, embedding_strip) = three_body_nets(&tv, tebd_input, nt)?;
         g1_in += embedding.n_out().unwrap_or(0);
         Some(ThreeBody {
             env: env(

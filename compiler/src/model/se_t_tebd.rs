@@ -3,8 +3,8 @@
 //! optionally followed by the centre's type embedding.
 
 use super::access::At;
-use super::descriptor::{dtype_of, env_params, parse_type_embedding, single_net, stats};
-use super::dpa2::ThreeBody;
+use super::descriptor::{dtype_of, env_params, parse_type_embedding, stats};
+use super::dpa2::{three_body_nets, ThreeBody};
 use super::{ModelError, TebdInput, TypeEmbedding};
 use crate::graph::DType;
 
@@ -50,32 +50,7 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<SeTTebd, ModelError> {
     };
     let type_embedding = parse_type_embedding(at.get("type_embedding")?.at(), ntypes)?;
     let nt = type_embedding.dim();
-    let embedding = single_net(&at, "embeddings")?;
-    let embedding_strip = match tebd_input {
-        TebdInput::Strip => Some(single_net(&at, "embeddings_strip")?),
-        TebdInput::Concat => None,
-    };
-    let want = match tebd_input {
-        TebdInput::Concat => 1 + 2 * nt,
-        TebdInput::Strip => 1,
-    };
-    if embedding.n_in() != Some(want) || embedding.n_out().is_none() {
-        return Err(at.err(format!(
-            "the embedding takes {:?} inputs, expected {want}",
-            embedding.n_in()
-        )));
-    }
-    if let Some(st) = &embedding_strip {
-        if st.n_in() != Some(2 * nt) || st.n_out() != embedding.n_out() {
-            return Err(at.err(format!(
-                "the strip embedding maps {:?} -> {:?}, expected {} -> {:?}",
-                st.n_in(),
-                st.n_out(),
-                2 * nt,
-                embedding.n_out()
-            )));
-        }
-    }
+    let (embedding, embedding_strip) = three_body_nets(&at, tebd_input, nt)?;
     Ok(SeTTebd {
         block: ThreeBody {
             env,
