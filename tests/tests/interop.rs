@@ -180,6 +180,8 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
         "se_e2_a_excl",
         "dpa1_concat_tos_t",
         "hybrid_dpa1_dpa3",
+        "dpa2_strip_three_body",
+        "se_e3_tebd_strip",
     ] {
         cases.push((
             v.to_string(),
