@@ -20,7 +20,9 @@ use rayon::prelude::*;
 
 use super::fastmath as fm;
 use super::gemm::PackedB;
-use super::kernels::{silut_consts, strides, ROWS_MATMUL_MAX_K};
+use super::kernels::{
+    adjacent_axes, bcast_strides, broadcast_shape, silut_consts, strides, ROWS_MATMUL_MAX_K,
+};
 use super::ExecError;
 
 /// Where an instruction reads an operand.
@@ -83,10 +85,11 @@ fn elem(op: &Op) -> Option<Elem> {
     }
 }
 
-/// The fusion plan of `g`: for each node, the cluster it roots (if any), and which nodes
-/// were absorbed into a cluster (they are no longer computed on their own). `needed` marks
-/// the nodes the outputs need, before fusion.
-pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>) {
+/// The fusion plan of `g`: for each node, the cluster it roots (if any). A node absorbed
+/// into a cluster is no cluster's leaf, so the executor, which reads a cluster's leaves as
+/// its arguments, finds it unneeded. `needed` marks the nodes the outputs need, before
+/// fusion.
+pub fn plan(g: &Graph, needed: &[bool]) -> Vec<Option<Arc<Cluster>>> {
     let n = g.nodes.len();
     let mut users = vec![0usize; n];
     for (i, node) in g.nodes.iter().enumerate() {
@@ -119,7 +122,7 @@ pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>
                     && !is_output[x.index()]
                     && !absorbed[x.index()] =>
             {
-                match adjacent(axes) {
+                match adjacent_axes(axes) {
                     Some(r) => (x.index(), Some(r)),
                     None => continue,
                 }
@@ -160,16 +163,7 @@ pub fn plan(g: &Graph, needed: &[bool]) -> (Vec<Option<Arc<Cluster>>>, Vec<bool>
             roots[i] = Some(Arc::new(c));
         }
     }
-    (roots, absorbed)
-}
-
-/// `axes` as a run `a..b` of adjacent axes, if they are one.
-fn adjacent(axes: &[usize]) -> Option<(usize, usize)> {
-    let mut v = axes.to_vec();
-    v.sort_unstable();
-    v.dedup();
-    let (&a, &last) = (v.first()?, v.last()?);
-    (last - a + 1 == v.len()).then_some((a, last + 1))
+    roots
 }
 
 /// Add node `i` (and the producers it absorbs) to `c`; returns where its value is.
@@ -315,7 +309,15 @@ pub fn run(
             .as_f64()
             .ok_or_else(|| ExecError::Type(format!("fused op on {:?}", t.dtype())))?;
         let st = match *kind {
-            LeafKind::Broadcast => bcast_strides(&t.shape, &full)?,
+            LeafKind::Broadcast => {
+                if t.shape.len() > full.len() || broadcast_shape(&t.shape, &full)? != full {
+                    return Err(ExecError::Shape(format!(
+                        "fused operand {:?} into {full:?}",
+                        t.shape
+                    )));
+                }
+                bcast_strides(&t.shape, &full)
+            }
             LeafKind::Rows(k) => {
                 let rows = n / c.row.unwrap_or(1).max(1);
                 if data.len() != rows * k {
@@ -619,34 +621,6 @@ fn apply(op: &Elem, x: &[f64], y: Option<&[f64]>, o: &mut [f64]) {
     }
 }
 
-/// Strides of `shape` read broadcast (numpy rules) into `out`.
-fn bcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<usize>, ExecError> {
-    if shape.len() > out.len() {
-        return Err(ExecError::Shape(format!(
-            "fused operand {shape:?} into {out:?}"
-        )));
-    }
-    let st = strides(shape);
-    let lead = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| {
-            if i < lead {
-                return Ok(0);
-            }
-            let d = shape[i - lead];
-            if d == out[i] && d != 1 {
-                Ok(st[i - lead])
-            } else if d == 1 || d == out[i] {
-                Ok(0)
-            } else {
-                Err(ExecError::Shape(format!(
-                    "fused operand {shape:?} into {out:?}"
-                )))
-            }
-        })
-        .collect()
-}
-
 /// Drop unit axes, then merge neighbouring axes that every leaf walks the same way (both
 /// broadcast, or the outer stride equal to the inner one times the inner size), so runs
 /// are as long as possible.
@@ -677,20 +651,51 @@ fn collapse(shape: &[usize], st: Vec<Vec<usize>>) -> (Vec<usize>, Vec<Vec<usize>
 mod tests {
     use super::*;
     use crate::cpu::Executor;
-    use dpc_compiler::graph::{Bindings, TensorType};
+    use dpc_compiler::graph::{Bindings, TensorType, ValueId};
+
+    fn ty(s: &[usize]) -> TensorType {
+        TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect())
+    }
+
+    /// `x [rows.., k]` reshaped to `[prod rows, k]`, times `w`, reshaped to `[rows.., n]`:
+    /// a split linear layer as the builders write it.
+    fn rows_times(g: &mut Graph, x: ValueId, w: Tensor) -> ValueId {
+        let xs = g.shape(x).to_vec();
+        let (lead, k) = xs.split_at(xs.len() - 1);
+        let rows: usize = lead.iter().map(|d| d.factor).product();
+        let n = w.shape[1];
+        let w = g.constant(w);
+        let x2 = g.reshape(x, vec![Dim::fixed(rows), k[0]]).unwrap();
+        let y = g.matmul(x2, w).unwrap();
+        let mut dims = lead.to_vec();
+        dims.push(Dim::fixed(n));
+        g.reshape(y, dims).unwrap()
+    }
+
+    /// Run `g` fused (expecting `clusters` clusters, if given) and node by node: the same
+    /// bits.
+    fn fused_equals_unfused(g: Graph, inputs: Vec<Tensor>, clusters: Option<usize>, what: &str) {
+        let fused = Executor::new(g.clone());
+        if let Some(c) = clusters {
+            assert_eq!(fused.fused_clusters(), c, "{what}: clusters");
+        }
+        let got = fused.run(inputs.clone(), Bindings::default()).unwrap();
+        let want = Executor::unfused(g)
+            .run(inputs, Bindings::default())
+            .unwrap();
+        assert_eq!(got, want, "{what}");
+    }
 
     /// A DPA-3-like chain: four broadcast operands added, activated, scaled; run fused and
     /// node by node, bit for bit.
     #[test]
     fn a_fused_chain_equals_the_node_by_node_run() {
         let mut g = Graph::new();
-        let t =
-            |s: &[usize]| TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect());
-        let ang = g.input("ang", t(&[5, 3, 3, 7]));
-        let nd = g.input("nd", t(&[5, 1, 1, 7]));
-        let ek = g.input("ek", t(&[5, 1, 3, 7]));
-        let ej = g.input("ej", t(&[5, 3, 1, 7]));
-        let b = g.input("b", t(&[7]));
+        let ang = g.input("ang", ty(&[5, 3, 3, 7]));
+        let nd = g.input("nd", ty(&[5, 1, 1, 7]));
+        let ek = g.input("ek", ty(&[5, 1, 3, 7]));
+        let ej = g.input("ej", ty(&[5, 3, 1, 7]));
+        let b = g.input("b", ty(&[7]));
         let y = g.add(ang, nd).unwrap();
         let y = g.add(y, ek).unwrap();
         let y = g.add(y, ej).unwrap();
@@ -716,13 +721,11 @@ mod tests {
             Tensor::f64(vec![5, 3, 1, 7], vals(105, 0.53)),
             Tensor::f64(vec![7], vals(7, 2.9)),
         ];
-        let fused = Executor::new(g.clone());
-        assert!(fused.fused_clusters() >= 2, "the chains were fused");
-        let plain = Executor::unfused(g);
-        let bind = Bindings::default();
-        let a = fused.run(inputs.clone(), bind).unwrap();
-        let b = plain.run(inputs, bind).unwrap();
-        assert_eq!(a, b);
+        assert!(
+            Executor::new(g.clone()).fused_clusters() >= 2,
+            "the chains were fused"
+        );
+        fused_equals_unfused(g, inputs, None, "chain");
     }
 
     /// A split linear layer: `reshape(x [rows, k] @ W) + broadcast rows`, activated, with
@@ -731,20 +734,13 @@ mod tests {
     fn a_fused_product_equals_the_matmul_kernel() {
         let (b, a, k, n) = (80, 9, 5, 7); // over the parallel threshold
         let mut g = Graph::new();
-        let t =
-            |s: &[usize]| TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect());
-        let x = g.input("x", t(&[b, a, a, k]));
-        let e = g.input("e", t(&[b, 1, a, n]));
-        let w = g.constant(Tensor::f64(
+        let x = g.input("x", ty(&[b, a, a, k]));
+        let e = g.input("e", ty(&[b, 1, a, n]));
+        let w = Tensor::f64(
             vec![k, n],
             (0..k * n).map(|i| (i as f64 * 0.77).cos()).collect(),
-        ));
-        let x2 = g
-            .reshape(x, vec![Dim::fixed(b * a * a), Dim::fixed(k)])
-            .unwrap();
-        let y = g.matmul(x2, w).unwrap();
-        let dims = [b, a, a, n].into_iter().map(Dim::fixed).collect();
-        let y = g.reshape(y, dims).unwrap();
+        );
+        let y = rows_times(&mut g, x, w);
         let y = g.add(y, e).unwrap();
         let y = g.push(Op::Act(ActFn::Silu), &[y]).unwrap();
         g.set_output("y", y);
@@ -758,15 +754,7 @@ mod tests {
             vec![b, 1, a, n],
             (0..b * a * n).map(|i| (i as f64 * 0.13).sin()).collect(),
         );
-        let fused = Executor::new(g.clone());
-        assert_eq!(fused.fused_clusters(), 1);
-        let got = fused
-            .run(vec![xs.clone(), es.clone()], Bindings::default())
-            .unwrap();
-        let want = Executor::unfused(g)
-            .run(vec![xs, es], Bindings::default())
-            .unwrap();
-        assert_eq!(got, want);
+        fused_equals_unfused(g, vec![xs, es], Some(1), "product");
     }
 
     /// Sums over leading, middle and trailing axes of fused values, small and large blocks,
@@ -782,21 +770,13 @@ mod tests {
             (vec![0, 1, 2, 3], false),
         ] {
             let mut g = Graph::new();
-            let t = |s: &[usize]| {
-                TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect())
-            };
-            let x = g.input("x", t(&[b, a, a, k]));
-            let e = g.input("e", t(&[b, a, 1, 1]));
-            let w = g.constant(Tensor::f64(
+            let x = g.input("x", ty(&[b, a, a, k]));
+            let e = g.input("e", ty(&[b, a, 1, 1]));
+            let w = Tensor::f64(
                 vec![k, n],
                 (0..k * n).map(|i| (i as f64 * 0.31).sin()).collect(),
-            ));
-            let x2 = g
-                .reshape(x, vec![Dim::fixed(b * a * a), Dim::fixed(k)])
-                .unwrap();
-            let y = g.matmul(x2, w).unwrap();
-            let dims = [b, a, a, n].into_iter().map(Dim::fixed).collect();
-            let y = g.reshape(y, dims).unwrap();
+            );
+            let y = rows_times(&mut g, x, w);
             let y = g.push(Op::Act(ActFn::Silut(3.0)), &[y]).unwrap();
             let y = g.mul(y, e).unwrap();
             let s = g.sum(y, &axes, keep).unwrap();
@@ -811,15 +791,7 @@ mod tests {
                 vec![b, a, 1, 1],
                 (0..b * a).map(|i| (i as f64 * 0.7).cos()).collect(),
             );
-            let fused = Executor::new(g.clone());
-            assert_eq!(fused.fused_clusters(), 1, "{axes:?}");
-            let got = fused
-                .run(vec![xs.clone(), es.clone()], Bindings::default())
-                .unwrap();
-            let want = Executor::unfused(g)
-                .run(vec![xs, es], Bindings::default())
-                .unwrap();
-            assert_eq!(got, want, "{axes:?}");
+            fused_equals_unfused(g, vec![xs, es], Some(1), &format!("sum over {axes:?}"));
         }
     }
 
@@ -829,10 +801,8 @@ mod tests {
         // broadcast axis is inner.
         let (n, m) = (1000, 67);
         let mut g = Graph::new();
-        let t =
-            |s: &[usize]| TensorType::new(DType::F64, s.iter().map(|&d| Dim::fixed(d)).collect());
-        let x = g.input("x", t(&[n, m]));
-        let c = g.input("c", t(&[n, 1]));
+        let x = g.input("x", ty(&[n, m]));
+        let c = g.input("c", ty(&[n, 1]));
         let y = g.add(x, c).unwrap();
         let y = g.push(Op::Act(ActFn::Silu), &[y]).unwrap();
         g.set_output("y", y);
@@ -841,12 +811,6 @@ mod tests {
             (0..n * m).map(|i| (i % 97) as f64 * 0.1 - 4.0).collect(),
         );
         let cs = Tensor::f64(vec![n, 1], (0..n).map(|i| i as f64 * 1e-3).collect());
-        let a = Executor::new(g.clone())
-            .run(vec![xs.clone(), cs.clone()], Bindings::default())
-            .unwrap();
-        let b = Executor::unfused(g)
-            .run(vec![xs, cs], Bindings::default())
-            .unwrap();
-        assert_eq!(a, b);
+        fused_equals_unfused(g, vec![xs, cs], Some(1), "tiles");
     }
 }

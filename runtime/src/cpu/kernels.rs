@@ -25,7 +25,7 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// Strides of `shape` read as if broadcast to `out` (0 on broadcast axes).
-fn bcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+pub(crate) fn bcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let st = strides(shape);
     let lead = out.len() - shape.len();
     (0..out.len())
@@ -37,6 +37,15 @@ fn bcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
             }
         })
         .collect()
+}
+
+/// `axes` as one run `a..b` of adjacent axes (in any order, repeats allowed), if they are.
+pub(crate) fn adjacent_axes(axes: &[usize]) -> Option<(usize, usize)> {
+    let mut v = axes.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let (&a, &last) = (v.first()?, v.last()?);
+    (last - a + 1 == v.len()).then_some((a, last + 1))
 }
 
 /// Numpy broadcast of concrete shapes.
@@ -849,24 +858,19 @@ fn reduce_map(shape: &[usize], axes: &[usize], keepdims: bool) -> (Vec<usize>, V
 pub fn reduce_sum(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
     // Contiguous cases without an index map; each output still adds its inputs in
     // element order, so the sums are bit-identical to the general path.
+    let Some((a, b)) = adjacent_axes(axes) else {
+        return reduce_general(x, axes, keepdims);
+    };
     let rank = x.shape.len();
-    let mut sorted = axes.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let trailing = !sorted.is_empty()
-        && sorted
-            .iter()
-            .enumerate()
-            .all(|(i, &a)| a == rank - sorted.len() + i);
-    let leading = !sorted.is_empty() && sorted.iter().enumerate().all(|(i, &a)| a == i);
-    if trailing || leading {
-        let out: Vec<usize> = (0..rank)
-            .filter_map(|i| match (sorted.contains(&i), keepdims) {
-                (false, _) => Some(x.shape[i]),
-                (true, true) => Some(1),
-                (true, false) => None,
-            })
-            .collect();
+    let out: Vec<usize> = (0..rank)
+        .filter_map(|i| match (axes.contains(&i), keepdims) {
+            (false, _) => Some(x.shape[i]),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    let trailing = b == rank;
+    if trailing || a == 0 {
         let n: usize = out.iter().product();
         fn rows<T: Copy + Default + std::ops::Add<Output = T>>(v: &[T], n: usize) -> Vec<T> {
             if n == 0 {
@@ -906,19 +910,10 @@ pub fn reduce_sum(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
     // One run of adjacent axes in the middle: `[outer, mid, inner]` summed over `mid`, a row
     // of `inner` at a time, outer rows on the thread pool. Each output adds its inputs in
     // increasing `mid`, the general path's order.
-    let contiguous = !sorted.is_empty() && sorted.windows(2).all(|w| w[1] == w[0] + 1);
-    if contiguous {
-        let (a, b) = (sorted[0], sorted[sorted.len() - 1] + 1);
+    {
         let outer: usize = x.shape[..a].iter().product();
         let mid: usize = x.shape[a..b].iter().product();
         let inner: usize = x.shape[b..].iter().product();
-        let out: Vec<usize> = (0..rank)
-            .filter_map(|i| match (sorted.contains(&i), keepdims) {
-                (false, _) => Some(x.shape[i]),
-                (true, true) => Some(1),
-                (true, false) => None,
-            })
-            .collect();
         fn mids<T: Copy + Default + Send + Sync + std::ops::Add<Output = T>>(
             v: &[T],
             outer: usize,
@@ -946,8 +941,12 @@ pub fn reduce_sum(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
             Data::I32(v) => Data::I32(mids(v, outer, mid, inner)),
             Data::Bool(_) => return Err(ExecError::Type("sum of bools".into())),
         };
-        return Ok(Tensor { shape: out, data });
+        Ok(Tensor { shape: out, data })
     }
+}
+
+/// `reduce_sum` over any axes, through an index map.
+fn reduce_general(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
     let (out, map) = reduce_map(&x.shape, axes, keepdims);
     let n: usize = out.iter().product();
     fn acc<T: Copy + Default + std::ops::Add<Output = T>>(

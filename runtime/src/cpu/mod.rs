@@ -104,10 +104,10 @@ impl Executor {
             needed
         };
         let node_args = |i: usize| graph.nodes[i].args.iter().map(|a| a.index()).collect();
-        let (fused, _) = if fuse {
+        let fused = if fuse {
             fuse::plan(&graph, &needed_by(&node_args))
         } else {
-            (vec![None; n], vec![false; n])
+            vec![None; n]
         };
         // A fused node reads its cluster's leaves instead of its own arguments; absorbed
         // nodes are needed no more.
