@@ -63,14 +63,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
                 g.gather(tt, nei_type)?
             } else {
                 // Row c*ntp + n of the pair table is [T[n], T[c]].
-                let sq = vec![Dim::fixed(ntp), Dim::fixed(ntp), nt];
-                let tn = g.reshape(table, vec![Dim::ONE, Dim::fixed(ntp), nt])?;
-                let tn = g.broadcast(tn, sq.clone())?;
-                let tc = g.reshape(table, vec![Dim::fixed(ntp), Dim::ONE, nt])?;
-                let tc = g.broadcast(tc, sq)?;
-                let pair = g.concat(&[tn, tc], 2)?;
-                let pair =
-                    g.reshape(pair, vec![Dim::fixed(ntp * ntp), Dim::fixed(2 * nt.factor)])?;
+                let pair = type_pairs(g, table, true)?;
                 let tt = net(g, pair, strip)?; // [ntp*ntp, ng]
                 let ci = g.reshape(inp.atype_loc, vec![Dim::NLOC, Dim::ONE])?;
                 let ntp_c = g.scalar(ntp as f64, DType::I32);
@@ -133,6 +126,27 @@ pub(super) fn type_table(g: &mut Graph, te: &TypeEmbedding, dt: DType) -> R {
     } else {
         Ok(e)
     }
+}
+
+/// Every ordered pair of rows of the type-embedding table `[ntp, nt]`, as `[ntp * ntp,
+/// 2 nt]`: row `a * ntp + b` is `[T[a], T[b]]`, or `[T[b], T[a]]` when `swapped`.
+pub(super) fn type_pairs(g: &mut Graph, table: ValueId, swapped: bool) -> R {
+    let ntp = g.shape(table)[0];
+    let nt = g.shape(table)[1];
+    let sq = vec![ntp, ntp, nt];
+    let ta = g.reshape(table, vec![ntp, Dim::ONE, nt])?;
+    let ta = g.broadcast(ta, sq.clone())?; // [a, b] -> T[a]
+    let tb = g.reshape(table, vec![Dim::ONE, ntp, nt])?;
+    let tb = g.broadcast(tb, sq)?; // [a, b] -> T[b]
+    let parts = if swapped { [tb, ta] } else { [ta, tb] };
+    let pair = g.concat(&parts, 2)?;
+    g.reshape(
+        pair,
+        vec![
+            Dim::fixed(ntp.factor * ntp.factor),
+            Dim::fixed(2 * nt.factor),
+        ],
+    )
 }
 
 /// `x / sqrt(max(|x|^2, floor_sq))` over the last axis: PyTorch's `x / max(|x|, 1e-12)`

@@ -8,7 +8,7 @@
 //! layers update atom (`g1`), pair (`g2`) and pair-direction (`h2`) features; a neighbour's
 //! `g1` is read through the extended system's `mapping`.
 
-use super::dpa1::{pad_atom, softmax_last, type_table, MASKED_LOGIT};
+use super::dpa1::{pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
 use super::dpa3::list_update;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
 use super::nn::{activation, layer, layer_norm, net, net_on_parts};
@@ -131,13 +131,7 @@ fn three_body(
             let gs = net(g, ss, &tb.embedding)?; // [nloc, nnei, nnei, ng]
                                                  // Row a * ntp + b of the pair table is [T[a], T[b]].
             let ntp = g.shape(table)[0].factor;
-            let sq = vec![Dim::fixed(ntp), Dim::fixed(ntp), nt];
-            let ta = g.reshape(table, vec![Dim::fixed(ntp), Dim::ONE, nt])?;
-            let ta = g.broadcast(ta, sq.clone())?;
-            let tb_ = g.reshape(table, vec![Dim::ONE, Dim::fixed(ntp), nt])?;
-            let tb_ = g.broadcast(tb_, sq)?;
-            let pair = g.concat(&[ta, tb_], 2)?;
-            let pair = g.reshape(pair, vec![Dim::fixed(ntp * ntp), Dim::fixed(2 * nt.factor)])?;
+            let pair = type_pairs(g, table, false)?;
             let tt = net(g, pair, strip)?; // [ntp * ntp, ng]
             let ty = g.gather(inp.atype, nl0)?; // [nloc, nnei]
             let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;

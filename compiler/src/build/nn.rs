@@ -13,16 +13,8 @@ type R = Result<ValueId, GraphError>;
 /// Apply a layer to `x [..., in]`, giving `[..., out]` in `x`'s dtype.
 pub fn layer(g: &mut Graph, x: ValueId, l: &Layer) -> R {
     let xt = g.ty(x).clone();
-    let (x2, mut y, mut out) = rows_product(g, x, l)?;
-    if let Some(b) = &l.b {
-        let b = g.constant(b.clone());
-        y = g.add(y, b)?;
-    }
-    y = activation(g, y, l.activation)?;
-    if let Some(idt) = &l.idt {
-        let idt = g.constant(idt.clone());
-        y = g.mul(y, idt)?;
-    }
+    let (x2, y, mut out) = rows_product(g, x, l)?;
+    let mut y = bias_activation_idt(g, y, l)?;
     if l.resnet && l.n_out() == l.n_in() {
         y = g.add(y, x2)?;
     } else if l.resnet && l.n_out() == 2 * l.n_in() {
@@ -32,6 +24,20 @@ pub fn layer(g: &mut Graph, x: ValueId, l: &Layer) -> R {
     out.push(crate::graph::Dim::fixed(l.n_out()));
     let y = g.reshape(y, out)?;
     g.cast(y, xt.dtype)
+}
+
+/// A layer's `act(y + b) * idt` on its product `y`.
+fn bias_activation_idt(g: &mut Graph, mut y: ValueId, l: &Layer) -> R {
+    if let Some(b) = &l.b {
+        let b = g.constant(b.clone());
+        y = g.add(y, b)?;
+    }
+    y = activation(g, y, l.activation)?;
+    if let Some(idt) = &l.idt {
+        let idt = g.constant(idt.clone());
+        y = g.mul(y, idt)?;
+    }
+    Ok(y)
 }
 
 /// `x [..., k]` as rows `[n, k]` in the layer's dtype and their product with its weights
@@ -129,16 +135,7 @@ pub fn net_on_parts(g: &mut Graph, parts: &[ValueId], n: &Net) -> R {
             Some(acc) => g.add(acc, t)?,
         });
     }
-    let mut y = y.expect("at least two parts");
-    if let Some(b) = &first.b {
-        let b = g.constant(b.clone());
-        y = g.add(y, b)?;
-    }
-    y = activation(g, y, first.activation)?;
-    if let Some(idt) = &first.idt {
-        let idt = g.constant(idt.clone());
-        y = g.mul(y, idt)?;
-    }
+    let y = bias_activation_idt(g, y.expect("at least two parts"), first)?;
     let y = g.cast(y, out_dt)?;
     rest.iter().try_fold(y, |x, l| layer(g, x, l))
 }

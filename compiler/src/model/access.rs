@@ -93,6 +93,17 @@ impl<'a> At<'a> {
         }
     }
 
+    /// `ntypes`, checked against the model's type map (`ntypes_model` types).
+    pub fn ntypes(&self, ntypes_model: usize) -> Result<usize, ModelError> {
+        let ntypes = self.usize("ntypes")?;
+        if ntypes != ntypes_model {
+            return Err(self.err(format!(
+                "ntypes {ntypes} differs from the type map's {ntypes_model}"
+            )));
+        }
+        Ok(ntypes)
+    }
+
     pub fn usize(&self, key: &str) -> Result<usize, ModelError> {
         let c = self.get(key)?;
         c.at().as_usize()

@@ -554,12 +554,7 @@ fn parse_dpa1(at: At, ntypes_model: usize, v2: bool) -> Result<Dpa1, ModelError>
         return Err(at.unsupported("attn_mask = true (DeePMD-kit does not implement it either)"));
     }
     let env = env_params(&at)?;
-    let ntypes = at.usize("ntypes")?;
-    if ntypes != ntypes_model {
-        return Err(at.err(format!(
-            "ntypes {ntypes} differs from the type map's {ntypes_model}"
-        )));
-    }
+    let ntypes = at.ntypes(ntypes_model)?;
     let nnei: usize = at.usizes("sel")?.iter().sum();
     let dtype = dtype_of(&at)?;
     let tebd_input = if v2 {

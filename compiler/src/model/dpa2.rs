@@ -175,12 +175,7 @@ pub(super) fn three_body_nets(
 
 pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa2, ModelError> {
     at.version(3, 1, 3)?;
-    let ntypes = at.usize("ntypes")?;
-    if ntypes != ntypes_model {
-        return Err(at.err(format!(
-            "ntypes {ntypes} differs from the type map's {ntypes_model}"
-        )));
-    }
+    let ntypes = at.ntypes(ntypes_model)?;
     let dtype = dtype_of(&at)?;
     let smooth = at.bool_or("smooth", true)?;
     let protection = at.opt_f64("env_protection")?.unwrap_or(0.0);

@@ -200,12 +200,7 @@ impl Dpa3 {
 
 pub fn parse(at: At, ntypes_model: usize) -> Result<Dpa3, ModelError> {
     at.version(2, 1, 2)?;
-    let ntypes = at.usize("ntypes")?;
-    if ntypes != ntypes_model {
-        return Err(at.err(format!(
-            "ntypes {ntypes} differs from the type map's {ntypes_model}"
-        )));
-    }
+    let ntypes = at.ntypes(ntypes_model)?;
     if at.bool_or("add_chg_spin_ebd", false)? {
         return Err(at.unsupported(
             "DPA-3 with charge/spin embeddings (add_chg_spin_ebd): dpc has no charge_spin input",

@@ -68,12 +68,7 @@ impl EnergyFitting {
                 return Err(at.err("an energy fitting has dim_out 1"));
             }
         }
-        let ntypes = at.usize("ntypes")?;
-        if ntypes != ntypes_model {
-            return Err(at.err(format!(
-                "ntypes {ntypes} differs from the type map's {ntypes_model}"
-            )));
-        }
+        let ntypes = at.ntypes(ntypes_model)?;
         let dim_descrpt = at.usize("dim_descrpt")?;
         if dim_descrpt != dim_descrpt_model {
             return Err(at.err(format!(

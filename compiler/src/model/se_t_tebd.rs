@@ -34,12 +34,7 @@ pub fn parse(at: At, ntypes_model: usize) -> Result<SeTTebd, ModelError> {
             "a compressed se_e3_tebd (its `compress` tables); use the uncompressed model",
         ));
     }
-    let ntypes = at.usize("ntypes")?;
-    if ntypes != ntypes_model {
-        return Err(at.err(format!(
-            "ntypes {ntypes} differs from the type map's {ntypes_model}"
-        )));
-    }
+    let ntypes = at.ntypes(ntypes_model)?;
     let dtype = dtype_of(&at)?;
     let env = env_params(&at)?;
     let nnei: usize = at.usizes("sel")?.iter().sum();
