@@ -213,6 +213,21 @@ impl Parser<'_> {
     }
 }
 
+/// Write a model tree as JSON with every array as an `np.ndarray` dict, as DeePMD-kit's
+/// `pt_expt` backend stores it in `extra/model.json` (`inline_ndarrays` reads it back;
+/// floats are written with Python's shortest round-trip digits, so nothing is lost).
+pub fn write_tree(v: &Value) -> Result<String, FormatError> {
+    fn encode(v: &Value) -> Value {
+        match v {
+            Value::Array(a) => Value::Dict(crate::tree::ndarray_to_dict(a)),
+            Value::Dict(d) => Value::Dict(d.iter().map(|(k, x)| (k.clone(), encode(x))).collect()),
+            Value::List(l) => Value::List(l.iter().map(encode).collect()),
+            other => other.clone(),
+        }
+    }
+    write(&encode(v))
+}
+
 /// Write a tree as compact JSON (`separators=(",", ":")`, as DeePMD-kit does).
 /// Arrays and byte blobs cannot appear here: callers replace them first.
 pub fn write(v: &Value) -> Result<String, FormatError> {

@@ -16,6 +16,7 @@ pub mod pth;
 pub mod savedmodel;
 pub mod tf;
 pub mod torchscript;
+pub mod torchscript_write;
 pub mod tree;
 pub mod yaml;
 

@@ -14,7 +14,12 @@ pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
             "this torch.export archive has no extra/model.json (not written by DeePMD-kit's pt_expt backend), so its model cannot be recovered",
         )
     })?;
-    let text = String::from_utf8(zip.read(&name)?)
+    from_model_json(zip.read(&name)?)
+}
+
+/// The tree in an `extra/model.json` (also what dpc puts in the `.pth` files it writes).
+pub fn from_model_json(bytes: Vec<u8>) -> Result<Value, FormatError> {
+    let text = String::from_utf8(bytes)
         .map_err(|_| FormatError::invalid("extra/model.json is not UTF-8"))?;
     let tree = inline_ndarrays(crate::json::parse(&text)?)?;
     if tree.get("model").is_none() {

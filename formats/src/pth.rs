@@ -1747,6 +1747,10 @@ fn ignorable(name: &str) -> bool {
 /// Read a DeePMD-kit `.pth` into its serialization tree.
 pub fn read(bytes: Vec<u8>) -> Result<Value, FormatError> {
     let mut ts = TorchScript::open(bytes)?;
+    // A `.pth` dpc wrote carries the whole tree, as `.pte` files do.
+    if let Some(json) = ts.extra("model.json")? {
+        return crate::pte::from_model_json(json);
+    }
     let root = ts.data.root;
     let class = ts.class(root).unwrap_or_default();
     let script_id = ts.attr(root, "model_def_script").ok_or_else(|| {

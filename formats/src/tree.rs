@@ -348,6 +348,39 @@ pub fn map_variables(
     }
 }
 
+/// An array as DeePMD-kit's `np.ndarray` variable dict (YAML, and the JSON inside `.pte`).
+pub fn ndarray_to_dict(a: &NdArray) -> Dict {
+    let mut d = Dict::new();
+    d.insert("@class".into(), Value::Str("np.ndarray".into()));
+    d.insert("@is_variable".into(), Value::Bool(true));
+    d.insert("@version".into(), Value::Int(1));
+    d.insert("dtype".into(), Value::Str(a.dtype.name().into()));
+    d.insert("value".into(), Value::Str(String::new())); // placeholder, replaced below
+    let elems: Vec<Value> = (0..a.len())
+        .map(|i| match a.dtype {
+            DType::F16 | DType::F32 | DType::F64 => Value::Float(a.get_f64(i)),
+            DType::Bool => Value::Bool(a.get_i64(i) != Some(0)),
+            _ => Value::Int(a.get_i64(i).unwrap_or(i64::MAX)),
+        })
+        .collect();
+    d.insert("value".into(), nest(&elems, &a.shape));
+    d
+}
+
+fn nest(flat: &[Value], shape: &[usize]) -> Value {
+    match shape.split_first() {
+        None => flat[0].clone(),
+        Some((&n, rest)) => {
+            let stride: usize = rest.iter().product();
+            Value::List(
+                (0..n)
+                    .map(|i| nest(&flat[i * stride..(i + 1) * stride], rest))
+                    .collect(),
+            )
+        }
+    }
+}
+
 /// Replace every `np.ndarray` variable dict in a tree by the array it encodes.
 pub fn inline_ndarrays(tree: Value) -> Result<Value, FormatError> {
     map_variables(tree, false, &mut |v| match v {

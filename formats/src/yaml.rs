@@ -5,7 +5,7 @@
 //! a signed exponent (`1.0e-05`), exactly as PyYAML's own representer writes them.
 
 use crate::json::python_float_repr;
-use crate::tree::{inline_ndarrays, DType, Dict, NdArray, Value};
+use crate::tree::{inline_ndarrays, Dict, Value};
 use crate::FormatError;
 
 /// Parse YAML text into a tree, turning every `np.ndarray` variable into an array.
@@ -104,7 +104,7 @@ fn emit_child(v: &Value, indent: usize, out: &mut String) -> Result<(), FormatEr
         }
         Value::Array(a) => {
             out.push('\n');
-            emit_dict(&ndarray_dict(a)?, indent + 2, out)
+            emit_dict(&crate::tree::ndarray_to_dict(a), indent + 2, out)
         }
         Value::List(l)
             if l.iter()
@@ -123,38 +123,6 @@ fn emit_child(v: &Value, indent: usize, out: &mut String) -> Result<(), FormatEr
             flow(other, out)?;
             out.push('\n');
             Ok(())
-        }
-    }
-}
-
-fn ndarray_dict(a: &NdArray) -> Result<Dict, FormatError> {
-    let mut d = Dict::new();
-    d.insert("@class".into(), Value::Str("np.ndarray".into()));
-    d.insert("@is_variable".into(), Value::Bool(true));
-    d.insert("@version".into(), Value::Int(1));
-    d.insert("dtype".into(), Value::Str(a.dtype.name().into()));
-    d.insert("value".into(), Value::Str(String::new())); // placeholder, replaced below
-    let elems: Vec<Value> = (0..a.len())
-        .map(|i| match a.dtype {
-            DType::F16 | DType::F32 | DType::F64 => Value::Float(a.get_f64(i)),
-            DType::Bool => Value::Bool(a.get_i64(i) != Some(0)),
-            _ => Value::Int(a.get_i64(i).unwrap_or(i64::MAX)),
-        })
-        .collect();
-    d.insert("value".into(), nest(&elems, &a.shape));
-    Ok(d)
-}
-
-fn nest(flat: &[Value], shape: &[usize]) -> Value {
-    match shape.split_first() {
-        None => flat[0].clone(),
-        Some((&n, rest)) => {
-            let stride: usize = rest.iter().product();
-            Value::List(
-                (0..n)
-                    .map(|i| nest(&flat[i * stride..(i + 1) * stride], rest))
-                    .collect(),
-            )
         }
     }
 }

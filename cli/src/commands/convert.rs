@@ -22,7 +22,7 @@ pub struct ConvertArgs {
 pub struct EmitArgs {
     /// Model to read (any supported format, or a built-in model).
     model: String,
-    /// Target format: dp, yaml, hlo, xlo (pb, pth, pte, pt2, savedmodel: not yet).
+    /// Target format: dp, yaml, hlo, xlo, pth (pb, pte, pt2, savedmodel: not yet).
     #[arg(long)]
     format: String,
     /// File to write.
@@ -70,8 +70,10 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
             };
             dpc_formats::dp::write(&hlo_tree(&tree, &model, opts)?)?
         }
+        // TorchScript generated from the IR, for DeePMD-kit's PyTorch backend.
+        Format::Pth => dpc_compiler::lower::torchscript::pth_archive(&tree, &model)?,
         other => bail!(
-            "writing .{} models is not supported yet (dpc writes .dp, .yaml and .hlo/.xlo today; the other emitters are planned)",
+            "writing .{} models is not supported yet (dpc writes .dp, .yaml, .hlo/.xlo and .pth today; the other emitters are planned)",
             other.name()
         ),
     };

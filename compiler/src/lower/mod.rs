@@ -2,3 +2,4 @@
 
 pub mod hlo_file;
 pub mod stablehlo;
+pub mod torchscript;

@@ -1,0 +1,134 @@
+"""Check that DeePMD-kit 3.2 loads a model file dpc wrote (`.hlo` from `dpc compile`: its JAX
+backend; `.pth` from `dpc emit`: its PyTorch backend) and reproduces the reference (the
+PyTorch original's numbers) to 1e-10.
+
+usage: python deepmd_eval_check.py DPC_WRITTEN.{hlo,pth} REFERENCE.json [NAME] [--twin ORIG.pth]
+
+REFERENCE.json is a fixture reference (`configs` at the top) or the variants' reference
+file, from which NAME picks the model.
+
+Per-atom virials of message-passing models (DPA-2, DPA-3) depend on the frame the extended
+system is built in (the fixtures README): the reference holds those of DeePMD-kit's vesin
+path. With `--twin`, the original `.pth` evaluated on the same path is the reference for them.
+
+Every configuration is evaluated alone (energy, force, virial, atom energy and atom virial:
+the atomic-virial variants) and, where several share a type list, together as one batch of
+frames (the exports' `nf` axis). Non-periodic configurations exercise the no-ghost variants. A `.pth` is run twice: with
+DeePMD-kit's own neighbour list (`forward`) and, where vesin is installed, with vesin's
+(`forward_common_lower`).
+Prints `max |diff| X` and exits non-zero above 1e-10.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+from deepmd.infer import DeepPot  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("model")
+ap.add_argument("reference")
+ap.add_argument("name", nargs="?")
+ap.add_argument("--twin")
+args = ap.parse_args()
+model = args.model
+ref = json.load(open(args.reference))
+if args.name:
+    ref = ref[args.name]
+fmt = model.rsplit(".", 1)[-1]
+worst = {}
+
+
+def check(name, got, want):
+    d = float(np.abs(np.asarray(got).ravel() - np.asarray(want).ravel()).max())
+    worst[name] = max(worst.get(name, 0.0), d)
+
+
+keys = ["energy", "force", "virial", "atom_energy", "atom_virial"]
+
+
+def params(cs):
+    """fparam/aparam of configurations, stacked as frames (None where absent)."""
+    kw = {}
+    for k in ("fparam", "aparam"):
+        if cs[0].get(k) is not None:
+            kw[k] = np.array([c[k] for c in cs]).reshape(len(cs), -1)
+    return kw
+
+
+def check_all(dp, twin=None):
+    """Every configuration alone, then batches; returns how many were batched."""
+    for c in ref["configs"]:
+        box = None if c["box"] is None else np.array(c["box"]).reshape(1, 9)
+        kw = params([c])
+        coord = np.array(c["coord"]).reshape(1, -1)
+        out = dp.eval(coord, box, c["atom_types"], atomic=True, **kw)
+        same_path = twin.eval(coord, box, c["atom_types"], atomic=True, **kw) if twin else None
+        for k, v in zip(keys, out):
+            want = c["expected"].get(k)
+            if k == "atom_virial" and same_path is not None:
+                want = same_path[4]
+            jax_split = fmt == "hlo" and ref.get("descriptor") in ("dpa2", "dpa3")
+            if k == "atom_virial" and jax_split and c["per_format"]["hlo"].get(k) is not None:
+                # Message-passing models: DeePMD-kit's JAX backend splits the virial over
+                # atoms its own way in periodic cells (the fixtures README); its own .hlo's
+                # numbers are the reference for a .hlo.
+                want = c["per_format"]["hlo"][k]
+            if want is not None:
+                check(k, v, want)
+        e, f, v = dp.eval(coord, box, c["atom_types"], **kw)
+        check("energy", e, c["expected"]["energy"])
+        check("force", f, c["expected"]["force"])
+        check("virial", v, c["expected"]["virial"])
+
+    # Batches: configurations with the same types and periodicity, evaluated as nf frames.
+    groups = {}
+    for c in ref["configs"]:
+        key = (tuple(c["atom_types"]), c["box"] is None, c.get("fparam") is None)
+        groups.setdefault(key, []).append(c)
+    batched = 0
+    for (types, open_, _), cs in groups.items():
+        if len(cs) < 2:
+            continue
+        coord = np.array([c["coord"] for c in cs])
+        box = None if open_ else np.array([c["box"] for c in cs])
+        e, f, v = dp.eval(coord, box, list(types), **params(cs))
+        for i, c in enumerate(cs):
+            check("energy", e[i], c["expected"]["energy"])
+            check("force", f[i], c["expected"]["force"])
+            check("virial", v[i], c["expected"]["virial"])
+        batched += len(cs)
+    return batched
+
+
+if fmt == "pth":
+    # DeePMD-kit's own neighbour list (the module's `forward`), then vesin's where it is
+    # installed (`forward_common_lower` on an extended system DeePMD-kit builds).
+    from deepmd.pt_expt.utils.vesin_neighbor_list import (  # noqa: E402
+        is_vesin_torch_available,
+    )
+
+    def twin(backend):
+        return DeepPot(args.twin, nlist_backend=backend) if args.twin else None
+
+    batched = check_all(DeepPot(model, nlist_backend="native"), twin("native"))
+    paths = "native"
+    if is_vesin_torch_available():
+        check_all(DeepPot(model, nlist_backend="vesin"), twin("vesin"))
+        paths += " and vesin neighbour lists"
+else:
+    batched = check_all(DeepPot(model))
+    paths = "DeePMD-kit's neighbour list"
+
+tot = max(worst.values())
+print(
+    f"max |diff| {tot:.3e} ("
+    + ", ".join(f"{k} {x:.1e}" for k, x in worst.items())
+    + f"; {len(ref['configs'])} configs, {batched} also in batches; {paths})"
+)
+sys.exit(0 if tot < 1e-10 else 1)
