@@ -248,6 +248,10 @@ fn round_trip(src: &std::path::Path) {
         dir.join("d.yaml").to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
+    // TorchScript carries the tree too (extra/model.json).
+    let e = dir.join("e.pth");
+    let (ok, _, err) = dpc(&["convert", c.to_str().unwrap(), e.to_str().unwrap()]);
+    assert!(ok, "{err}");
     let model = |p: &std::path::Path| {
         dpc_formats::read_model(p)
             .unwrap()
@@ -256,7 +260,7 @@ fn round_trip(src: &std::path::Path) {
             .clone()
     };
     let original = model(src);
-    for p in [&a, &b, &c, &dir.join("d.yaml")] {
+    for p in [&a, &b, &c, &dir.join("d.yaml"), &e] {
         assert_eq!(
             model(p),
             original,
@@ -272,9 +276,54 @@ fn round_trip(src: &std::path::Path) {
     let (ok, _, err) = dpc(&[
         "convert",
         a.to_str().unwrap(),
-        dir.join("x.pth").to_str().unwrap(),
+        dir.join("x.pb").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("not supported yet"), "{err}");
+}
+
+/// `dpc emit --format pth` writes a TorchScript archive whose module has the methods
+/// DeePMD-kit calls, and dpc evaluates it to the same numbers as its source. (DeePMD-kit
+/// itself runs these files in tests/tests/interop.rs.)
+#[test]
+fn emit_pth_writes_torchscript_that_evaluates_like_its_source() {
+    let dir = scratch("emit-pth");
+    let pth = dir.join("water.pth");
+    let (ok, out, err) = dpc(&[
+        "emit",
+        "builtin:water",
+        "--format",
+        "pth",
+        "-o",
+        pth.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("-> pth"), "{err}");
+    let bytes = std::fs::read(&pth).unwrap();
+    let mut zip = dpc_formats::archive::Archive::open(bytes).unwrap();
+    let code = String::from_utf8(zip.read("model/code/__torch__/dpc.py").unwrap()).unwrap();
+    for m in [
+        "def forward(",
+        "def forward_lower(",
+        "def forward_common_lower(",
+        "def get_rcut(",
+        "def get_type_map(",
+        "def _graph_atomic_virial(",
+    ] {
+        assert!(code.contains(m), "no {m} in the module");
+    }
+    assert!(code.contains(r#"return ["O", "H"]"#), "type map");
+    let conf = dir.join("c.json");
+    std::fs::write(
+        &conf,
+        r#"{"coord": [0,0,0, 0.96,0,0, -0.24,0.93,0, 3,3,3, 3.96,3,3], "atype": [0,1,1,0,1],
+            "box": [9,0,0, 0,9,0, 0,0,9]}"#,
+    )
+    .unwrap();
+    let c = conf.to_str().unwrap();
+    let (ok, a, err) = dpc(&["eval", "builtin:water", "--input", c]);
+    assert!(ok, "{err}");
+    let (ok, b, err) = dpc(&["eval", pth.to_str().unwrap(), "--input", c]);
+    assert!(ok, "{err}");
+    assert!(!a.is_empty() && a == b, "the .pth evaluates differently");
 }
 
 #[test]

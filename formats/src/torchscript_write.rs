@@ -230,3 +230,67 @@ impl Pickler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::torchscript::TorchScript;
+
+    /// What is written reads back through dpc's own TorchScript reader: the class, plain
+    /// attributes, and tensors bit for bit (shape, dtype, bytes); extra files are kept.
+    #[test]
+    fn archives_read_back() {
+        let w: Vec<f64> = vec![1.5, -0.0, f64::MIN_POSITIVE, 1e300, 3.25, -7.0];
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut ar = Archive::new("m");
+        ar.code("__torch__/x.py", "class M(Module):\n  pass\n".into());
+        ar.extra("note.txt", b"hello".to_vec());
+        let attrs = vec![
+            ("training".to_string(), Attr::Bool(false)),
+            ("name".to_string(), Attr::Str("dpc é".into())),
+            (
+                "w".to_string(),
+                Attr::Tensor {
+                    dtype: DType::F64,
+                    shape: vec![2, 3],
+                    bytes: bytes.clone(),
+                },
+            ),
+            (
+                "s".to_string(),
+                Attr::Tensor {
+                    dtype: DType::I32,
+                    shape: vec![],
+                    bytes: 7i32.to_le_bytes().to_vec(),
+                },
+            ),
+        ];
+        let zip = ar.finish("__torch__.x.M", &attrs).unwrap();
+        let mut ts = TorchScript::open(zip).unwrap();
+        let root = ts.data.root;
+        assert_eq!(ts.class(root).as_deref(), Some("__torch__.x.M"));
+        let name = ts.attr(root, "name").unwrap();
+        assert_eq!(ts.data.as_str(name), Some("dpc é"));
+        let t = ts.attr(root, "w").unwrap();
+        let a = ts.tensor(t).unwrap();
+        assert_eq!((a.dtype, a.shape.clone()), (DType::F64, vec![2, 3]));
+        let back: Vec<u64> = (0..6).map(|i| a.get_f64(i).to_bits()).collect();
+        assert_eq!(back, w.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        let s = ts.attr(root, "s").unwrap();
+        assert_eq!(ts.tensor(s).unwrap().get_i64(0), Some(7));
+        assert_eq!(
+            ts.extra("note.txt").unwrap().as_deref(),
+            Some(&b"hello"[..])
+        );
+        // A tensor whose bytes do not fit its shape is refused.
+        let bad = vec![(
+            "w".to_string(),
+            Attr::Tensor {
+                dtype: DType::F64,
+                shape: vec![2],
+                bytes,
+            },
+        )];
+        assert!(Archive::new("m").finish("__torch__.x.M", &bad).is_err());
+    }
+}

@@ -138,7 +138,7 @@ fn deepmd_kit_loads_what_dpc_writes() {
 /// reproduces the reference to 1e-10 on every fixture model (including se_e2_a with
 /// `type_one_side: false`, which DeePMD-kit's own exporter cannot write) and on variants
 /// with fparam/aparam, exclusions and DPA-1 concat; alone, in batches, with and without
-/// periodic images (`hlo_check.py`).
+/// periodic images (`deepmd_eval_check.py`).
 #[test]
 fn deepmd_kit_runs_what_dpc_compile_writes() {
     use dpc_compiler::lower::hlo_file::{hlo_tree, HloOptions, Platform};
@@ -211,7 +211,7 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
         )
         .unwrap();
         let mut args = vec![
-            interop_dir().join("hlo_check.py"),
+            interop_dir().join("deepmd_eval_check.py"),
             out.clone(),
             reference.clone(),
         ];
@@ -231,6 +231,125 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
         assert!(o.status.success(), "{name}: {text}");
         eprintln!(
             "{name}: DeePMD-kit (JAX) on dpc's .hlo: {}",
+            text.lines()
+                .find(|l| l.starts_with("max |diff|"))
+                .unwrap_or("")
+        );
+    }
+}
+
+/// `dpc emit --format pth` output, loaded by DeePMD-kit's PyTorch backend (`DeepPot(X.pth)`),
+/// reproduces the reference to 1e-10 on every fixture model and on variants with
+/// fparam/aparam, exclusions, float32 networks (1e-5), DPA-1 concat, hybrids and DPA-2/DPA-3
+/// options, through
+/// DeePMD-kit's own neighbour list (the module's `forward`) and vesin's
+/// (`forward_common_lower`) (`deepmd_eval_check.py`). One model is emitted from DeePMD-kit's
+/// own `.pth`, the others from `.dp`. For message-passing models the per-atom virials are
+/// compared with the original `.pth` on the same path (the frame of the extended system
+/// changes them).
+#[test]
+fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
+    use dpc_compiler::model::Model;
+
+    let mut cands = candidates("DPC_DEEPMD_TORCH_PYTHON");
+    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
+    cands
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
+    let py = match python_with(&cands, "deepmd.pt.infer.deep_eval, torch") {
+        Ok(p) => p,
+        Err(why) => {
+            assert!(
+                std::env::var("DPC_REQUIRE_DEEPMD_TORCH").is_err(),
+                "DPC_REQUIRE_DEEPMD_TORCH is set: {why}"
+            );
+            eprintln!("SKIPPED (pip install \"deepmd-kit[torch]==3.2.0\", then set DPC_DEEPMD_TORCH_PYTHON): {why}");
+            return;
+        }
+    };
+    let dir = common::scratch("deepmd-pth");
+    let variants = common::local_fixtures().join("variants");
+    let mut cases: Vec<(String, PathBuf, PathBuf, Option<&str>, PathBuf)> = common::MODELS
+        .iter()
+        .map(|m| {
+            let src = if *m == "se_e2_a" {
+                "model.pth"
+            } else {
+                "model.dp"
+            };
+            (
+                m.to_string(),
+                common::model_file(m, src),
+                common::fixtures()
+                    .join("reference")
+                    .join(format!("{m}.json")),
+                None,
+                common::model_file(m, "model.pth"),
+            )
+        })
+        .collect();
+    for v in [
+        "se_e2_a_fparam_aparam",
+        "se_e2_a_excl",
+        "se_e2_a_tos_pairexcl",
+        "se_e2_a_f32",
+        "se_e3_3types",
+        "dpa1_concat_tos_t",
+        "hybrid_se_a_se_r",
+        "hybrid_dpa1_dpa3",
+        "dpa2_strip_three_body",
+        "dpa3_noangle_fparam",
+        "se_e3_tebd_strip",
+    ] {
+        cases.push((
+            v.to_string(),
+            variants.join(v).join("model.dp"),
+            variants.join("reference.json"),
+            Some(v),
+            variants.join(v).join("model.pth"),
+        ));
+    }
+    for (name, src, reference, key, twin) in cases {
+        let tree = read_model(&src).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let out = dir.join(format!("{name}.pth"));
+        let bytes = dpc_compiler::lower::torchscript::pth_archive(&tree, &model).unwrap();
+        std::fs::write(&out, bytes).unwrap();
+        // dpc reads its own .pth back to the same tree.
+        assert_eq!(
+            read_model(&out).unwrap(),
+            tree,
+            "{name}: the tree in the .pth"
+        );
+        let mut args: Vec<std::ffi::OsString> = vec![
+            interop_dir().join("deepmd_eval_check.py").into(),
+            out.clone().into(),
+            reference.clone().into(),
+        ];
+        if let Some(k) = key {
+            args.push(k.into());
+        }
+        if model.descriptor.has_message_passing() {
+            args.push("--twin".into());
+            args.push(twin.into());
+        }
+        if name.ends_with("f32") {
+            // float32 networks: rounding differs from PyTorch's (as in tests/tests/variants.rs).
+            args.push("--tol".into());
+            args.push("1e-5".into());
+        }
+        let o = Command::new(&py)
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{name}: {text}");
+        eprintln!(
+            "{name}: DeePMD-kit (PyTorch) on dpc's .pth: {}",
             text.lines()
                 .find(|l| l.starts_with("max |diff|"))
                 .unwrap_or("")

@@ -74,9 +74,11 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
         s.push(']');
         s
     };
-    let raise = |what: &str| {
+    // The serialized dialect's raise does not end a branch for the compiler's definedness
+    // check, so the branch still assigns its result.
+    let raise = |what: &str, shape: &str| {
         format!(
-            "ops.prim.RaiseException(\"this model needs {what}\", \"builtins.RuntimeError\")"
+            "ops.prim.RaiseException(\"this model needs {what}\", \"builtins.RuntimeError\")\n      _0 = torch.zeros({shape}, dtype=7, layout=None, device=dev)"
         )
     };
     let fparam_default = if dfp == 0 {
@@ -84,12 +86,12 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     } else if default_fparam.is_some() {
         "_0 = torch.tile(torch.unsqueeze(self.default_fparam, 0), [nf, 1])".to_string()
     } else {
-        raise(&format!("fparam ({dfp} per frame)"))
+        raise(&format!("fparam ({dfp} per frame)"), "[nf, 0]")
     };
     let aparam_default = if dap == 0 {
         "_0 = torch.zeros([nf, nloc, 0], dtype=7, layout=None, device=dev)".to_string()
     } else {
-        raise(&format!("aparam ({dap} per atom)"))
+        raise(&format!("aparam ({dap} per atom)"), "[nf, nloc, 0]")
     };
     let mut buffers: Vec<String> = (0..consts.tensors.len()).map(|i| format!("c{i}")).collect();
     if default_fparam.is_some() {
@@ -161,7 +163,10 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
 
     let mut attrs: Vec<(String, Attr)> = vec![
         ("training".into(), Attr::Bool(false)),
-        ("model_def_script".into(), Attr::Str(model_def_script(tree, model))),
+        (
+            "model_def_script".into(),
+            Attr::Str(model_def_script(tree, model)),
+        ),
     ];
     for (i, t) in consts.tensors.iter().enumerate() {
         attrs.push((format!("c{i}"), tensor_attr(&t.data, &t.shape)));
@@ -183,9 +188,18 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
 
 fn tensor_attr(d: &Data, shape: &[usize]) -> Attr {
     let (dtype, bytes): (FDType, Vec<u8>) = match d {
-        Data::F64(v) => (FDType::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Data::F32(v) => (FDType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Data::I32(v) => (FDType::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Data::F64(v) => (
+            FDType::F64,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        Data::F32(v) => (
+            FDType::F32,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        Data::I32(v) => (
+            FDType::I32,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
         Data::Bool(v) => (FDType::Bool, v.iter().map(|&x| x as u8).collect()),
     };
     Attr::Tensor {

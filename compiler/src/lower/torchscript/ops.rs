@@ -78,7 +78,10 @@ fn shape(dims: &[Dim]) -> String {
 fn ints(v: &[usize]) -> String {
     format!(
         "[{}]",
-        v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
