@@ -276,7 +276,7 @@ fn round_trip(src: &std::path::Path) {
     let (ok, _, err) = dpc(&[
         "convert",
         a.to_str().unwrap(),
-        dir.join("x.pb").to_str().unwrap(),
+        dir.join("x.pte").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("not supported yet"), "{err}");
 }
@@ -324,6 +324,67 @@ fn emit_pth_writes_torchscript_that_evaluates_like_its_source() {
     let (ok, b, err) = dpc(&["eval", pth.to_str().unwrap(), "--input", c]);
     assert!(ok, "{err}");
     assert!(!a.is_empty() && a == b, "the .pth evaluates differently");
+}
+
+/// `dpc emit --format pb` writes a frozen TensorFlow graph with the placeholders, outputs and
+/// DeePMD-kit ops its TensorFlow runtime feeds (DeePMD-kit runs it in tests/tests/interop.rs);
+/// dpc reads it back to the same numbers, and descriptors without a TF lowering are refused.
+#[test]
+fn emit_pb_writes_a_deepmd_graph_and_refuses_what_it_cannot_lower() {
+    let dir = scratch("emit-pb");
+    let pb = dir.join("water.pb");
+    let (ok, _, err) = dpc(&[
+        "emit",
+        "builtin:water",
+        "--format",
+        "pb",
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let gd = dpc_formats::tf::parse(&std::fs::read(&pb).unwrap(), false).unwrap();
+    let ops: std::collections::HashMap<&str, &str> = gd
+        .node
+        .iter()
+        .map(|n| (n.name.as_str(), n.op.as_str()))
+        .collect();
+    for (name, op) in [
+        ("t_coord", "Placeholder"),
+        ("t_mesh", "Placeholder"),
+        ("ProdEnvMatA", "ProdEnvMatA"),
+        ("ProdForceSeA", "ProdForceSeA"),
+        ("ProdVirialSeA", "ProdVirialSeA"),
+        ("o_energy", "Sum"),
+        ("o_force", "Reshape"),
+        ("model_attr/tmap", "Const"),
+    ] {
+        assert_eq!(ops.get(name), Some(&op), "{name}");
+    }
+    let conf = dir.join("c.json");
+    std::fs::write(
+        &conf,
+        r#"{"coord": [0,0,0, 0.96,0,0, -0.24,0.93,0], "atype": [0,1,1], "box": [9,0,0, 0,9,0, 0,0,9]}"#,
+    )
+    .unwrap();
+    let c = conf.to_str().unwrap();
+    let (ok, a, err) = dpc(&["eval", "builtin:water", "--input", c]);
+    assert!(ok, "{err}");
+    let (ok, b, err) = dpc(&["eval", pb.to_str().unwrap(), "--input", c]);
+    assert!(ok, "{err}");
+    assert!(!a.is_empty() && a == b, "the .pb evaluates differently");
+    let dpa1 = fixtures().join("models/se_atten/model.dp");
+    let (ok, _, err) = dpc(&[
+        "emit",
+        dpa1.to_str().unwrap(),
+        "--format",
+        "pb",
+        "-o",
+        dir.join("x.pb").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("not lowered to TensorFlow yet"),
+        "{err}"
+    );
 }
 
 #[test]

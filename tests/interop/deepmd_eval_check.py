@@ -1,8 +1,8 @@
 """Check that DeePMD-kit 3.2 loads a model file dpc wrote (`.hlo` from `dpc compile`: its JAX
-backend; `.pth` from `dpc emit`: its PyTorch backend) and reproduces the reference (the
-PyTorch original's numbers) to 1e-10.
+backend; `.pth` from `dpc emit`: its PyTorch backend; `.pb` from `dpc emit`: its TensorFlow
+backend) and reproduces the reference (the PyTorch original's numbers) to 1e-10.
 
-usage: python deepmd_eval_check.py DPC_WRITTEN.{hlo,pth} REFERENCE.json [NAME] [--twin ORIG.pth] [--tol T]
+usage: python deepmd_eval_check.py DPC_WRITTEN.{hlo,pth,pb} REFERENCE.json [NAME] [--twin ORIG.pth] [--tol T]
 
 REFERENCE.json is a fixture reference (`configs` at the top) or the variants' reference
 file, from which NAME picks the model.

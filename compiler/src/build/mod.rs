@@ -95,6 +95,9 @@ pub(crate) struct Inputs {
     pub flat_frames: bool,
     /// `io::MAPPING`, for message-passing descriptors.
     pub mapping: Option<ValueId>,
+    /// A precomputed normalised environment matrix `[nloc, nnei, 4]` (`build_from_env_mat`):
+    /// se_e2_a reads it instead of computing one from coordinates.
+    pub env: Option<ValueId>,
 }
 
 /// Build the graph for `model`.
@@ -166,6 +169,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         },
         flat_frames: opts.flat_frames,
         mapping,
+        env: None,
     };
 
     let nlist = env_mat::exclude_pairs(
@@ -176,25 +180,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         model.ntypes(),
     )?;
     let desc = descriptor(&mut g, &inp, &model.descriptor, nlist)?;
-    let desc = g.cast(desc, DType::F64)?;
-    let mut ae = fitting::build(&mut g, &inp, &model.fitting, desc)?;
-    if model.tf_semantics {
-        // TensorFlow scales the fitted energy by out_std before adding out_bias.
-        let std = g.constant(crate::graph::Tensor::f64(
-            vec![model.ntypes()],
-            model.out_std.clone(),
-        ));
-        let std = g.gather(std, atype_loc)?;
-        ae = g.mul(ae, std)?;
-    }
-    let out_bias = g.constant(crate::graph::Tensor::f64(
-        vec![model.ntypes()],
-        model.out_bias.clone(),
-    ));
-    let out_bias = g.gather(out_bias, atype_loc)?;
-    let ae = g.add(ae, out_bias)?;
-    let mut ae =
-        fitting::exclude_atoms(&mut g, &inp, ae, &model.atom_exclude_types, model.ntypes())?;
+    let mut ae = atomic_energy(&mut g, &inp, model, desc)?;
     if let Some(r) = real {
         let r = g.slice(r, 0, Dim::fixed(0), Dim::NLOC)?;
         let r = g.cast(r, DType::F64)?;
@@ -211,6 +197,110 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
     g.set_output(io::ATOM_ENERGY, ae);
     g.set_output(io::ENERGY, energy);
     derivatives(&mut g, coord, ae, energy, opts)?;
+    Ok(g)
+}
+
+/// Atomic energies `[nloc]` from descriptor rows: the fitting network, TensorFlow's
+/// `out_std` scaling where the model has it, the output bias and atom exclusions.
+fn atomic_energy(
+    g: &mut Graph,
+    inp: &Inputs,
+    model: &Model,
+    desc: ValueId,
+) -> Result<ValueId, GraphError> {
+    let desc = g.cast(desc, DType::F64)?;
+    let mut ae = fitting::build(g, inp, &model.fitting, desc)?;
+    if model.tf_semantics {
+        // TensorFlow scales the fitted energy by out_std before adding out_bias.
+        let std = g.constant(crate::graph::Tensor::f64(
+            vec![model.ntypes()],
+            model.out_std.clone(),
+        ));
+        let std = g.gather(std, inp.atype_loc)?;
+        ae = g.mul(ae, std)?;
+    }
+    let out_bias = g.constant(crate::graph::Tensor::f64(
+        vec![model.ntypes()],
+        model.out_bias.clone(),
+    ));
+    let out_bias = g.gather(out_bias, inp.atype_loc)?;
+    let ae = g.add(ae, out_bias)?;
+    fitting::exclude_atoms(g, inp, ae, &model.atom_exclude_types, model.ntypes())
+}
+
+/// Names of `build_from_env_mat`'s inputs and outputs (with `io::ATYPE`, `io::ATOM_ENERGY`).
+pub mod env_io {
+    /// `f64[nloc, nnei, 4]` DeePMD-kit's normalised environment matrix (`ProdEnvMatA`'s
+    /// `descrpt`), neighbours in per-type blocks of `sel[t]`.
+    pub const ENV_MAT: &str = "env_mat";
+    /// `f64[nloc, nnei, 4]` the derivative of the total energy by `ENV_MAT` (the `net_deriv`
+    /// DeePMD-kit's `ProdForceSeA`/`ProdVirialSeA` take).
+    pub const ENV_MAT_GRAD: &str = "env_mat_grad";
+}
+
+/// An se_e2_a model's energy from a precomputed environment matrix, for targets whose own
+/// ops build that matrix and turn its gradient into forces and virials (DeePMD-kit's
+/// TensorFlow graphs). Inputs: `env_io::ENV_MAT`, `io::ATYPE` (`i32[nloc]`, the centres);
+/// outputs: `io::ATOM_ENERGY`, `env_io::ENV_MAT_GRAD`. Elementary ops only.
+pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
+    let Descriptor::SeA(d) = &model.descriptor else {
+        return Err(GraphError(format!(
+            "only se_e2_a models can be built on a given environment matrix, not {}",
+            model.descriptor.name()
+        )));
+    };
+    let unsupported = |what: &str| {
+        Err(GraphError(format!(
+            "{what} (not supported in this form yet)"
+        )))
+    };
+    if !d.exclude_types.is_empty() || !model.pair_exclude_types.is_empty() {
+        return unsupported("pair exclusions");
+    }
+    if model.dim_fparam() > 0 || model.dim_aparam() > 0 {
+        return unsupported("frame or atomic parameters");
+    }
+    let nnei: usize = d.sel.iter().sum();
+    let mut g = Graph::new();
+    let env = g.input(
+        env_io::ENV_MAT,
+        TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(4)]),
+    );
+    let atype = g.input(io::ATYPE, TensorType::new(DType::I32, vec![Dim::NLOC]));
+    let coord = g.input(
+        io::COORD,
+        TensorType::new(DType::F64, vec![Dim::NALL, Dim::fixed(3)]),
+    );
+    let nlist = g.input(
+        io::NLIST,
+        TensorType::new(DType::I32, vec![Dim::NLOC, Dim::fixed(nnei)]),
+    );
+    let env_d = g.cast(env, d.dtype)?;
+    let inp = Inputs {
+        coord,
+        atype,
+        atype_loc: atype,
+        fparam: None,
+        aparam: None,
+        fuse: false,
+        compress: None,
+        flat_frames: false,
+        mapping: None,
+        env: Some(env_d),
+    };
+    let desc = se_a::build(&mut g, &inp, d, nlist)?;
+    let ae = atomic_energy(&mut g, &inp, model, desc)?;
+    let energy = g.sum(ae, &[0], false)?;
+    let one = g.scalar(1.0, DType::F64);
+    let grad = match vjp(&mut g, energy, one, &[env])?[0] {
+        Some(v) => v,
+        None => {
+            let z = g.scalar(0.0, DType::F64);
+            g.broadcast(z, vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(4)])?
+        }
+    };
+    g.set_output(io::ATOM_ENERGY, ae);
+    g.set_output(env_io::ENV_MAT_GRAD, grad);
     Ok(g)
 }
 

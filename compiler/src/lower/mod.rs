@@ -2,4 +2,5 @@
 
 pub mod hlo_file;
 pub mod stablehlo;
+pub mod tf_graph;
 pub mod torchscript;

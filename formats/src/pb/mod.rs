@@ -108,9 +108,16 @@ fn looks_like_text(bytes: &[u8]) -> bool {
 
 /// Read a DeePMD-kit frozen graph into its serialization tree (binary protobuf, or text
 /// format when `text`).
+/// The string constant in which dpc's `.pb` files carry the serialization tree (JSON).
+pub const DPC_MODEL_JSON: &str = "dpc_attr/model_json";
+
 pub fn read(bytes: &[u8], text: bool) -> R<Value> {
     let def = tf::parse(bytes, text)?;
     let g = G(Graph::new(def));
+    // A .pb dpc wrote carries the whole tree (its graph runs the model; it is not rebuilt).
+    if let Some(json) = g.string(DPC_MODEL_JSON)? {
+        return crate::pte::from_model_json(json.into_bytes());
+    }
     g.check_supported()?;
     let jmodel = match g.string("train_attr/training_script")? {
         Some(s) => {

@@ -22,6 +22,11 @@ pub fn parse(bytes: &[u8], text: bool) -> Result<GraphDef, FormatError> {
     }
 }
 
+/// A GraphDef as binary protobuf.
+pub fn encode(gd: &GraphDef) -> Vec<u8> {
+    gd.encode_to_vec()
+}
+
 /// The graph's nodes by name.
 pub struct Graph {
     pub def: GraphDef,
