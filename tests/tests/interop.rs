@@ -357,11 +357,11 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
     }
 }
 
-/// `dpc emit --format pb` output (se_e2_a models), loaded by DeePMD-kit's TensorFlow
-/// runtime (`DeepPot(X.pb)`: its `ProdEnvMatA`, `ProdForceSeA` and `ProdVirialSeA` ops around
-/// dpc's lowered graph), reproduces the reference, the PyTorch original's numbers, to 1e-10
+/// `dpc emit --format pb` output (se_e2_a and se_e2_r models), loaded by DeePMD-kit's
+/// TensorFlow runtime (`DeepPot(X.pb)`: its `ProdEnvMat*`, `ProdForceSe*` and
+/// `ProdVirialSe*` ops around dpc's lowered graph), reproduces the reference, the PyTorch original's numbers, to 1e-10
 /// (`deepmd_eval_check.py`): the case where DeePMD-kit's own `.pth` -> `.pb` conversion is off
-/// by eV. One model is emitted from DeePMD-kit's `.pth`, the others from `.dp`.
+/// by eV. Two models are emitted from DeePMD-kit's `.pth`, the others from `.dp`.
 #[test]
 fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
     use dpc_compiler::model::Model;
@@ -399,6 +399,12 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
             "se_e2_a_tos",
             common::model_file("se_e2_a_tos", "model.dp"),
             reference("se_e2_a_tos"),
+            None,
+        ),
+        (
+            "se_e2_r",
+            common::model_file("se_e2_r", "model.pth"),
+            reference("se_e2_r"),
             None,
         ),
         (

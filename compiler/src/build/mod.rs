@@ -230,43 +230,50 @@ fn atomic_energy(
 
 /// Names of `build_from_env_mat`'s inputs and outputs (with `io::ATYPE`, `io::ATOM_ENERGY`).
 pub mod env_io {
-    /// `f64[nloc, nnei, 4]` DeePMD-kit's normalised environment matrix (`ProdEnvMatA`'s
-    /// `descrpt`), neighbours in per-type blocks of `sel[t]`.
+    /// `f64[nloc, nnei, ncomp]` DeePMD-kit's normalised environment matrix (`ProdEnvMatA`'s
+    /// or `ProdEnvMatR`'s `descrpt`), neighbours in per-type blocks of `sel[t]`.
     pub const ENV_MAT: &str = "env_mat";
-    /// `f64[nloc, nnei, 4]` the derivative of the total energy by `ENV_MAT` (the `net_deriv`
-    /// DeePMD-kit's `ProdForceSeA`/`ProdVirialSeA` take).
+    /// `f64[nloc, nnei, ncomp]` the derivative of the total energy by `ENV_MAT` (the
+    /// `net_deriv` DeePMD-kit's force and virial ops take).
     pub const ENV_MAT_GRAD: &str = "env_mat_grad";
 }
 
-/// An se_e2_a model's energy from a precomputed environment matrix, for targets whose own
-/// ops build that matrix and turn its gradient into forces and virials (DeePMD-kit's
-/// TensorFlow graphs). Inputs: `env_io::ENV_MAT`, `io::ATYPE` (`i32[nloc]`, the centres);
-/// outputs: `io::ATOM_ENERGY`, `env_io::ENV_MAT_GRAD`. Elementary ops only.
+/// An se_e2_a (`ncomp` 4) or se_e2_r (`ncomp` 1) model's energy from a precomputed
+/// environment matrix, for targets whose own ops build that matrix and turn its gradient
+/// into forces and virials (DeePMD-kit's TensorFlow graphs). Inputs: `env_io::ENV_MAT`,
+/// `io::ATYPE` (`i32[nloc]`, the centres); outputs: `io::ATOM_ENERGY`,
+/// `env_io::ENV_MAT_GRAD`. Elementary ops only.
 pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
-    let Descriptor::SeA(d) = &model.descriptor else {
-        return Err(GraphError(format!(
-            "only se_e2_a models can be built on a given environment matrix, not {}",
-            model.descriptor.name()
-        )));
+    let (sel, exclude, dtype, ncomp) = match &model.descriptor {
+        Descriptor::SeA(d) => (&d.sel, &d.exclude_types, d.dtype, 4),
+        Descriptor::SeR(d) => (&d.sel, &d.exclude_types, d.dtype, 1),
+        other => {
+            return Err(GraphError(format!(
+            "only se_e2_a and se_e2_r models can be built on a given environment matrix, not {}",
+            other.name()
+        )))
+        }
     };
     let unsupported = |what: &str| {
         Err(GraphError(format!(
             "{what} (not supported in this form yet)"
         )))
     };
-    if !d.exclude_types.is_empty() || !model.pair_exclude_types.is_empty() {
+    if !exclude.is_empty() || !model.pair_exclude_types.is_empty() {
         return unsupported("pair exclusions");
     }
     if model.dim_fparam() > 0 || model.dim_aparam() > 0 {
         return unsupported("frame or atomic parameters");
     }
-    let nnei: usize = d.sel.iter().sum();
+    let nnei: usize = sel.iter().sum();
+    let env_shape = vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(ncomp)];
     let mut g = Graph::new();
     let env = g.input(
         env_io::ENV_MAT,
-        TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(4)]),
+        TensorType::new(DType::F64, env_shape.clone()),
     );
     let atype = g.input(io::ATYPE, TensorType::new(DType::I32, vec![Dim::NLOC]));
+    // Read by neither builder once the matrix is given; they take them as arguments.
     let coord = g.input(
         io::COORD,
         TensorType::new(DType::F64, vec![Dim::NALL, Dim::fixed(3)]),
@@ -275,7 +282,7 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
         io::NLIST,
         TensorType::new(DType::I32, vec![Dim::NLOC, Dim::fixed(nnei)]),
     );
-    let env_d = g.cast(env, d.dtype)?;
+    let env_d = g.cast(env, dtype)?;
     let inp = Inputs {
         coord,
         atype,
@@ -288,7 +295,11 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
         mapping: None,
         env: Some(env_d),
     };
-    let desc = se_a::build(&mut g, &inp, d, nlist)?;
+    let desc = match &model.descriptor {
+        Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
+        Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,
+        _ => unreachable!("checked above"),
+    };
     let ae = atomic_energy(&mut g, &inp, model, desc)?;
     let energy = g.sum(ae, &[0], false)?;
     let one = g.scalar(1.0, DType::F64);
@@ -296,7 +307,7 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
         Some(v) => v,
         None => {
             let z = g.scalar(0.0, DType::F64);
-            g.broadcast(z, vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(4)])?
+            g.broadcast(z, env_shape)?
         }
     };
     g.set_output(io::ATOM_ENERGY, ae);

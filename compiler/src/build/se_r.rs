@@ -10,7 +10,10 @@ use crate::model::SeR;
 pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<ValueId, GraphError> {
     let ntypes = d.sel.len();
     let nnei: usize = d.sel.iter().sum();
-    let env_rr = env_rr(g, inp, nlist, &d.env, &d.stats, true, d.dtype)?;
+    let env_rr = match inp.env {
+        Some(e) => e,
+        None => env_rr(g, inp, nlist, &d.env, &d.stats, true, d.dtype)?,
+    };
     let keep = pair_keep(g, inp, nlist, &d.exclude_types, ntypes)?;
     let rr = apply_keep(g, env_rr, keep)?; // [nloc, nnei, 1]
     let mut acc: Option<ValueId> = None;

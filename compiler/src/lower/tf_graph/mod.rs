@@ -10,7 +10,8 @@
 //! are the IR (`build::build_from_env_mat`), lowered op by op. The serialization tree rides
 //! along in the string constant `dpc_attr/model_json`, so dpc reads the file back exactly.
 //!
-//! se_e2_a models without exclusions or frame/atomic parameters only, for now.
+//! se_e2_a (`ProdEnvMatA`) and se_e2_r (`ProdEnvMatR`) models without exclusions or
+//! frame/atomic parameters only, for now.
 
 mod ops;
 
@@ -29,15 +30,22 @@ pub use dpc_formats::pb::DPC_MODEL_JSON as MODEL_JSON;
 
 /// A `.pb` of `model` (whose serialization tree is `tree`).
 pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
-    let Descriptor::SeA(d) = &model.descriptor else {
-        return Err(GraphError(format!(
-            "writing .pb: {} descriptors are not lowered to TensorFlow yet (se_e2_a is)",
-            model.descriptor.name()
-        )));
+    // DeePMD-kit's ops for the descriptor, and their attributes.
+    let (sel, env, stats, ncomp) = match &model.descriptor {
+        Descriptor::SeA(d) => (&d.sel, &d.env, &d.stats, 4),
+        Descriptor::SeR(d) => (&d.sel, &d.env, &d.stats, 1),
+        other => {
+            return Err(GraphError(format!(
+                "writing .pb: {} descriptors are not lowered to TensorFlow yet (se_e2_a and se_e2_r are)",
+                other.name()
+            )))
+        }
     };
-    if d.env.protection != 0.0 {
+    let radial = ncomp == 1;
+    if env.protection != 0.0 {
         return Err(GraphError(
-            "writing .pb: env_protection is not supported by DeePMD-kit's ProdEnvMatA".into(),
+            "writing .pb: env_protection is not supported by DeePMD-kit's environment-matrix ops"
+                .into(),
         ));
     }
     let g = build_from_env_mat(model).map_err(|e| GraphError(format!("writing .pb: {}", e.0)))?;
@@ -69,7 +77,8 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
         &[],
         (ntypes as i32).to_le_bytes().to_vec(),
     );
-    let sel: Vec<i32> = d.sel.iter().map(|&s| s as i32).collect();
+    let sel_i: Vec<i64> = sel.iter().map(|&s| s as i64).collect();
+    let sel: Vec<i32> = sel.iter().map(|&s| s as i32).collect();
     for name in ["descrpt_attr/sel", "descrpt_attr/original_sel"] {
         tf.constant(
             Some(name),
@@ -110,35 +119,48 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
             _ => Vec::new(),
         }
     };
-    let (avg, std) = (f64_bytes(&d.stats.davg), f64_bytes(&d.stats.dstd));
-    if avg.len() != ntypes * nnei * 4 * 8 || std.len() != avg.len() {
+    let (avg, std) = (f64_bytes(&stats.davg), f64_bytes(&stats.dstd));
+    if avg.len() != ntypes * nnei * ncomp * 8 || std.len() != avg.len() {
         return Err(GraphError(
             "writing .pb: descriptor statistics of the wrong size".into(),
         ));
     }
-    let dims = [ntypes as i64, (nnei * 4) as i64];
+    let dims = [ntypes as i64, (nnei * ncomp) as i64];
     let davg = tf.constant(Some("descrpt_attr/t_avg"), tfd::DOUBLE, &dims, avg);
     let dstd = tf.constant(Some("descrpt_attr/t_std"), tfd::DOUBLE, &dims, std);
+    let (env_op, env_attrs) = if radial {
+        (
+            "ProdEnvMatR",
+            vec![
+                ("T", ty(tfd::DOUBLE)),
+                ("rcut", float(env.rcut as f32)),
+                ("rcut_smth", float(env.rcut_smth as f32)),
+                ("sel", ints(&sel_i)),
+            ],
+        )
+    } else {
+        (
+            "ProdEnvMatA",
+            vec![
+                ("T", ty(tfd::DOUBLE)),
+                ("rcut_a", float(-1.0)),
+                ("rcut_r", float(env.rcut as f32)),
+                ("rcut_r_smth", float(env.rcut_smth as f32)),
+                ("sel_a", ints(&sel_i)),
+                ("sel_r", ints(&vec![0; sel_i.len()])),
+            ],
+        )
+    };
     let env = tf.node(
-        Some("ProdEnvMatA"),
-        "ProdEnvMatA",
+        Some(env_op),
+        env_op,
         &[&coord, &atype, &t_natoms, &bx, &t_mesh, &davg, &dstd],
-        vec![
-            ("T", ty(tfd::DOUBLE)),
-            ("rcut_a", float(-1.0)),
-            ("rcut_r", float(d.env.rcut as f32)),
-            ("rcut_r_smth", float(d.env.rcut_smth as f32)),
-            (
-                "sel_a",
-                ints(&d.sel.iter().map(|&s| s as i64).collect::<Vec<_>>()),
-            ),
-            ("sel_r", ints(&vec![0; d.sel.len()])),
-        ],
+        env_attrs,
     );
     let (deriv, rij, nlist) = (format!("{env}:1"), format!("{env}:2"), format!("{env}:3"));
 
     // The IR on every frame's centres at once: [nf * nloc, nnei, 4].
-    let s = tf.i32s(&[-1, nnei as i32, 4], false);
+    let s = tf.i32s(&[-1, nnei as i32, ncomp as i32], false);
     let em = tf.reshape(None, &env, &s, tfd::DOUBLE);
     let begin = tf.i32s(&[0, 0], false);
     let size = tf.pack(&[minus1.clone(), nloc.clone()]);
@@ -177,28 +199,34 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
             ("keep_dims", ops::boolean(false)),
         ],
     );
-    let ndesc = tf.i32s(&[(nnei * 4) as i32], true);
+    let ndesc = tf.i32s(&[(nnei * ncomp) as i32], true);
     let width = tf.binary("Mul", &nloc, &ndesc, tfd::INT32);
     let s = tf.pack(&[minus1.clone(), width]);
     let net_deriv = tf.reshape(None, grad, &s, tfd::DOUBLE);
-    let sel_attrs = || {
-        vec![
-            ("T", ty(tfd::DOUBLE)),
-            ("n_a_sel", int(nnei as i64)),
-            ("n_r_sel", int(0)),
-        ]
+    let (force_op, virial_op) = if radial {
+        ("ProdForceSeR", "ProdVirialSeR")
+    } else {
+        ("ProdForceSeA", "ProdVirialSeA")
+    };
+    let op_attrs = || {
+        let mut a = vec![("T", ty(tfd::DOUBLE))];
+        if !radial {
+            a.push(("n_a_sel", int(nnei as i64)));
+            a.push(("n_r_sel", int(0)));
+        }
+        a
     };
     let force = tf.node(
-        Some("ProdForceSeA"),
-        "ProdForceSeA",
+        Some(force_op),
+        force_op,
         &[&net_deriv, &deriv, &nlist, &t_natoms],
-        sel_attrs(),
+        op_attrs(),
     );
     let virial = tf.node(
-        Some("ProdVirialSeA"),
-        "ProdVirialSeA",
+        Some(virial_op),
+        virial_op,
         &[&net_deriv, &deriv, &rij, &nlist, &t_natoms],
-        sel_attrs(),
+        op_attrs(),
     );
     let nall3 = tf.binary("Mul", &nall, &three, tfd::INT32);
     let s = tf.pack(&[minus1.clone(), nall3]);
