@@ -38,6 +38,26 @@ fn run(py: &Path, args: &[&Path]) -> (bool, String) {
     )
 }
 
+/// Runs `deepmd_eval_check.py` (`args` after the interpreter) on the CPU; panics with its
+/// output unless it passes; returns its `max |diff|` line.
+fn deepmd_check<A: AsRef<std::ffi::OsStr>>(py: &Path, args: &[A], name: &str) -> String {
+    let o = Command::new(py)
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{name}: {text}");
+    text.lines()
+        .find(|l| l.starts_with("max |diff|"))
+        .unwrap_or("")
+        .to_string()
+}
+
 fn candidates(var: &str) -> Vec<PathBuf> {
     let mut c = Vec::new();
     if let Ok(p) = std::env::var(var) {
@@ -218,23 +238,8 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
         if let Some(k) = key {
             args.push(PathBuf::from(k));
         }
-        let o = Command::new(&py)
-            .env("CUDA_VISIBLE_DEVICES", "")
-            .args(&args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{name}: {text}");
-        eprintln!(
-            "{name}: DeePMD-kit (JAX) on dpc's .hlo: {}",
-            text.lines()
-                .find(|l| l.starts_with("max |diff|"))
-                .unwrap_or("")
-        );
+        let line = deepmd_check(&py, &args, &name);
+        eprintln!("{name}: DeePMD-kit (JAX) on dpc's .hlo: {line}");
     }
 }
 
@@ -337,23 +342,8 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
             args.push("--tol".into());
             args.push("1e-5".into());
         }
-        let o = Command::new(&py)
-            .env("CUDA_VISIBLE_DEVICES", "")
-            .args(&args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{name}: {text}");
-        eprintln!(
-            "{name}: DeePMD-kit (PyTorch) on dpc's .pth: {}",
-            text.lines()
-                .find(|l| l.starts_with("max |diff|"))
-                .unwrap_or("")
-        );
+        let line = deepmd_check(&py, &args, &name);
+        eprintln!("{name}: DeePMD-kit (PyTorch) on dpc's .pth: {line}");
     }
 }
 
@@ -443,23 +433,8 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
             args.push("--tol".into());
             args.push("1e-5".into());
         }
-        let o = Command::new(&py)
-            .env("CUDA_VISIBLE_DEVICES", "")
-            .args(&args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{name}: {text}");
-        eprintln!(
-            "{name}: DeePMD-kit (TensorFlow) on dpc's .pb: {}",
-            text.lines()
-                .find(|l| l.starts_with("max |diff|"))
-                .unwrap_or("")
-        );
+        let line = deepmd_check(&py, &args, name);
+        eprintln!("{name}: DeePMD-kit (TensorFlow) on dpc's .pb: {line}");
     }
 }
 

@@ -62,17 +62,7 @@ pub fn lower_graph(
         return Err(err("lowering: wrong number of graph inputs"));
     }
     // Only what an output needs is written.
-    let mut live = vec![false; g.nodes.len()];
-    for (_, v) in &g.outputs {
-        live[v.index()] = true;
-    }
-    for i in (0..g.nodes.len()).rev() {
-        if live[i] {
-            for a in &g.nodes[i].args {
-                live[a.index()] = true;
-            }
-        }
-    }
+    let live = g.live();
     let mut vals: Vec<Option<Val>> = vec![None; g.nodes.len()];
     for (i, node) in g.nodes.iter().enumerate() {
         if !live[i] {

@@ -318,17 +318,8 @@ impl<'a> Lowering<'a> {
         g: &Graph,
         inputs: &HashMap<&str, String>,
     ) -> Result<HashMap<String, String>, GraphError> {
-        let mut live = vec![false; g.nodes.len()];
-        for (_, v) in &g.outputs {
-            live[v.index()] = true;
-        }
-        for i in (0..g.nodes.len()).rev() {
-            if live[i] {
-                for a in &g.nodes[i].args {
-                    live[a.index()] = true;
-                }
-            }
-        }
+        // Only what an output needs is written.
+        let live = g.live();
         let mut vals: Vec<Option<String>> = vec![None; g.nodes.len()];
         for (i, node) in g.nodes.iter().enumerate() {
             if !live[i] {

@@ -96,17 +96,7 @@ pub fn method(g: &Graph, name: &str, consts: &mut Consts) -> Result<String, Grap
     s.push_str("    nloc = (torch.size(nlist))[0]\n    nall = (torch.size(coord))[0]\n    dev = ops.prim.device(coord)\n");
 
     // Only what an output needs is written.
-    let mut live = vec![false; g.nodes.len()];
-    for (_, v) in &g.outputs {
-        live[v.index()] = true;
-    }
-    for i in (0..g.nodes.len()).rev() {
-        if live[i] {
-            for a in &g.nodes[i].args {
-                live[a.index()] = true;
-            }
-        }
-    }
+    let live = g.live();
     for (i, node) in g.nodes.iter().enumerate() {
         if !live[i] {
             continue;
