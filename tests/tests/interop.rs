@@ -347,7 +347,7 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
     }
 }
 
-/// `dpc emit --format pb` output (se_e2_a and se_e2_r models), loaded by DeePMD-kit's
+/// `dpc emit --format pb` output (se_e2_a, se_e2_r and se_e3 models), loaded by DeePMD-kit's
 /// TensorFlow runtime (`DeepPot(X.pb)`: its `ProdEnvMat*`, `ProdForceSe*` and
 /// `ProdVirialSe*` ops around dpc's lowered graph), reproduces the reference, the PyTorch original's numbers, to 1e-10
 /// (`deepmd_eval_check.py`): the case where DeePMD-kit's own `.pth` -> `.pb` conversion is off
@@ -396,6 +396,18 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
             common::model_file("se_e2_r", "model.pth"),
             reference("se_e2_r"),
             None,
+        ),
+        (
+            "se_e3",
+            common::model_file("se_e3", "model.dp"),
+            reference("se_e3"),
+            None,
+        ),
+        (
+            "se_e3_3types",
+            variants.join("se_e3_3types/model.dp"),
+            variants.join("reference.json"),
+            Some("se_e3_3types"),
         ),
         (
             "se_e2_a_atom_ener",

@@ -22,7 +22,7 @@ pub struct ConvertArgs {
 pub struct EmitArgs {
     /// Model to read (any supported format, or a built-in model).
     model: String,
-    /// Target format: dp, yaml, hlo, xlo, pth, pb (se_e2_a, se_e2_r) (pte, pt2, savedmodel: not yet).
+    /// Target format: dp, yaml, hlo, xlo, pth, pb (se_e2_a, se_e2_r, se_e3) (pte, pt2, savedmodel: not yet).
     #[arg(long)]
     format: String,
     /// File to write.

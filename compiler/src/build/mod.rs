@@ -238,7 +238,7 @@ pub mod env_io {
     pub const ENV_MAT_GRAD: &str = "env_mat_grad";
 }
 
-/// An se_e2_a (`ncomp` 4) or se_e2_r (`ncomp` 1) model's energy from a precomputed
+/// An se_e2_a or se_e3 (`ncomp` 4) or se_e2_r (`ncomp` 1) model's energy from a precomputed
 /// environment matrix, for targets whose own ops build that matrix and turn its gradient
 /// into forces and virials (DeePMD-kit's TensorFlow graphs). Inputs: `env_io::ENV_MAT`,
 /// `io::ATYPE` (`i32[nloc]`, the centres); outputs: `io::ATOM_ENERGY`,
@@ -247,11 +247,12 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
     let (sel, exclude, dtype, ncomp) = match &model.descriptor {
         Descriptor::SeA(d) => (&d.sel, &d.exclude_types, d.dtype, 4),
         Descriptor::SeR(d) => (&d.sel, &d.exclude_types, d.dtype, 1),
+        Descriptor::SeT(d) => (&d.sel, &d.exclude_types, d.dtype, 4),
         other => {
             return Err(GraphError(format!(
-            "only se_e2_a and se_e2_r models can be built on a given environment matrix, not {}",
-            other.name()
-        )))
+                "{} descriptors cannot be built on a given environment matrix (se_e2_a, se_e2_r and se_e3 can)",
+                other.name()
+            )))
         }
     };
     let unsupported = |what: &str| {
@@ -298,6 +299,7 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
     let desc = match &model.descriptor {
         Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
         Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,
+        Descriptor::SeT(d) => se_t::build(&mut g, &inp, d, nlist)?,
         _ => unreachable!("checked above"),
     };
     let ae = atomic_energy(&mut g, &inp, model, desc)?;

@@ -10,7 +10,10 @@ use crate::model::SeT;
 
 pub fn build(g: &mut Graph, inp: &Inputs, d: &SeT, nlist: ValueId) -> Result<ValueId, GraphError> {
     let ntypes = d.sel.len();
-    let env_rr = env_rr(g, inp, nlist, &d.env, &d.stats, false, d.dtype)?;
+    let env_rr = match inp.env {
+        Some(e) => e,
+        None => env_rr(g, inp, nlist, &d.env, &d.stats, false, d.dtype)?,
+    };
     let keep = pair_keep(g, inp, nlist, &d.exclude_types, ntypes)?;
     let rr = apply_keep(g, env_rr, keep)?;
     let mut starts = vec![0];

@@ -10,7 +10,7 @@
 //! are the IR (`build::build_from_env_mat`), lowered op by op. The serialization tree rides
 //! along in the string constant `dpc_attr/model_json`, so dpc reads the file back exactly.
 //!
-//! se_e2_a (`ProdEnvMatA`) and se_e2_r (`ProdEnvMatR`) models without exclusions or
+//! se_e2_a and se_e3 (`ProdEnvMatA`) and se_e2_r (`ProdEnvMatR`) models without exclusions or
 //! frame/atomic parameters only, for now.
 
 mod ops;
@@ -34,9 +34,10 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     let (sel, env, stats, ncomp) = match &model.descriptor {
         Descriptor::SeA(d) => (&d.sel, &d.env, &d.stats, 4),
         Descriptor::SeR(d) => (&d.sel, &d.env, &d.stats, 1),
+        Descriptor::SeT(d) => (&d.sel, &d.env, &d.stats, 4),
         other => {
             return Err(GraphError(format!(
-                "writing .pb: {} descriptors are not lowered to TensorFlow yet (se_e2_a and se_e2_r are)",
+                "writing .pb: {} descriptors are not lowered to TensorFlow yet (se_e2_a, se_e2_r and se_e3 are)",
                 other.name()
             )))
         }
