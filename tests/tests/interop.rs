@@ -421,6 +421,12 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
             variants.join("reference.json"),
             Some("se_e2_a_f32"),
         ),
+        (
+            "se_e2_a_fparam_aparam",
+            variants.join("se_e2_a_fparam_aparam/model.dp"),
+            variants.join("reference.json"),
+            Some("se_e2_a_fparam_aparam"),
+        ),
     ];
     for (name, src, reference, key) in cases {
         let tree = read_model(&src).unwrap();

@@ -241,7 +241,8 @@ pub mod env_io {
 /// An se_e2_a or se_e3 (`ncomp` 4) or se_e2_r (`ncomp` 1) model's energy from a precomputed
 /// environment matrix, for targets whose own ops build that matrix and turn its gradient
 /// into forces and virials (DeePMD-kit's TensorFlow graphs). Inputs: `env_io::ENV_MAT`,
-/// `io::ATYPE` (`i32[nloc]`, the centres); outputs: `io::ATOM_ENERGY`,
+/// `io::ATYPE` (`i32[nloc]`, the centres), and `io::FPARAM`/`io::APARAM` (`[nloc, n]`, per
+/// centre) where the model has them; outputs: `io::ATOM_ENERGY`,
 /// `env_io::ENV_MAT_GRAD`. Elementary ops only.
 pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
     let (sel, exclude, dtype, ncomp) = match &model.descriptor {
@@ -263,9 +264,6 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
     if !exclude.is_empty() || !model.pair_exclude_types.is_empty() {
         return unsupported("pair exclusions");
     }
-    if model.dim_fparam() > 0 || model.dim_aparam() > 0 {
-        return unsupported("frame or atomic parameters");
-    }
     let nnei: usize = sel.iter().sum();
     let env_shape = vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(ncomp)];
     let mut g = Graph::new();
@@ -283,16 +281,30 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
         io::NLIST,
         TensorType::new(DType::I32, vec![Dim::NLOC, Dim::fixed(nnei)]),
     );
+    // Frame parameters per centre, as with `flat_frames` (the frames are laid end to end).
+    let (nfp, nap) = (model.dim_fparam(), model.dim_aparam());
+    let fparam = (nfp > 0).then(|| {
+        g.input(
+            io::FPARAM,
+            TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(nfp)]),
+        )
+    });
+    let aparam = (nap > 0).then(|| {
+        g.input(
+            io::APARAM,
+            TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(nap)]),
+        )
+    });
     let env_d = g.cast(env, dtype)?;
     let inp = Inputs {
         coord,
         atype,
         atype_loc: atype,
-        fparam: None,
-        aparam: None,
+        fparam,
+        aparam,
         fuse: false,
         compress: None,
-        flat_frames: false,
+        flat_frames: true,
         mapping: None,
         env: Some(env_d),
     };

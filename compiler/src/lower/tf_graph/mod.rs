@@ -10,8 +10,8 @@
 //! are the IR (`build::build_from_env_mat`), lowered op by op. The serialization tree rides
 //! along in the string constant `dpc_attr/model_json`, so dpc reads the file back exactly.
 //!
-//! se_e2_a and se_e3 (`ProdEnvMatA`) and se_e2_r (`ProdEnvMatR`) models without exclusions or
-//! frame/atomic parameters only, for now.
+//! se_e2_a and se_e3 (`ProdEnvMatA`) and se_e2_r (`ProdEnvMatR`) models without exclusions
+//! only, for now (frame and atomic parameters are fed through `t_fparam`/`t_aparam`).
 
 mod ops;
 
@@ -91,8 +91,14 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     tf.string("model_attr/tmap", &model.type_map.join(" "));
     tf.string("model_attr/model_type", "ener");
     tf.string("model_attr/model_version", "1.1");
-    for name in ["fitting_attr/dfparam", "fitting_attr/daparam"] {
-        tf.constant(Some(name), tfd::INT32, &[], 0i32.to_le_bytes().to_vec());
+    let (nfp, nap) = (model.dim_fparam(), model.dim_aparam());
+    for (name, n) in [("fitting_attr/dfparam", nfp), ("fitting_attr/daparam", nap)] {
+        tf.constant(
+            Some(name),
+            tfd::INT32,
+            &[],
+            (n as i32).to_le_bytes().to_vec(),
+        );
     }
     if let Some(m) = model.min_nbor_dist {
         tf.scalar_f64("train_attr/min_nbor_dist", m);
@@ -183,6 +189,30 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     let mut inputs: HashMap<&str, String> = HashMap::new();
     inputs.insert(env_io::ENV_MAT, em);
     inputs.insert(io::ATYPE, loc_types);
+    if nfp > 0 {
+        // [nf * nfp] -> every centre its frame's row: [nf * nloc, nfp].
+        let t_fparam = ph(&mut tf, "t_fparam", tfd::DOUBLE, &[-1]);
+        let s = tf.i32s(&[-1, 1, nfp as i32], false);
+        let fp = tf.reshape(None, &t_fparam, &s, tfd::DOUBLE);
+        let one_i = tf.i32s(&[1], true);
+        let mult = tf.pack(&[one_i.clone(), nloc.clone(), one_i]);
+        let fp = tf.node(
+            None,
+            "Tile",
+            &[&fp, &mult],
+            vec![("T", ty(tfd::DOUBLE)), ("Tmultiples", ty(tfd::INT32))],
+        );
+        let s = tf.i32s(&[-1, nfp as i32], false);
+        let fp = tf.reshape(None, &fp, &s, tfd::DOUBLE);
+        inputs.insert(io::FPARAM, fp);
+    }
+    if nap > 0 {
+        // [nf * nloc * nap], the centres' rows in order.
+        let t_aparam = ph(&mut tf, "t_aparam", tfd::DOUBLE, &[-1]);
+        let s = tf.i32s(&[-1, nap as i32], false);
+        let ap = tf.reshape(None, &t_aparam, &s, tfd::DOUBLE);
+        inputs.insert(io::APARAM, ap);
+    }
     let out = Lowering::new(&mut tf, rows).graph(&g, &inputs)?;
     let (ae, grad) = (&out[io::ATOM_ENERGY], &out[env_io::ENV_MAT_GRAD]);
 
