@@ -118,6 +118,17 @@ impl Tensor {
     }
 
     /// All elements widened to f64.
+    /// The elements as little-endian bytes in their own type (a bool is one byte), the
+    /// layout of TorchScript storages and TensorFlow's `tensor_content`.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+        }
+    }
+
     pub fn to_f64_vec(&self) -> Vec<f64> {
         (0..self.len()).map(|i| self.get_f64(i)).collect()
     }

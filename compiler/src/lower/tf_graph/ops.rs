@@ -9,7 +9,7 @@ use dpc_formats::tf::graph_def::{
     TensorProto, TensorShapeProto,
 };
 
-use crate::graph::{Binary, Cmp, DType, Data, Dim, Graph, GraphError, Op, Sym, Unary};
+use crate::graph::{Binary, Cmp, DType, Dim, Graph, GraphError, Op, Sym, Unary};
 
 pub fn tf_dtype(dt: DType) -> i32 {
     match dt {
@@ -342,12 +342,7 @@ impl<'a> Lowering<'a> {
                 }
                 Op::Const(c) => {
                     let dims: Vec<i64> = c.shape.iter().map(|&n| n as i64).collect();
-                    let bytes: Vec<u8> = match &c.data {
-                        Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                        Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                        Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                        Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
-                    };
+                    let bytes = c.to_le_bytes();
                     self.tf.constant(None, t, &dims, bytes)
                 }
                 Op::Unary(u) => {

@@ -18,7 +18,7 @@ use dpc_formats::torchscript_write::{Archive, Attr};
 use dpc_formats::{DType as FDType, Value};
 
 use crate::build::{build_graph, BuildOptions};
-use crate::graph::{verify::verify, Data, GraphError};
+use crate::graph::{verify::verify, DType, GraphError, Tensor};
 use crate::model::Model;
 
 const TEMPLATE: &str = include_str!("model.py");
@@ -169,12 +169,12 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
         ),
     ];
     for (i, t) in consts.tensors.iter().enumerate() {
-        attrs.push((format!("c{i}"), tensor_attr(&t.data, &t.shape)));
+        attrs.push((format!("c{i}"), tensor_attr(t)));
     }
     if let Some(d) = &default_fparam {
         attrs.push((
             "default_fparam".into(),
-            tensor_attr(&Data::F64(d.clone()), &[d.len()]),
+            tensor_attr(&Tensor::f64(vec![d.len()], d.clone())),
         ));
     }
     let mut ar = Archive::new("model");
@@ -186,26 +186,17 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
         .map_err(|e| GraphError(format!("writing the TorchScript archive: {e}")))
 }
 
-fn tensor_attr(d: &Data, shape: &[usize]) -> Attr {
-    let (dtype, bytes): (FDType, Vec<u8>) = match d {
-        Data::F64(v) => (
-            FDType::F64,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        Data::F32(v) => (
-            FDType::F32,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        Data::I32(v) => (
-            FDType::I32,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        Data::Bool(v) => (FDType::Bool, v.iter().map(|&x| x as u8).collect()),
+fn tensor_attr(t: &Tensor) -> Attr {
+    let dtype = match t.dtype() {
+        DType::F64 => FDType::F64,
+        DType::F32 => FDType::F32,
+        DType::I32 => FDType::I32,
+        DType::Bool => FDType::Bool,
     };
     Attr::Tensor {
         dtype,
-        shape: shape.to_vec(),
-        bytes,
+        shape: t.shape.clone(),
+        bytes: t.to_le_bytes(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use crate::build::io;
-use crate::graph::{Binary, Cmp, DType, Data, Dim, Graph, GraphError, Op, Sym, Tensor, Unary};
+use crate::graph::{Binary, Cmp, DType, Dim, Graph, GraphError, Op, Sym, Tensor, Unary};
 
 /// `torch.ScalarType` numbers, as serialized code writes dtypes.
 pub fn scalar_type(dt: DType) -> u8 {
@@ -33,12 +33,7 @@ pub struct Consts {
 
 impl Consts {
     fn name(&mut self, t: &Arc<Tensor>) -> String {
-        let bytes: Vec<u8> = match &t.data {
-            Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
-        };
+        let bytes = t.to_le_bytes();
         let next = self.tensors.len();
         let i = *self
             .index
