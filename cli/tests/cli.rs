@@ -372,19 +372,42 @@ fn emit_pb_writes_a_deepmd_graph_and_refuses_what_it_cannot_lower() {
     let (ok, b, err) = dpc(&["eval", pb.to_str().unwrap(), "--input", c]);
     assert!(ok, "{err}");
     assert!(!a.is_empty() && a == b, "the .pb evaluates differently");
+    // DPA-1 on the list's pair vectors: the mixed-type list op, the IR, DeePMD-kit's force op.
     let dpa1 = fixtures().join("models/se_atten/model.dp");
+    let dpa1_pb = dir.join("dpa1.pb");
     let (ok, _, err) = dpc(&[
         "emit",
         dpa1.to_str().unwrap(),
         "--format",
         "pb",
         "-o",
+        dpa1_pb.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let gd = dpc_formats::tf::parse(&std::fs::read(&dpa1_pb).unwrap(), false).unwrap();
+    for op in [
+        "ProdEnvMatAMix",
+        "ProdForceSeA",
+        "ProdVirialSeA",
+        "BatchMatMulV2",
+    ] {
+        assert!(
+            gd.node.iter().any(|n| n.op == op),
+            "no {op} in the DPA-1 .pb"
+        );
+    }
+    assert!(!gd.node.iter().any(|n| n.op == "ProdEnvMatA"));
+    // Message passing has no TensorFlow form.
+    let dpa3 = fixtures().join("models/dpa3/model.dp");
+    let (ok, _, err) = dpc(&[
+        "emit",
+        dpa3.to_str().unwrap(),
+        "--format",
+        "pb",
+        "-o",
         dir.join("x.pb").to_str().unwrap(),
     ]);
-    assert!(
-        !ok && err.contains("not lowered to TensorFlow yet"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("passes messages"), "{err}");
 }
 
 #[test]

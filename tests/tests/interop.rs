@@ -378,7 +378,7 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
             .join("reference")
             .join(format!("{m}.json"))
     };
-    let cases: Vec<(&str, PathBuf, PathBuf, Option<&str>)> = vec![
+    let mut cases: Vec<(&str, PathBuf, PathBuf, Option<&str>)> = vec![
         (
             "se_e2_a",
             common::model_file("se_e2_a", "model.pth"),
@@ -427,7 +427,31 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
             variants.join("reference.json"),
             Some("se_e2_a_fparam_aparam"),
         ),
+        // Written on the list's pair vectors (ProdEnvMatAMix / ProdEnvMatA + the IR).
+        (
+            "se_atten",
+            common::model_file("se_atten", "model.pth"),
+            reference("se_atten"),
+            None,
+        ),
     ];
+    for v in [
+        "se_atten_v2",
+        "dpa1_strip_smooth",
+        "dpa1_concat_tos_t",
+        "se_e3_tebd_concat",
+        "se_e3_tebd_strip",
+        "hybrid_se_a_se_r",
+        "se_e2_a_excl",
+        "se_e2_r_excl",
+    ] {
+        cases.push((
+            v,
+            variants.join(v).join("model.dp"),
+            variants.join("reference.json"),
+            Some(v),
+        ));
+    }
     for (name, src, reference, key) in cases {
         let tree = read_model(&src).unwrap();
         let model = Model::from_tree(&tree).unwrap();
@@ -451,8 +475,25 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
             args.push("--tol".into());
             args.push("1e-5".into());
         }
+        if name.contains("concat") {
+            // Padded slots read atom 0's type, and DeePMD-kit's TensorFlow runtime sorts the
+            // atoms by type first: the reference is the original on sorted atoms.
+            args.push("--sorted-twin".into());
+            args.push(variants.join(name).join("model.pth").into());
+        }
         let line = deepmd_check(&py, &args, name);
         eprintln!("{name}: DeePMD-kit (TensorFlow) on dpc's .pb: {line}");
+    }
+    // Message passing has no form in DeePMD-kit's TensorFlow runtime.
+    for v in [
+        "dpa2_strip_three_body",
+        "dpa3_noangle_fparam",
+        "hybrid_dpa1_dpa3",
+    ] {
+        let tree = read_model(&variants.join(v).join("model.dp")).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let e = dpc_compiler::lower::tf_graph::pb_graph(&tree, &model).unwrap_err();
+        assert!(e.0.contains("passes messages"), "{v}: {}", e.0);
     }
 }
 
@@ -627,22 +668,21 @@ fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
         let run = deepmd_lammps(&venv, &dir.join(format!("{name}-dpc")), &ours, 1)
             .unwrap_or_else(|log| panic!("{name}, dpc's .pth: {log}"));
         agree(&format!("{name}, dpc's .pth"), &run, &reference);
-        if name == "se_e2_a" {
-            // The .pb, on DeePMD-kit's TensorFlow backend, on one rank and on two.
-            let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
-            let model = Model::from_tree(&tree).unwrap();
-            let pb = dir.join("se_e2_a.pb");
-            let bytes = dpc_compiler::lower::tf_graph::pb_graph(&tree, &model).unwrap();
-            std::fs::write(&pb, bytes).unwrap();
-            for ranks in [1, 2] {
-                let run = deepmd_lammps(&venv, &dir.join(format!("pb-np{ranks}")), &pb, ranks)
-                    .unwrap_or_else(|log| panic!("dpc's .pb on {ranks} ranks: {log}"));
-                agree(
-                    &format!("{name}, dpc's .pb, {ranks} rank(s)"),
-                    &run,
-                    &reference,
-                );
-            }
+        // The .pb, on DeePMD-kit's TensorFlow backend, on one rank and on two (se_e2_a on
+        // DeePMD-kit's environment matrix, se_atten on the list's pair vectors).
+        let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let pb = dir.join(format!("{name}.pb"));
+        let bytes = dpc_compiler::lower::tf_graph::pb_graph(&tree, &model).unwrap();
+        std::fs::write(&pb, bytes).unwrap();
+        for ranks in [1, 2] {
+            let run = deepmd_lammps(&venv, &dir.join(format!("{name}-pb-np{ranks}")), &pb, ranks)
+                .unwrap_or_else(|log| panic!("{name}, dpc's .pb on {ranks} ranks: {log}"));
+            agree(
+                &format!("{name}, dpc's .pb, {ranks} rank(s)"),
+                &run,
+                &reference,
+            );
         }
     }
     let dpa3 = emit("dpa3");

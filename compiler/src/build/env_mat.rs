@@ -60,12 +60,17 @@ pub fn geometry(
     dtype: DType,
 ) -> Result<Geometry, GraphError> {
     let nnei = g.shape(nlist)[1];
-    let coord = g.cast(inp.coord, dtype)?;
     let (mask, safe) = nlist_mask(g, nlist)?;
-    let neigh = g.gather(coord, safe)?; // [nloc, nnei, 3]
-    let centre = g.slice(coord, 0, Dim::fixed(0), Dim::NLOC)?;
-    let centre = g.reshape(centre, vec![Dim::NLOC, Dim::ONE, Dim::fixed(3)])?;
-    let diff = g.sub(neigh, centre)?;
+    let diff = match inp.rij {
+        Some(rij) => g.cast(rij, dtype)?,
+        None => {
+            let coord = g.cast(inp.coord, dtype)?;
+            let neigh = g.gather(coord, safe)?; // [nloc, nnei, 3]
+            let centre = g.slice(coord, 0, Dim::fixed(0), Dim::NLOC)?;
+            let centre = g.reshape(centre, vec![Dim::NLOC, Dim::ONE, Dim::fixed(3)])?;
+            g.sub(neigh, centre)?
+        }
+    };
     // Padding slots get a unit vector, so their length is 1 (DeePMD-kit adds 1 there) and no
     // derivative of |0| is ever taken.
     let mask3 = g.reshape(mask, vec![Dim::NLOC, nnei, Dim::ONE])?;
@@ -153,7 +158,8 @@ pub fn env_rr(
     radial_only: bool,
     dtype: DType,
 ) -> R {
-    if !inp.fuse {
+    // The fused op gathers coordinates itself.
+    if !inp.fuse || inp.rij.is_some() {
         return Ok(env_mat(g, inp, nlist, p, stats, radial_only, dtype)?.rr);
     }
     let spec = EnvSpec {

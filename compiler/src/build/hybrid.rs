@@ -21,7 +21,7 @@ pub fn build(
     let mut rows = Vec::with_capacity(list.len());
     for sub in list {
         let ssel = sub.sel();
-        let mut blocks = Vec::new();
+        let mut ranges = Vec::new();
         let mut start = 0;
         for (t, (&h, &s)) in hsel.iter().zip(&ssel).enumerate() {
             if s > h {
@@ -30,19 +30,37 @@ pub fn build(
                 )));
             }
             if s > 0 {
-                blocks.push(g.slice_n(nlist, 1, start, start + s)?);
+                ranges.push(start..start + s);
             }
             start += h;
         }
-        let nl = match blocks.as_slice() {
-            [one] => *one,
-            _ => g.concat(&blocks, 1)?,
+        let nl = slots(g, nlist, &ranges)?;
+        // Given pair vectors follow the list's slots.
+        let rij = match inp.rij {
+            Some(r) => Some(slots(g, r, &ranges)?),
+            None => None,
         };
-        let out = super::descriptor(g, inp, sub, nl)?;
+        let out = super::descriptor(g, &Inputs { rij, ..*inp }, sub, nl)?;
         rows.push(g.cast(out, DType::F64)?);
     }
     match rows.as_slice() {
         [one] => Ok(*one),
         _ => g.concat(&rows, 1),
+    }
+}
+
+/// The neighbour slots `ranges` (axis 1) of `x`, in order.
+fn slots(
+    g: &mut Graph,
+    x: ValueId,
+    ranges: &[std::ops::Range<usize>],
+) -> Result<ValueId, GraphError> {
+    let parts = ranges
+        .iter()
+        .map(|r| g.slice_n(x, 1, r.start, r.end))
+        .collect::<Result<Vec<_>, _>>()?;
+    match parts.as_slice() {
+        [one] => Ok(*one),
+        _ => g.concat(&parts, 1),
     }
 }

@@ -11,6 +11,7 @@ mod dpa2;
 mod dpa3;
 mod env_mat;
 mod fitting;
+mod given;
 mod hybrid;
 pub(crate) mod nn;
 mod se_a;
@@ -18,6 +19,7 @@ mod se_r;
 mod se_t;
 
 pub use compress::{Compress, TableReport};
+pub use given::{build_from_env_mat, build_from_rij, env_io, rij_io};
 
 use crate::graph::autodiff::vjp;
 use crate::graph::{DType, Dim, Graph, GraphError, TensorType, ValueId};
@@ -81,6 +83,7 @@ pub mod io {
 }
 
 /// The values every descriptor builder reads.
+#[derive(Clone, Copy)]
 pub(crate) struct Inputs {
     pub coord: ValueId,
     pub atype: ValueId,
@@ -98,6 +101,9 @@ pub(crate) struct Inputs {
     /// A precomputed normalised environment matrix `[nloc, nnei, 4]` (`build_from_env_mat`):
     /// se_e2_a reads it instead of computing one from coordinates.
     pub env: Option<ValueId>,
+    /// Precomputed pair vectors `r_j - r_i`, `[nloc, nnei, 3]` (`build_from_rij`): the
+    /// pair geometry reads them instead of gathering coordinates.
+    pub rij: Option<ValueId>,
 }
 
 /// Build the graph for `model`.
@@ -170,16 +176,10 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
         flat_frames: opts.flat_frames,
         mapping,
         env: None,
+        rij: None,
     };
 
-    let nlist = env_mat::exclude_pairs(
-        &mut g,
-        &inp,
-        nlist,
-        &model.pair_exclude_types,
-        model.ntypes(),
-    )?;
-    let desc = descriptor(&mut g, &inp, &model.descriptor, nlist)?;
+    let desc = model_descriptor(&mut g, &inp, model, nlist)?;
     let mut ae = atomic_energy(&mut g, &inp, model, desc)?;
     if let Some(r) = real {
         let r = g.slice(r, 0, Dim::fixed(0), Dim::NLOC)?;
@@ -202,7 +202,7 @@ pub fn build_graph(model: &Model, opts: BuildOptions) -> Result<Graph, GraphErro
 
 /// Atomic energies `[nloc]` from descriptor rows: the fitting network, TensorFlow's
 /// `out_std` scaling where the model has it, the output bias and atom exclusions.
-fn atomic_energy(
+pub(crate) fn atomic_energy(
     g: &mut Graph,
     inp: &Inputs,
     model: &Model,
@@ -228,105 +228,15 @@ fn atomic_energy(
     fitting::exclude_atoms(g, inp, ae, &model.atom_exclude_types, model.ntypes())
 }
 
-/// Names of `build_from_env_mat`'s inputs and outputs (with `io::ATYPE`, `io::ATOM_ENERGY`).
-pub mod env_io {
-    /// `f64[nloc, nnei, ncomp]` DeePMD-kit's normalised environment matrix (`ProdEnvMatA`'s
-    /// or `ProdEnvMatR`'s `descrpt`), neighbours in per-type blocks of `sel[t]`.
-    pub const ENV_MAT: &str = "env_mat";
-    /// `f64[nloc, nnei, ncomp]` the derivative of the total energy by `ENV_MAT` (the
-    /// `net_deriv` DeePMD-kit's force and virial ops take).
-    pub const ENV_MAT_GRAD: &str = "env_mat_grad";
-}
-
-/// An se_e2_a or se_e3 (`ncomp` 4) or se_e2_r (`ncomp` 1) model's energy from a precomputed
-/// environment matrix, for targets whose own ops build that matrix and turn its gradient
-/// into forces and virials (DeePMD-kit's TensorFlow graphs). Inputs: `env_io::ENV_MAT`,
-/// `io::ATYPE` (`i32[nloc]`, the centres), and `io::FPARAM`/`io::APARAM` (`[nloc, n]`, per
-/// centre) where the model has them; outputs: `io::ATOM_ENERGY`,
-/// `env_io::ENV_MAT_GRAD`. Elementary ops only.
-pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
-    let (sel, exclude, dtype, ncomp) = match &model.descriptor {
-        Descriptor::SeA(d) => (&d.sel, &d.exclude_types, d.dtype, 4),
-        Descriptor::SeR(d) => (&d.sel, &d.exclude_types, d.dtype, 1),
-        Descriptor::SeT(d) => (&d.sel, &d.exclude_types, d.dtype, 4),
-        other => {
-            return Err(GraphError(format!(
-                "{} descriptors cannot be built on a given environment matrix (se_e2_a, se_e2_r and se_e3 can)",
-                other.name()
-            )))
-        }
-    };
-    let unsupported = |what: &str| {
-        Err(GraphError(format!(
-            "{what} (not supported in this form yet)"
-        )))
-    };
-    if !exclude.is_empty() || !model.pair_exclude_types.is_empty() {
-        return unsupported("pair exclusions");
-    }
-    let nnei: usize = sel.iter().sum();
-    let env_shape = vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(ncomp)];
-    let mut g = Graph::new();
-    let env = g.input(
-        env_io::ENV_MAT,
-        TensorType::new(DType::F64, env_shape.clone()),
-    );
-    let atype = g.input(io::ATYPE, TensorType::new(DType::I32, vec![Dim::NLOC]));
-    // Read by neither builder once the matrix is given; they take them as arguments.
-    let coord = g.input(
-        io::COORD,
-        TensorType::new(DType::F64, vec![Dim::NALL, Dim::fixed(3)]),
-    );
-    let nlist = g.input(
-        io::NLIST,
-        TensorType::new(DType::I32, vec![Dim::NLOC, Dim::fixed(nnei)]),
-    );
-    // Frame parameters per centre, as with `flat_frames` (the frames are laid end to end).
-    let (nfp, nap) = (model.dim_fparam(), model.dim_aparam());
-    let fparam = (nfp > 0).then(|| {
-        g.input(
-            io::FPARAM,
-            TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(nfp)]),
-        )
-    });
-    let aparam = (nap > 0).then(|| {
-        g.input(
-            io::APARAM,
-            TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(nap)]),
-        )
-    });
-    let env_d = g.cast(env, dtype)?;
-    let inp = Inputs {
-        coord,
-        atype,
-        atype_loc: atype,
-        fparam,
-        aparam,
-        fuse: false,
-        compress: None,
-        flat_frames: true,
-        mapping: None,
-        env: Some(env_d),
-    };
-    let desc = match &model.descriptor {
-        Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
-        Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,
-        Descriptor::SeT(d) => se_t::build(&mut g, &inp, d, nlist)?,
-        _ => unreachable!("checked above"),
-    };
-    let ae = atomic_energy(&mut g, &inp, model, desc)?;
-    let energy = g.sum(ae, &[0], false)?;
-    let one = g.scalar(1.0, DType::F64);
-    let grad = match vjp(&mut g, energy, one, &[env])?[0] {
-        Some(v) => v,
-        None => {
-            let z = g.scalar(0.0, DType::F64);
-            g.broadcast(z, env_shape)?
-        }
-    };
-    g.set_output(io::ATOM_ENERGY, ae);
-    g.set_output(env_io::ENV_MAT_GRAD, grad);
-    Ok(g)
+/// The model's descriptor rows `[nloc, dim_out]`, on its list less the excluded pairs.
+pub(crate) fn model_descriptor(
+    g: &mut Graph,
+    inp: &Inputs,
+    model: &Model,
+    nlist: ValueId,
+) -> Result<ValueId, GraphError> {
+    let nlist = env_mat::exclude_pairs(g, inp, nlist, &model.pair_exclude_types, model.ntypes())?;
+    descriptor(g, inp, &model.descriptor, nlist)
 }
 
 /// The descriptor rows `[nloc, dim_out]` of the centres.
