@@ -1,9 +1,10 @@
 //! Vectorizable `tanh`, `exp`, `silu` and `silut` (with their derivatives) for the hot
 //! loops, and `map_into`/`map2_into` to run them over slices. libm's functions are a scalar
 //! call per element; these are written branch-free so the compiler turns a slice loop into SIMD
-//! (AVX2 where the CPU has it, chosen at run time). Accurate to a few ulp of the correctly
-//! rounded result (tested against `f64::tanh`), and deterministic: no FMA contraction, so
-//! every CPU gives the same bits.
+//! (AVX2 and FMA where the CPU has them, chosen at run time). Accurate to a few ulp of the
+//! correctly rounded result (tested against `f64::tanh`), and deterministic: the polynomials
+//! use explicit fused multiply-adds (`mul_add`), which are exact-then-rounded on every CPU
+//! (in software where a CPU lacks FMA, slowly), so every CPU gives the same bits.
 
 /// `tanh(x)` for one value; the building block of `tanh_in_place`.
 #[inline(always)]
@@ -11,15 +12,25 @@ pub fn tanh(x: f64) -> f64 {
     let a = x.abs().min(22.0); // tanh(22) rounds to 1
                                // |x| < 0.625: tanh x = x + x z P(z)/Q(z), z = x^2 (Cephes' rational approximation).
     let z = a * a;
-    let p =
-        (-9.643_991_794_250_523e-1 * z - 9.928_772_310_019_186e1) * z - 1.614_687_684_417_084_5e3;
-    let q = ((z + 1.128_116_784_916_329_3e2) * z + 2.235_488_390_601_004_5e3) * z
-        + 4.844_063_053_251_255e3;
+    let p = fma(
+        fma(-9.643_991_794_250_523e-1, z, -9.928_772_310_019_186e1),
+        z,
+        -1.614_687_684_417_084_5e3,
+    );
+    let q = fma(
+        fma(z + 1.128_116_784_916_329_3e2, z, 2.235_488_390_601_004_5e3),
+        z,
+        4.844_063_053_251_255e3,
+    );
     // One division for both forms: x + x z P/Q = (x Q + x z P) / Q for |x| < 0.625, else
     // 1 - 2 / (e^{2|x|} + 1) = (e - 1) / (e + 1).
     let e = exp_clamped(2.0 * a);
     let is_small = a < 0.625;
-    let num = if is_small { a * q + a * z * p } else { e - 1.0 };
+    let num = if is_small {
+        fma(a, q, a * z * p)
+    } else {
+        e - 1.0
+    };
     let den = if is_small { q } else { e + 1.0 };
     let t = num / den;
     // `min` above turned NaN into 22; give NaN back.
@@ -42,9 +53,9 @@ pub fn exp_clamped(x: f64) -> f64 {
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     let x = x.clamp(-708.0, 709.0);
-    let k = x * std::f64::consts::LOG2_E + SHIFT;
+    let k = fma(x, std::f64::consts::LOG2_E, SHIFT);
     let n = k - SHIFT;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let r = fma(-n, LN2_LO, fma(-n, LN2_HI, x));
     let p = exp_poly(r);
     // n is in [-1021, 1023] after the clamp, so n + 1023 is a normal exponent.
     let two_n =
@@ -133,11 +144,23 @@ fn exp_poly(r: f64) -> f64 {
     let r2 = r * r;
     let r4 = r2 * r2;
     let r8 = r4 * r4;
-    let q0 = (C[0] + C[1] * r) + r2 * (C[2] + C[3] * r);
-    let q1 = (C[4] + C[5] * r) + r2 * (C[6] + C[7] * r);
-    let q2 = (C[8] + C[9] * r) + r2 * (C[10] + C[11] * r);
-    let q3 = C[12] + C[13] * r;
-    (q0 + r4 * q1) + r8 * (q2 + r4 * q3)
+    let q0 = fma(r2, fma(C[3], r, C[2]), fma(C[1], r, C[0]));
+    let q1 = fma(r2, fma(C[7], r, C[6]), fma(C[5], r, C[4]));
+    let q2 = fma(r2, fma(C[11], r, C[10]), fma(C[9], r, C[8]));
+    let q3 = fma(C[13], r, C[12]);
+    fma(r8, fma(r4, q3, q2), fma(r4, q1, q0))
+}
+
+/// `a b + c`, rounded once.
+#[inline(always)]
+fn fma(a: f64, b: f64, c: f64) -> f64 {
+    a.mul_add(b, c)
+}
+
+/// Whether the CPU runs the AVX2 + FMA copies of the loops below.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// `tanh(x)` in float32 (Cephes' `tanhf`: a polynomial below 0.625, `1 - 2/(e^2x + 1)`
@@ -181,7 +204,7 @@ fn exp_pos_f32(x: f32) -> f32 {
     p * two_n
 }
 
-/// `out[i] = f(x[i])`, 8 at a time, compiled for AVX2 where the CPU has it (`f` is
+/// `out[i] = f(x[i])`, 8 at a time, compiled for AVX2 and FMA where the CPU has them (`f` is
 /// inlined into that copy, so the fast functions above vectorize).
 pub fn map_into(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
     #[inline(always)]
@@ -200,14 +223,14 @@ pub fn map_into(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
         }
     }
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
         run(x, out, f)
     }
     assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
         unsafe { run_avx2(x, out, f) };
         return;
     }
@@ -238,14 +261,14 @@ pub fn map2_into(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> 
         }
     }
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64 + Copy) {
         run(x, y, out, f)
     }
     assert!(x.len() == out.len() && y.len() == out.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
         unsafe { run_avx2(x, y, out, f) };
         return;
     }
@@ -253,7 +276,7 @@ pub fn map2_into(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> 
 }
 
 /// `$name(x)`: `x <- $f(x)` elementwise, `$n` at a time (independent evaluations in flight
-/// hide the long dependency chain of one), compiled for AVX2 where the CPU has it.
+/// hide the long dependency chain of one), compiled for AVX2 and FMA where the CPU has them.
 macro_rules! elementwise_in_place {
     ($name:ident, $t:ty, $n:expr, $f:ident) => {
         pub fn $name(x: &mut [$t]) {
@@ -273,13 +296,13 @@ macro_rules! elementwise_in_place {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
+            #[target_feature(enable = "avx2,fma")]
             unsafe fn run_avx2(x: &mut [$t]) {
                 run(x)
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
+            if has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA.
                 unsafe { run_avx2(x) };
                 return;
             }
