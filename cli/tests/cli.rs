@@ -360,18 +360,7 @@ fn emit_pb_writes_a_deepmd_graph_and_refuses_what_it_cannot_lower() {
     ] {
         assert_eq!(ops.get(name), Some(&op), "{name}");
     }
-    let conf = dir.join("c.json");
-    std::fs::write(
-        &conf,
-        r#"{"coord": [0,0,0, 0.96,0,0, -0.24,0.93,0], "atype": [0,1,1], "box": [9,0,0, 0,9,0, 0,0,9]}"#,
-    )
-    .unwrap();
-    let c = conf.to_str().unwrap();
-    let (ok, a, err) = dpc(&["eval", "builtin:water", "--input", c]);
-    assert!(ok, "{err}");
-    let (ok, b, err) = dpc(&["eval", pb.to_str().unwrap(), "--input", c]);
-    assert!(ok, "{err}");
-    assert!(!a.is_empty() && a == b, "the .pb evaluates differently");
+    evaluates_like_builtin_water(&dir, &pb);
     // DPA-1 on the list's pair vectors: the mixed-type list op, the IR, DeePMD-kit's force op.
     let dpa1 = fixtures().join("models/se_atten/model.dp");
     let dpa1_pb = dir.join("dpa1.pb");
@@ -430,6 +419,71 @@ fn savedmodel_is_described_and_refused_for_evaluation() {
         conf.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("cannot be recovered"), "{err}");
+}
+
+/// `dpc eval` of `model` prints what it prints for `builtin:water` (the model it was written
+/// from) on a water molecule.
+fn evaluates_like_builtin_water(dir: &std::path::Path, model: &std::path::Path) {
+    let conf = dir.join("c.json");
+    std::fs::write(
+        &conf,
+        r#"{"coord": [0,0,0, 0.96,0,0, -0.24,0.93,0], "atype": [0,1,1], "box": [9,0,0, 0,9,0, 0,0,9]}"#,
+    )
+    .unwrap();
+    let c = conf.to_str().unwrap();
+    let (ok, a, err) = dpc(&["eval", "builtin:water", "--input", c]);
+    assert!(ok, "{err}");
+    let (ok, b, err) = dpc(&["eval", model.to_str().unwrap(), "--input", c]);
+    assert!(ok, "{err}");
+    assert!(
+        !a.is_empty() && a == b,
+        "{} evaluates differently",
+        model.display()
+    );
+}
+
+/// `dpc emit --format savedmodel` writes a SavedModel directory whose function library has
+/// what DeePMD-kit's C++ `DeepPotJAX` calls (LAMMPS runs it in tests/tests/interop.rs); dpc
+/// reads it back to the same numbers, and refuses to overwrite what is not a SavedModel.
+#[test]
+fn emit_savedmodel_writes_deepmd_functions_and_reads_back() {
+    let dir = scratch("emit-savedmodel");
+    let sm = dir.join("water.savedmodel");
+    let emit = |out: &std::path::Path| {
+        dpc(&[
+            "emit",
+            "builtin:water",
+            "--format",
+            "savedmodel",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = emit(&sm);
+    assert!(ok, "{err}");
+    let (ok, _, err) = emit(&sm);
+    assert!(ok, "rewriting a SavedModel: {err}");
+    let (ok, info, err) = dpc(&["info", sm.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(info.contains("get_rcut"), "{info}");
+    let bytes = std::fs::read(sm.join("saved_model.pb")).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    for f in [
+        "__inference_call_lower_without_atomic_virial_0",
+        "__inference_call_lower_with_atomic_virial_0",
+        "__inference_get_type_map_0",
+        "__inference_get_sel_0",
+    ] {
+        assert!(text.contains(f), "no function {f}");
+    }
+    evaluates_like_builtin_water(&dir, &sm);
+    // A directory that is not a SavedModel is left alone.
+    let other = dir.join("not-a-model");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), "x").unwrap();
+    let (ok, _, err) = emit(&other);
+    assert!(!ok && err.contains("not a SavedModel directory"), "{err}");
+    assert!(other.join("keep.txt").exists());
 }
 
 #[test]

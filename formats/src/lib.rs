@@ -30,8 +30,12 @@ pub use tree::{DType, Dict, NdArray, Value};
 pub fn read_model(path: &Path) -> Result<Value, FormatError> {
     let format = Format::from_path(path)?;
     if format == Format::SavedModel {
-        savedmodel::inspect(path)?;
-        return Err(savedmodel::no_weights(path));
+        // dpc's own SavedModels carry the tree; DeePMD-kit's keep only compiled weights.
+        let info = savedmodel::inspect(path)?;
+        return match info.attributes.get(savedmodel::DPC_MODEL_JSON_GETTER) {
+            Some(Value::Str(json)) => pte::from_model_json(json.clone().into_bytes()),
+            _ => Err(savedmodel::no_weights(path)),
+        };
     }
     if path.is_dir() {
         return Err(FormatError::invalid(format!(

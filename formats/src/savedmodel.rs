@@ -9,48 +9,45 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::tf::graph_def::{attr_value, NodeDef};
+use crate::tf::graph_def::{attr_value, GraphDef, NodeDef};
 use crate::tf::to_ndarray;
 use crate::tree::{Dict, Value};
 use crate::FormatError;
 
+/// tensorflow/core/protobuf/saved_model.proto and meta_graph.proto (the part DeePMD-kit's
+/// C++ `DeepPotJAX` reads through `TF_LoadSessionFromSavedModel`).
 #[derive(Clone, PartialEq, prost::Message)]
-struct SavedModel {
+pub struct SavedModel {
+    #[prost(int64, tag = "1")]
+    pub saved_model_schema_version: i64,
     #[prost(message, repeated, tag = "2")]
-    meta_graphs: Vec<MetaGraphDef>,
+    pub meta_graphs: Vec<MetaGraphDef>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct MetaGraphDef {
-    #[prost(message, optional, tag = "2")]
-    graph_def: Option<GraphWithLibrary>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct GraphWithLibrary {
-    #[prost(message, optional, tag = "2")]
-    library: Option<FunctionDefLibrary>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct FunctionDefLibrary {
-    #[prost(message, repeated, tag = "1")]
-    function: Vec<FunctionDef>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct FunctionDef {
+pub struct MetaGraphDef {
     #[prost(message, optional, tag = "1")]
-    signature: Option<OpDef>,
-    #[prost(message, repeated, tag = "3")]
-    node_def: Vec<NodeDef>,
+    pub meta_info_def: Option<MetaInfoDef>,
+    #[prost(message, optional, tag = "2")]
+    pub graph_def: Option<GraphDef>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct OpDef {
-    #[prost(string, tag = "1")]
-    name: String,
+pub struct MetaInfoDef {
+    #[prost(string, repeated, tag = "4")]
+    pub tags: Vec<String>,
+    #[prost(string, tag = "5")]
+    pub tensorflow_version: String,
 }
+
+/// `saved_model.pb`'s bytes.
+pub fn encode(sm: &SavedModel) -> Vec<u8> {
+    sm.encode_to_vec()
+}
+
+/// The getter of a dpc-written SavedModel that returns the model's serialization tree
+/// (JSON), so it reads back exactly.
+pub const DPC_MODEL_JSON_GETTER: &str = "get_dpc_model_json";
 
 /// What a JAX SavedModel holds that dpc can read.
 #[derive(Debug, Clone, PartialEq)]

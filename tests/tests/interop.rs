@@ -620,7 +620,9 @@ fn agree(what: &str, run: &(Vec<Vec<f64>>, Vec<f64>), reference: &(Vec<Vec<f64>>
         .zip(t_ref.iter().flatten())
         .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
         .fold(0.0, f64::max);
-    eprintln!("{what} in LAMMPS + DeePMD-kit, against DeePMD-kit's own .pth: step-0 forces {df:.1e} eV/A, thermo {dt:.1e} (relative)");
+    eprintln!(
+        "{what} in LAMMPS + DeePMD-kit: step-0 forces {df:.1e} eV/A, thermo {dt:.1e} (relative)"
+    );
     assert!(df <= 1e-10, "{what}: forces differ by {df}");
     assert!(dt <= 1e-9, "{what}: thermo differs by {dt}");
 }
@@ -628,10 +630,14 @@ fn agree(what: &str, run: &(Vec<Vec<f64>>, Vec<f64>), reference: &(Vec<Vec<f64>>
 /// LAMMPS with DeePMD-kit's own `pair_style deepmd` (its C++ `DeepPotPT` calling
 /// `forward_lower` with LAMMPS's neighbour list, which reaches rcut + skin, unsorted) runs
 /// the `.pth` dpc writes and reproduces DeePMD-kit's own `.pth` of the same model: step-0
-/// forces within 1e-10 eV/Å and ten steps of NVE thermo within 1e-9 (relative). So does
-/// dpc's `.pb` of se_e2_a on DeePMD-kit's TensorFlow backend (`DeepPotTF`, LAMMPS's list
-/// through `t_mesh`), on one rank and on two. A message-passing model stops with a clear error: on the CPU, DeePMD-kit 3.2's `DeepPotPT`
-/// passes the ghost-to-owner mapping from a buffer it has already freed.
+/// forces within 1e-10 eV/Å and ten steps of NVE thermo within 1e-9 (relative). So do
+/// dpc's `.pb` of se_e2_a and se_atten on DeePMD-kit's TensorFlow backend (`DeepPotTF`,
+/// LAMMPS's list through `t_mesh`, on one rank and on two) and dpc's `.savedmodel` on its JAX backend
+/// (`DeepPotJAX`; one rank: DeePMD-kit's CUDA build aborts on a second rank of a GPU-less
+/// machine); and dpc's DPA-3 `.savedmodel` reproduces
+/// DeePMD-kit's own DPA-3 `.savedmodel`. A message-passing `.pth` stops with a clear error:
+/// on the CPU, DeePMD-kit 3.2's `DeepPotPT` passes the ghost-to-owner mapping from a buffer
+/// it has already freed.
 #[test]
 fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
     use dpc_compiler::model::Model;
@@ -656,6 +662,21 @@ fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
         std::fs::write(&out, bytes).unwrap();
         out
     };
+    // A SavedModel directory of a fixture, which dpc reads back to the same tree.
+    let emit_saved_model = |name: &str| {
+        let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let sm = dir.join(format!("{name}.savedmodel"));
+        std::fs::create_dir_all(sm.join("variables")).unwrap();
+        let bytes = dpc_compiler::lower::tf_graph::savedmodel::saved_model(&tree, &model).unwrap();
+        std::fs::write(sm.join("saved_model.pb"), bytes).unwrap();
+        assert_eq!(
+            read_model(&sm).unwrap(),
+            tree,
+            "{name}: the tree in the .savedmodel"
+        );
+        sm
+    };
     for name in ["se_e2_a", "se_atten"] {
         let ours = emit(name);
         let reference = deepmd_lammps(
@@ -667,7 +688,11 @@ fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
         .unwrap_or_else(|log| panic!("{name}, DeePMD-kit's .pth: {log}"));
         let run = deepmd_lammps(&venv, &dir.join(format!("{name}-dpc")), &ours, 1)
             .unwrap_or_else(|log| panic!("{name}, dpc's .pth: {log}"));
-        agree(&format!("{name}, dpc's .pth"), &run, &reference);
+        agree(
+            &format!("{name}, dpc's .pth (against DeePMD-kit's own .pth)"),
+            &run,
+            &reference,
+        );
         // The .pb, on DeePMD-kit's TensorFlow backend, on one rank and on two (se_e2_a on
         // DeePMD-kit's environment matrix, se_atten on the list's pair vectors).
         let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
@@ -675,11 +700,22 @@ fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
         let pb = dir.join(format!("{name}.pb"));
         let bytes = dpc_compiler::lower::tf_graph::pb_graph(&tree, &model).unwrap();
         std::fs::write(&pb, bytes).unwrap();
+        // The SavedModel, on DeePMD-kit's C++ JAX backend (`DeepPotJAX`).
+        let sm = emit_saved_model(name);
+        // One rank: on a second rank, the CUDA build of DeePMD-kit's JAX backend asks a
+        // GPU-less machine for a device and aborts ("CUDA driver version is insufficient").
+        let run = deepmd_lammps(&venv, &dir.join(format!("{name}-sm")), &sm, 1)
+            .unwrap_or_else(|log| panic!("{name}, dpc's .savedmodel: {log}"));
+        agree(
+            &format!("{name}, dpc's .savedmodel (against DeePMD-kit's own .pth)"),
+            &run,
+            &reference,
+        );
         for ranks in [1, 2] {
             let run = deepmd_lammps(&venv, &dir.join(format!("{name}-pb-np{ranks}")), &pb, ranks)
                 .unwrap_or_else(|log| panic!("{name}, dpc's .pb on {ranks} ranks: {log}"));
             agree(
-                &format!("{name}, dpc's .pb, {ranks} rank(s)"),
+                &format!("{name}, dpc's .pb, {ranks} rank(s) (against DeePMD-kit's own .pth)"),
                 &run,
                 &reference,
             );
@@ -689,4 +725,16 @@ fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
     let err = deepmd_lammps(&venv, &dir.join("dpa3-dpc"), &dpa3, 1)
         .expect_err("DeePMD-kit 3.2 passes no usable mapping on the CPU");
     assert!(err.contains("has entries outside [0, nloc)"), "{err}");
+    // Its JAX backend does pass the mapping: DPA-3 as a SavedModel, against DeePMD-kit's own.
+    let sm = emit_saved_model("dpa3");
+    let own = common::model_file("dpa3", "model.savedmodel");
+    let reference = deepmd_lammps(&venv, &dir.join("dpa3-own-sm"), &own, 1)
+        .unwrap_or_else(|log| panic!("dpa3, DeePMD-kit's .savedmodel: {log}"));
+    let run = deepmd_lammps(&venv, &dir.join("dpa3-sm"), &sm, 1)
+        .unwrap_or_else(|log| panic!("dpa3, dpc's .savedmodel: {log}"));
+    agree(
+        "dpa3, dpc's .savedmodel (against DeePMD-kit's own .savedmodel)",
+        &run,
+        &reference,
+    );
 }

@@ -22,7 +22,8 @@ pub struct ConvertArgs {
 pub struct EmitArgs {
     /// Model to read (any supported format, or a built-in model).
     model: String,
-    /// Target format: dp, yaml, hlo, xlo, pth, pb (se_e2_a, se_e2_r, se_e3) (pte, pt2, savedmodel: not yet).
+    /// Target format: dp, yaml, hlo, xlo, pth, pb (models without message passing),
+    /// savedmodel (DeePMD-kit's C++ API and LAMMPS) (pte, pt2: not yet).
     #[arg(long)]
     format: String,
     /// File to write.
@@ -75,13 +76,20 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
         // A frozen TensorFlow graph on DeePMD-kit's ops, for its TF runtime and LAMMPS.
         Format::Pb => dpc_compiler::lower::tf_graph::pb_graph(&tree, &model)?,
         Format::Pte => bail!(
-            "writing .pte/.pt2 models is not supported yet: .pte needs torch.export's serialized ExportedProgram (not written yet), and .pt2 holds AOTInductor-compiled code that only PyTorch's compiler makes; dpc writes .dp, .yaml, .hlo/.xlo, .pth and .pb"
+            "writing .pte/.pt2 models is not supported yet: .pte needs torch.export's serialized ExportedProgram (not written yet), and .pt2 holds AOTInductor-compiled code that only PyTorch's compiler makes; dpc writes .dp, .yaml, .hlo/.xlo, .pth, .pb and .savedmodel"
         ),
-        Format::SavedModel => bail!(
-            "writing .savedmodel directories is not supported yet (a TF SavedModel wrapping the StableHLO dpc already writes in an XlaCallModule); dpc writes .dp, .yaml, .hlo/.xlo, .pth and .pb"
-        ),
+        // A SavedModel directory for DeePMD-kit's C++ `DeepPotJAX` (LAMMPS).
+        Format::SavedModel => {
+            let pb = dpc_compiler::lower::tf_graph::savedmodel::saved_model(&tree, &model)?;
+            write_saved_model(output, &pb)?;
+            return Ok(format!(
+                "wrote {} ({} -> savedmodel, for DeePMD-kit's C++ API and LAMMPS; its Python DeepPot reads .hlo/.pth instead)\n{note}",
+                output.display(),
+                from
+            ));
+        }
         other => bail!(
-            "writing .{} models is not supported (dpc writes .dp, .yaml, .hlo/.xlo, .pth and .pb)",
+            "writing .{} models is not supported (dpc writes .dp, .yaml, .hlo/.xlo, .pth, .pb and .savedmodel)",
             other.name()
         ),
     };
@@ -93,6 +101,26 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
         from,
         format.name()
     ))
+}
+
+/// A SavedModel directory: `saved_model.pb` and an empty `variables/` (the weights are
+/// constants of the functions). An existing directory is replaced only if it is one.
+fn write_saved_model(dir: &Path, pb: &[u8]) -> Result<()> {
+    if dir.exists() {
+        if !dir.join("saved_model.pb").is_file() {
+            bail!(
+                "{} exists and is not a SavedModel directory; not overwriting it",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir.join("variables"))
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    std::fs::write(dir.join("saved_model.pb"), pb)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.display()))?;
+    Ok(())
 }
 
 /// What changes when a model leaves TensorFlow's runtime: the written tree is the model the

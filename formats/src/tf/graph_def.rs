@@ -8,8 +8,49 @@ use std::collections::HashMap;
 pub struct GraphDef {
     #[prost(message, repeated, tag = "1")]
     pub node: Vec<NodeDef>,
+    #[prost(message, optional, tag = "2")]
+    pub library: Option<FunctionDefLibrary>,
     #[prost(message, optional, tag = "4")]
     pub versions: Option<VersionDef>,
+}
+
+/// tensorflow/core/framework/function.proto.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FunctionDefLibrary {
+    #[prost(message, repeated, tag = "1")]
+    pub function: Vec<FunctionDef>,
+}
+
+/// A function: its signature, body nodes (inputs named `arg` or `node:output_arg:index`)
+/// and which body tensor each output is.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FunctionDef {
+    #[prost(message, optional, tag = "1")]
+    pub signature: Option<OpDef>,
+    #[prost(message, repeated, tag = "3")]
+    pub node_def: Vec<NodeDef>,
+    #[prost(map = "string, string", tag = "4")]
+    pub ret: HashMap<String, String>,
+}
+
+/// tensorflow/core/framework/op_def.proto (the part a function signature uses).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OpDef {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, repeated, tag = "2")]
+    pub input_arg: Vec<ArgDef>,
+    #[prost(message, repeated, tag = "3")]
+    pub output_arg: Vec<ArgDef>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArgDef {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// A `dtype` value.
+    #[prost(int32, tag = "3")]
+    pub r#type: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

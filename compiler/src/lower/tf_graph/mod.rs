@@ -14,6 +14,7 @@
 //! constant `dpc_attr/model_json`, so dpc reads the file back exactly.
 
 mod ops;
+pub mod savedmodel;
 
 use std::collections::HashMap;
 
@@ -127,6 +128,7 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     outputs(&mut tf, &fr, &geo, model.nnei());
     let gd = GraphDef {
         node: tf.nodes,
+        library: None,
         versions: Some(VersionDef {
             producer: 2474,
             min_consumer: 0,

@@ -130,20 +130,41 @@ impl Tf {
         )
     }
 
+    /// A scalar string constant named `name`.
     pub fn string(&mut self, name: &str, s: &str) -> String {
+        self.strings(Some(name), &[], vec![s.as_bytes().to_vec()])
+    }
+
+    /// A string constant of shape `dims`.
+    pub fn strings(&mut self, name: Option<&str>, dims: &[i64], strings: Vec<Vec<u8>>) -> String {
         let value = AttrValue {
             value: Some(AV::Tensor(TensorProto {
                 dtype: tfd::STRING,
-                tensor_shape: Some(shape_proto(&[])),
-                string_val: vec![s.as_bytes().to_vec()],
+                tensor_shape: Some(shape_proto(dims)),
+                string_val: strings,
                 ..Default::default()
             })),
         };
         self.node(
-            Some(name),
+            name,
             "Const",
             &[],
             vec![("dtype", ty(tfd::STRING)), ("value", value)],
+        )
+    }
+
+    /// `x` summed over `axes` (int32 vector constant), the axes dropped.
+    pub fn sum(&mut self, x: &str, axes: &[i32], t: i32) -> String {
+        let ax = self.i32s(axes, false);
+        self.node(
+            None,
+            "Sum",
+            &[x, &ax],
+            vec![
+                ("T", ty(t)),
+                ("Tidx", ty(tfd::INT32)),
+                ("keep_dims", boolean(false)),
+            ],
         )
     }
 
@@ -231,6 +252,8 @@ pub struct Lowering<'a> {
     pub tf: &'a mut Tf,
     /// The int32 scalar the graph's `nloc` stands for.
     pub nloc: String,
+    /// The int32 scalar the graph's `nall` stands for, where the graph has one.
+    pub nall: Option<String>,
     sizes: HashMap<Dim, String>,
 }
 
@@ -243,26 +266,35 @@ impl<'a> Lowering<'a> {
         Lowering {
             tf,
             nloc,
+            nall: None,
             sizes: HashMap::new(),
         }
+    }
+
+    /// The graph's `nall` stands for this int32 scalar.
+    pub fn with_nall(mut self, nall: String) -> Self {
+        self.nall = Some(nall);
+        self
     }
 
     fn size(&mut self, d: Dim) -> Result<Size, GraphError> {
         match d.sym {
             None => Ok(Size::Fixed(d.factor as i64)),
-            Some(Sym::Nall) => Err(err(
-                "the TensorFlow lowering has no `nall` size (the graph must not read coordinates)",
-            )),
-            Some(Sym::Nloc) => {
+            Some(sym) => {
                 if let Some(s) = self.sizes.get(&d) {
                     return Ok(Size::Tensor(s.clone()));
                 }
+                let base = match sym {
+                    Sym::Nloc => self.nloc.clone(),
+                    Sym::Nall => self.nall.clone().ok_or_else(|| {
+                        err("this TensorFlow lowering has no `nall` size (the graph must not read coordinates)")
+                    })?,
+                };
                 let s = if d.factor == 1 {
-                    self.nloc.clone()
+                    base
                 } else {
                     let f = self.tf.i32s(&[d.factor as i32], true);
-                    let nloc = self.nloc.clone();
-                    self.tf.binary("Mul", &nloc, &f, tfd::INT32)
+                    self.tf.binary("Mul", &base, &f, tfd::INT32)
                 };
                 self.sizes.insert(d, s.clone());
                 Ok(Size::Tensor(s))
