@@ -3,10 +3,10 @@
 //! vectors) with `ProdEnvMat*`, and turn the gradient into forces and virials with
 //! `ProdForceSe*`/`ProdVirialSe*`. Elementary ops only, every frame's centres as rows.
 
-use super::{atomic_energy, io, model_descriptor, se_a, se_r, se_t, Inputs};
+use super::{atomic_energy, io, model_descriptor, Inputs};
 use crate::graph::autodiff::vjp;
 use crate::graph::{DType, Dim, Graph, GraphError, TensorType, ValueId};
-use crate::model::{Descriptor, Model};
+use crate::model::{Descriptor, EnvParams, Model, Stats};
 
 /// Names of `build_from_env_mat`'s inputs and outputs (with `io::ATYPE`, `io::ATOM_ENERGY`).
 pub mod env_io {
@@ -18,32 +18,50 @@ pub mod env_io {
     pub const ENV_MAT_GRAD: &str = "env_mat_grad";
 }
 
-/// An se_e2_a or se_e3 (`ncomp` 4) or se_e2_r (`ncomp` 1) model's energy from a precomputed
-/// environment matrix, for targets whose own ops build that matrix and turn its gradient
-/// into forces and virials (DeePMD-kit's TensorFlow graphs). Inputs: `env_io::ENV_MAT`,
-/// `io::ATYPE` (`i32[nloc]`, the centres), and `io::FPARAM`/`io::APARAM` (`[nloc, n]`, per
-/// centre) where the model has them; outputs: `io::ATOM_ENERGY`,
-/// `env_io::ENV_MAT_GRAD`. Elementary ops only.
+/// What DeePMD-kit's environment-matrix ops (`ProdEnvMatA`/`ProdEnvMatR`) are given for a
+/// model they compute exactly: se_e2_a, se_e3 and se_e2_r without type or pair exclusions
+/// or `env_protection` (which those ops do not have).
+#[derive(Clone, Copy)]
+pub struct EnvMatForm<'m> {
+    pub env: &'m EnvParams,
+    pub stats: &'m Stats,
+    pub sel: &'m [usize],
+    /// se_e2_r: one component per neighbour instead of four.
+    pub radial: bool,
+}
+
+/// `model`'s environment-matrix form, if DeePMD-kit's ops compute its matrix.
+pub fn env_mat_form(model: &Model) -> Option<EnvMatForm<'_>> {
+    let (env, stats, sel, exclude, radial) = match &model.descriptor {
+        Descriptor::SeA(d) => (&d.env, &d.stats, &d.sel, &d.exclude_types, false),
+        Descriptor::SeT(d) => (&d.env, &d.stats, &d.sel, &d.exclude_types, false),
+        Descriptor::SeR(d) => (&d.env, &d.stats, &d.sel, &d.exclude_types, true),
+        _ => return None,
+    };
+    let plain = exclude.is_empty() && model.pair_exclude_types.is_empty() && env.protection == 0.0;
+    plain.then_some(EnvMatForm {
+        env,
+        stats,
+        sel,
+        radial,
+    })
+}
+
+/// A model's energy from a precomputed environment matrix (`env_mat_form`), for targets
+/// whose own ops build that matrix and turn its gradient into forces and virials
+/// (DeePMD-kit's TensorFlow graphs). Inputs: `env_io::ENV_MAT`, `io::ATYPE` (`i32[nloc]`,
+/// the centres), and `io::FPARAM`/`io::APARAM` (`[nloc, n]`, per centre) where the model
+/// has them; outputs: `io::ATOM_ENERGY`, `env_io::ENV_MAT_GRAD`. Elementary ops only.
 pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
-    let (sel, exclude, dtype, ncomp) = match &model.descriptor {
-        Descriptor::SeA(d) => (&d.sel, &d.exclude_types, d.dtype, 4),
-        Descriptor::SeR(d) => (&d.sel, &d.exclude_types, d.dtype, 1),
-        Descriptor::SeT(d) => (&d.sel, &d.exclude_types, d.dtype, 4),
-        other => {
-            return Err(GraphError(format!(
-                "{} descriptors cannot be built on a given environment matrix (se_e2_a, se_e2_r and se_e3 can)",
-                other.name()
-            )))
-        }
-    };
-    let unsupported = |what: &str| {
-        Err(GraphError(format!(
-            "{what} (not supported in this form yet)"
-        )))
-    };
-    if !exclude.is_empty() || !model.pair_exclude_types.is_empty() {
-        return unsupported("pair exclusions");
-    }
+    let form = env_mat_form(model).ok_or_else(|| {
+        GraphError(format!(
+            "{} cannot be built on DeePMD-kit's environment matrix (se_e2_a, se_e2_r and se_e3 \
+             without exclusions or env_protection can)",
+            model.descriptor.name()
+        ))
+    })?;
+    let (sel, dtype) = (form.sel, model.descriptor.dtype());
+    let ncomp = if form.radial { 1 } else { 4 };
     let nnei: usize = sel.iter().sum();
     let env_shape = vec![Dim::NLOC, Dim::fixed(nnei), Dim::fixed(ncomp)];
     let mut g = Graph::new();
@@ -61,12 +79,7 @@ pub fn build_from_env_mat(model: &Model) -> Result<Graph, GraphError> {
         env: Some(env_d),
         ..given_inputs(&mut g, model, atype, atype)
     };
-    let desc = match &model.descriptor {
-        Descriptor::SeA(d) => se_a::build(&mut g, &inp, d, nlist)?,
-        Descriptor::SeR(d) => se_r::build(&mut g, &inp, d, nlist)?,
-        Descriptor::SeT(d) => se_t::build(&mut g, &inp, d, nlist)?,
-        _ => unreachable!("checked above"),
-    };
+    let desc = model_descriptor(&mut g, &inp, model, nlist)?;
     energy_and_gradient(
         &mut g,
         &inp,

@@ -19,7 +19,7 @@ mod se_r;
 mod se_t;
 
 pub use compress::{Compress, TableReport};
-pub use given::{build_from_env_mat, build_from_rij, env_io, rij_io};
+pub use given::{build_from_env_mat, build_from_rij, env_io, env_mat_form, rij_io, EnvMatForm};
 
 use crate::graph::autodiff::vjp;
 use crate::graph::{DType, Dim, Graph, GraphError, TensorType, ValueId};

@@ -21,9 +21,11 @@ use std::collections::HashMap;
 use dpc_formats::tf::graph_def::{dtype as tfd, GraphDef, VersionDef};
 use dpc_formats::Value;
 
-use crate::build::{build_from_env_mat, build_from_rij, env_io, io, rij_io};
+use crate::build::{
+    build_from_env_mat, build_from_rij, env_io, env_mat_form, io, rij_io, EnvMatForm,
+};
 use crate::graph::{verify::verify, Graph, GraphError, Tensor};
-use crate::model::{Descriptor, EnvParams, Model, Stats};
+use crate::model::Model;
 use ops::{float, int, ints, shape, ty, Lowering, Tf};
 
 /// The name of the constant holding the serialization tree (JSON).
@@ -33,11 +35,7 @@ pub use dpc_formats::pb::DPC_MODEL_JSON as MODEL_JSON;
 enum Form<'m> {
     /// DeePMD-kit's descriptor ops (`ProdEnvMatA`, `ProdEnvMatR`) compute the normalised
     /// environment matrix, as in its se_e2_a, se_e2_r and se_e3 graphs.
-    EnvMat {
-        env: &'m EnvParams,
-        stats: &'m Stats,
-        radial: bool,
-    },
+    EnvMat(EnvMatForm<'m>),
     /// `ProdEnvMatA` (per-type blocks) or `ProdEnvMatAMix` (one list over all types) only
     /// builds the list and the pair vectors `r_j - r_i`; the IR computes the rest.
     PairVectors { mixed: bool },
@@ -46,36 +44,20 @@ enum Form<'m> {
 /// The form `model` is written in: DeePMD-kit's descriptor ops where they compute what the
 /// model does, else the pair vectors.
 fn form(model: &Model) -> Result<Form<'_>, GraphError> {
-    let plain = |exclude: &[(usize, usize)], env: &EnvParams| {
-        model.pair_exclude_types.is_empty() && exclude.is_empty() && env.protection == 0.0
-    };
-    Ok(match &model.descriptor {
-        Descriptor::SeA(d) if plain(&d.exclude_types, &d.env) => Form::EnvMat {
-            env: &d.env,
-            stats: &d.stats,
-            radial: false,
-        },
-        Descriptor::SeT(d) if plain(&d.exclude_types, &d.env) => Form::EnvMat {
-            env: &d.env,
-            stats: &d.stats,
-            radial: false,
-        },
-        Descriptor::SeR(d) if plain(&d.exclude_types, &d.env) => Form::EnvMat {
-            env: &d.env,
-            stats: &d.stats,
-            radial: true,
-        },
-        d if d.has_message_passing() => {
-            return Err(GraphError(format!(
-                "writing .pb: {} passes messages between atoms, which DeePMD-kit's TensorFlow \
-                 runtime cannot run (its MD interface exchanges no ghost-atom features); \
-                 write .pth, .savedmodel or .hlo instead",
-                d.name()
-            )))
-        }
-        d => Form::PairVectors {
-            mixed: d.mixed_types(),
-        },
+    if let Some(f) = env_mat_form(model) {
+        return Ok(Form::EnvMat(f));
+    }
+    let d = &model.descriptor;
+    if d.has_message_passing() {
+        return Err(GraphError(format!(
+            "writing .pb: {} passes messages between atoms, which DeePMD-kit's TensorFlow \
+             runtime cannot run (its MD interface exchanges no ghost-atom features); \
+             write .pth, .savedmodel or .hlo instead",
+            d.name()
+        )));
+    }
+    Ok(Form::PairVectors {
+        mixed: d.mixed_types(),
     })
 }
 
@@ -111,7 +93,7 @@ struct Frame {
 pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     let form = form(model)?;
     let g = match form {
-        Form::EnvMat { .. } => build_from_env_mat(model),
+        Form::EnvMat(_) => build_from_env_mat(model),
         Form::PairVectors { .. } => build_from_rij(model),
     }
     .map_err(|e| GraphError(format!("writing .pb: {}", e.0)))?;
@@ -120,9 +102,7 @@ pub fn pb_graph(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     let fr = frame(&mut tf, model)?;
     attributes(&mut tf, tree, model)?;
     let geo = match form {
-        Form::EnvMat { env, stats, radial } => {
-            on_env_mat(&mut tf, &fr, &g, model, env, stats, radial)?
-        }
+        Form::EnvMat(f) => on_env_mat(&mut tf, &fr, &g, model, &f)?,
         Form::PairVectors { mixed } => on_pair_vectors(&mut tf, &fr, &g, model, mixed)?,
     };
     outputs(&mut tf, &fr, &geo, model.nnei());
@@ -266,10 +246,11 @@ fn on_env_mat(
     fr: &Frame,
     g: &Graph,
     model: &Model,
-    env: &EnvParams,
-    stats: &Stats,
-    radial: bool,
+    form: &EnvMatForm,
 ) -> Result<Geometry, GraphError> {
+    let EnvMatForm {
+        env, stats, radial, ..
+    } = *form;
     let (ntypes, nnei) = (model.ntypes(), model.nnei());
     let ncomp = if radial { 1 } else { 4 };
     let (avg, std) = (f64_bytes(&stats.davg), f64_bytes(&stats.dstd));
@@ -385,13 +366,7 @@ fn on_pair_vectors(
     let rows = rows_of(tf, &rij3);
     // The list indexes each frame's atoms; the IR reads all frames' types as one array, so
     // shift each frame's entries by its offset (padding stays -1).
-    let shape = tf.node(
-        None,
-        "Shape",
-        &[&fr.coord],
-        vec![("T", ty(tfd::DOUBLE)), ("out_type", ty(tfd::INT32))],
-    );
-    let nf = tf.element(&shape, 0);
+    let nf = rows_of(tf, &fr.coord);
     let (zero, one) = (tf.i32s(&[0], true), tf.i32s(&[1], true));
     let frames = tf.node(
         None,
@@ -403,30 +378,15 @@ fn on_pair_vectors(
     let s = tf.i32s(&[-1, 1], false);
     let first = tf.reshape(None, &first, &s, tfd::INT32);
     let shifted = tf.binary("AddV2", &nlist, &first, tfd::INT32);
-    let real = tf.node(
-        None,
-        "GreaterEqual",
-        &[&nlist, &zero],
-        vec![("T", ty(tfd::INT32))],
-    );
-    let flat_nlist = tf.node(
-        None,
-        "SelectV2",
-        &[&real, &shifted, &nlist],
-        vec![("T", ty(tfd::INT32))],
-    );
+    let real = tf.binary("GreaterEqual", &nlist, &zero, tfd::INT32);
+    let flat_nlist = tf.select(&real, &shifted, &nlist, tfd::INT32);
     let s = tf.i32s(&[-1, nnei as i32], false);
     let flat_nlist = tf.reshape(None, &flat_nlist, &s, tfd::INT32);
     let flat = tf.i32s(&[-1], false);
     let all_types = tf.reshape(None, &fr.atype, &flat, tfd::INT32);
     // DPA-1 reads the type of each frame's atom 0 on padded slots.
     let s = tf.pack(&[nf, fr.nloc.clone()]);
-    let pad = tf.node(
-        None,
-        "BroadcastTo",
-        &[&first, &s],
-        vec![("T", ty(tfd::INT32)), ("Tidx", ty(tfd::INT32))],
-    );
+    let pad = tf.broadcast_to(&first, &s, tfd::INT32);
     let pad = tf.reshape(None, &pad, &flat, tfd::INT32);
 
     let mut inputs = fr.inputs.clone();
@@ -459,12 +419,7 @@ fn on_pair_vectors(
     let slots = tf.binary("Mul", &rows, &nnei_c, tfd::INT32);
     let twelve = tf.i32s(&[12], true);
     let s = tf.pack(&[slots, twelve]);
-    let env_deriv = tf.node(
-        None,
-        "BroadcastTo",
-        &[&minus_i, &s],
-        vec![("T", ty(tfd::DOUBLE)), ("Tidx", ty(tfd::INT32))],
-    );
+    let env_deriv = tf.broadcast_to(&minus_i, &s, tfd::DOUBLE);
     let env_deriv = per_frame(tf, fr, &env_deriv, nnei * 12);
     Ok(Geometry {
         net_deriv,
@@ -476,14 +431,9 @@ fn on_pair_vectors(
     })
 }
 
-/// The leading size of `x`, as an int32 scalar.
+/// The leading size of the float64 `x`, as an int32 scalar.
 fn rows_of(tf: &mut Tf, x: &str) -> String {
-    let s = tf.node(
-        None,
-        "Shape",
-        &[x],
-        vec![("T", ty(tfd::DOUBLE)), ("out_type", ty(tfd::INT32))],
-    );
+    let s = tf.shape_of(x, tfd::DOUBLE);
     tf.element(&s, 0)
 }
 

@@ -153,6 +153,87 @@ impl Tf {
         )
     }
 
+    /// The int32 shape of `x` (of dtype `t`).
+    pub fn shape_of(&mut self, x: &str, t: i32) -> String {
+        self.node(
+            None,
+            "Shape",
+            &[x],
+            vec![("T", ty(t)), ("out_type", ty(tfd::INT32))],
+        )
+    }
+
+    pub fn cast(&mut self, x: &str, from: i32, to: i32) -> String {
+        self.node(
+            None,
+            "Cast",
+            &[x],
+            vec![("SrcT", ty(from)), ("DstT", ty(to))],
+        )
+    }
+
+    /// A tensor of shape `shape` (int32 vector) filled with the scalar `value`.
+    pub fn fill(&mut self, shape: &str, value: &str, t: i32) -> String {
+        self.node(
+            None,
+            "Fill",
+            &[shape, value],
+            vec![("T", ty(t)), ("index_type", ty(tfd::INT32))],
+        )
+    }
+
+    /// `x` broadcast to `shape` (int32 vector).
+    pub fn broadcast_to(&mut self, x: &str, shape: &str, t: i32) -> String {
+        self.node(
+            None,
+            "BroadcastTo",
+            &[x, shape],
+            vec![("T", ty(t)), ("Tidx", ty(tfd::INT32))],
+        )
+    }
+
+    /// `cond ? a : b`, broadcasting.
+    pub fn select(&mut self, cond: &str, a: &str, b: &str, t: i32) -> String {
+        self.node(None, "SelectV2", &[cond, a, b], vec![("T", ty(t))])
+    }
+
+    pub fn concat(&mut self, parts: &[&str], axis: i32, t: i32) -> String {
+        let ax = self.i32s(&[axis], true);
+        let mut ins = parts.to_vec();
+        ins.push(&ax);
+        self.node(
+            None,
+            "ConcatV2",
+            &ins,
+            vec![
+                ("T", ty(t)),
+                ("N", int(parts.len() as i64)),
+                ("Tidx", ty(tfd::INT32)),
+            ],
+        )
+    }
+
+    /// `params` gathered along `axis` by int32 `idx`, the first `batch_dims` axes shared.
+    pub fn gather(
+        &mut self,
+        params: &str,
+        idx: &str,
+        axis: i32,
+        batch_dims: i64,
+        t: i32,
+    ) -> String {
+        let ax = self.i32s(&[axis], true);
+        let mut attrs = vec![
+            ("Tparams", ty(t)),
+            ("Tindices", ty(tfd::INT32)),
+            ("Taxis", ty(tfd::INT32)),
+        ];
+        if batch_dims != 0 {
+            attrs.push(("batch_dims", int(batch_dims)));
+        }
+        self.node(None, "GatherV2", &[params, idx, &ax], attrs)
+    }
+
     /// `x` summed over `axes` (int32 vector constant), the axes dropped.
     pub fn sum(&mut self, x: &str, axes: &[i32], t: i32) -> String {
         let ax = self.i32s(axes, false);
@@ -428,15 +509,8 @@ impl<'a> Lowering<'a> {
                     let it = in_t.unwrap_or(t);
                     self.tf.node(None, op, &[&a[0], &a[1]], vec![("T", ty(it))])
                 }
-                Op::Select => self
-                    .tf
-                    .node(None, "SelectV2", &[&a[0], &a[1], &a[2]], vec![("T", ty(t))]),
-                Op::Cast(_) => self.tf.node(
-                    None,
-                    "Cast",
-                    &[&a[0]],
-                    vec![("SrcT", ty(in_t.unwrap_or(t))), ("DstT", ty(t))],
-                ),
+                Op::Select => self.tf.select(&a[0], &a[1], &a[2], t),
+                Op::Cast(_) => self.tf.cast(&a[0], in_t.unwrap_or(t), t),
                 Op::MatMul => self.tf.node(
                     None,
                     "BatchMatMulV2",
@@ -459,12 +533,7 @@ impl<'a> Lowering<'a> {
                 }
                 Op::Broadcast(_) => {
                     let s = self.shape(&node.ty.shape)?;
-                    self.tf.node(
-                        None,
-                        "BroadcastTo",
-                        &[&a[0], &s],
-                        vec![("T", ty(t)), ("Tidx", ty(tfd::INT32))],
-                    )
+                    self.tf.broadcast_to(&a[0], &s, t)
                 }
                 Op::Slice { axis, start, end } => {
                     let rank = node.ty.shape.len();
@@ -502,19 +571,8 @@ impl<'a> Lowering<'a> {
                     )
                 }
                 Op::Concat { axis } => {
-                    let ax = self.tf.i32s(&[*axis as i32], true);
-                    let mut ins: Vec<&str> = a.iter().map(String::as_str).collect();
-                    ins.push(&ax);
-                    self.tf.node(
-                        None,
-                        "ConcatV2",
-                        &ins,
-                        vec![
-                            ("T", ty(t)),
-                            ("N", int(a.len() as i64)),
-                            ("Tidx", ty(tfd::INT32)),
-                        ],
-                    )
+                    let parts: Vec<&str> = a.iter().map(String::as_str).collect();
+                    self.tf.concat(&parts, *axis as i32, t)
                 }
                 Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
                     if axes.is_empty() {
@@ -540,19 +598,7 @@ impl<'a> Lowering<'a> {
                         )
                     }
                 }
-                Op::Gather => {
-                    let zero = self.tf.i32s(&[0], true);
-                    self.tf.node(
-                        None,
-                        "GatherV2",
-                        &[&a[0], &a[1], &zero],
-                        vec![
-                            ("Tparams", ty(t)),
-                            ("Tindices", ty(tfd::INT32)),
-                            ("Taxis", ty(tfd::INT32)),
-                        ],
-                    )
-                }
+                Op::Gather => self.tf.gather(&a[0], &a[1], 0, 0, t),
                 Op::ScatterAdd { rows } => {
                     let r = self.size(*rows)?;
                     let r = self.scalar(&r);

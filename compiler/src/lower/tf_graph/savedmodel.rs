@@ -23,7 +23,7 @@ use dpc_formats::tf::graph_def::{
 };
 use dpc_formats::Value;
 
-use super::ops::{boolean, int, ty, Lowering, Tf};
+use super::ops::{boolean, ty, Lowering, Tf};
 use crate::build::{build_graph, io, BuildOptions};
 use crate::graph::{verify::verify, GraphError};
 use crate::model::Model;
@@ -104,9 +104,9 @@ fn call_lower(model: &Model, name: &str, atomic: bool) -> Result<FunctionDef, Gr
     let (nfp, nap) = (model.dim_fparam() as i32, model.dim_aparam() as i32);
 
     // One frame: [1, nall, 3] -> [nall, 3] (a reshape that fails loudly for more frames).
-    let cshape = shape_of(&mut tf, "coord", tfd::DOUBLE);
+    let cshape = tf.shape_of("coord", tfd::DOUBLE);
     let nall = tf.element(&cshape, 1);
-    let nshape = shape_of(&mut tf, "nlist", tfd::INT64);
+    let nshape = tf.shape_of("nlist", tfd::INT64);
     let nloc = tf.element(&nshape, 1);
     let width = tf.element(&nshape, 2);
     let three = tf.i32s(&[3], true);
@@ -116,30 +116,47 @@ fn call_lower(model: &Model, name: &str, atomic: bool) -> Result<FunctionDef, Gr
     let atype = tf.reshape(None, "atype", &s, tfd::INT32);
     let s = tf.pack(&[nloc.clone(), width]);
     let nlist = tf.reshape(None, "nlist", &s, tfd::INT64);
-    let nlist = cast(&mut tf, &nlist, tfd::INT64, tfd::INT32);
+    let nlist = tf.cast(&nlist, tfd::INT64, tfd::INT32);
     let nlist = format_nlist(&mut tf, model, &coord, &atype, &nlist, &nloc);
 
+    // Each input the graph reads (others, such as the mapping of a model without message
+    // passing, are not built).
     let mut inputs: HashMap<&str, String> = HashMap::new();
-    inputs.insert(io::COORD, coord);
-    inputs.insert(io::ATYPE, atype.clone());
-    inputs.insert(io::NLIST, nlist);
-    if nfp > 0 {
-        let s = tf.i32s(&[nfp], false);
-        inputs.insert(io::FPARAM, tf.reshape(None, "fparam", &s, tfd::DOUBLE));
+    for spec in &g.inputs {
+        let name = spec.name.as_str();
+        let v = match name {
+            io::COORD => coord.clone(),
+            io::ATYPE => atype.clone(),
+            io::NLIST => nlist.clone(),
+            io::FPARAM => {
+                let s = tf.i32s(&[nfp], false);
+                tf.reshape(None, "fparam", &s, tfd::DOUBLE)
+            }
+            io::APARAM => {
+                let n = tf.i32s(&[nap], true);
+                let s = tf.pack(&[nloc.clone(), n]);
+                tf.reshape(None, "aparam", &s, tfd::DOUBLE)
+            }
+            io::MAPPING => {
+                let s = tf.pack(std::slice::from_ref(&nall));
+                let mapping = tf.reshape(None, "mapping", &s, tfd::INT64);
+                tf.cast(&mapping, tfd::INT64, tfd::INT32)
+            }
+            io::CENTRE_WEIGHT => {
+                let s = tf.pack(std::slice::from_ref(&nloc));
+                let one = tf.constant(None, tfd::DOUBLE, &[], 1f64.to_le_bytes().to_vec());
+                tf.fill(&s, &one, tfd::DOUBLE)
+            }
+            // DPA-1's padded slots read the type of extended atom 0.
+            io::PAD_ATOM => tf.i32s(&[0], true),
+            other => {
+                return Err(GraphError(format!(
+                    "writing a SavedModel: unknown graph input {other}"
+                )))
+            }
+        };
+        inputs.insert(name, v);
     }
-    if nap > 0 {
-        let n = tf.i32s(&[nap], true);
-        let s = tf.pack(&[nloc.clone(), n]);
-        inputs.insert(io::APARAM, tf.reshape(None, "aparam", &s, tfd::DOUBLE));
-    }
-    let s = tf.pack(std::slice::from_ref(&nall));
-    let mapping = tf.reshape(None, "mapping", &s, tfd::INT64);
-    inputs.insert(io::MAPPING, cast(&mut tf, &mapping, tfd::INT64, tfd::INT32));
-    let s = tf.pack(std::slice::from_ref(&nloc));
-    let one = tf.constant(None, tfd::DOUBLE, &[], 1f64.to_le_bytes().to_vec());
-    inputs.insert(io::CENTRE_WEIGHT, fill(&mut tf, &s, &one, tfd::DOUBLE));
-    // DPA-1's padded slots read the type of extended atom 0.
-    inputs.insert(io::PAD_ATOM, tf.i32s(&[0], true));
     let out = Lowering::new(&mut tf, nloc.clone())
         .with_nall(nall.clone())
         .graph(&g, &inputs)?;
@@ -161,7 +178,7 @@ fn call_lower(model: &Model, name: &str, atomic: bool) -> Result<FunctionDef, Gr
     let virial_redu = tf.sum(&virial, &[1], tfd::DOUBLE);
     let s = tf.pack(&[c1.clone(), nloc]);
     let one = tf.i32s(&[1], true);
-    let mask = fill(&mut tf, &s, &one, tfd::INT32);
+    let mask = tf.fill(&s, &one, tfd::INT32);
     let results = [energy, virial, virial_redu, force, energy_redu, mask];
     let outputs: Vec<(&str, i32, String)> = RESULTS
         .iter()
@@ -187,9 +204,9 @@ fn format_nlist(
     let zero = tf.i32s(&[0], true);
     let minus1 = tf.i32s(&[-1], true);
     let far = tf.constant(None, tfd::DOUBLE, &[], FAR.to_le_bytes().to_vec());
-    let real = compare(tf, "GreaterEqual", nlist, &zero, tfd::INT32);
-    let safe = select(tf, &real, nlist, &zero, tfd::INT32);
-    let neigh = gather(tf, coord, &safe, 0, 0, tfd::DOUBLE); // [nloc, k, 3]
+    let real = tf.binary("GreaterEqual", nlist, &zero, tfd::INT32);
+    let safe = tf.select(&real, nlist, &zero, tfd::INT32);
+    let neigh = tf.gather(coord, &safe, 0, 0, tfd::DOUBLE); // [nloc, k, 3]
     let begin = tf.i32s(&[0, 0], false);
     let three = tf.i32s(&[3], true);
     let size = tf.pack(&[nloc.to_string(), three]);
@@ -204,42 +221,42 @@ fn format_nlist(
     let d = tf.binary("Sub", &neigh, &centre, tfd::DOUBLE);
     let d2 = tf.binary("Mul", &d, &d, tfd::DOUBLE);
     let r2 = tf.sum(&d2, &[2], tfd::DOUBLE);
-    let r2 = select(tf, &real, &r2, &far, tfd::DOUBLE);
+    let r2 = tf.select(&real, &r2, &far, tfd::DOUBLE);
     // At least nnei columns: append nnei padding ones.
     let n = tf.i32s(&[nnei], true);
     let s = tf.pack(&[nloc.to_string(), n]);
-    let pad_i = fill(tf, &s, &minus1, tfd::INT32);
-    let pad_r = fill(tf, &s, &far, tfd::DOUBLE);
-    let nlist = concat(tf, &[nlist, &pad_i], 1, tfd::INT32);
-    let r2 = concat(tf, &[&r2, &pad_r], 1, tfd::DOUBLE);
+    let pad_i = tf.fill(&s, &minus1, tfd::INT32);
+    let pad_r = tf.fill(&s, &far, tfd::DOUBLE);
+    let nlist = tf.concat(&[nlist, &pad_i], 1, tfd::INT32);
+    let r2 = tf.concat(&[&r2, &pad_r], 1, tfd::DOUBLE);
     let (nlist, r2) = nearest(tf, &nlist, &r2, nnei);
     let rc2 = model.rcut() * model.rcut();
     let rc2 = tf.constant(None, tfd::DOUBLE, &[], rc2.to_le_bytes().to_vec());
-    let within = compare(tf, "LessEqual", &r2, &rc2, tfd::DOUBLE);
-    let nlist = select(tf, &within, &nlist, &minus1, tfd::INT32);
+    let within = tf.binary("LessEqual", &r2, &rc2, tfd::DOUBLE);
+    let nlist = tf.select(&within, &nlist, &minus1, tfd::INT32);
     if model.mixed_types() {
         return nlist;
     }
     // Per-type blocks from the sorted list.
-    let r2 = select(tf, &within, &r2, &far, tfd::DOUBLE);
-    let real = compare(tf, "GreaterEqual", &nlist, &zero, tfd::INT32);
-    let safe = select(tf, &real, &nlist, &zero, tfd::INT32);
-    let ntype = gather(tf, atype, &safe, 0, 0, tfd::INT32);
+    let r2 = tf.select(&within, &r2, &far, tfd::DOUBLE);
+    let real = tf.binary("GreaterEqual", &nlist, &zero, tfd::INT32);
+    let safe = tf.select(&real, &nlist, &zero, tfd::INT32);
+    let ntype = tf.gather(atype, &safe, 0, 0, tfd::INT32);
     let mut blocks = Vec::new();
     for (t, &s) in model.sel().iter().enumerate() {
         if s == 0 {
             continue;
         }
         let tc = tf.i32s(&[t as i32], true);
-        let is_t = compare(tf, "Equal", &ntype, &tc, tfd::INT32);
-        let r2t = select(tf, &is_t, &r2, &far, tfd::DOUBLE);
+        let is_t = tf.binary("Equal", &ntype, &tc, tfd::INT32);
+        let r2t = tf.select(&is_t, &r2, &far, tfd::DOUBLE);
         let (blk, r2b) = nearest(tf, &nlist, &r2t, s as i32);
         let half = tf.constant(None, tfd::DOUBLE, &[], (FAR / 2.0).to_le_bytes().to_vec());
-        let ok = compare(tf, "Less", &r2b, &half, tfd::DOUBLE);
-        blocks.push(select(tf, &ok, &blk, &minus1, tfd::INT32));
+        let ok = tf.binary("Less", &r2b, &half, tfd::DOUBLE);
+        blocks.push(tf.select(&ok, &blk, &minus1, tfd::INT32));
     }
     let refs: Vec<&str> = blocks.iter().map(String::as_str).collect();
-    concat(tf, &refs, 1, tfd::INT32)
+    tf.concat(&refs, 1, tfd::INT32)
 }
 
 /// The `k` columns of `nlist` with the smallest `r2` per row, nearest first (ties in column
@@ -259,75 +276,9 @@ fn nearest(tf: &mut Tf, nlist: &str, r2: &str, k: i32) -> (String, String) {
         ],
     );
     let idx = format!("{top}:1");
-    let picked = gather(tf, nlist, &idx, 1, 1, tfd::INT32);
+    let picked = tf.gather(nlist, &idx, 1, 1, tfd::INT32);
     let r2 = tf.node(None, "Neg", &[&top], vec![("T", ty(tfd::DOUBLE))]);
     (picked, r2)
-}
-
-fn shape_of(tf: &mut Tf, x: &str, t: i32) -> String {
-    tf.node(
-        None,
-        "Shape",
-        &[x],
-        vec![("T", ty(t)), ("out_type", ty(tfd::INT32))],
-    )
-}
-
-fn cast(tf: &mut Tf, x: &str, from: i32, to: i32) -> String {
-    tf.node(
-        None,
-        "Cast",
-        &[x],
-        vec![("SrcT", ty(from)), ("DstT", ty(to))],
-    )
-}
-
-fn fill(tf: &mut Tf, shape: &str, value: &str, t: i32) -> String {
-    tf.node(
-        None,
-        "Fill",
-        &[shape, value],
-        vec![("T", ty(t)), ("index_type", ty(tfd::INT32))],
-    )
-}
-
-fn compare(tf: &mut Tf, op: &str, a: &str, b: &str, t: i32) -> String {
-    tf.node(None, op, &[a, b], vec![("T", ty(t))])
-}
-
-fn select(tf: &mut Tf, c: &str, a: &str, b: &str, t: i32) -> String {
-    tf.node(None, "SelectV2", &[c, a, b], vec![("T", ty(t))])
-}
-
-fn concat(tf: &mut Tf, parts: &[&str], axis: i32, t: i32) -> String {
-    let ax = tf.i32s(&[axis], true);
-    let mut ins = parts.to_vec();
-    ins.push(&ax);
-    tf.node(
-        None,
-        "ConcatV2",
-        &ins,
-        vec![
-            ("T", ty(t)),
-            ("N", int(parts.len() as i64)),
-            ("Tidx", ty(tfd::INT32)),
-        ],
-    )
-}
-
-fn gather(tf: &mut Tf, params: &str, idx: &str, axis: i32, batch_dims: i64, t: i32) -> String {
-    let ax = tf.i32s(&[axis], true);
-    tf.node(
-        None,
-        "GatherV2",
-        &[params, idx, &ax],
-        vec![
-            ("Tparams", ty(t)),
-            ("Tindices", ty(tfd::INT32)),
-            ("Taxis", ty(tfd::INT32)),
-            ("batch_dims", int(batch_dims)),
-        ],
-    )
 }
 
 /// The getters `DeepPotJAX` reads (each a function returning one constant), and the tree.
