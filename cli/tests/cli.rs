@@ -473,9 +473,17 @@ fn emit_savedmodel_writes_deepmd_functions_and_reads_back() {
         "__inference_call_lower_with_atomic_virial_0",
         "__inference_get_type_map_0",
         "__inference_get_sel_0",
+        // Python's `tf.saved_model.load`: the object graph's attributes.
+        "call_atomic_virial",
+        "FullArgSpec",
+        "get_model_def_script",
     ] {
         assert!(text.contains(f), "no function {f}");
     }
+    // The checkpoint of no variables Python's loader restores.
+    let index = std::fs::read(sm.join("variables/variables.index")).unwrap();
+    assert!(index.ends_with(&[0x57, 0xfb, 0x80, 0x8b, 0x24, 0x75, 0x47, 0xdb]));
+    assert!(sm.join("variables/variables.data-00000-of-00001").is_file());
     evaluates_like_builtin_water(&dir, &sm);
     // A directory that is not a SavedModel is left alone.
     let other = dir.join("not-a-model");

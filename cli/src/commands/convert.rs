@@ -81,9 +81,9 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
         // A SavedModel directory for DeePMD-kit's C++ `DeepPotJAX` (LAMMPS).
         Format::SavedModel => {
             let pb = dpc_compiler::lower::tf_graph::savedmodel::saved_model(&tree, &model)?;
-            write_saved_model(output, &pb)?;
+            dpc_formats::savedmodel::write_dir(output, &pb)?;
             return Ok(format!(
-                "wrote {} ({} -> savedmodel, for DeePMD-kit's C++ API and LAMMPS; its Python DeepPot reads .hlo/.pth instead)\n{note}",
+                "wrote {} ({} -> savedmodel, for DeePMD-kit's JAX backend: its DeepPot and LAMMPS plugin)\n{note}",
                 output.display(),
                 from
             ));
@@ -101,26 +101,6 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
         from,
         format.name()
     ))
-}
-
-/// A SavedModel directory: `saved_model.pb` and an empty `variables/` (the weights are
-/// constants of the functions). An existing directory is replaced only if it is one.
-fn write_saved_model(dir: &Path, pb: &[u8]) -> Result<()> {
-    if dir.exists() {
-        if !dir.join("saved_model.pb").is_file() {
-            bail!(
-                "{} exists and is not a SavedModel directory; not overwriting it",
-                dir.display()
-            );
-        }
-        std::fs::remove_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir.join("variables"))
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(dir.join("saved_model.pb"), pb)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.display()))?;
-    Ok(())
 }
 
 /// What changes when a model leaves TensorFlow's runtime: the written tree is the model the

@@ -191,6 +191,8 @@ pub mod dtype {
     pub const INT64: i32 = 9;
     pub const BOOL: i32 = 10;
     pub const HALF: i32 = 19;
+    /// A `TensorList` handle (a While loop's accumulators).
+    pub const VARIANT: i32 = 21;
 
     /// The enum value for a text-format name (`DT_DOUBLE`).
     pub fn from_name(s: &str) -> Option<i32> {

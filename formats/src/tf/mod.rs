@@ -1,8 +1,10 @@
 //! TensorFlow frozen graphs (`.pb` binary, `.pbtxt` text): the GraphDef protobuf and its
 //! constants. Nothing is executed; weights are read from `Const` nodes.
 
+pub mod checkpoint;
 pub mod graph_def;
 pub mod pbtxt;
+pub mod saved_object_graph;
 
 use std::collections::HashMap;
 

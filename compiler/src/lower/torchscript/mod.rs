@@ -19,6 +19,7 @@ use dpc_formats::{DType as FDType, Value};
 
 use crate::build::{build_graph, BuildOptions};
 use crate::graph::{verify::verify, DType, GraphError, Tensor};
+use crate::lower::model_def_script::model_def_script;
 use crate::model::Model;
 
 const TEMPLATE: &str = include_str!("model.py");
@@ -165,7 +166,11 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
         ("training".into(), Attr::Bool(false)),
         (
             "model_def_script".into(),
-            Attr::Str(model_def_script(tree, model)),
+            Attr::Str(model_def_script(
+                tree,
+                model,
+                "the serialized model is extra/model.json",
+            )),
         ),
     ];
     for (i, t) in consts.tensors.iter().enumerate() {
@@ -198,32 +203,4 @@ fn tensor_attr(t: &Tensor) -> Attr {
         shape: t.shape.clone(),
         bytes: t.to_le_bytes(),
     }
-}
-
-/// The `model_def_script` DeePMD-kit reads from a `.pth` (as JSON): the type map and the
-/// descriptor's and fitting's types; the full model is in `extra/model.json`.
-fn model_def_script(tree: &Value, model: &Model) -> String {
-    let desc = tree
-        .get("model")
-        .and_then(|m| m.get("descriptor"))
-        .and_then(|d| d.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("unknown");
-    let mut s = String::from("{\"type_map\":[");
-    for (i, t) in model.type_map.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        write_string(t, &mut s);
-    }
-    s.push_str("],\"descriptor\":{\"type\":");
-    write_string(desc, &mut s);
-    s.push_str(&format!(
-        ",\"rcut\":{},\"sel\":{:?}}},\"fitting_net\":{{\"type\":\"ener\",\"numb_fparam\":{},\"numb_aparam\":{}}},\"dpc\":\"written by dpc; the serialized model is extra/model.json\"}}",
-        py_float(model.rcut()),
-        model.sel(),
-        model.dim_fparam(),
-        model.dim_aparam()
-    ));
-    s
 }
