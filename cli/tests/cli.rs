@@ -248,10 +248,17 @@ fn round_trip(src: &std::path::Path) {
         dir.join("d.yaml").to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    // TorchScript carries the tree too (extra/model.json).
-    let e = dir.join("e.pth");
-    let (ok, _, err) = dpc(&["convert", c.to_str().unwrap(), e.to_str().unwrap()]);
-    assert!(ok, "{err}");
+    // TorchScript and torch.export carry the tree too (extra/model.json), and dpc's
+    // SavedModel in a getter; each is read back from the one before.
+    let (e, f, g) = (
+        dir.join("e.pth"),
+        dir.join("f.pte"),
+        dir.join("g.savedmodel"),
+    );
+    for (from, to) in [(&c, &e), (&e, &f), (&f, &g)] {
+        let (ok, _, err) = dpc(&["convert", from.to_str().unwrap(), to.to_str().unwrap()]);
+        assert!(ok, "{err}");
+    }
     let model = |p: &std::path::Path| {
         dpc_formats::read_model(p)
             .unwrap()
@@ -260,7 +267,7 @@ fn round_trip(src: &std::path::Path) {
             .clone()
     };
     let original = model(src);
-    for p in [&a, &b, &c, &dir.join("d.yaml"), &e] {
+    for p in [&a, &b, &c, &dir.join("d.yaml"), &e, &f, &g] {
         assert_eq!(
             model(p),
             original,
@@ -272,13 +279,13 @@ fn round_trip(src: &std::path::Path) {
     let a_tree = dpc_formats::read_model(&a).unwrap();
     assert!(a_tree.get("constants").is_none() && a_tree.get("@dpc_runtime").is_none());
     assert!(a_tree.get("@variables").unwrap().get("stablehlo").is_none());
-    // Not-yet-written targets say so.
+    // Unreachable targets say why.
     let (ok, _, err) = dpc(&[
         "convert",
         a.to_str().unwrap(),
-        dir.join("x.pte").to_str().unwrap(),
+        dir.join("x.pt2").to_str().unwrap(),
     ]);
-    assert!(!ok && err.contains("not supported yet"), "{err}");
+    assert!(!ok && err.contains("AOTInductor"), "{err}");
 }
 
 /// `dpc emit --format pth` writes a TorchScript archive whose module has the methods
@@ -492,6 +499,41 @@ fn emit_savedmodel_writes_deepmd_functions_and_reads_back() {
     let (ok, _, err) = emit(&other);
     assert!(!ok && err.contains("not a SavedModel directory"), "{err}");
     assert!(other.join("keep.txt").exists());
+}
+
+#[test]
+fn emit_pte_writes_a_torch_export_program_and_reads_back() {
+    let dir = scratch("emit-pte");
+    let pte = dir.join("water.pte");
+    let (ok, _, err) = dpc(&[
+        "emit",
+        "builtin:water",
+        "--format",
+        "pte",
+        "-o",
+        pte.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    // The PT2 archive torch.export.load reads, and DeePMD-kit's metadata.
+    let bytes = std::fs::read(&pte).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    for entry in [
+        "model/archive_format",
+        "model/.data/version",
+        "model/models/model.json",
+        "model/data/weights/model_weights_config.json",
+        "model/extra/metadata.json",
+        "torch.ops.aten.index_add.default",
+        "\"lower_input_kind\":\"nlist\"",
+    ] {
+        assert!(text.contains(entry), "no {entry} in the .pte");
+    }
+    evaluates_like_builtin_water(&dir, &pte);
+    // .pt2 is compiled code: refused, saying why.
+    let pt2 = dir.join("water.pt2");
+    let (ok, _, err) = dpc(&["convert", "builtin:water", pt2.to_str().unwrap()]);
+    assert!(!ok && err.contains("AOTInductor"), "{err}");
+    assert!(!pt2.exists());
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod npy;
 pub mod paddle;
 pub mod pb;
 pub mod pickle;
+pub mod pt2_write;
 pub mod pte;
 pub mod pth;
 pub mod savedmodel;

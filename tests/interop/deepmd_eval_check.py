@@ -1,9 +1,10 @@
 """Check that DeePMD-kit 3.2 loads a model file dpc wrote (`.hlo` from `dpc compile`: its JAX
 backend; `.pth` from `dpc emit`: its PyTorch backend; `.pb` from `dpc emit`: its TensorFlow
-backend; `.savedmodel` from `dpc emit`: its JAX backend's TensorFlow wrapper) and reproduces
+backend; `.savedmodel` from `dpc emit`: its JAX backend's TensorFlow wrapper; `.pte` from
+`dpc emit`: its pt_expt backend) and reproduces
 the reference (the PyTorch original's numbers) to 1e-10.
 
-usage: python deepmd_eval_check.py DPC_WRITTEN.{hlo,pth,pb,savedmodel} REFERENCE.json [NAME] [--twin ORIG.pth]
+usage: python deepmd_eval_check.py DPC_WRITTEN.{hlo,pth,pb,savedmodel,pte} REFERENCE.json [NAME] [--twin ORIG.pth]
        [--sorted-twin ORIG.pth] [--tol T]
 
 REFERENCE.json is a fixture reference (`configs` at the top) or the variants' reference
@@ -20,7 +21,7 @@ original `.pth` evaluated by DeePMD-kit's PyTorch backend on the atoms sorted th
 
 Every configuration is evaluated alone (energy, force, virial, atom energy and atom virial:
 the atomic-virial variants) and, where several share a type list, together as one batch of
-frames (the exports' `nf` axis). Non-periodic configurations exercise the no-ghost variants. A `.pth` is run twice: with
+frames (the exports' `nf` axis). Non-periodic configurations exercise the no-ghost variants. A `.pth` or `.pte` is run twice: with
 DeePMD-kit's own neighbour list (`forward`) and, where vesin is installed, with vesin's
 (`forward_common_lower`).
 Prints `max |diff| X` and exits non-zero above 1e-10.
@@ -161,9 +162,10 @@ def check_all(dp, twin=None):
     return batched
 
 
-if fmt == "pth":
-    # DeePMD-kit's own neighbour list (the module's `forward`), then vesin's where it is
-    # installed (`forward_common_lower` on an extended system DeePMD-kit builds).
+if fmt in ("pth", "pte"):
+    # DeePMD-kit's own neighbour list, then vesin's where it is installed (for a .pth:
+    # the module's `forward`, then `forward_common_lower` on an extended system DeePMD-kit
+    # builds; a .pte always gets the extended system).
     from deepmd.pt_expt.utils.vesin_neighbor_list import (  # noqa: E402
         is_vesin_torch_available,
     )

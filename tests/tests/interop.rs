@@ -272,11 +272,52 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
         }
     };
     let dir = common::scratch("deepmd-pth");
+    let cases = emit_cases(true);
+    for (name, src, reference, key, twin) in cases {
+        let tree = read_model(&src).unwrap();
+        let model = Model::from_tree(&tree).unwrap();
+        let out = dir.join(format!("{name}.pth"));
+        let bytes = dpc_compiler::lower::torchscript::pth_archive(&tree, &model).unwrap();
+        std::fs::write(&out, bytes).unwrap();
+        // dpc reads its own .pth back to the same tree.
+        assert_eq!(
+            read_model(&out).unwrap(),
+            tree,
+            "{name}: the tree in the .pth"
+        );
+        let mut args: Vec<std::ffi::OsString> = vec![
+            interop_dir().join("deepmd_eval_check.py").into(),
+            out.clone().into(),
+            reference.clone().into(),
+        ];
+        if let Some(k) = key {
+            args.push(k.into());
+        }
+        if model.descriptor.has_message_passing() {
+            args.push("--twin".into());
+            args.push(twin.into());
+        }
+        if name.ends_with("f32") {
+            // float32 networks: rounding differs from PyTorch's (as in tests/tests/variants.rs).
+            args.push("--tol".into());
+            args.push("1e-5".into());
+        }
+        let line = deepmd_check(&py, &args, &name);
+        eprintln!("{name}: DeePMD-kit (PyTorch) on dpc's .pth: {line}");
+    }
+}
+
+/// Every fixture model and the variants, for the emitters' checks: `(name, source,
+/// reference, key in the reference file, DeePMD-kit's own .pth)`. Sources are `.dp`, but
+/// se_e2_a's is DeePMD-kit's `.pth` when `se_e2_a_from_pth`.
+fn emit_cases(
+    se_e2_a_from_pth: bool,
+) -> Vec<(String, PathBuf, PathBuf, Option<&'static str>, PathBuf)> {
     let variants = common::local_fixtures().join("variants");
-    let mut cases: Vec<(String, PathBuf, PathBuf, Option<&str>, PathBuf)> = common::MODELS
+    let mut cases: Vec<(String, PathBuf, PathBuf, Option<&'static str>, PathBuf)> = common::MODELS
         .iter()
         .map(|m| {
-            let src = if *m == "se_e2_a" {
+            let src = if *m == "se_e2_a" && se_e2_a_from_pth {
                 "model.pth"
             } else {
                 "model.dp"
@@ -313,17 +354,43 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
             variants.join(v).join("model.pth"),
         ));
     }
-    for (name, src, reference, key, twin) in cases {
+    cases
+}
+
+/// `dpc emit --format pte` output (a torch.export program written without PyTorch),
+/// loaded by DeePMD-kit's `pt_expt` backend (`DeepPot(X.pte)`: `torch.export.load`, then
+/// the module on the extended system and neighbour list DeePMD-kit builds, native and
+/// vesin), reproduces the reference to 1e-10 for every fixture model and variant.
+#[test]
+fn deepmd_kit_runs_what_dpc_emit_writes_as_pte() {
+    use dpc_compiler::model::Model;
+
+    let mut cands = candidates("DPC_DEEPMD_TORCH_PYTHON");
+    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
+    cands
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
+    let py = match python_with(&cands, "deepmd.pt_expt.infer.deep_eval, torch") {
+        Ok(p) => p,
+        Err(why) => {
+            assert!(
+                std::env::var("DPC_REQUIRE_DEEPMD_TORCH").is_err(),
+                "DPC_REQUIRE_DEEPMD_TORCH is set: {why}"
+            );
+            eprintln!("SKIPPED (pip install \"deepmd-kit[torch]==3.2.0\", then set DPC_DEEPMD_TORCH_PYTHON): {why}");
+            return;
+        }
+    };
+    let dir = common::scratch("deepmd-pte");
+    for (name, src, reference, key, twin) in emit_cases(false) {
         let tree = read_model(&src).unwrap();
         let model = Model::from_tree(&tree).unwrap();
-        let out = dir.join(format!("{name}.pth"));
-        let bytes = dpc_compiler::lower::torchscript::pth_archive(&tree, &model).unwrap();
+        let out = dir.join(format!("{name}.pte"));
+        let bytes = dpc_compiler::lower::torch_export::pte_archive(&tree, &model).unwrap();
         std::fs::write(&out, bytes).unwrap();
-        // dpc reads its own .pth back to the same tree.
         assert_eq!(
             read_model(&out).unwrap(),
             tree,
-            "{name}: the tree in the .pth"
+            "{name}: the tree in the .pte"
         );
         let mut args: Vec<std::ffi::OsString> = vec![
             interop_dir().join("deepmd_eval_check.py").into(),
@@ -334,16 +401,17 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
             args.push(k.into());
         }
         if model.descriptor.has_message_passing() {
+            // Per-atom virials of message passing depend on the extended system's frame:
+            // DeePMD-kit's own .pth on the same path is the reference for them.
             args.push("--twin".into());
             args.push(twin.into());
         }
         if name.ends_with("f32") {
-            // float32 networks: rounding differs from PyTorch's (as in tests/tests/variants.rs).
             args.push("--tol".into());
             args.push("1e-5".into());
         }
         let line = deepmd_check(&py, &args, &name);
-        eprintln!("{name}: DeePMD-kit (PyTorch) on dpc's .pth: {line}");
+        eprintln!("{name}: DeePMD-kit (pt_expt) on dpc's .pte: {line}");
     }
 }
 
@@ -523,41 +591,7 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_savedmodel() {
         }
     };
     let dir = common::scratch("deepmd-savedmodel");
-    let variants = common::local_fixtures().join("variants");
-    let mut cases: Vec<(String, PathBuf, PathBuf, Option<&str>)> = common::MODELS
-        .iter()
-        .map(|m| {
-            (
-                m.to_string(),
-                common::model_file(m, "model.dp"),
-                common::fixtures()
-                    .join("reference")
-                    .join(format!("{m}.json")),
-                None,
-            )
-        })
-        .collect();
-    for v in [
-        "se_e2_a_fparam_aparam",
-        "se_e2_a_excl",
-        "se_e2_a_tos_pairexcl",
-        "se_e2_a_f32",
-        "se_e3_3types",
-        "dpa1_concat_tos_t",
-        "hybrid_se_a_se_r",
-        "hybrid_dpa1_dpa3",
-        "dpa2_strip_three_body",
-        "dpa3_noangle_fparam",
-        "se_e3_tebd_strip",
-    ] {
-        cases.push((
-            v.to_string(),
-            variants.join(v).join("model.dp"),
-            variants.join("reference.json"),
-            Some(v),
-        ));
-    }
-    for (name, src, reference, key) in cases {
+    for (name, src, reference, key, _) in emit_cases(false) {
         let tree = read_model(&src).unwrap();
         let model = Model::from_tree(&tree).unwrap();
         let out = dir.join(format!("{name}.savedmodel"));

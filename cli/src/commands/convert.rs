@@ -22,8 +22,8 @@ pub struct ConvertArgs {
 pub struct EmitArgs {
     /// Model to read (any supported format, or a built-in model).
     model: String,
-    /// Target format: dp, yaml, hlo, xlo, pth, pb (models without message passing),
-    /// savedmodel (DeePMD-kit's C++ API and LAMMPS) (pte, pt2: not yet).
+    /// Target format: dp, yaml, hlo, xlo, pth, pte, pb (models without message passing),
+    /// savedmodel (pt2: not reachable, it is compiled code).
     #[arg(long)]
     format: String,
     /// File to write.
@@ -43,7 +43,8 @@ pub fn emit(a: EmitArgs) -> Result<String> {
         "hlo" | "xlo" => Format::Hlo,
         "pth" => Format::Pth,
         "pb" => Format::Pb,
-        "pte" | "pt2" => Format::Pte,
+        "pte" => Format::Pte,
+        "pt2" => bail!(PT2_UNREACHABLE),
         "savedmodel" => Format::SavedModel,
         "json" | "paddle" => Format::Paddle,
         other => {
@@ -52,6 +53,9 @@ pub fn emit(a: EmitArgs) -> Result<String> {
     };
     write(&a.model, &a.output, format)
 }
+
+/// Why dpc writes no `.pt2`.
+const PT2_UNREACHABLE: &str = "writing .pt2 is not supported: a .pt2 holds AOTInductor-compiled machine code that only PyTorch's compiler makes; write .pte (the same program, which DeePMD-kit's pt_expt backend runs) or .pth";
 
 fn write(input: &str, output: &Path, format: Format) -> Result<String> {
     let (tree, from) = read_tree(input)?;
@@ -75,9 +79,11 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
         Format::Pth => dpc_compiler::lower::torchscript::pth_archive(&tree, &model)?,
         // A frozen TensorFlow graph on DeePMD-kit's ops, for its TF runtime and LAMMPS.
         Format::Pb => dpc_compiler::lower::tf_graph::pb_graph(&tree, &model)?,
-        Format::Pte => bail!(
-            "writing .pte/.pt2 models is not supported yet: .pte needs torch.export's serialized ExportedProgram (not written yet), and .pt2 holds AOTInductor-compiled code that only PyTorch's compiler makes; dpc writes .dp, .yaml, .hlo/.xlo, .pth, .pb and .savedmodel"
-        ),
+        // A torch.export program (ATen nodes) for DeePMD-kit's pt_expt backend.
+        Format::Pte if output.extension().is_some_and(|e| e.eq_ignore_ascii_case("pt2")) => {
+            bail!(PT2_UNREACHABLE)
+        }
+        Format::Pte => dpc_compiler::lower::torch_export::pte_archive(&tree, &model)?,
         // A SavedModel directory for DeePMD-kit's C++ `DeepPotJAX` (LAMMPS).
         Format::SavedModel => {
             let pb = dpc_compiler::lower::tf_graph::savedmodel::saved_model(&tree, &model)?;
@@ -89,7 +95,7 @@ fn write(input: &str, output: &Path, format: Format) -> Result<String> {
             ));
         }
         other => bail!(
-            "writing .{} models is not supported (dpc writes .dp, .yaml, .hlo/.xlo, .pth, .pb and .savedmodel)",
+            "writing .{} models is not supported (dpc writes .dp, .yaml, .hlo/.xlo, .pth, .pte, .pb and .savedmodel)",
             other.name()
         ),
     };

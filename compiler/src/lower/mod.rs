@@ -4,4 +4,5 @@ pub mod hlo_file;
 pub mod model_def_script;
 pub mod stablehlo;
 pub mod tf_graph;
+pub mod torch_export;
 pub mod torchscript;
