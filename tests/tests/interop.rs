@@ -254,8 +254,6 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
 /// changes them).
 #[test]
 fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
-    use dpc_compiler::model::Model;
-
     let mut cands = candidates("DPC_DEEPMD_TORCH_PYTHON");
     cands.extend(candidates("DPC_DEEPMD_PYTHON"));
     cands
@@ -271,19 +269,41 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
             return;
         }
     };
-    let dir = common::scratch("deepmd-pth");
-    let cases = emit_cases(true);
+    check_emitted(
+        &py,
+        emit_cases(true),
+        "pth",
+        "PyTorch",
+        true,
+        |tree, model, out| {
+            let bytes = dpc_compiler::lower::torchscript::pth_archive(tree, model).unwrap();
+            std::fs::write(out, bytes).unwrap();
+        },
+    );
+}
+
+/// Write each case with `write`, check dpc reads it back to the same tree, and run
+/// `deepmd_eval_check.py` on it with `py` (DeePMD-kit's `runtime`). With `twin_for_mp`,
+/// per-atom virials of message-passing models are compared with DeePMD-kit's own `.pth`
+/// on the same neighbour-list path (they depend on the extended system's frame).
+fn check_emitted(
+    py: &Path,
+    cases: Vec<(String, PathBuf, PathBuf, Option<&'static str>, PathBuf)>,
+    ext: &str,
+    runtime: &str,
+    twin_for_mp: bool,
+    write: impl Fn(&dpc_formats::Value, &dpc_compiler::model::Model, &Path),
+) {
+    let dir = common::scratch(&format!("deepmd-{ext}"));
     for (name, src, reference, key, twin) in cases {
         let tree = read_model(&src).unwrap();
-        let model = Model::from_tree(&tree).unwrap();
-        let out = dir.join(format!("{name}.pth"));
-        let bytes = dpc_compiler::lower::torchscript::pth_archive(&tree, &model).unwrap();
-        std::fs::write(&out, bytes).unwrap();
-        // dpc reads its own .pth back to the same tree.
+        let model = dpc_compiler::model::Model::from_tree(&tree).unwrap();
+        let out = dir.join(format!("{name}.{ext}"));
+        write(&tree, &model, &out);
         assert_eq!(
             read_model(&out).unwrap(),
             tree,
-            "{name}: the tree in the .pth"
+            "{name}: the tree in the .{ext}"
         );
         let mut args: Vec<std::ffi::OsString> = vec![
             interop_dir().join("deepmd_eval_check.py").into(),
@@ -293,17 +313,17 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
         if let Some(k) = key {
             args.push(k.into());
         }
-        if model.descriptor.has_message_passing() {
+        if twin_for_mp && model.descriptor.has_message_passing() {
             args.push("--twin".into());
             args.push(twin.into());
         }
         if name.ends_with("f32") {
-            // float32 networks: rounding differs from PyTorch's (as in tests/tests/variants.rs).
+            // float32 networks: rounding differs from DeePMD-kit's (as in tests/tests/variants.rs).
             args.push("--tol".into());
             args.push("1e-5".into());
         }
-        let line = deepmd_check(&py, &args, &name);
-        eprintln!("{name}: DeePMD-kit (PyTorch) on dpc's .pth: {line}");
+        let line = deepmd_check(py, &args, &name);
+        eprintln!("{name}: DeePMD-kit ({runtime}) on dpc's .{ext}: {line}");
     }
 }
 
@@ -363,8 +383,6 @@ fn emit_cases(
 /// vesin), reproduces the reference to 1e-10 for every fixture model and variant.
 #[test]
 fn deepmd_kit_runs_what_dpc_emit_writes_as_pte() {
-    use dpc_compiler::model::Model;
-
     let mut cands = candidates("DPC_DEEPMD_TORCH_PYTHON");
     cands.extend(candidates("DPC_DEEPMD_PYTHON"));
     cands
@@ -380,39 +398,17 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pte() {
             return;
         }
     };
-    let dir = common::scratch("deepmd-pte");
-    for (name, src, reference, key, twin) in emit_cases(false) {
-        let tree = read_model(&src).unwrap();
-        let model = Model::from_tree(&tree).unwrap();
-        let out = dir.join(format!("{name}.pte"));
-        let bytes = dpc_compiler::lower::torch_export::pte_archive(&tree, &model).unwrap();
-        std::fs::write(&out, bytes).unwrap();
-        assert_eq!(
-            read_model(&out).unwrap(),
-            tree,
-            "{name}: the tree in the .pte"
-        );
-        let mut args: Vec<std::ffi::OsString> = vec![
-            interop_dir().join("deepmd_eval_check.py").into(),
-            out.clone().into(),
-            reference.clone().into(),
-        ];
-        if let Some(k) = key {
-            args.push(k.into());
-        }
-        if model.descriptor.has_message_passing() {
-            // Per-atom virials of message passing depend on the extended system's frame:
-            // DeePMD-kit's own .pth on the same path is the reference for them.
-            args.push("--twin".into());
-            args.push(twin.into());
-        }
-        if name.ends_with("f32") {
-            args.push("--tol".into());
-            args.push("1e-5".into());
-        }
-        let line = deepmd_check(&py, &args, &name);
-        eprintln!("{name}: DeePMD-kit (pt_expt) on dpc's .pte: {line}");
-    }
+    check_emitted(
+        &py,
+        emit_cases(false),
+        "pte",
+        "pt_expt",
+        true,
+        |tree, model, out| {
+            let bytes = dpc_compiler::lower::torch_export::pte_archive(tree, model).unwrap();
+            std::fs::write(out, bytes).unwrap();
+        },
+    );
 }
 
 /// `dpc emit --format pb` output (se_e2_a, se_e2_r and se_e3 models), loaded by DeePMD-kit's
@@ -572,8 +568,6 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
 /// (`deepmd_eval_check.py`). Needs TensorFlow beside DeePMD-kit's JAX backend.
 #[test]
 fn deepmd_kit_runs_what_dpc_emit_writes_as_savedmodel() {
-    use dpc_compiler::model::Model;
-
     let mut cands = candidates("DPC_DEEPMD_JAX_PYTHON");
     cands.extend(candidates("DPC_DEEPMD_TF_PYTHON"));
     cands.extend(candidates("DPC_DEEPMD_PYTHON"));
@@ -590,33 +584,20 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_savedmodel() {
             return;
         }
     };
-    let dir = common::scratch("deepmd-savedmodel");
-    for (name, src, reference, key, _) in emit_cases(false) {
-        let tree = read_model(&src).unwrap();
-        let model = Model::from_tree(&tree).unwrap();
-        let out = dir.join(format!("{name}.savedmodel"));
-        let bytes = dpc_compiler::lower::tf_graph::savedmodel::saved_model(&tree, &model).unwrap();
-        dpc_formats::savedmodel::write_dir(&out, &bytes).unwrap();
-        assert_eq!(
-            read_model(&out).unwrap(),
-            tree,
-            "{name}: the tree in the .savedmodel"
-        );
-        let mut args: Vec<std::ffi::OsString> = vec![
-            interop_dir().join("deepmd_eval_check.py").into(),
-            out.clone().into(),
-            reference.clone().into(),
-        ];
-        if let Some(k) = key {
-            args.push(k.into());
-        }
-        if name.ends_with("f32") {
-            args.push("--tol".into());
-            args.push("1e-5".into());
-        }
-        let line = deepmd_check(&py, &args, &name);
-        eprintln!("{name}: DeePMD-kit (JAX backend, TensorFlow) on dpc's .savedmodel: {line}");
-    }
+    // Per-atom virials of message passing: compared with DeePMD-kit's own JAX numbers in
+    // the reference, as for .hlo (`call` builds the extended system as its export does).
+    check_emitted(
+        &py,
+        emit_cases(false),
+        "savedmodel",
+        "JAX backend, TensorFlow",
+        false,
+        |tree, model, out| {
+            let bytes =
+                dpc_compiler::lower::tf_graph::savedmodel::saved_model(tree, model).unwrap();
+            dpc_formats::savedmodel::write_dir(out, &bytes).unwrap();
+        },
+    );
 }
 
 /// A venv with DeePMD-kit's LAMMPS plugin (`deepmd-kit[torch]==3.2.0` and

@@ -60,7 +60,7 @@ pub fn shape(dims: &[i64]) -> AttrValue {
     }
 }
 
-fn shape_proto(dims: &[i64]) -> TensorShapeProto {
+pub fn shape_proto(dims: &[i64]) -> TensorShapeProto {
     TensorShapeProto {
         dim: dims
             .iter()

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::program::{dtype, Expr, Program, A, T};
-use crate::graph::{Binary, Cmp, DType, Dim, Graph, GraphError, Op, Sym, Tensor, Unary};
+use crate::graph::{Binary, DType, Dim, Graph, GraphError, Op, Sym, Tensor};
+use crate::lower::torchscript::ops::{binary_name, cmp_name, unary_name};
 
 pub fn code(dt: DType) -> i64 {
     match dt {
@@ -90,49 +91,31 @@ pub fn lower_graph(
             }
             Op::Const(c) => weights.get(p, c),
             Op::Unary(u) => {
-                let f = match u {
-                    Unary::Neg => "neg",
-                    Unary::Exp => "exp",
-                    Unary::Log => "log",
-                    Unary::Tanh => "tanh",
-                    Unary::Sqrt => "sqrt",
-                    Unary::Recip => "reciprocal",
-                    Unary::Sigmoid => "sigmoid",
-                    Unary::Floor => "floor",
-                    Unary::Not => "logical_not",
-                };
-                p.call(&format!("{f}.default"), vec![("self", t(&a[0]))], vec![], dt, shape)
+                let f = format!("{}.default", unary_name(*u));
+                p.call(&f, vec![("self", t(&a[0]))], vec![], dt, shape)
             }
             Op::Binary(b) => {
-                let (f, other) = match b {
-                    Binary::Add => ("add.Tensor", "other"),
-                    Binary::Sub => ("sub.Tensor", "other"),
-                    Binary::Mul => ("mul.Tensor", "other"),
-                    Binary::Div if !out.dtype.is_float() => ("div.Tensor_mode", "other"),
-                    Binary::Div => ("div.Tensor", "other"),
-                    Binary::Max => ("maximum.default", "other"),
-                    Binary::Min => ("minimum.default", "other"),
-                    Binary::And => ("logical_and.default", "other"),
-                    Binary::Or => ("logical_or.default", "other"),
+                // Tensor-Tensor overloads; integer division truncates, as the other
+                // lowerings' does.
+                let int_div = *b == Binary::Div && !out.dtype.is_float();
+                let overload = if int_div {
+                    "Tensor_mode"
+                } else if matches!(b, Binary::Add | Binary::Sub | Binary::Mul | Binary::Div) {
+                    "Tensor"
+                } else {
+                    "default"
                 };
-                // Integer division truncates, as the other lowerings' does.
-                let kw = if f == "div.Tensor_mode" {
+                let f = format!("{}.{overload}", binary_name(*b));
+                let kw = if int_div {
                     vec![("rounding_mode", A::Str("trunc".into()))]
                 } else {
                     vec![]
                 };
-                p.call(f, vec![("self", t(&a[0])), (other, t(&a[1]))], kw, dt, shape)
+                p.call(&f, vec![("self", t(&a[0])), ("other", t(&a[1]))], kw, dt, shape)
             }
             Op::Compare(c) => {
-                let f = match c {
-                    Cmp::Lt => "lt.Tensor",
-                    Cmp::Le => "le.Tensor",
-                    Cmp::Gt => "gt.Tensor",
-                    Cmp::Ge => "ge.Tensor",
-                    Cmp::Eq => "eq.Tensor",
-                    Cmp::Ne => "ne.Tensor",
-                };
-                p.call(f, vec![("self", t(&a[0])), ("other", t(&a[1]))], vec![], dt, shape)
+                let f = format!("{}.Tensor", cmp_name(*c));
+                p.call(&f, vec![("self", t(&a[0])), ("other", t(&a[1]))], vec![], dt, shape)
             }
             Op::Select => p.call(
                 "where.self",

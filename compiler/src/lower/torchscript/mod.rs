@@ -11,7 +11,7 @@
 //! `torch.autograd`. The serialization tree goes in `extra/model.json`, so dpc reads the
 //! file back losslessly.
 
-mod ops;
+pub(crate) mod ops;
 
 use dpc_formats::json::{python_float_repr, write_string};
 use dpc_formats::torchscript_write::{Archive, Attr};

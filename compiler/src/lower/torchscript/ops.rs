@@ -46,6 +46,45 @@ impl Consts {
     }
 }
 
+/// PyTorch's name of an elementwise IR op (`torch.<name>`, `aten::<name>`).
+pub fn unary_name(u: Unary) -> &'static str {
+    match u {
+        Unary::Neg => "neg",
+        Unary::Exp => "exp",
+        Unary::Log => "log",
+        Unary::Tanh => "tanh",
+        Unary::Sqrt => "sqrt",
+        Unary::Recip => "reciprocal",
+        Unary::Sigmoid => "sigmoid",
+        Unary::Floor => "floor",
+        Unary::Not => "logical_not",
+    }
+}
+
+pub fn binary_name(b: Binary) -> &'static str {
+    match b {
+        Binary::Add => "add",
+        Binary::Sub => "sub",
+        Binary::Mul => "mul",
+        Binary::Div => "div",
+        Binary::Max => "maximum",
+        Binary::Min => "minimum",
+        Binary::And => "logical_and",
+        Binary::Or => "logical_or",
+    }
+}
+
+pub fn cmp_name(c: Cmp) -> &'static str {
+    match c {
+        Cmp::Lt => "lt",
+        Cmp::Le => "le",
+        Cmp::Gt => "gt",
+        Cmp::Ge => "ge",
+        Cmp::Eq => "eq",
+        Cmp::Ne => "ne",
+    }
+}
+
 fn dim(d: Dim) -> String {
     match d.sym {
         None => d.factor.to_string(),
@@ -125,30 +164,11 @@ pub fn method(g: &Graph, name: &str, consts: &mut Consts) -> Result<String, Grap
             }
             Op::Const(t) => consts.name(t),
             Op::Unary(u) => {
-                let f = match u {
-                    Unary::Neg => "neg",
-                    Unary::Exp => "exp",
-                    Unary::Log => "log",
-                    Unary::Tanh => "tanh",
-                    Unary::Sqrt => "sqrt",
-                    Unary::Recip => "reciprocal",
-                    Unary::Sigmoid => "sigmoid",
-                    Unary::Floor => "floor",
-                    Unary::Not => "logical_not",
-                };
+                let f = unary_name(*u);
                 format!("torch.{f}({})", a[0])
             }
             Op::Binary(b) => {
-                let f = match b {
-                    Binary::Add => "add",
-                    Binary::Sub => "sub",
-                    Binary::Mul => "mul",
-                    Binary::Div => "div",
-                    Binary::Max => "maximum",
-                    Binary::Min => "minimum",
-                    Binary::And => "logical_and",
-                    Binary::Or => "logical_or",
-                };
+                let f = binary_name(*b);
                 if *b == Binary::Div && !out.dtype.is_float() {
                     // Integer division truncates, as StableHLO's and the CPU runtime's do.
                     format!("torch.div({}, {}, rounding_mode=\"trunc\")", a[0], a[1])
@@ -157,14 +177,7 @@ pub fn method(g: &Graph, name: &str, consts: &mut Consts) -> Result<String, Grap
                 }
             }
             Op::Compare(c) => {
-                let f = match c {
-                    Cmp::Lt => "lt",
-                    Cmp::Le => "le",
-                    Cmp::Gt => "gt",
-                    Cmp::Ge => "ge",
-                    Cmp::Eq => "eq",
-                    Cmp::Ne => "ne",
-                };
+                let f = cmp_name(*c);
                 format!("torch.{f}({}, {})", a[0], a[1])
             }
             Op::Select => format!("torch.where({}, {}, {})", a[0], a[1], a[2]),

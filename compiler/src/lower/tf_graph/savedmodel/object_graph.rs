@@ -4,29 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use dpc_formats::tf::graph_def::{tensor_shape_proto, TensorShapeProto, VersionDef};
+use dpc_formats::tf::graph_def::VersionDef;
 use dpc_formats::tf::saved_object_graph::{
     saved_object::Kind, FunctionSpec, ObjectReference, SavedConcreteFunction, SavedFunction,
     SavedObject, SavedObjectGraph, SavedUserObject, StructuredValue as SV,
 };
 
 use super::{Exported, Returns, Spec};
-
-fn shape(dims: &[i64]) -> TensorShapeProto {
-    TensorShapeProto {
-        dim: dims
-            .iter()
-            .map(|&size| tensor_shape_proto::Dim {
-                size,
-                name: String::new(),
-            })
-            .collect(),
-        unknown_rank: false,
-    }
-}
+use crate::lower::tf_graph::ops::shape_proto;
 
 fn spec(s: &Spec) -> SV {
-    SV::tensor_spec(&s.name, shape(&s.dims), s.dtype)
+    SV::tensor_spec(&s.name, shape_proto(&s.dims), s.dtype)
 }
 
 /// Python's `inspect.FullArgSpec` of a function of positional `args`.
