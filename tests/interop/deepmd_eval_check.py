@@ -5,6 +5,7 @@ backend; `.savedmodel` from `dpc emit`: its JAX backend's TensorFlow wrapper; `.
 the reference (the PyTorch original's numbers) to 1e-10.
 
 usage: python deepmd_eval_check.py DPC_WRITTEN.{hlo,pth,pb,savedmodel,pte} REFERENCE.json [NAME] [--twin ORIG.pth]
+       [--virtual-twin ORIG.pth]
        [--sorted-twin ORIG.pth] [--tol T]
 
 REFERENCE.json is a fixture reference (`configs` at the top) or the variants' reference
@@ -44,6 +45,11 @@ ap.add_argument("reference")
 ap.add_argument("name", nargs="?")
 ap.add_argument("--twin")
 ap.add_argument("--sorted-twin")
+ap.add_argument(
+    "--virtual-twin",
+    help="also evaluate the first configuration with its second atom virtual (type -1) and "
+    "compare with this model (DeePMD-kit's own) on the same input",
+)
 ap.add_argument("--tol", type=float, default=1e-10, help="1e-5 for float32 models")
 args = ap.parse_args()
 model = args.model
@@ -181,6 +187,20 @@ if fmt in ("pth", "pte"):
 else:
     batched = check_all(DeepPot(model))
     paths = "DeePMD-kit's neighbour list"
+
+if args.virtual_twin:
+    # A virtual atom (type -1) contributes nothing and feels no force; DeePMD-kit's own
+    # model on the same input is the reference (the fixtures hold no such configuration).
+    c = ref["configs"][0]
+    types = list(c["atom_types"])
+    types[1] = -1
+    box = None if c["box"] is None else np.array(c["box"]).reshape(1, 9)
+    coord = np.array(c["coord"]).reshape(1, -1)
+    kw = params([c])
+    got = DeepPot(model).eval(coord, box, types, atomic=True, **kw)
+    want = DeepPot(args.virtual_twin).eval(coord, box, types, atomic=True, **kw)
+    for k, g, w in zip(keys[:4], got, want):
+        check("virtual " + k, g, w)
 
 tot = max(worst.values())
 print(

@@ -275,6 +275,7 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
         "pth",
         "PyTorch",
         true,
+        false,
         |tree, model, out| {
             let bytes = dpc_compiler::lower::torchscript::pth_archive(tree, model).unwrap();
             std::fs::write(out, bytes).unwrap();
@@ -285,13 +286,17 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
 /// Write each case with `write`, check dpc reads it back to the same tree, and run
 /// `deepmd_eval_check.py` on it with `py` (DeePMD-kit's `runtime`). With `twin_for_mp`,
 /// per-atom virials of message-passing models are compared with DeePMD-kit's own `.pth`
-/// on the same neighbour-list path (they depend on the extended system's frame).
+/// on the same neighbour-list path (they depend on the extended system's frame). With
+/// `virtual_twin`, a configuration with a virtual atom (type -1) is also compared with
+/// DeePMD-kit's own `.pth` on the same input (`py` must have PyTorch).
+#[allow(clippy::too_many_arguments)]
 fn check_emitted(
     py: &Path,
     cases: Vec<(String, PathBuf, PathBuf, Option<&'static str>, PathBuf)>,
     ext: &str,
     runtime: &str,
     twin_for_mp: bool,
+    virtual_twin: bool,
     write: impl Fn(&dpc_formats::Value, &dpc_compiler::model::Model, &Path),
 ) {
     let dir = common::scratch(&format!("deepmd-{ext}"));
@@ -315,6 +320,11 @@ fn check_emitted(
         }
         if twin_for_mp && model.descriptor.has_message_passing() {
             args.push("--twin".into());
+            args.push(twin.clone().into());
+        }
+        if virtual_twin {
+            // A virtual atom (type -1), against DeePMD-kit's own model on the same input.
+            args.push("--virtual-twin".into());
             args.push(twin.into());
         }
         if name.ends_with("f32") {
@@ -403,6 +413,7 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pte() {
         emit_cases(false),
         "pte",
         "pt_expt",
+        true,
         true,
         |tree, model, out| {
             let bytes = dpc_compiler::lower::torch_export::pte_archive(tree, model).unwrap();
@@ -592,6 +603,8 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_savedmodel() {
         "savedmodel",
         "JAX backend, TensorFlow",
         false,
+        // The virtual-atom reference is DeePMD-kit's .pth, which needs PyTorch (not in CI).
+        python_with(std::slice::from_ref(&py), "torch").is_ok(),
         |tree, model, out| {
             let bytes =
                 dpc_compiler::lower::tf_graph::savedmodel::saved_model(tree, model).unwrap();

@@ -340,6 +340,13 @@ fn frame(
     let is_self = tf.binary("Equal", &rows, &cols, tfd::INT32);
     let far = f64c(tf, &[], &[FAR]);
     let r2 = tf.select(&is_self, &far, &r2, tfd::DOUBLE);
+    // Virtual atoms (type -1) neither have nor are neighbours (DeePMD-kit's
+    // `build_neighbor_list`).
+    let virtual_col = tf.binary("Less", &ext_type, &zero, tfd::INT32);
+    let r2 = tf.select(&virtual_col, &far, &r2, tfd::DOUBLE);
+    let virtual_row = tf.binary("Less", &atype, &zero, tfd::INT32);
+    let virtual_row = reshape(tf, &virtual_row, &[-1, 1], tfd::BOOL);
+    let r2 = tf.select(&virtual_row, &far, &r2, tfd::DOUBLE);
     let s = tf.pack(&[nloc.clone(), nall.clone()]);
     let candidates = tf.broadcast_to(&cols, &s, tfd::INT32);
     let (nlist, _) = nearest_within(tf, model, &candidates, &r2, &nloc);

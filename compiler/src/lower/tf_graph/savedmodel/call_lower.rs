@@ -24,9 +24,12 @@ pub(super) fn call_lower(
 ) -> Result<FunctionDef, GraphError> {
     let g = build_graph(
         model,
+        // Per-centre frame parameters and padding atom, and type -1 (virtual atoms) run
+        // as type 0 and masked out of the energy, as DeePMD-kit does.
         BuildOptions {
             atomic_virial: atomic,
             unfused: true,
+            flat_frames: true,
             ..Default::default()
         },
     )?;
@@ -68,8 +71,12 @@ pub(super) fn call_lower(
             io::ATYPE => atype.clone(),
             io::NLIST => nlist.clone(),
             io::FPARAM => {
-                let s = tf.i32s(&[nfp], false);
-                tf.reshape(None, "fparam", &s, tfd::DOUBLE)
+                // Every centre its frame's row.
+                let s = tf.i32s(&[1, nfp], false);
+                let row = tf.reshape(None, "fparam", &s, tfd::DOUBLE);
+                let n = tf.i32s(&[nfp], true);
+                let s = tf.pack(&[nloc.clone(), n]);
+                tf.broadcast_to(&row, &s, tfd::DOUBLE)
             }
             io::APARAM => {
                 let n = tf.i32s(&[nap], true);
@@ -86,8 +93,12 @@ pub(super) fn call_lower(
                 let one = tf.constant(None, tfd::DOUBLE, &[], 1f64.to_le_bytes().to_vec());
                 tf.fill(&s, &one, tfd::DOUBLE)
             }
-            // DPA-1's padded slots read the type of extended atom 0.
-            io::PAD_ATOM => tf.i32s(&[0], true),
+            // DPA-1's padded slots read the type of extended atom 0, for every centre.
+            io::PAD_ATOM => {
+                let s = tf.pack(std::slice::from_ref(&nloc));
+                let zero = tf.i32s(&[0], true);
+                tf.fill(&s, &zero, tfd::INT32)
+            }
             other => {
                 return Err(GraphError(format!(
                     "writing a SavedModel: unknown graph input {other}"
@@ -115,9 +126,7 @@ pub(super) fn call_lower(
     let s = tf.pack(&[c1.clone(), nall, c1.clone(), c9]);
     let virial = tf.reshape(None, &out[io::VIRIAL], &s, tfd::DOUBLE);
     let virial_redu = tf.sum(&virial, &[1], tfd::DOUBLE);
-    let s = tf.pack(&[c1.clone(), nloc]);
-    let one = tf.i32s(&[1], true);
-    let mask = tf.fill(&s, &one, tfd::INT32);
+    let mask = atom_mask(&mut tf, model, &atype, &nloc);
     let results = [energy, virial, virial_redu, force, energy_redu, mask];
     let outputs: Vec<(&str, i32, String)> = RESULTS
         .iter()
@@ -125,6 +134,29 @@ pub(super) fn call_lower(
         .map(|(&(n, t), v)| (n, t, v))
         .collect();
     function(&function_name(name), &args, tf.nodes, &outputs)
+}
+
+/// DeePMD-kit's `mask` result `[1, nloc]`: 1 for a real centre (type >= 0) whose type is
+/// not excluded.
+fn atom_mask(tf: &mut Tf, model: &Model, atype: &str, nloc: &str) -> String {
+    let begin = tf.i32s(&[0], false);
+    let size = tf.pack(&[nloc.to_string()]);
+    let local = tf.node(
+        None,
+        "Slice",
+        &[atype, &begin, &size],
+        vec![("T", ty(tfd::INT32)), ("Index", ty(tfd::INT32))],
+    );
+    let zero = tf.i32s(&[0], true);
+    let mut keep = tf.binary("GreaterEqual", &local, &zero, tfd::INT32);
+    for &t in &model.atom_exclude_types {
+        let tc = tf.i32s(&[t as i32], true);
+        let other = tf.binary("NotEqual", &local, &tc, tfd::INT32);
+        keep = tf.node(None, "LogicalAnd", &[&keep, &other], vec![]);
+    }
+    let mask = tf.cast(&keep, tfd::BOOL, tfd::INT32);
+    let s = tf.i32s(&[1, -1], false);
+    tf.reshape(None, &mask, &s, tfd::INT32)
 }
 
 /// DeePMD-kit's `format_nlist` on an MD code's list `[nloc, k]` (any order, any width,
