@@ -1,5 +1,5 @@
 //! Zip archives (TorchScript `.pth`, torch.export `.pte`/`.pt2`): list and read entries with
-//! size limits, so a hostile archive cannot exhaust memory.
+//! size limits, so a hostile archive cannot exhaust memory; and write them as torch does.
 
 use std::io::{Cursor, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -74,4 +74,26 @@ impl Archive {
         }));
         result.map_err(|_| FormatError::invalid(format!("zip: reading {name} failed")))?
     }
+}
+
+/// An archive holding `files` (paths relative to the folder `root` every entry sits in),
+/// as torch writes them: stored uncompressed, each entry aligned to 64 bytes (its loaders
+/// copy records, so alignment is for mmap-friendly readers only).
+pub fn write<B: AsRef<[u8]>>(root: &str, files: &[(String, B)]) -> Result<Vec<u8>, FormatError> {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    use zip::{CompressionMethod, ZipWriter};
+
+    let e = |e: zip::result::ZipError| FormatError::Io(format!("zip: {e}"));
+    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .large_file(true)
+        .with_alignment(64);
+    for (path, bytes) in files {
+        zip.start_file(format!("{root}/{path}"), opts).map_err(e)?;
+        zip.write_all(bytes.as_ref())
+            .map_err(|e| FormatError::Io(format!("zip: {e}")))?;
+    }
+    Ok(zip.finish().map_err(e)?.into_inner())
 }

@@ -11,7 +11,6 @@ pub mod npy;
 pub mod paddle;
 pub mod pb;
 pub mod pickle;
-pub mod pt2_write;
 pub mod pte;
 pub mod pth;
 pub mod savedmodel;

@@ -6,11 +6,6 @@
 //! The pickle is protocol 2 with the opcodes PyTorch's own unpickler accepts
 //! (`torch/csrc/jit/serialization/unpickler.cpp`).
 
-use std::io::{Cursor, Write};
-
-use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipWriter};
-
 use crate::tree::DType;
 use crate::FormatError;
 
@@ -99,37 +94,25 @@ impl Archive {
         }
         p.op(b'u').op(b'b').op(b'.'); // SETITEMS BUILD STOP
 
-        let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-        let opts = SimpleFileOptions::default()
-            .compression_method(CompressionMethod::Stored)
-            .large_file(true)
-            .with_alignment(64);
-        let mut put = |name: String, data: &[u8]| -> Result<(), FormatError> {
-            let e = |e: zip::result::ZipError| FormatError::Io(format!("zip: {e}"));
-            zip.start_file(name, opts).map_err(e)?;
-            zip.write_all(data)
-                .map_err(|e| FormatError::Io(format!("zip: {e}")))
-        };
-        let r = &self.root;
-        put(format!("{r}/data.pkl"), &p.out)?;
-        // constants.pkl: an empty tuple (the code refers to no tensor constants).
-        put(format!("{r}/constants.pkl"), &[0x80, 2, b')', b'.'])?;
-        // The format version torch 2.x writes: code without `op_version_set`, current `div`.
-        put(format!("{r}/.data/version"), b"10\n")?;
-        put(format!("{r}/byteorder"), b"little")?;
+        // constants.pkl: an empty tuple (the code refers to no tensor constants). The
+        // version is the format torch 2.x writes: code without `op_version_set`, current
+        // `div`.
+        let mut files: Vec<(String, &[u8])> = vec![
+            ("data.pkl".into(), &p.out),
+            ("constants.pkl".into(), &[0x80, 2, b')', b'.']),
+            (".data/version".into(), b"10\n"),
+            ("byteorder".into(), b"little"),
+        ];
         for (path, text) in &self.code {
-            put(format!("{r}/code/{path}"), text.as_bytes())?;
+            files.push((format!("code/{path}"), text.as_bytes()));
         }
         for (name, bytes) in &self.extra {
-            put(format!("{r}/extra/{name}"), bytes)?;
+            files.push((format!("extra/{name}"), bytes));
         }
         for (i, s) in storages.iter().enumerate() {
-            put(format!("{r}/data/{i}"), s)?;
+            files.push((format!("data/{i}"), s));
         }
-        let out = zip
-            .finish()
-            .map_err(|e| FormatError::Io(format!("zip: {e}")))?;
-        Ok(out.into_inner())
+        crate::archive::write(&self.root, &files)
     }
 }
 

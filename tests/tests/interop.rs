@@ -22,6 +22,23 @@ fn python_with(candidates: &[PathBuf], modules: &str) -> Result<PathBuf, String>
     Err(format!("no Python with `{modules}` among {candidates:?}"))
 }
 
+/// A Python with DeePMD-kit's `modules`: from the first of the environment variables `vars`
+/// that has them, else the benchmark venv. Without one the test is skipped, saying how to
+/// install it (`install`), unless the variable `require` is set, which makes it a failure.
+fn deepmd_python(vars: &[&str], modules: &str, require: &str, install: &str) -> Option<PathBuf> {
+    let mut cands: Vec<PathBuf> = vars.iter().flat_map(|v| candidates(v)).collect();
+    cands
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
+    match python_with(&cands, modules) {
+        Ok(p) => Some(p),
+        Err(why) => {
+            assert!(std::env::var(require).is_err(), "{require} is set: {why}");
+            eprintln!("SKIPPED ({install}): {why}");
+            None
+        }
+    }
+}
+
 fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
 }
@@ -165,20 +182,13 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
     use dpc_compiler::model::Model;
 
     // DeePMD-kit with its JAX backend only is enough here (CI: `deepmd-kit[jax]`).
-    let mut cands = candidates("DPC_DEEPMD_JAX_PYTHON");
-    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
-    cands
-        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
-    let py = match python_with(&cands, "deepmd.infer, jax, flatbuffers") {
-        Ok(p) => p,
-        Err(why) => {
-            assert!(
-                std::env::var("DPC_REQUIRE_DEEPMD_JAX").is_err(),
-                "DPC_REQUIRE_DEEPMD_JAX is set: {why}"
-            );
-            eprintln!("SKIPPED (pip install \"deepmd-kit[jax]==3.2.0\" flatbuffers, then set DPC_DEEPMD_JAX_PYTHON): {why}");
-            return;
-        }
+    let Some(py) = deepmd_python(
+        &["DPC_DEEPMD_JAX_PYTHON", "DPC_DEEPMD_PYTHON"],
+        "deepmd.infer, jax, flatbuffers",
+        "DPC_REQUIRE_DEEPMD_JAX",
+        "pip install \"deepmd-kit[jax]==3.2.0\" flatbuffers, then set DPC_DEEPMD_JAX_PYTHON",
+    ) else {
+        return;
     };
     let dir = common::scratch("deepmd-hlo");
     let variants = common::local_fixtures().join("variants");
@@ -254,20 +264,13 @@ fn deepmd_kit_runs_what_dpc_compile_writes() {
 /// changes them).
 #[test]
 fn deepmd_kit_runs_what_dpc_emit_writes_as_pth() {
-    let mut cands = candidates("DPC_DEEPMD_TORCH_PYTHON");
-    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
-    cands
-        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
-    let py = match python_with(&cands, "deepmd.pt.infer.deep_eval, torch") {
-        Ok(p) => p,
-        Err(why) => {
-            assert!(
-                std::env::var("DPC_REQUIRE_DEEPMD_TORCH").is_err(),
-                "DPC_REQUIRE_DEEPMD_TORCH is set: {why}"
-            );
-            eprintln!("SKIPPED (pip install \"deepmd-kit[torch]==3.2.0\", then set DPC_DEEPMD_TORCH_PYTHON): {why}");
-            return;
-        }
+    let Some(py) = deepmd_python(
+        &["DPC_DEEPMD_TORCH_PYTHON", "DPC_DEEPMD_PYTHON"],
+        "deepmd.pt.infer.deep_eval, torch",
+        "DPC_REQUIRE_DEEPMD_TORCH",
+        "pip install \"deepmd-kit[torch]==3.2.0\", then set DPC_DEEPMD_TORCH_PYTHON",
+    ) else {
+        return;
     };
     check_emitted(
         &py,
@@ -393,20 +396,13 @@ fn emit_cases(
 /// vesin), reproduces the reference to 1e-10 for every fixture model and variant.
 #[test]
 fn deepmd_kit_runs_what_dpc_emit_writes_as_pte() {
-    let mut cands = candidates("DPC_DEEPMD_TORCH_PYTHON");
-    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
-    cands
-        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
-    let py = match python_with(&cands, "deepmd.pt_expt.infer.deep_eval, torch") {
-        Ok(p) => p,
-        Err(why) => {
-            assert!(
-                std::env::var("DPC_REQUIRE_DEEPMD_TORCH").is_err(),
-                "DPC_REQUIRE_DEEPMD_TORCH is set: {why}"
-            );
-            eprintln!("SKIPPED (pip install \"deepmd-kit[torch]==3.2.0\", then set DPC_DEEPMD_TORCH_PYTHON): {why}");
-            return;
-        }
+    let Some(py) = deepmd_python(
+        &["DPC_DEEPMD_TORCH_PYTHON", "DPC_DEEPMD_PYTHON"],
+        "deepmd.pt_expt.infer.deep_eval, torch",
+        "DPC_REQUIRE_DEEPMD_TORCH",
+        "pip install \"deepmd-kit[torch]==3.2.0\", then set DPC_DEEPMD_TORCH_PYTHON",
+    ) else {
+        return;
     };
     check_emitted(
         &py,
@@ -431,20 +427,13 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pte() {
 fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
     use dpc_compiler::model::Model;
 
-    let mut cands = candidates("DPC_DEEPMD_TF_PYTHON");
-    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
-    cands
-        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
-    let py = match python_with(&cands, "deepmd.tf.infer, tensorflow") {
-        Ok(p) => p,
-        Err(why) => {
-            assert!(
-                std::env::var("DPC_REQUIRE_DEEPMD_TF").is_err(),
-                "DPC_REQUIRE_DEEPMD_TF is set: {why}"
-            );
-            eprintln!("SKIPPED (pip install \"deepmd-kit[cpu]==3.2.0\" (TensorFlow), then set DPC_DEEPMD_TF_PYTHON): {why}");
-            return;
-        }
+    let Some(py) = deepmd_python(
+        &["DPC_DEEPMD_TF_PYTHON", "DPC_DEEPMD_PYTHON"],
+        "deepmd.tf.infer, tensorflow",
+        "DPC_REQUIRE_DEEPMD_TF",
+        "pip install \"deepmd-kit[cpu]==3.2.0\" (TensorFlow), then set DPC_DEEPMD_TF_PYTHON",
+    ) else {
+        return;
     };
     let dir = common::scratch("deepmd-pb");
     let variants = common::local_fixtures().join("variants");
@@ -579,21 +568,13 @@ fn deepmd_kit_runs_what_dpc_emit_writes_as_pb() {
 /// (`deepmd_eval_check.py`). Needs TensorFlow beside DeePMD-kit's JAX backend.
 #[test]
 fn deepmd_kit_runs_what_dpc_emit_writes_as_savedmodel() {
-    let mut cands = candidates("DPC_DEEPMD_JAX_PYTHON");
-    cands.extend(candidates("DPC_DEEPMD_TF_PYTHON"));
-    cands.extend(candidates("DPC_DEEPMD_PYTHON"));
-    cands
-        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/.venv-deepmd/bin/python"));
-    let py = match python_with(&cands, "deepmd.jax.jax2tf.tfmodel") {
-        Ok(p) => p,
-        Err(why) => {
-            assert!(
-                std::env::var("DPC_REQUIRE_DEEPMD_SAVEDMODEL").is_err(),
-                "DPC_REQUIRE_DEEPMD_SAVEDMODEL is set: {why}"
-            );
-            eprintln!("SKIPPED (pip install \"deepmd-kit[jax]==3.2.0\" tensorflow-cpu==2.21.0, then set DPC_DEEPMD_JAX_PYTHON): {why}");
-            return;
-        }
+    let Some(py) = deepmd_python(
+        &["DPC_DEEPMD_JAX_PYTHON", "DPC_DEEPMD_TF_PYTHON", "DPC_DEEPMD_PYTHON"],
+        "deepmd.jax.jax2tf.tfmodel",
+        "DPC_REQUIRE_DEEPMD_SAVEDMODEL",
+        "pip install \"deepmd-kit[jax]==3.2.0\" tensorflow-cpu==2.21.0, then set DPC_DEEPMD_JAX_PYTHON",
+    ) else {
+        return;
     };
     // Per-atom virials of message passing: compared with DeePMD-kit's own JAX numbers in
     // the reference, as for .hlo (`call` builds the extended system as its export does).

@@ -194,4 +194,19 @@ impl Model {
     pub fn dim_aparam(&self) -> usize {
         self.fitting.numb_aparam
     }
+
+    /// The types whose atoms contribute (DeePMD-kit's `get_sel_type`).
+    pub fn sel_type(&self) -> Vec<usize> {
+        (0..self.ntypes())
+            .filter(|t| !self.atom_exclude_types.contains(t))
+            .collect()
+    }
+
+    /// The frame parameters used when a caller passes none (for a model that takes some).
+    pub fn default_fparam(&self) -> Option<&[f64]> {
+        self.fitting
+            .default_fparam
+            .as_deref()
+            .filter(|_| self.dim_fparam() > 0)
+    }
 }

@@ -121,9 +121,11 @@ pub fn pte_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
                 reshape(&mut p, &e, vec![tl.clone()])
             }
             io::FPARAM => {
-                let fp = fparam
-                    .clone()
-                    .ok_or_else(|| GraphError("no fparam".into()))?;
+                let fp = fparam.clone().ok_or_else(|| {
+                    GraphError(
+                        "writing a .pte: the graph reads fparam, the model takes none".into(),
+                    )
+                })?;
                 let u = p.call(
                     "unsqueeze.default",
                     vec![("self", A::T(fp)), ("dim", A::Int(1))],
@@ -142,9 +144,11 @@ pub fn pte_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
                 reshape(&mut p, &e, vec![tl.clone(), Expr::int(nfp)])
             }
             io::APARAM => {
-                let ap = aparam
-                    .clone()
-                    .ok_or_else(|| GraphError("no aparam".into()))?;
+                let ap = aparam.clone().ok_or_else(|| {
+                    GraphError(
+                        "writing a .pte: the graph reads aparam, the model takes none".into(),
+                    )
+                })?;
                 reshape(&mut p, &ap, vec![tl.clone(), Expr::int(nap)])
             }
             io::CENTRE_WEIGHT => {
@@ -268,22 +272,14 @@ pub fn pte_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
             .into_iter()
             .map(|(n, b)| (format!("data/weights/{n}"), b)),
     );
-    dpc_formats::pt2_write::archive("model", &files)
+    dpc_formats::archive::write("model", &files)
         .map_err(|e| GraphError(format!("writing the .pte archive: {e}")))
 }
 
 /// DeePMD-kit's `metadata.json`: what its `pt_expt` runtime reads instead of the model.
 fn metadata(model: &Model, keys: &[&str]) -> J {
     let ints = |v: Vec<usize>| J::Arr(v.into_iter().map(|x| J::Int(x as i64)).collect());
-    let ntypes = model.ntypes();
-    let sel_type: Vec<usize> = (0..ntypes)
-        .filter(|t| !model.atom_exclude_types.contains(t))
-        .collect();
-    let default_fparam = model
-        .fitting
-        .default_fparam
-        .clone()
-        .filter(|_| model.dim_fparam() > 0);
+    let default_fparam = model.default_fparam();
     let output = |name: &str, reducible: bool, derivable: bool| {
         obj([
             ("name", s(name)),
@@ -313,7 +309,7 @@ fn metadata(model: &Model, keys: &[&str]) -> J {
         ("has_default_fparam", J::Bool(default_fparam.is_some())),
         (
             "default_fparam",
-            match &default_fparam {
+            match default_fparam {
                 Some(d) => J::Arr(d.iter().map(|&x| J::Float(x)).collect()),
                 None => J::Null,
             },
@@ -329,7 +325,7 @@ fn metadata(model: &Model, keys: &[&str]) -> J {
                 output("mask", false, false),
             ]),
         ),
-        ("sel_type", ints(sel_type)),
+        ("sel_type", ints(model.sel_type())),
         ("is_spin", J::Bool(false)),
         ("has_comm_artifact", J::Bool(false)),
         (

@@ -219,14 +219,10 @@ impl Program {
         let i = self.buffers.len();
         let shape: Vec<Expr> = shape.iter().map(|&d| Expr::int(d as i64)).collect();
         let name = format!("b_c{i}");
-        self.tensor_values
-            .push((name.clone(), tensor_meta(dtype, &shape)));
-        self.buffers.push((
-            name.clone(),
-            format!("c{i}"),
-            tensor_meta(dtype, &shape),
-            bytes,
-        ));
+        let meta = tensor_meta(dtype, &shape);
+        self.tensor_values.push((name.clone(), meta.clone()));
+        self.buffers
+            .push((name.clone(), format!("c{i}"), meta, bytes));
         T { name, dtype, shape }
     }
 

@@ -63,7 +63,7 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     let rcut = model.rcut();
     let sel = model.sel();
     let (dfp, dap) = (model.dim_fparam(), model.dim_aparam());
-    let default_fparam = model.fitting.default_fparam.clone().filter(|_| dfp > 0);
+    let default_fparam = model.default_fparam();
     let type_map = {
         let mut s = String::from("[");
         for (i, t) in model.type_map.iter().enumerate() {
@@ -176,10 +176,10 @@ pub fn pth_archive(tree: &Value, model: &Model) -> Result<Vec<u8>, GraphError> {
     for (i, t) in consts.tensors.iter().enumerate() {
         attrs.push((format!("c{i}"), tensor_attr(t)));
     }
-    if let Some(d) = &default_fparam {
+    if let Some(d) = default_fparam {
         attrs.push((
             "default_fparam".into(),
-            tensor_attr(&Tensor::f64(vec![d.len()], d.clone())),
+            tensor_attr(&Tensor::f64(vec![d.len()], d.to_vec())),
         ));
     }
     let mut ar = Archive::new("model");

@@ -67,13 +67,9 @@ fn getter(name: &'static str, dims: &[i64], value: Const) -> Exported {
 pub(super) fn getters(tree: &Value, model: &Model, json: &str) -> Vec<Exported> {
     let ntypes = model.ntypes();
     let sel: Vec<i64> = model.sel().iter().map(|&s| s as i64).collect();
-    // Types whose atoms contribute (DeePMD-kit's `get_sel_type`).
-    let sel_type: Vec<i64> = (0..ntypes)
-        .filter(|t| !model.atom_exclude_types.contains(t))
-        .map(|t| t as i64)
-        .collect();
+    let sel_type: Vec<i64> = model.sel_type().into_iter().map(|t| t as i64).collect();
     let nfp = model.dim_fparam();
-    let default_fparam = model.fitting.default_fparam.clone().filter(|_| nfp > 0);
+    let default_fparam = model.default_fparam();
     let mut out = vec![
         getter("get_rcut", &[], Const::F64s(vec![model.rcut()])),
         getter("get_dim_fparam", &[], Const::I64s(vec![nfp as i64])),
@@ -124,7 +120,7 @@ pub(super) fn getters(tree: &Value, model: &Model, json: &str) -> Vec<Exported> 
     out.push(getter(
         "get_default_fparam",
         &[default_fparam.len() as i64],
-        Const::F64s(default_fparam),
+        Const::F64s(default_fparam.to_vec()),
     ));
     if let Some(d) = model.min_nbor_dist {
         out.push(getter("get_min_nbor_dist", &[], Const::F64s(vec![d])));
