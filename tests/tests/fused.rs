@@ -47,6 +47,19 @@ fn compare(label: &str, path: &std::path::Path, frame: &Frame, tol: f64) -> bool
         0,
         "{label}: the unfused graph has fused ops"
     );
+    // Each embedding VJP starts from the activations its forward op kept.
+    let exec = fused.executor(true).unwrap();
+    let vjps = exec
+        .graph()
+        .nodes
+        .iter()
+        .filter(|n| n.op.name() == "embed_contract_vjp")
+        .count();
+    assert_eq!(
+        exec.kept_pairs(),
+        vjps,
+        "{label}: VJPs without kept activations"
+    );
     let a = fused.compute(frame, true).unwrap();
     let b = plain.compute(frame, true).unwrap();
     close(&format!("{label} energy"), &[a.energy], &[b.energy], tol);

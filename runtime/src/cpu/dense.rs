@@ -7,7 +7,8 @@
 use dpc_compiler::graph::{Data, Dense, Tensor};
 use rayon::prelude::*;
 
-use super::embed::{backward, forward, layers, selected, sized, Scratch};
+use super::embed::selected;
+use super::net::{acts_width, backward, forward, layers, sized, Scratch};
 use super::real::Real;
 use super::ExecError;
 
@@ -35,7 +36,8 @@ fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
                 for &i in idx {
                     sc.x0.extend_from_slice(&x[i * d..(i + 1) * d]);
                 }
-                forward(&net, sc, e.grad);
+                let acts = e.grad.then(|| sized(&mut sc.acts, nr * acts_width(&net)));
+                forward(&net, &sc.x0, &mut sc.h, acts);
                 let y = &sc.h[net.len() - 1][..nr * m];
                 if !e.grad {
                     return (idx, y.to_vec());
@@ -43,11 +45,11 @@ fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
                 // [y, dy/dx] per row: back-propagate a cotangent of one (m == 1).
                 let mut rows_out = Vec::with_capacity(nr * w);
                 let yv = y.to_vec();
-                sized(&mut sc.dh, nr).fill(T::ONE);
-                backward(&net, sc, nr);
+                sized(&mut sc.g.dh, nr).fill(T::ONE);
+                backward(&net, &sc.acts, nr, &mut sc.g);
                 for (r, &yr) in yv.iter().enumerate() {
                     rows_out.push(yr);
-                    rows_out.extend_from_slice(&sc.dh[r * d..(r + 1) * d]);
+                    rows_out.extend_from_slice(&sc.g.dh[r * d..(r + 1) * d]);
                 }
                 (idx, rows_out)
             },
@@ -90,13 +92,15 @@ fn dense_vjp_t<T: Real>(e: &Dense, x: &[T], gy: &[T], rows: &[usize], n: usize) 
                 for &i in idx {
                     sc.x0.extend_from_slice(&x[i * d..(i + 1) * d]);
                 }
-                forward(&net, sc, true);
-                let dh = sized(&mut sc.dh, idx.len() * m);
+                let nr = idx.len();
+                let acts = sized(&mut sc.acts, nr * acts_width(&net));
+                forward(&net, &sc.x0, &mut sc.h, Some(acts));
+                let dh = sized(&mut sc.g.dh, nr * m);
                 for (&i, r) in idx.iter().zip(dh.chunks_exact_mut(m)) {
                     r.copy_from_slice(&gy[i * m..(i + 1) * m]);
                 }
-                backward(&net, sc, idx.len());
-                (idx, sc.dh[..idx.len() * d].to_vec())
+                backward(&net, &sc.acts, nr, &mut sc.g);
+                (idx, sc.g.dh[..nr * d].to_vec())
             },
         )
         .collect();

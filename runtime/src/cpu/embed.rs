@@ -3,14 +3,20 @@
 //! For a block of centre atoms the whole embedding network runs on the block's neighbour
 //! rows (one GEMM per layer), the result is contracted with each atom's environment rows,
 //! and only the `[m, c]` contraction per atom is written out: the `[rows, m]` activations
-//! stay in a per-block scratch that fits in cache. The VJP re-runs the network on the block,
-//! keeping each layer's activation for its derivative, and back-propagates in place. Blocks
-//! are independent and run on the rayon pool.
+//! stay in a per-block scratch that fits in cache. Blocks are independent and run on the
+//! rayon pool.
+//!
+//! The VJP needs each layer's activation. When the executor pairs a forward op with its
+//! VJP, the forward op writes them out (`Saved`, about 1.4 KB per neighbour row for a
+//! [25, 50, 100] network) and the VJP only back-propagates; otherwise the VJP re-runs the
+//! network on the block. Writing and reading them back costs far less than the GEMMs and
+//! `tanh`s of a second forward pass.
 
 use dpc_compiler::graph::table::Scalar;
-use dpc_compiler::graph::{Act, Data, Embed, Knots, Mlp, Residual, Tensor};
+use dpc_compiler::graph::{Data, Embed, Knots, Mlp, Tensor};
 use rayon::prelude::*;
 
+use super::net::{acts_width, backward, forward, layers, replay, sized, Layer, Scratch};
 use super::real::Real;
 use super::ExecError;
 
@@ -20,55 +26,9 @@ type R<T> = Result<T, ExecError>;
 /// activations stay in cache.
 const ROWS_PER_BLOCK: usize = 1024;
 
-/// One layer's weights, borrowed from the graph (already in the kernel's element type).
-pub(super) struct Layer<'a, T: Real> {
-    pub n_in: usize,
-    pub n_out: usize,
-    w: &'a [T],
-    /// `W` and `W^T` packed for the GEMMs (layers with more than one input).
-    fwd: Option<T::Packed>,
-    bwd: Option<T::Packed>,
-    b: Option<&'a [T]>,
-    idt: Option<&'a [T]>,
-    act: Act,
-    residual: Residual,
-}
-
-fn view<T: Real>(t: &Tensor) -> R<&[T]> {
-    T::slice(&t.data)
-        .ok_or_else(|| ExecError::Type("fused network weights of another dtype".into()))
-}
-
-/// The network's layers; `backward` packs `W^T` too (for a VJP).
-impl<T: Real> Layer<'_, T> {
-    /// Whether the layer's output is `tanh(z)` itself (no `idt`, no residual), so a VJP can
-    /// read it where it would read the kept `tanh(z)`.
-    pub fn tanh_is_output(&self) -> bool {
-        self.act == Act::Tanh && self.idt.is_none() && self.residual == Residual::None
-    }
-}
-
-pub(super) fn layers<T: Real>(net: &Mlp, backward: bool) -> R<Vec<Layer<'_, T>>> {
-    net.layers
-        .iter()
-        .map(|l| {
-            let w = view(&l.w)?;
-            let (k, n) = (l.n_in(), l.n_out());
-            let gemm = k > 1;
-            Ok(Layer {
-                n_in: k,
-                n_out: n,
-                w,
-                fwd: gemm.then(|| T::pack(w, k, n, false)),
-                bwd: (gemm && backward).then(|| T::pack(w, n, k, true)),
-                b: l.b.as_deref().map(view).transpose()?,
-                idt: l.idt.as_deref().map(view).transpose()?,
-                act: l.act,
-                residual: l.residual,
-            })
-        })
-        .collect()
-}
+/// The most memory a forward op keeps for its VJP (see `Saved`); beyond it the VJP re-runs
+/// the network.
+const SAVE_LIMIT_BYTES: usize = 512 << 20;
 
 /// Where a block's embedding `G` comes from: the network, or its compression table.
 enum Source<'a, T: Real> {
@@ -113,17 +73,30 @@ impl<'a, T: Real> Source<'a, T> {
         }
     }
 
-    /// `G [rows, m]` of the inputs in `sc.x0`, left in the last `sc.h`; with `keep`, what
-    /// the VJP needs: tanh outputs of each layer in `sc.t`, or for a table `dG/dx` in
-    /// `sc.t[0]`.
+    /// Activations per row a network keeps for its VJP (none for a table).
+    fn saved_width(&self) -> usize {
+        match self {
+            Source::Net(l) => acts_width(l),
+            Source::Table(_) => 0,
+        }
+    }
+
+    /// `G [rows, m]` of the inputs in `sc.x0`, left in the last `sc.h`. With `keep`, what
+    /// the VJP needs goes to `sc.acts`: the network's activations, or a table's `dG/dx`.
     fn run(&self, sc: &mut Scratch<T>, keep: bool) {
         match self {
-            Source::Net(layers) => forward(layers, sc, keep),
+            Source::Net(layers) => {
+                let acts = keep.then(|| {
+                    let rows = sc.x0.len();
+                    sized(&mut sc.acts, rows * acts_width(layers))
+                });
+                forward(layers, &sc.x0, &mut sc.h, acts)
+            }
             Source::Table(t) => {
                 let rows = sc.x0.len();
                 let g = sized(&mut sc.h[0], rows * t.m);
                 let dg = if keep {
-                    Some(sized(&mut sc.t[0], rows * t.m))
+                    Some(sized(&mut sc.acts, rows * t.m))
                 } else {
                     None
                 };
@@ -184,168 +157,6 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], mut dg: Option<&mu
     }
 }
 
-/// Per-thread buffers, reused from block to block so the hot loop does not allocate.
-pub(super) struct Scratch<T> {
-    /// The network input of the block's rows.
-    pub x0: Vec<T>,
-    /// Each layer's output `h_l [rows, out_l]`.
-    pub h: Vec<Vec<T>>,
-    /// For tanh layers in a VJP: `tanh(z_l)`, the input of the derivative.
-    pub t: Vec<Vec<T>>,
-    pub dh: Vec<T>,
-    pub dz: Vec<T>,
-    pub dprev: Vec<T>,
-}
-
-impl<T: Real> Scratch<T> {
-    pub fn new(layers: usize) -> Scratch<T> {
-        Scratch {
-            x0: Vec::new(),
-            h: (0..layers).map(|_| Vec::new()).collect(),
-            t: (0..layers).map(|_| Vec::new()).collect(),
-            dh: Vec::new(),
-            dz: Vec::new(),
-            dprev: Vec::new(),
-        }
-    }
-}
-
-/// `v` resized to `n` elements, reusing its allocation (contents are overwritten by callers).
-pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
-    v.resize(n, T::default());
-    &mut v[..n]
-}
-
-/// Run the network on the rows of `sc.x0` (`[rows, n_in]`), leaving each layer's output in
-/// `sc.h`; with `keep`, tanh layers also leave `tanh(z_l)` in `sc.t`.
-pub(super) fn forward<T: Real>(net: &[Layer<'_, T>], sc: &mut Scratch<T>, keep: bool) {
-    let rows = sc.x0.len() / net[0].n_in.max(1);
-    for (k, l) in net.iter().enumerate() {
-        let (n_in, n_out) = (l.n_in, l.n_out);
-        let (before, after) = sc.h.split_at_mut(k);
-        let x: &[T] = if k == 0 { &sc.x0 } else { &before[k - 1] };
-        let z = sized(&mut after[0], rows * n_out);
-        if n_in == 1 {
-            for (zr, &xv) in z.chunks_exact_mut(n_out).zip(x) {
-                for (zo, &w) in zr.iter_mut().zip(l.w) {
-                    *zo = xv * w;
-                }
-            }
-        } else {
-            let w = l.fwd.as_ref().expect("layers() packs every GEMM layer");
-            T::gemm_packed(w, rows, x, n_in, z, n_out, false);
-        }
-        if let Some(b) = &l.b {
-            for row in z.chunks_exact_mut(n_out) {
-                for (v, &bb) in row.iter_mut().zip(b.iter()) {
-                    *v = *v + bb;
-                }
-            }
-        }
-        if l.act == Act::Tanh {
-            T::tanh_in_place(z);
-            // A layer whose output is tanh(z) itself needs no copy: the VJP reads `sc.h`.
-            if keep && !l.tanh_is_output() {
-                sized(&mut sc.t[k], rows * n_out).copy_from_slice(z);
-            }
-        }
-        if let Some(idt) = &l.idt {
-            for row in z.chunks_exact_mut(n_out) {
-                for (v, &sc) in row.iter_mut().zip(idt.iter()) {
-                    *v = *v * sc;
-                }
-            }
-        }
-        match l.residual {
-            Residual::None => {}
-            Residual::Same => {
-                for (v, &xv) in z.iter_mut().zip(x) {
-                    *v = *v + xv;
-                }
-            }
-            Residual::Doubled => {
-                for (row, xr) in z.chunks_exact_mut(n_out).zip(x.chunks_exact(n_in)) {
-                    let (lo, hi) = row.split_at_mut(n_in);
-                    for ((a, b), &xv) in lo.iter_mut().zip(hi.iter_mut()).zip(xr) {
-                        *a = *a + xv;
-                        *b = *b + xv;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Back-propagate `sc.dh` (the cotangent of the last layer's output, `[rows, out]`) through
-/// the layers of a `forward(.., keep = true)` on the same rows, leaving the cotangent of the
-/// network input (`[rows, n_in]`) in `sc.dh`.
-pub(super) fn backward<T: Real>(layers: &[Layer<'_, T>], sc: &mut Scratch<T>, rows: usize) {
-    // Back through the layers: h_l = act(z_l) idt + residual(h_{l-1}).
-    for (k, l) in layers.iter().enumerate().rev() {
-        let (n_in, n_out) = (l.n_in, l.n_out);
-        let dh = &sc.dh[..rows * n_out];
-        let dz = sized(&mut sc.dz, rows * n_out);
-        // dz = dh * idt * tanh'(z), in one pass.
-        let t: &[T] = if l.tanh_is_output() {
-            &sc.h[k]
-        } else {
-            &sc.t[k]
-        };
-        match (l.act, l.idt) {
-            (Act::Tanh, Some(idt)) => {
-                for ((zr, hr), tr) in dz
-                    .chunks_exact_mut(n_out)
-                    .zip(dh.chunks_exact(n_out))
-                    .zip(t.chunks_exact(n_out))
-                {
-                    for (((v, &g), &tt), &sc) in zr.iter_mut().zip(hr).zip(tr).zip(idt) {
-                        *v = g * sc * (T::ONE - tt * tt);
-                    }
-                }
-            }
-            (Act::Tanh, None) => {
-                for ((v, &g), &tt) in dz.iter_mut().zip(dh).zip(t) {
-                    *v = g * (T::ONE - tt * tt);
-                }
-            }
-            (_, Some(idt)) => {
-                for (zr, hr) in dz.chunks_exact_mut(n_out).zip(dh.chunks_exact(n_out)) {
-                    for ((v, &g), &sc) in zr.iter_mut().zip(hr).zip(idt) {
-                        *v = g * sc;
-                    }
-                }
-            }
-            (_, None) => dz.copy_from_slice(dh),
-        }
-        let dprev = sized(&mut sc.dprev, rows * n_in);
-        match l.residual {
-            Residual::None => dprev.fill(T::default()),
-            Residual::Same => dprev.copy_from_slice(dh),
-            Residual::Doubled => {
-                for (pr, hr) in dprev.chunks_exact_mut(n_in).zip(dh.chunks_exact(n_out)) {
-                    for (i, v) in pr.iter_mut().enumerate() {
-                        *v = hr[i] + hr[i + n_in];
-                    }
-                }
-            }
-        }
-        if n_in == 1 {
-            for (p, zr) in dprev.iter_mut().zip(dz.chunks_exact(n_out)) {
-                let mut acc = T::default();
-                for (&zv, &w) in zr.iter().zip(l.w) {
-                    acc = acc + zv * w;
-                }
-                *p = *p + acc;
-            }
-        } else {
-            // dprev += dz [rows, out] x W^T [out, in]
-            let wt = l.bwd.as_ref().expect("layers(.., true) packs W^T");
-            T::gemm_packed(wt, rows, dz, n_out, dprev, n_in, true);
-        }
-        std::mem::swap(&mut sc.dh, &mut sc.dprev);
-    }
-}
-
 /// `rr [n, s, c]`'s sizes, checked.
 fn dims(rr: &Tensor) -> R<(usize, usize, usize)> {
     match rr.shape.as_slice() {
@@ -380,25 +191,55 @@ fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, acc: &mut [T], o
     }
 }
 
-fn contract_t<T: Real>(e: &Embed, rr: &[T], n: usize, s: usize, c: usize) -> R<Vec<T>> {
+/// Per-block slices of a buffer of `per_block` elements a block (the last may be shorter),
+/// or `None` for every block when there is no buffer.
+fn blocks_mut<T>(buf: Option<&mut [T]>, per_block: usize, blocks: usize) -> Vec<Option<&mut [T]>> {
+    match buf {
+        Some(b) => b.chunks_mut(per_block.max(1)).map(Some).collect(),
+        None => (0..blocks).map(|_| None).collect(),
+    }
+}
+
+/// `G^T rr` per atom; with `save`, also the network's activations for the VJP (`None` for
+/// a table, or when they would pass `SAVE_LIMIT_BYTES`).
+fn contract_t<T: Real>(
+    e: &Embed,
+    rr: &[T],
+    n: usize,
+    s: usize,
+    c: usize,
+    save: bool,
+) -> R<(Vec<T>, Option<Vec<T>>)> {
     let src = Source::<T>::new(e, false)?;
     let depth = src.depth();
     let m = e.net.n_out();
     let mut out = vec![T::default(); n * m * c];
     if n == 0 || s == 0 {
-        return Ok(out);
+        return Ok((out, None));
     }
+    let width = src.saved_width();
+    let saved_len = n * s * width;
+    let mut saved = (save
+        && width > 0
+        && saved_len.saturating_mul(std::mem::size_of::<T>()) <= SAVE_LIMIT_BYTES)
+        .then(|| vec![T::default(); saved_len]);
     let nb = block_atoms(s);
+    let blocks = n.div_ceil(nb);
+    let kept = blocks_mut(saved.as_deref_mut(), nb * s * width, blocks);
     out.par_chunks_mut(nb * m * c)
         .zip(rr.par_chunks(nb * s * c))
+        .zip(kept)
         .for_each_init(
             || Scratch::new(depth),
-            |sc, (o, r)| {
+            |sc, ((o, r), kept)| {
                 sc.x0.clear();
                 sc.x0.extend(r.iter().step_by(c).copied());
-                src.run(sc, false);
+                match (&src, kept) {
+                    (Source::Net(layers), Some(k)) => forward(layers, &sc.x0, &mut sc.h, Some(k)),
+                    _ => src.run(sc, false),
+                }
                 let g = &sc.h[depth - 1];
-                let acc = sized(&mut sc.dz, m * c);
+                let acc = sized(&mut sc.g.dz, m * c);
                 for ((ga, ra), oa) in g
                     .chunks_exact(s * m)
                     .zip(r.chunks_exact(s * c))
@@ -408,13 +249,15 @@ fn contract_t<T: Real>(e: &Embed, rr: &[T], n: usize, s: usize, c: usize) -> R<V
                 }
             },
         );
-    Ok(out)
+    Ok((out, saved))
 }
 
+/// `d_rr` from the cotangent `gy` of `G^T rr`; `saved` is what `contract_t` kept for it.
 fn contract_vjp_t<T: Real>(
     e: &Embed,
     rr: &[T],
     gy: &[T],
+    saved: Option<&[T]>,
     n: usize,
     s: usize,
     c: usize,
@@ -426,23 +269,41 @@ fn contract_vjp_t<T: Real>(
     if n == 0 || s == 0 {
         return Ok(d_rr);
     }
+    let width = src.saved_width();
+    if let Some(k) = saved {
+        if k.len() != n * s * width {
+            return Err(ExecError::Shape(format!(
+                "embed_contract_vjp given {} kept activations for {n} x {s} rows of {width}",
+                k.len()
+            )));
+        }
+    }
     let nb = block_atoms(s);
+    let blocks = n.div_ceil(nb);
+    let kept: Vec<Option<&[T]>> = match saved {
+        Some(k) => k.chunks(nb * s * width).map(Some).collect(),
+        None => vec![None; blocks],
+    };
     let last = depth - 1;
     d_rr.par_chunks_mut(nb * s * c)
         .zip(rr.par_chunks(nb * s * c))
         .zip(gy.par_chunks(nb * m * c))
+        .zip(kept)
         .for_each_init(
             || Scratch::new(depth),
-            |sc, ((d, r), gb)| {
+            |sc, (((d, r), gb), kept)| {
                 let rows = r.len() / c;
                 sc.x0.clear();
                 sc.x0.extend(r.iter().step_by(c).copied());
-                src.run(sc, true);
+                match (&src, kept) {
+                    (Source::Net(layers), Some(k)) => replay(layers, &sc.x0, k, &mut sc.h),
+                    _ => src.run(sc, true),
+                }
                 // dG_j [m] = gy_a [m, c] rr_j [c];  d_rr_j [c] = gy_a^T [c, m] G_j [m], with
                 // gy_a transposed to [c, m] so both loops run along m.
                 let g = &sc.h[last];
-                let dh = sized(&mut sc.dh, rows * m);
-                let gyt = sized(&mut sc.dprev, m * c);
+                let dh = sized(&mut sc.g.dh, rows * m);
+                let gyt = sized(&mut sc.g.dprev, m * c);
                 for (((ga, ra), gya), (dha, da)) in g
                     .chunks_exact(s * m)
                     .zip(r.chunks_exact(s * c))
@@ -477,8 +338,8 @@ fn contract_vjp_t<T: Real>(
                         // dx = dG . dG/dx, row by row.
                         for ((row, dhr), dgr) in d
                             .chunks_exact_mut(c)
-                            .zip(sc.dh[..rows * m].chunks_exact(m))
-                            .zip(sc.t[0][..rows * m].chunks_exact(m))
+                            .zip(sc.g.dh[..rows * m].chunks_exact(m))
+                            .zip(sc.acts[..rows * m].chunks_exact(m))
                         {
                             let mut acc = T::default();
                             for (&a, &b) in dhr.iter().zip(dgr) {
@@ -489,9 +350,10 @@ fn contract_vjp_t<T: Real>(
                         return;
                     }
                 };
-                backward(layers, sc, rows);
-                // sc.dh is now the cotangent of the network input, channel 0 of rr.
-                for (row, &dx) in d.chunks_exact_mut(c).zip(&sc.dh[..rows]) {
+                let acts = kept.unwrap_or(&sc.acts);
+                backward(layers, acts, rows, &mut sc.g);
+                // sc.g.dh is now the cotangent of the network input, channel 0 of rr.
+                for (row, &dx) in d.chunks_exact_mut(c).zip(&sc.g.dh[..rows]) {
                     row[0] = row[0] + dx;
                 }
             },
@@ -545,38 +407,36 @@ fn contract_sel<T: Real>(
     e: &Embed,
     rr: &[T],
     sel: Option<&[usize]>,
-    n: usize,
-    s: usize,
-    c: usize,
-) -> R<Vec<T>> {
+    (n, s, c): (usize, usize, usize),
+    save: bool,
+) -> R<(Vec<T>, Option<Vec<T>>)> {
     let m = e.net.n_out();
     match sel {
-        None => contract_t(e, rr, n, s, c),
+        None => contract_t(e, rr, n, s, c, save),
         Some(sel) => {
-            let packed = contract_t(e, &pack(rr, sel, s * c), sel.len(), s, c)?;
-            Ok(unpack(&packed, sel, n, m * c))
+            let (packed, saved) = contract_t(e, &pack(rr, sel, s * c), sel.len(), s, c, save)?;
+            Ok((unpack(&packed, sel, n, m * c), saved))
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn contract_vjp_sel<T: Real>(
     e: &Embed,
-    rr: &[T],
-    gy: &[T],
+    (rr, gy): (&[T], &[T]),
+    saved: Option<&[T]>,
     sel: Option<&[usize]>,
-    n: usize,
-    s: usize,
-    c: usize,
+    (n, s, c): (usize, usize, usize),
 ) -> R<Vec<T>> {
     let m = e.net.n_out();
     match sel {
-        None => contract_vjp_t(e, rr, gy, n, s, c),
+        None => contract_vjp_t(e, rr, gy, saved, n, s, c),
         Some(sel) => {
+            // The saved activations are of the packed rows, as the forward op ran them.
             let packed = contract_vjp_t(
                 e,
                 &pack(rr, sel, s * c),
                 &pack(gy, sel, m * c),
+                saved,
                 sel.len(),
                 s,
                 c,
@@ -586,34 +446,54 @@ fn contract_vjp_sel<T: Real>(
     }
 }
 
-/// `Op::EmbedContract`.
-pub fn embed_contract(e: &Embed, rr: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
+/// `Op::EmbedContract`. With `save`, also the activations its VJP can start from
+/// (`embed_contract_vjp`'s `saved`), where the network is not a table and they fit in
+/// `SAVE_LIMIT_BYTES`.
+pub fn embed_contract(
+    e: &Embed,
+    rr: &Tensor,
+    types: Option<&Tensor>,
+    save: bool,
+) -> R<(Tensor, Option<Tensor>)> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
-    let (n, s, c) = dims(rr)?;
+    let dims = dims(rr)?;
+    let (n, _, c) = dims;
     let sel = selected(e.centre_type, types, n, "embed_contract")?;
     let sel = sel.as_deref();
-    let data = match &rr.data {
-        Data::F64(v) => f64::wrap(contract_sel(e, v, sel, n, s, c)?),
-        Data::F32(v) => f32::wrap(contract_sel(e, v, sel, n, s, c)?),
+    let (data, saved) = match &rr.data {
+        Data::F64(v) => {
+            let (o, k) = contract_sel(e, v, sel, dims, save)?;
+            (f64::wrap(o), k.map(|k| Tensor::f64(vec![k.len()], k)))
+        }
+        Data::F32(v) => {
+            let (o, k) = contract_sel(e, v, sel, dims, save)?;
+            (f32::wrap(o), k.map(|k| Tensor::f32(vec![k.len()], k)))
+        }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
     };
-    Ok(Tensor {
-        shape: vec![n, m, c],
-        data,
-    })
+    Ok((
+        Tensor {
+            shape: vec![n, m, c],
+            data,
+        },
+        saved,
+    ))
 }
 
-/// `Op::EmbedContractVjp`.
+/// `Op::EmbedContractVjp`; `saved` is what the paired `embed_contract(.., save = true)` of
+/// the same `rr` and types kept, or `None` to re-run the network.
 pub fn embed_contract_vjp(
     e: &Embed,
     rr: &Tensor,
     gy: &Tensor,
     types: Option<&Tensor>,
+    saved: Option<&Tensor>,
 ) -> R<Tensor> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
-    let (n, s, c) = dims(rr)?;
+    let dims = dims(rr)?;
+    let (n, _, c) = dims;
     if gy.shape != [n, m, c] {
         return Err(ExecError::Shape(format!(
             "embed_contract_vjp cotangent {:?} for rr {:?}",
@@ -622,13 +502,105 @@ pub fn embed_contract_vjp(
     }
     let sel = selected(e.centre_type, types, n, "embed_contract")?;
     let sel = sel.as_deref();
-    let data = match (&rr.data, &gy.data) {
-        (Data::F64(v), Data::F64(g)) => f64::wrap(contract_vjp_sel(e, v, g, sel, n, s, c)?),
-        (Data::F32(v), Data::F32(g)) => f32::wrap(contract_vjp_sel(e, v, g, sel, n, s, c)?),
+    let saved = saved.map(|t| &t.data);
+    let data = match (&rr.data, &gy.data, saved) {
+        (Data::F64(v), Data::F64(g), None) => {
+            f64::wrap(contract_vjp_sel(e, (v, g), None, sel, dims)?)
+        }
+        (Data::F64(v), Data::F64(g), Some(Data::F64(k))) => {
+            f64::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims)?)
+        }
+        (Data::F32(v), Data::F32(g), None) => {
+            f32::wrap(contract_vjp_sel(e, (v, g), None, sel, dims)?)
+        }
+        (Data::F32(v), Data::F32(g), Some(Data::F32(k))) => {
+            f32::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims)?)
+        }
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
     };
     Ok(Tensor {
         shape: rr.shape.clone(),
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use dpc_compiler::graph::{Act, DType, Mlp, MlpLayer, Residual};
+
+    use super::*;
+
+    fn vector(n: usize, seed: f64) -> Arc<Tensor> {
+        Arc::new(Tensor::f64(
+            vec![n],
+            (0..n)
+                .map(|i| (seed + i as f64 * 0.7).sin() * 0.5)
+                .collect(),
+        ))
+    }
+
+    fn layer(n_in: usize, n_out: usize, act: Act, residual: Residual, idt: bool) -> MlpLayer {
+        let w = (0..n_in * n_out)
+            .map(|i| ((i * 7 + n_out) as f64 * 0.31).cos() / (n_in as f64).sqrt())
+            .collect();
+        MlpLayer {
+            w: Arc::new(Tensor::f64(vec![n_in, n_out], w)),
+            b: Some(vector(n_out, n_in as f64)),
+            idt: idt.then(|| vector(n_out, 0.3)),
+            act,
+            residual,
+        }
+    }
+
+    /// A network with every layer kind: tanh with and without `idt`, both residuals, and
+    /// a linear layer.
+    fn embed(centre_type: Option<i32>) -> Embed {
+        Embed {
+            net: Arc::new(Mlp {
+                dtype: DType::F64,
+                layers: vec![
+                    layer(1, 4, Act::Tanh, Residual::None, false),
+                    layer(4, 8, Act::Tanh, Residual::Doubled, true),
+                    layer(8, 8, Act::Linear, Residual::Same, false),
+                    layer(8, 8, Act::Tanh, Residual::Same, true),
+                ],
+            }),
+            centre_type,
+            table: None,
+        }
+    }
+
+    #[test]
+    fn a_vjp_from_kept_activations_equals_one_that_reruns_the_network() {
+        // 300 neighbours: blocks of 3 atoms, the last one short.
+        let (n, s, c) = (7, 300, 4);
+        let rr = Tensor::f64(
+            vec![n, s, c],
+            (0..n * s * c).map(|i| (i as f64 * 0.013).sin()).collect(),
+        );
+        let gy = Tensor::f64(
+            vec![n, 8, c],
+            (0..n * 8 * c).map(|i| (i as f64 * 0.21).cos()).collect(),
+        );
+        let types = Tensor::i32(vec![n], vec![0, 1, 1, 0, 1, 0, 1]);
+        for ct in [None, Some(1)] {
+            let e = embed(ct);
+            let (plain, none) = embed_contract(&e, &rr, Some(&types), false).unwrap();
+            let (out, kept) = embed_contract(&e, &rr, Some(&types), true).unwrap();
+            assert!(none.is_none());
+            assert_eq!(plain, out, "the forward result does not depend on keeping");
+            let kept = kept.expect("a network keeps its activations");
+            let rows = if ct.is_some() { 4 } else { n };
+            assert_eq!(kept.len(), rows * s * (4 + 8 + 8 + 8));
+            let rerun = embed_contract_vjp(&e, &rr, &gy, Some(&types), None).unwrap();
+            let from_kept = embed_contract_vjp(&e, &rr, &gy, Some(&types), Some(&kept)).unwrap();
+            assert_eq!(rerun, from_kept, "centre type {ct:?}");
+            assert!(rerun.as_f64().unwrap().iter().any(|v| *v != 0.0));
+            // Activations of another size are refused, not misread.
+            let short = Tensor::f64(vec![3], vec![0.0; 3]);
+            assert!(embed_contract_vjp(&e, &rr, &gy, Some(&types), Some(&short)).is_err());
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod fastmath;
 mod fuse;
 mod gemm;
 mod kernels;
+mod net;
 mod real;
 
 use std::fmt;
@@ -74,6 +75,34 @@ pub struct Executor {
     last_use: Vec<usize>,
     /// The elementwise cluster each node roots, if any.
     fused: Vec<Option<Arc<fuse::Cluster>>>,
+    /// For an `embed_contract_vjp`, the `embed_contract` of the same network, environment
+    /// and types that keeps its activations for it (see `kept_for`).
+    kept_from: Vec<Option<usize>>,
+    /// For an `embed_contract` that keeps its activations, the last VJP to read them.
+    kept_until: Vec<Option<usize>>,
+}
+
+/// Pair each `embed_contract_vjp` with the `embed_contract` it differentiates (same
+/// network, same `rr` and types arguments): the forward op then keeps its activations and
+/// the VJPs (one per differentiated output) do not re-run the network.
+fn kept_for(graph: &Graph, needed: &[bool]) -> Vec<Option<usize>> {
+    let mut pair = vec![None; graph.nodes.len()];
+    for (j, node) in graph.nodes.iter().enumerate() {
+        let Op::EmbedContractVjp(e) = &node.op else {
+            continue;
+        };
+        if !needed[j] {
+            continue;
+        }
+        let (rr, types) = (node.args[0], node.args.get(2));
+        pair[j] = graph.nodes[..j].iter().enumerate().position(|(i, f)| {
+            needed[i]
+                && matches!(&f.op, Op::EmbedContract(fe) if fe == e)
+                && f.args[0] == rr
+                && f.args.get(1) == types
+        });
+    }
+    pair
 }
 
 impl Executor {
@@ -127,11 +156,20 @@ impl Executor {
         for (_, v) in &graph.outputs {
             last_use[v.index()] = usize::MAX;
         }
+        let kept_from = kept_for(&graph, &needed);
+        let mut kept_until = vec![None; n];
+        for (j, i) in kept_from.iter().enumerate() {
+            if let Some(i) = i {
+                kept_until[*i] = Some(j);
+            }
+        }
         Executor {
             graph,
             needed,
             last_use,
             fused,
+            kept_from,
+            kept_until,
         }
     }
 
@@ -142,6 +180,11 @@ impl Executor {
             .zip(&self.needed)
             .filter(|(c, &n)| n && c.is_some())
             .count()
+    }
+
+    /// How many `embed_contract_vjp`s start from activations their forward op kept.
+    pub fn kept_pairs(&self) -> usize {
+        self.kept_from.iter().flatten().count()
     }
 
     pub fn graph(&self) -> &Graph {
@@ -193,6 +236,8 @@ impl Executor {
         }
         let mut inputs: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
         let mut vals: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+        // Activations forward ops keep for their VJPs, by forward node.
+        let mut kept: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
         for (i, node) in g.nodes.iter().enumerate() {
             if !self.needed[i] {
                 continue;
@@ -240,22 +285,38 @@ impl Executor {
                 continue;
             }
             let out = {
-                let arg = |k: usize| -> &Tensor {
-                    vals[node.args[k].index()]
-                        .as_ref()
-                        .expect("argument computed before use")
-                };
-                eval(
-                    &node.op,
-                    &node
-                        .args
-                        .iter()
-                        .enumerate()
-                        .map(|(k, _)| arg(k))
-                        .collect::<Vec<_>>(),
-                    &mut inputs,
-                    bind,
-                )?
+                let args: Vec<&Tensor> = node
+                    .args
+                    .iter()
+                    .map(|a| {
+                        vals[a.index()]
+                            .as_ref()
+                            .expect("argument computed before use")
+                    })
+                    .collect();
+                match &node.op {
+                    Op::EmbedContract(e) if self.kept_until[i].is_some() => {
+                        let (out, k) =
+                            embed::embed_contract(e, args[0], args.get(1).copied(), true)?;
+                        kept[i] = k;
+                        out
+                    }
+                    Op::EmbedContractVjp(e) if self.kept_from[i].is_some() => {
+                        let f = self.kept_from[i].expect("paired");
+                        let out = embed::embed_contract_vjp(
+                            e,
+                            args[0],
+                            args[1],
+                            args.get(2).copied(),
+                            kept[f].as_ref(),
+                        )?;
+                        if self.kept_until[f] == Some(i) {
+                            kept[f] = None;
+                        }
+                        out
+                    }
+                    op => eval(op, &args, &mut inputs, bind)?,
+                }
             };
             if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
                 p.add(i, node.op.name(), &out.shape, t.elapsed().as_secs_f64());
@@ -342,8 +403,10 @@ fn eval(
         Op::ActVjp(f) => k::act_vjp(*f, a[0], a[1])?,
         Op::EnvMat(e) => env::env_mat(e, a[0], a[1], a[2])?,
         Op::EnvMatVjp(e) => env::env_mat_vjp(e, a[0], a[1], a[2], a[3])?,
-        Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied())?,
-        Op::EmbedContractVjp(e) => embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied())?,
+        Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied(), false)?.0,
+        Op::EmbedContractVjp(e) => {
+            embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied(), None)?
+        }
         Op::Dense(e) => dense::dense(e, a[0], a.get(1).copied())?,
         Op::DenseVjp(e) => dense::dense_vjp(e, a[0], a[1], a.get(2).copied())?,
     })

@@ -1,0 +1,263 @@
+//! A dense network run on a block of rows, forward and backward, for the fused kernels
+//! (`embed.rs`, `dense.rs`): one GEMM per layer, bias, activation, `idt` and residual in
+//! the block's scratch.
+//!
+//! A forward run can also write each layer's activation `a_l = act(z_l)` to a buffer,
+//! layer after layer (`[rows, out_0]`, then `[rows, out_1]`, ...). That is all a backward
+//! pass needs: `tanh'(z) = 1 - a^2`, and the layer outputs follow from the activations
+//! (`replay`), so a VJP handed the buffer does not re-run the GEMMs.
+
+use dpc_compiler::graph::{Act, Mlp, Residual, Tensor};
+
+use super::real::Real;
+use super::ExecError;
+
+type R<T> = Result<T, ExecError>;
+
+/// One layer's weights, borrowed from the graph (already in the kernel's element type).
+pub(super) struct Layer<'a, T: Real> {
+    pub n_in: usize,
+    pub n_out: usize,
+    w: &'a [T],
+    /// `W` and `W^T` packed for the GEMMs (layers with more than one input).
+    fwd: Option<T::Packed>,
+    bwd: Option<T::Packed>,
+    b: Option<&'a [T]>,
+    idt: Option<&'a [T]>,
+    act: Act,
+    residual: Residual,
+}
+
+fn view<T: Real>(t: &Tensor) -> R<&[T]> {
+    T::slice(&t.data)
+        .ok_or_else(|| ExecError::Type("fused network weights of another dtype".into()))
+}
+
+/// The network's layers; `backward` packs `W^T` too (for a VJP).
+pub(super) fn layers<T: Real>(net: &Mlp, backward: bool) -> R<Vec<Layer<'_, T>>> {
+    net.layers
+        .iter()
+        .map(|l| {
+            let w = view(&l.w)?;
+            let (k, n) = (l.n_in(), l.n_out());
+            let gemm = k > 1;
+            Ok(Layer {
+                n_in: k,
+                n_out: n,
+                w,
+                fwd: gemm.then(|| T::pack(w, k, n, false)),
+                bwd: (gemm && backward).then(|| T::pack(w, n, k, true)),
+                b: l.b.as_deref().map(view).transpose()?,
+                idt: l.idt.as_deref().map(view).transpose()?,
+                act: l.act,
+                residual: l.residual,
+            })
+        })
+        .collect()
+}
+
+/// Activations per row a forward run keeps (the sum of the layer widths).
+pub(super) fn acts_width<T: Real>(net: &[Layer<'_, T>]) -> usize {
+    net.iter().map(|l| l.n_out).sum()
+}
+
+/// Per-thread buffers, reused from block to block so the hot loop does not allocate.
+pub(super) struct Scratch<T> {
+    /// The network input of the block's rows.
+    pub x0: Vec<T>,
+    /// Each layer's output `h_l [rows, out_l]`.
+    pub h: Vec<Vec<T>>,
+    /// The activations a forward run keeps for its backward pass (see the module doc).
+    pub acts: Vec<T>,
+    pub g: Grads<T>,
+}
+
+/// The cotangent buffers of a backward pass.
+#[derive(Default)]
+pub(super) struct Grads<T> {
+    /// In: the cotangent of the network output; out: that of its input.
+    pub dh: Vec<T>,
+    pub dz: Vec<T>,
+    pub dprev: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    pub fn new(layers: usize) -> Scratch<T> {
+        Scratch {
+            x0: Vec::new(),
+            h: (0..layers).map(|_| Vec::new()).collect(),
+            acts: Vec::new(),
+            g: Grads {
+                dh: Vec::new(),
+                dz: Vec::new(),
+                dprev: Vec::new(),
+            },
+        }
+    }
+}
+
+/// `v` resized to `n` elements, reusing its allocation (contents are overwritten by callers).
+pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.resize(n, T::default());
+    &mut v[..n]
+}
+
+/// `h <- h * idt + residual(x)`, in place (`x [rows, n_in]`, `h [rows, n_out]`).
+fn finish_layer<T: Real>(l: &Layer<'_, T>, x: &[T], h: &mut [T]) {
+    let (n_in, n_out) = (l.n_in, l.n_out);
+    if let Some(idt) = &l.idt {
+        for row in h.chunks_exact_mut(n_out) {
+            for (v, &sc) in row.iter_mut().zip(idt.iter()) {
+                *v = *v * sc;
+            }
+        }
+    }
+    match l.residual {
+        Residual::None => {}
+        Residual::Same => {
+            for (v, &xv) in h.iter_mut().zip(x) {
+                *v = *v + xv;
+            }
+        }
+        Residual::Doubled => {
+            for (row, xr) in h.chunks_exact_mut(n_out).zip(x.chunks_exact(n_in)) {
+                let (lo, hi) = row.split_at_mut(n_in);
+                for ((a, b), &xv) in lo.iter_mut().zip(hi.iter_mut()).zip(xr) {
+                    *a = *a + xv;
+                    *b = *b + xv;
+                }
+            }
+        }
+    }
+}
+
+/// Run the network on the rows of `x0` (`[rows, n_in]`), leaving each layer's output in
+/// `h`; with `acts` (`rows * acts_width` long), also each layer's activation there.
+pub(super) fn forward<T: Real>(
+    net: &[Layer<'_, T>],
+    x0: &[T],
+    h: &mut [Vec<T>],
+    mut acts: Option<&mut [T]>,
+) {
+    let rows = x0.len() / net[0].n_in.max(1);
+    let mut at = 0;
+    for (k, l) in net.iter().enumerate() {
+        let (n_in, n_out) = (l.n_in, l.n_out);
+        let (before, after) = h.split_at_mut(k);
+        let x: &[T] = if k == 0 { x0 } else { &before[k - 1] };
+        let z = sized(&mut after[0], rows * n_out);
+        if n_in == 1 {
+            for (zr, &xv) in z.chunks_exact_mut(n_out).zip(x) {
+                for (zo, &w) in zr.iter_mut().zip(l.w) {
+                    *zo = xv * w;
+                }
+            }
+        } else {
+            let w = l.fwd.as_ref().expect("layers() packs every GEMM layer");
+            T::gemm_packed(w, rows, x, n_in, z, n_out, false);
+        }
+        if let Some(b) = &l.b {
+            for row in z.chunks_exact_mut(n_out) {
+                for (v, &bb) in row.iter_mut().zip(b.iter()) {
+                    *v = *v + bb;
+                }
+            }
+        }
+        if l.act == Act::Tanh {
+            T::tanh_in_place(z);
+        }
+        if let Some(a) = acts.as_deref_mut() {
+            a[at..at + rows * n_out].copy_from_slice(z);
+        }
+        at += rows * n_out;
+        finish_layer(l, x, z);
+    }
+}
+
+/// The layer outputs `h` of the rows of `x0` from the activations a `forward` kept: no
+/// GEMMs, only the `idt` scale and the residuals.
+pub(super) fn replay<T: Real>(net: &[Layer<'_, T>], x0: &[T], acts: &[T], h: &mut [Vec<T>]) {
+    let rows = x0.len() / net[0].n_in.max(1);
+    let mut at = 0;
+    for (k, l) in net.iter().enumerate() {
+        let (before, after) = h.split_at_mut(k);
+        let x: &[T] = if k == 0 { x0 } else { &before[k - 1] };
+        let z = sized(&mut after[0], rows * l.n_out);
+        z.copy_from_slice(&acts[at..at + rows * l.n_out]);
+        at += rows * l.n_out;
+        finish_layer(l, x, z);
+    }
+}
+
+/// Back-propagate `g.dh` (the cotangent of the last layer's output, `[rows, out]`) through
+/// the layers of a `forward` on `rows` rows that kept `acts`, leaving the cotangent of the
+/// network input (`[rows, n_in]`) in `g.dh`.
+pub(super) fn backward<T: Real>(
+    layers: &[Layer<'_, T>],
+    acts: &[T],
+    rows: usize,
+    g: &mut Grads<T>,
+) {
+    // Back through the layers: h_l = act(z_l) idt + residual(h_{l-1}).
+    let mut end = acts_width(layers) * rows;
+    for l in layers.iter().rev() {
+        let (n_in, n_out) = (l.n_in, l.n_out);
+        let t = &acts[end - rows * n_out..end];
+        end -= rows * n_out;
+        let dh = &g.dh[..rows * n_out];
+        let dz = sized(&mut g.dz, rows * n_out);
+        // dz = dh * idt * tanh'(z), in one pass.
+        match (l.act, l.idt) {
+            (Act::Tanh, Some(idt)) => {
+                for ((zr, hr), tr) in dz
+                    .chunks_exact_mut(n_out)
+                    .zip(dh.chunks_exact(n_out))
+                    .zip(t.chunks_exact(n_out))
+                {
+                    for (((v, &g), &tt), &sc) in zr.iter_mut().zip(hr).zip(tr).zip(idt) {
+                        *v = g * sc * (T::ONE - tt * tt);
+                    }
+                }
+            }
+            (Act::Tanh, None) => {
+                for ((v, &g), &tt) in dz.iter_mut().zip(dh).zip(t) {
+                    *v = g * (T::ONE - tt * tt);
+                }
+            }
+            (_, Some(idt)) => {
+                for (zr, hr) in dz.chunks_exact_mut(n_out).zip(dh.chunks_exact(n_out)) {
+                    for ((v, &g), &sc) in zr.iter_mut().zip(hr).zip(idt) {
+                        *v = g * sc;
+                    }
+                }
+            }
+            (_, None) => dz.copy_from_slice(dh),
+        }
+        let dprev = sized(&mut g.dprev, rows * n_in);
+        match l.residual {
+            Residual::None => dprev.fill(T::default()),
+            Residual::Same => dprev.copy_from_slice(dh),
+            Residual::Doubled => {
+                for (pr, hr) in dprev.chunks_exact_mut(n_in).zip(dh.chunks_exact(n_out)) {
+                    for (i, v) in pr.iter_mut().enumerate() {
+                        *v = hr[i] + hr[i + n_in];
+                    }
+                }
+            }
+        }
+        if n_in == 1 {
+            for (p, zr) in dprev.iter_mut().zip(dz.chunks_exact(n_out)) {
+                let mut acc = T::default();
+                for (&zv, &w) in zr.iter().zip(l.w) {
+                    acc = acc + zv * w;
+                }
+                *p = *p + acc;
+            }
+        } else {
+            // dprev += dz [rows, out] x W^T [out, in]
+            let wt = l.bwd.as_ref().expect("layers(.., true) packs W^T");
+            T::gemm_packed(wt, rows, dz, n_out, dprev, n_in, true);
+        }
+        std::mem::swap(&mut g.dh, &mut g.dprev);
+    }
+}
