@@ -106,8 +106,10 @@ impl<'a, T: Real> Source<'a, T> {
     }
 }
 
+simd_fn! {
 /// The table's `G` (and `dG/dx`) for inputs `x`; inputs off the table go through the network.
-fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], mut dg: Option<&mut [T]>) {
+fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], dg: Option<&mut [T]>) {
+    let mut dg = dg;
     let m = t.m;
     let (two, three, four, five) = (
         T::from_f64(2.0),
@@ -156,6 +158,7 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], mut dg: Option<&mu
         }
     }
 }
+}
 
 /// `rr [n, s, c]`'s sizes, checked.
 fn dims(rr: &Tensor) -> R<(usize, usize, usize)> {
@@ -175,6 +178,7 @@ fn block_atoms(s: usize) -> usize {
 /// `out [m, c] = G^T [m, s] rr [s, c]` for one atom (`G [s, m]`), as rank-1 updates into
 /// `acc [c, m]` (long rows, so the inner loop vectorizes over `m`), then transposed: the
 /// shapes are too small for a GEMM call to pay off.
+#[inline(always)]
 fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, acc: &mut [T], out: &mut [T]) {
     acc.fill(T::default());
     for (gj, rj) in g.chunks_exact(m).zip(r.chunks_exact(c)) {
@@ -189,6 +193,104 @@ fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, acc: &mut [T], o
             out[mi * c + ci] = v;
         }
     }
+}
+
+simd_fn! {
+/// `contract_atom` for each atom of a block: `G [atoms * s, m]`, `rr [atoms * s, c]`,
+/// `out [atoms, m, c]`.
+fn contract_block<T: Real>(
+    g: &[T],
+    r: &[T],
+    out: &mut [T],
+    dims: (usize, usize, usize),
+    acc: &mut [T],
+) {
+    let (m, s, c) = dims;
+    for ((ga, ra), oa) in g
+        .chunks_exact(s * m)
+        .zip(r.chunks_exact(s * c))
+        .zip(out.chunks_exact_mut(m * c))
+    {
+        contract_atom(ga, ra, m, c, acc, oa);
+    }
+}
+}
+
+/// `sum a_i b_i` in eight interleaved partial sums, so the loop vectorizes and its additions
+/// do not wait on each other.
+#[inline(always)]
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    const L: usize = 8;
+    let mut acc = [T::default(); L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(T::default(), |t, (&x, &y)| t + x * y);
+    for (x, y) in ca.zip(cb) {
+        for k in 0..L {
+            acc[k] = acc[k] + x[k] * y[k];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+simd_fn! {
+/// The contraction's VJP for each atom of a block: `dG_j [m] = gy_a [m, c] rr_j [c]` into
+/// `dg` and `d_rr_j [c] = gy_a^T [c, m] G_j [m]` into `d_rr` (`G`, `dg [atoms * s, m]`;
+/// `rr`, `d_rr [atoms * s, c]`; `gy [atoms, m, c]`), with `gy_a` transposed into
+/// `gyt [c, m]` so both loops run along `m`.
+fn contract_vjp_block<T: Real>(
+    g: &[T],
+    r: &[T],
+    gy: &[T],
+    dg: &mut [T],
+    d_rr: &mut [T],
+    dims: (usize, usize, usize),
+    gyt: &mut [T],
+) {
+    let (m, s, c) = dims;
+    for (((ga, ra), gya), (dga, da)) in g
+        .chunks_exact(s * m)
+        .zip(r.chunks_exact(s * c))
+        .zip(gy.chunks_exact(m * c))
+        .zip(dg.chunks_exact_mut(s * m).zip(d_rr.chunks_exact_mut(s * c)))
+    {
+        for (mi, row) in gya.chunks_exact(c).enumerate() {
+            for (ci, &v) in row.iter().enumerate() {
+                gyt[ci * m + mi] = v;
+            }
+        }
+        for (((gj, rj), dgj), dj) in ga
+            .chunks_exact(m)
+            .zip(ra.chunks_exact(c))
+            .zip(dga.chunks_exact_mut(m))
+            .zip(da.chunks_exact_mut(c))
+        {
+            dgj.fill(T::default());
+            for ((grow, &rv), dv) in gyt.chunks_exact(m).zip(rj).zip(dj.iter_mut()) {
+                for (o, &gyv) in dgj.iter_mut().zip(grow) {
+                    *o = *o + gyv * rv;
+                }
+                *dv = dot(grow, gj);
+            }
+        }
+    }
+}
+}
+
+simd_fn! {
+/// Channel 0 of each `d_rr` row gains `dG_j . dG/dx_j` (a table's VJP).
+fn table_vjp_rows<T: Real>(d_rr: &mut [T], dg: &[T], dg_dx: &[T], m: usize, c: usize) {
+    for ((row, a), b) in d_rr
+        .chunks_exact_mut(c)
+        .zip(dg.chunks_exact(m))
+        .zip(dg_dx.chunks_exact(m))
+    {
+        row[0] = row[0] + dot(a, b);
+    }
+}
 }
 
 /// Per-block slices of a buffer of `per_block` elements a block (the last may be shorter),
@@ -238,15 +340,8 @@ fn contract_t<T: Real>(
                     (Source::Net(layers), Some(k)) => forward(layers, &sc.x0, &mut sc.h, Some(k)),
                     _ => src.run(sc, false),
                 }
-                let g = &sc.h[depth - 1];
                 let acc = sized(&mut sc.g.dz, m * c);
-                for ((ga, ra), oa) in g
-                    .chunks_exact(s * m)
-                    .zip(r.chunks_exact(s * c))
-                    .zip(o.chunks_exact_mut(m * c))
-                {
-                    contract_atom(ga, ra, m, c, acc, oa);
-                }
+                contract_block(&sc.h[depth - 1], r, o, (m, s, c), acc);
             },
         );
     Ok((out, saved))
@@ -299,54 +394,14 @@ fn contract_vjp_t<T: Real>(
                     (Source::Net(layers), Some(k)) => replay(layers, &sc.x0, k, &mut sc.h),
                     _ => src.run(sc, true),
                 }
-                // dG_j [m] = gy_a [m, c] rr_j [c];  d_rr_j [c] = gy_a^T [c, m] G_j [m], with
-                // gy_a transposed to [c, m] so both loops run along m.
-                let g = &sc.h[last];
-                let dh = sized(&mut sc.g.dh, rows * m);
+                let dg = sized(&mut sc.g.dh, rows * m);
                 let gyt = sized(&mut sc.g.dprev, m * c);
-                for (((ga, ra), gya), (dha, da)) in g
-                    .chunks_exact(s * m)
-                    .zip(r.chunks_exact(s * c))
-                    .zip(gb.chunks_exact(m * c))
-                    .zip(dh.chunks_exact_mut(s * m).zip(d.chunks_exact_mut(s * c)))
-                {
-                    for (mi, row) in gya.chunks_exact(c).enumerate() {
-                        for (ci, &v) in row.iter().enumerate() {
-                            gyt[ci * m + mi] = v;
-                        }
-                    }
-                    for (((gj, rj), dhj), dj) in ga
-                        .chunks_exact(m)
-                        .zip(ra.chunks_exact(c))
-                        .zip(dha.chunks_exact_mut(m))
-                        .zip(da.chunks_exact_mut(c))
-                    {
-                        dhj.fill(T::default());
-                        for ((grow, &rv), dv) in gyt.chunks_exact(m).zip(rj).zip(dj.iter_mut()) {
-                            let mut dot = T::default();
-                            for ((dg, &gyv), &gv) in dhj.iter_mut().zip(grow).zip(gj) {
-                                *dg = *dg + gyv * rv;
-                                dot = dot + gyv * gv;
-                            }
-                            *dv = dot;
-                        }
-                    }
-                }
+                contract_vjp_block(&sc.h[last], r, gb, dg, d, (m, s, c), gyt);
                 let layers = match &src {
                     Source::Net(layers) => layers,
                     Source::Table(_) => {
-                        // dx = dG . dG/dx, row by row.
-                        for ((row, dhr), dgr) in d
-                            .chunks_exact_mut(c)
-                            .zip(sc.g.dh[..rows * m].chunks_exact(m))
-                            .zip(sc.acts[..rows * m].chunks_exact(m))
-                        {
-                            let mut acc = T::default();
-                            for (&a, &b) in dhr.iter().zip(dgr) {
-                                acc = acc + a * b;
-                            }
-                            row[0] = row[0] + acc;
-                        }
+                        let (dg, dg_dx) = (&sc.g.dh[..rows * m], &sc.acts[..rows * m]);
+                        table_vjp_rows(d, dg, dg_dx, m, c);
                         return;
                     }
                 };

@@ -157,11 +157,7 @@ fn fma(a: f64, b: f64, c: f64) -> f64 {
     a.mul_add(b, c)
 }
 
-/// Whether the CPU runs the AVX2 + FMA copies of the loops below.
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
+use super::simd::avx2_fma as has_avx2_fma;
 
 /// `tanh(x)` in float32 (Cephes' `tanhf`: a polynomial below 0.625, `1 - 2/(e^2x + 1)`
 /// above, with a float32 `exp`), branch-free like the float64 one.

@@ -14,16 +14,7 @@ const NR32: usize = 16;
 const MR: usize = 6;
 const KC: usize = 256;
 
-fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+use super::simd::avx2_fma as simd;
 
 /// One packed GEMM per element type: the struct, packing, blocking and micro-kernel, with
 /// the register width and intrinsics as parameters.

@@ -1,6 +1,8 @@
 //! The CPU executor: runs a graph node by node with the reference kernels, freeing each
 //! value after its last use.
 
+#[macro_use]
+mod simd;
 mod dense;
 mod embed;
 mod env;

@@ -97,12 +97,14 @@ impl<T: Real> Scratch<T> {
 }
 
 /// `v` resized to `n` elements, reusing its allocation (contents are overwritten by callers).
+#[inline(always)]
 pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     v.resize(n, T::default());
     &mut v[..n]
 }
 
 /// `h <- h * idt + residual(x)`, in place (`x [rows, n_in]`, `h [rows, n_out]`).
+#[inline(always)]
 fn finish_layer<T: Real>(l: &Layer<'_, T>, x: &[T], h: &mut [T]) {
     let (n_in, n_out) = (l.n_in, l.n_out);
     if let Some(idt) = &l.idt {
@@ -131,14 +133,16 @@ fn finish_layer<T: Real>(l: &Layer<'_, T>, x: &[T], h: &mut [T]) {
     }
 }
 
+simd_fn! {
 /// Run the network on the rows of `x0` (`[rows, n_in]`), leaving each layer's output in
 /// `h`; with `acts` (`rows * acts_width` long), also each layer's activation there.
 pub(super) fn forward<T: Real>(
     net: &[Layer<'_, T>],
     x0: &[T],
     h: &mut [Vec<T>],
-    mut acts: Option<&mut [T]>,
+    acts: Option<&mut [T]>,
 ) {
+    let mut acts = acts;
     let rows = x0.len() / net[0].n_in.max(1);
     let mut at = 0;
     for (k, l) in net.iter().enumerate() {
@@ -173,7 +177,9 @@ pub(super) fn forward<T: Real>(
         finish_layer(l, x, z);
     }
 }
+}
 
+simd_fn! {
 /// The layer outputs `h` of the rows of `x0` from the activations a `forward` kept: no
 /// GEMMs, only the `idt` scale and the residuals.
 pub(super) fn replay<T: Real>(net: &[Layer<'_, T>], x0: &[T], acts: &[T], h: &mut [Vec<T>]) {
@@ -188,7 +194,9 @@ pub(super) fn replay<T: Real>(net: &[Layer<'_, T>], x0: &[T], acts: &[T], h: &mu
         finish_layer(l, x, z);
     }
 }
+}
 
+simd_fn! {
 /// Back-propagate `g.dh` (the cotangent of the last layer's output, `[rows, out]`) through
 /// the layers of a `forward` on `rows` rows that kept `acts`, leaving the cotangent of the
 /// network input (`[rows, n_in]`) in `g.dh`.
@@ -260,4 +268,5 @@ pub(super) fn backward<T: Real>(
         }
         std::mem::swap(&mut g.dh, &mut g.dprev);
     }
+}
 }
