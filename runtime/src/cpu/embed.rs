@@ -1,22 +1,26 @@
 //! The fused embedding kernels (`Op::EmbedContract` and its VJP).
 //!
-//! For a block of centre atoms the whole embedding network runs on the block's neighbour
-//! rows (one GEMM per layer), the result is contracted with each atom's environment rows,
-//! and only the `[m, c]` contraction per atom is written out: the `[rows, m]` activations
-//! stay in a per-block scratch that fits in cache. Blocks are independent and run on the
-//! rayon pool.
+//! For a block of centre atoms the embedding network runs on the block's neighbour rows
+//! (one GEMM per layer), the result is contracted with each atom's environment rows, and
+//! only the `[m, c]` contraction per atom is written out: the `[rows, m]` activations stay
+//! in a per-block scratch that fits in cache. Blocks are independent and run on the rayon
+//! pool.
 //!
-//! The VJP needs each layer's activation. When the executor pairs a forward op with its
-//! VJP, the forward op writes them out (`Saved`, about 1.4 KB per neighbour row for a
-//! [25, 50, 100] network) and the VJP only back-propagates; otherwise the VJP re-runs the
-//! network on the block. Writing and reading them back costs far less than the GEMMs and
-//! `tanh`s of a second forward pass.
+//! The network's input is one scalar per row, so its derivative `dG/dx` is an `[m]` vector
+//! per row, computed forward alongside `G` (`net::forward_tangent`). The VJP is then only
+//! contractions: `d_rr_j = gy^T G_j`, plus `rr_j^T gy^T dG/dx_j` on channel 0. When the
+//! executor pairs a forward op with its VJP, the forward op computes the tangents too and
+//! keeps `G` and `dG/dx` (`Kept`), and the VJP runs no network; otherwise the VJP
+//! evaluates them itself. A compression table gives `G` and `dG/dx` the same way.
+//!
+//! Rows with the same input as the row before (the padding slots past an atom's last
+//! neighbour, all holding the normalized zero) share one network evaluation.
 
 use dpc_compiler::graph::table::Scalar;
 use dpc_compiler::graph::{Data, Embed, Knots, Mlp, Tensor};
 use rayon::prelude::*;
 
-use super::net::{acts_width, backward, forward, layers, replay, sized, Layer, Scratch};
+use super::net::{forward, forward_tangent, layers, sized, Layer};
 use super::real::Real;
 use super::ExecError;
 
@@ -26,9 +30,9 @@ type R<T> = Result<T, ExecError>;
 /// activations stay in cache.
 const ROWS_PER_BLOCK: usize = 1024;
 
-/// The most memory a forward op keeps for its VJP (see `Saved`); beyond it the VJP re-runs
-/// the network.
-const SAVE_LIMIT_BYTES: usize = 512 << 20;
+/// The most memory a forward op keeps for its VJP (see `Kept`); beyond it the VJP
+/// evaluates the network again.
+const KEEP_LIMIT_BYTES: usize = 512 << 20;
 
 /// Where a block's embedding `G` comes from: the network, or its compression table.
 enum Source<'a, T: Real> {
@@ -46,9 +50,15 @@ struct TableRef<'a, T> {
 }
 
 impl<'a, T: Real> Source<'a, T> {
-    fn new(e: &'a Embed, backward: bool) -> R<Source<'a, T>> {
+    fn new(e: &'a Embed) -> R<Source<'a, T>> {
+        if e.net.n_in() != 1 {
+            return Err(ExecError::Shape(format!(
+                "embed_contract of a network with {} inputs (want 1)",
+                e.net.n_in()
+            )));
+        }
         match &e.table {
-            None => Ok(Source::Net(layers(&e.net, backward)?)),
+            None => Ok(Source::Net(layers(&e.net, false)?)),
             Some(t) => {
                 let coef = T::slice(&t.coef.data)
                     .ok_or_else(|| ExecError::Type("compression table of another dtype".into()))?;
@@ -65,7 +75,7 @@ impl<'a, T: Real> Source<'a, T> {
         }
     }
 
-    /// Scratch slots: one per layer, or one for the table.
+    /// Hidden-layer buffers a block needs.
     fn depth(&self) -> usize {
         match self {
             Source::Net(l) => l.len(),
@@ -73,34 +83,20 @@ impl<'a, T: Real> Source<'a, T> {
         }
     }
 
-    /// Activations per row a network keeps for its VJP (none for a table).
-    fn saved_width(&self) -> usize {
+    /// `G [rows, m]` of the inputs `x [rows]` into `out`, and with `tangent` (`out` then
+    /// `[2 rows, m]`) `dG/dx` after it.
+    fn eval(&self, x: &[T], tangent: bool, h: &mut [Vec<T>], out: &mut [T]) {
+        let rows = x.len();
         match self {
-            Source::Net(l) => acts_width(l),
-            Source::Table(_) => 0,
-        }
-    }
-
-    /// `G [rows, m]` of the inputs in `sc.x0`, left in the last `sc.h`. With `keep`, what
-    /// the VJP needs goes to `sc.acts`: the network's activations, or a table's `dG/dx`.
-    fn run(&self, sc: &mut Scratch<T>, keep: bool) {
-        match self {
+            Source::Net(layers) if tangent => forward_tangent(layers, x, h, out),
             Source::Net(layers) => {
-                let acts = keep.then(|| {
-                    let rows = sc.x0.len();
-                    sized(&mut sc.acts, rows * acts_width(layers))
-                });
-                forward(layers, &sc.x0, &mut sc.h, acts)
+                forward(layers, x, h, None);
+                let m = layers[layers.len() - 1].n_out;
+                out[..rows * m].copy_from_slice(&h[layers.len() - 1][..rows * m]);
             }
             Source::Table(t) => {
-                let rows = sc.x0.len();
-                let g = sized(&mut sc.h[0], rows * t.m);
-                let dg = if keep {
-                    Some(sized(&mut sc.acts, rows * t.m))
-                } else {
-                    None
-                };
-                table_eval(t, &sc.x0, g, dg);
+                let (g, dg) = out.split_at_mut(rows * t.m);
+                table_eval(t, x, &mut g[..], tangent.then_some(&mut dg[..rows * t.m]));
             }
         }
     }
@@ -175,43 +171,55 @@ fn block_atoms(s: usize) -> usize {
     (ROWS_PER_BLOCK / s.max(1)).max(1)
 }
 
-/// `out [m, c] = G^T [m, s] rr [s, c]` for one atom (`G [s, m]`), as rank-1 updates into
-/// `acc [c, m]` (long rows, so the inner loop vectorizes over `m`), then transposed: the
-/// shapes are too small for a GEMM call to pay off.
+/// One block's distinct inputs: `x` the network inputs, `idx` each row's position in it
+/// (a row whose input equals the row before's shares its evaluation).
 #[inline(always)]
-fn contract_atom<T: Real>(g: &[T], r: &[T], m: usize, c: usize, acc: &mut [T], out: &mut [T]) {
-    acc.fill(T::default());
-    for (gj, rj) in g.chunks_exact(m).zip(r.chunks_exact(c)) {
-        for (arow, &rv) in acc.chunks_exact_mut(m).zip(rj) {
-            for (a, &gv) in arow.iter_mut().zip(gj) {
-                *a = *a + rv * gv;
-            }
+fn distinct_inputs<T: Real>(rr: &[T], c: usize, x: &mut Vec<T>, idx: &mut Vec<u32>) {
+    x.clear();
+    idx.clear();
+    let mut prev: Option<u64> = None;
+    for r in rr.iter().step_by(c) {
+        let bits = r.to_f64().to_bits();
+        if prev != Some(bits) {
+            x.push(*r);
+            prev = Some(bits);
         }
-    }
-    for (ci, arow) in acc.chunks_exact(m).enumerate() {
-        for (mi, &v) in arow.iter().enumerate() {
-            out[mi * c + ci] = v;
-        }
+        idx.push(x.len() as u32 - 1);
     }
 }
 
 simd_fn! {
-/// `contract_atom` for each atom of a block: `G [atoms * s, m]`, `rr [atoms * s, c]`,
-/// `out [atoms, m, c]`.
+/// `out_a [m, c] = sum_j G_(idx j)^T rr_j` for each atom `a` of a block (`s` rows each):
+/// rank-1 updates into `acc [c, m]` (long rows, so the loop vectorizes over `m`), then
+/// transposed: the shapes are too small for a GEMM call to pay off.
 fn contract_block<T: Real>(
     g: &[T],
+    idx: &[u32],
     r: &[T],
     out: &mut [T],
     dims: (usize, usize, usize),
     acc: &mut [T],
 ) {
     let (m, s, c) = dims;
-    for ((ga, ra), oa) in g
-        .chunks_exact(s * m)
+    for ((ia, ra), oa) in idx
+        .chunks_exact(s)
         .zip(r.chunks_exact(s * c))
         .zip(out.chunks_exact_mut(m * c))
     {
-        contract_atom(ga, ra, m, c, acc, oa);
+        acc.fill(T::default());
+        for (&u, rj) in ia.iter().zip(ra.chunks_exact(c)) {
+            let gj = &g[u as usize * m..(u as usize + 1) * m];
+            for (arow, &rv) in acc.chunks_exact_mut(m).zip(rj) {
+                for (a, &gv) in arow.iter_mut().zip(gj) {
+                    *a = *a + rv * gv;
+                }
+            }
+        }
+        for (ci, arow) in acc.chunks_exact(m).enumerate() {
+            for (mi, &v) in arow.iter().enumerate() {
+                oa[mi * c + ci] = v;
+            }
+        }
     }
 }
 }
@@ -237,180 +245,196 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 }
 
 simd_fn! {
-/// The contraction's VJP for each atom of a block: `dG_j [m] = gy_a [m, c] rr_j [c]` into
-/// `dg` and `d_rr_j [c] = gy_a^T [c, m] G_j [m]` into `d_rr` (`G`, `dg [atoms * s, m]`;
-/// `rr`, `d_rr [atoms * s, c]`; `gy [atoms, m, c]`), with `gy_a` transposed into
-/// `gyt [c, m]` so both loops run along `m`.
+/// The contraction's VJP for each atom of a block, from `G` and `dG/dx` of the distinct
+/// inputs (`gt [2 distinct, m]`): `d_rr_j [c] = gy_a^T G_j` and, through `G_j`'s input,
+/// `d_rr_j [0] += rr_j . (gy_a^T dG/dx_j)`. `gy_a` is transposed into `gyt [c, m]` so the
+/// dot products run along `m`; `pq [2 c]` holds a row's two `gy_a^T` products, reused while
+/// rows share an input.
 fn contract_vjp_block<T: Real>(
-    g: &[T],
+    gt: &[T],
+    idx: &[u32],
     r: &[T],
     gy: &[T],
-    dg: &mut [T],
     d_rr: &mut [T],
     dims: (usize, usize, usize),
     gyt: &mut [T],
+    pq: &mut [T],
 ) {
     let (m, s, c) = dims;
-    for (((ga, ra), gya), (dga, da)) in g
-        .chunks_exact(s * m)
+    let (g, t) = gt.split_at(gt.len() / 2);
+    for (((ia, ra), gya), da) in idx
+        .chunks_exact(s)
         .zip(r.chunks_exact(s * c))
         .zip(gy.chunks_exact(m * c))
-        .zip(dg.chunks_exact_mut(s * m).zip(d_rr.chunks_exact_mut(s * c)))
+        .zip(d_rr.chunks_exact_mut(s * c))
     {
         for (mi, row) in gya.chunks_exact(c).enumerate() {
             for (ci, &v) in row.iter().enumerate() {
                 gyt[ci * m + mi] = v;
             }
         }
-        for (((gj, rj), dgj), dj) in ga
-            .chunks_exact(m)
-            .zip(ra.chunks_exact(c))
-            .zip(dga.chunks_exact_mut(m))
-            .zip(da.chunks_exact_mut(c))
-        {
-            dgj.fill(T::default());
-            for ((grow, &rv), dv) in gyt.chunks_exact(m).zip(rj).zip(dj.iter_mut()) {
-                for (o, &gyv) in dgj.iter_mut().zip(grow) {
-                    *o = *o + gyv * rv;
+        let mut last = None;
+        for ((&u, rj), dj) in ia.iter().zip(ra.chunks_exact(c)).zip(da.chunks_exact_mut(c)) {
+            if last != Some(u) {
+                let u = u as usize;
+                let (gj, tj) = (&g[u * m..(u + 1) * m], &t[u * m..(u + 1) * m]);
+                let (p, q) = pq.split_at_mut(c);
+                for ((grow, pv), qv) in gyt.chunks_exact(m).zip(p.iter_mut()).zip(q.iter_mut()) {
+                    *pv = dot(grow, gj);
+                    *qv = dot(grow, tj);
                 }
-                *dv = dot(grow, gj);
+                last = Some(u as u32);
             }
+            let (p, q) = pq.split_at(c);
+            dj.copy_from_slice(p);
+            let mut dx = T::default();
+            for (&rv, &qv) in rj.iter().zip(q) {
+                dx = dx + rv * qv;
+            }
+            dj[0] = dj[0] + dx;
         }
     }
 }
 }
 
-simd_fn! {
-/// Channel 0 of each `d_rr` row gains `dG_j . dG/dx_j` (a table's VJP).
-fn table_vjp_rows<T: Real>(d_rr: &mut [T], dg: &[T], dg_dx: &[T], m: usize, c: usize) {
-    for ((row, a), b) in d_rr
-        .chunks_exact_mut(c)
-        .zip(dg.chunks_exact(m))
-        .zip(dg_dx.chunks_exact(m))
-    {
-        row[0] = row[0] + dot(a, b);
-    }
-}
+/// What a forward op keeps for its VJP: per block of atoms, the rows' distinct-input map
+/// and `[G; dG/dx]` of the distinct inputs.
+pub struct Kept(KeptData);
+
+enum KeptData {
+    F64(Vec<KeptBlock<f64>>),
+    F32(Vec<KeptBlock<f32>>),
 }
 
-/// Per-block slices of a buffer of `per_block` elements a block (the last may be shorter),
-/// or `None` for every block when there is no buffer.
-fn blocks_mut<T>(buf: Option<&mut [T]>, per_block: usize, blocks: usize) -> Vec<Option<&mut [T]>> {
-    match buf {
-        Some(b) => b.chunks_mut(per_block.max(1)).map(Some).collect(),
-        None => (0..blocks).map(|_| None).collect(),
+type KeptBlocks<T> = Vec<KeptBlock<T>>;
+
+struct KeptBlock<T> {
+    idx: Vec<u32>,
+    gt: Vec<T>,
+}
+
+/// A worker's buffers, reused from block to block so the hot loop does not allocate.
+struct Scratch<T> {
+    x: Vec<T>,
+    idx: Vec<u32>,
+    h: Vec<Vec<T>>,
+    gt: Vec<T>,
+    acc: Vec<T>,
+    pq: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(depth: usize) -> Scratch<T> {
+        Scratch {
+            x: Vec::new(),
+            idx: Vec::new(),
+            h: (0..depth).map(|_| Vec::new()).collect(),
+            gt: Vec::new(),
+            acc: Vec::new(),
+            pq: Vec::new(),
+        }
     }
 }
 
-/// `G^T rr` per atom; with `save`, also the network's activations for the VJP (`None` for
-/// a table, or when they would pass `SAVE_LIMIT_BYTES`).
+/// `G^T rr` per atom; with `keep`, also `G` and `dG/dx` for the VJP (`None` when they would
+/// pass `KEEP_LIMIT_BYTES`).
 fn contract_t<T: Real>(
     e: &Embed,
     rr: &[T],
-    n: usize,
-    s: usize,
-    c: usize,
-    save: bool,
-) -> R<(Vec<T>, Option<Vec<T>>)> {
-    let src = Source::<T>::new(e, false)?;
-    let depth = src.depth();
+    (n, s, c): (usize, usize, usize),
+    keep: bool,
+) -> R<(Vec<T>, Option<KeptBlocks<T>>)> {
+    let src = Source::<T>::new(e)?;
     let m = e.net.n_out();
     let mut out = vec![T::default(); n * m * c];
     if n == 0 || s == 0 {
         return Ok((out, None));
     }
-    let width = src.saved_width();
-    let saved_len = n * s * width;
-    let mut saved = (save
-        && width > 0
-        && saved_len.saturating_mul(std::mem::size_of::<T>()) <= SAVE_LIMIT_BYTES)
-        .then(|| vec![T::default(); saved_len]);
+    let keep = keep && (n * s * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= KEEP_LIMIT_BYTES;
     let nb = block_atoms(s);
-    let blocks = n.div_ceil(nb);
-    let kept = blocks_mut(saved.as_deref_mut(), nb * s * width, blocks);
-    out.par_chunks_mut(nb * m * c)
+    let kept: Vec<Option<KeptBlock<T>>> = out
+        .par_chunks_mut(nb * m * c)
         .zip(rr.par_chunks(nb * s * c))
-        .zip(kept)
-        .for_each_init(
-            || Scratch::new(depth),
-            |sc, ((o, r), kept)| {
-                sc.x0.clear();
-                sc.x0.extend(r.iter().step_by(c).copied());
-                match (&src, kept) {
-                    (Source::Net(layers), Some(k)) => forward(layers, &sc.x0, &mut sc.h, Some(k)),
-                    _ => src.run(sc, false),
+        .map_init(
+            || Scratch::new(src.depth()),
+            |sc, (o, r)| {
+                distinct_inputs(r, c, &mut sc.x, &mut sc.idx);
+                let u = sc.x.len();
+                let mut gt = if keep {
+                    vec![T::default(); 2 * u * m]
+                } else {
+                    std::mem::take(&mut sc.gt)
+                };
+                gt.resize(gt.len().max(u * m), T::default());
+                src.eval(&sc.x, keep, &mut sc.h, &mut gt);
+                let acc = sized(&mut sc.acc, m * c);
+                contract_block(&gt, &sc.idx, r, o, (m, s, c), acc);
+                if keep {
+                    Some(KeptBlock {
+                        idx: sc.idx.clone(),
+                        gt,
+                    })
+                } else {
+                    sc.gt = gt;
+                    None
                 }
-                let acc = sized(&mut sc.g.dz, m * c);
-                contract_block(&sc.h[depth - 1], r, o, (m, s, c), acc);
             },
-        );
-    Ok((out, saved))
+        )
+        .collect();
+    Ok((out, keep.then(|| kept.into_iter().flatten().collect())))
 }
 
-/// `d_rr` from the cotangent `gy` of `G^T rr`; `saved` is what `contract_t` kept for it.
+/// `d_rr` from the cotangent `gy` of `G^T rr`; `kept` is what `contract_t` kept for it.
 fn contract_vjp_t<T: Real>(
     e: &Embed,
     rr: &[T],
     gy: &[T],
-    saved: Option<&[T]>,
-    n: usize,
-    s: usize,
-    c: usize,
+    kept: Option<&[KeptBlock<T>]>,
+    (n, s, c): (usize, usize, usize),
 ) -> R<Vec<T>> {
-    let src = Source::<T>::new(e, true)?;
-    let depth = src.depth();
+    let src = Source::<T>::new(e)?;
     let m = e.net.n_out();
     let mut d_rr = vec![T::default(); n * s * c];
     if n == 0 || s == 0 {
         return Ok(d_rr);
     }
-    let width = src.saved_width();
-    if let Some(k) = saved {
-        if k.len() != n * s * width {
+    let nb = block_atoms(s);
+    let blocks = n.div_ceil(nb);
+    if let Some(k) = kept {
+        let rows_ok = k
+            .iter()
+            .enumerate()
+            .all(|(b, kb)| kb.idx.len() == (nb.min(n - b * nb)) * s);
+        if k.len() != blocks || !rows_ok {
             return Err(ExecError::Shape(format!(
-                "embed_contract_vjp given {} kept activations for {n} x {s} rows of {width}",
+                "embed_contract_vjp given kept values of {} blocks for {n} x {s} rows",
                 k.len()
             )));
         }
     }
-    let nb = block_atoms(s);
-    let blocks = n.div_ceil(nb);
-    let kept: Vec<Option<&[T]>> = match saved {
-        Some(k) => k.chunks(nb * s * width).map(Some).collect(),
+    let kept: Vec<Option<&KeptBlock<T>>> = match kept {
+        Some(k) => k.iter().map(Some).collect(),
         None => vec![None; blocks],
     };
-    let last = depth - 1;
     d_rr.par_chunks_mut(nb * s * c)
         .zip(rr.par_chunks(nb * s * c))
         .zip(gy.par_chunks(nb * m * c))
         .zip(kept)
         .for_each_init(
-            || Scratch::new(depth),
-            |sc, (((d, r), gb), kept)| {
-                let rows = r.len() / c;
-                sc.x0.clear();
-                sc.x0.extend(r.iter().step_by(c).copied());
-                match (&src, kept) {
-                    (Source::Net(layers), Some(k)) => replay(layers, &sc.x0, k, &mut sc.h),
-                    _ => src.run(sc, true),
-                }
-                let dg = sized(&mut sc.g.dh, rows * m);
-                let gyt = sized(&mut sc.g.dprev, m * c);
-                contract_vjp_block(&sc.h[last], r, gb, dg, d, (m, s, c), gyt);
-                let layers = match &src {
-                    Source::Net(layers) => layers,
-                    Source::Table(_) => {
-                        let (dg, dg_dx) = (&sc.g.dh[..rows * m], &sc.acts[..rows * m]);
-                        table_vjp_rows(d, dg, dg_dx, m, c);
-                        return;
+            || (Scratch::new(src.depth()), Vec::new()),
+            |(sc, gyt), (((d, r), gb), kept)| {
+                let (gt, idx) = match kept {
+                    Some(k) => (&k.gt[..], &k.idx[..]),
+                    None => {
+                        distinct_inputs(r, c, &mut sc.x, &mut sc.idx);
+                        let gt = sized(&mut sc.gt, 2 * sc.x.len() * m);
+                        src.eval(&sc.x, true, &mut sc.h, gt);
+                        (&sc.gt[..], &sc.idx[..])
                     }
                 };
-                let acts = kept.unwrap_or(&sc.acts);
-                backward(layers, acts, rows, &mut sc.g);
-                // sc.g.dh is now the cotangent of the network input, channel 0 of rr.
-                for (row, &dx) in d.chunks_exact_mut(c).zip(&sc.g.dh[..rows]) {
-                    row[0] = row[0] + dx;
-                }
+                let gyt = sized(gyt, m * c);
+                let pq = sized(&mut sc.pq, 2 * c);
+                contract_vjp_block(gt, idx, r, gb, d, (m, s, c), gyt, pq);
             },
         );
     Ok(d_rr)
@@ -463,14 +487,14 @@ fn contract_sel<T: Real>(
     rr: &[T],
     sel: Option<&[usize]>,
     (n, s, c): (usize, usize, usize),
-    save: bool,
-) -> R<(Vec<T>, Option<Vec<T>>)> {
+    keep: bool,
+) -> R<(Vec<T>, Option<KeptBlocks<T>>)> {
     let m = e.net.n_out();
     match sel {
-        None => contract_t(e, rr, n, s, c, save),
+        None => contract_t(e, rr, (n, s, c), keep),
         Some(sel) => {
-            let (packed, saved) = contract_t(e, &pack(rr, sel, s * c), sel.len(), s, c, save)?;
-            Ok((unpack(&packed, sel, n, m * c), saved))
+            let (packed, kept) = contract_t(e, &pack(rr, sel, s * c), (sel.len(), s, c), keep)?;
+            Ok((unpack(&packed, sel, n, m * c), kept))
         }
     }
 }
@@ -478,52 +502,49 @@ fn contract_sel<T: Real>(
 fn contract_vjp_sel<T: Real>(
     e: &Embed,
     (rr, gy): (&[T], &[T]),
-    saved: Option<&[T]>,
+    kept: Option<&[KeptBlock<T>]>,
     sel: Option<&[usize]>,
     (n, s, c): (usize, usize, usize),
 ) -> R<Vec<T>> {
     let m = e.net.n_out();
     match sel {
-        None => contract_vjp_t(e, rr, gy, saved, n, s, c),
+        None => contract_vjp_t(e, rr, gy, kept, (n, s, c)),
         Some(sel) => {
-            // The saved activations are of the packed rows, as the forward op ran them.
+            // The kept values are of the packed rows, as the forward op ran them.
             let packed = contract_vjp_t(
                 e,
                 &pack(rr, sel, s * c),
                 &pack(gy, sel, m * c),
-                saved,
-                sel.len(),
-                s,
-                c,
+                kept,
+                (sel.len(), s, c),
             )?;
             Ok(unpack(&packed, sel, n, s * c))
         }
     }
 }
 
-/// `Op::EmbedContract`. With `save`, also the activations its VJP can start from
-/// (`embed_contract_vjp`'s `saved`), where the network is not a table and they fit in
-/// `SAVE_LIMIT_BYTES`.
+/// `Op::EmbedContract`. With `keep`, also what its VJP can start from (`embed_contract_vjp`'s
+/// `kept`), where that fits in `KEEP_LIMIT_BYTES`.
 pub fn embed_contract(
     e: &Embed,
     rr: &Tensor,
     types: Option<&Tensor>,
-    save: bool,
-) -> R<(Tensor, Option<Tensor>)> {
+    keep: bool,
+) -> R<(Tensor, Option<Kept>)> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
     let dims = dims(rr)?;
     let (n, _, c) = dims;
     let sel = selected(e.centre_type, types, n, "embed_contract")?;
     let sel = sel.as_deref();
-    let (data, saved) = match &rr.data {
+    let (data, kept) = match &rr.data {
         Data::F64(v) => {
-            let (o, k) = contract_sel(e, v, sel, dims, save)?;
-            (f64::wrap(o), k.map(|k| Tensor::f64(vec![k.len()], k)))
+            let (o, k) = contract_sel(e, v, sel, dims, keep)?;
+            (f64::wrap(o), k.map(|k| Kept(KeptData::F64(k))))
         }
         Data::F32(v) => {
-            let (o, k) = contract_sel(e, v, sel, dims, save)?;
-            (f32::wrap(o), k.map(|k| Tensor::f32(vec![k.len()], k)))
+            let (o, k) = contract_sel(e, v, sel, dims, keep)?;
+            (f32::wrap(o), k.map(|k| Kept(KeptData::F32(k))))
         }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
     };
@@ -532,18 +553,18 @@ pub fn embed_contract(
             shape: vec![n, m, c],
             data,
         },
-        saved,
+        kept,
     ))
 }
 
-/// `Op::EmbedContractVjp`; `saved` is what the paired `embed_contract(.., save = true)` of
-/// the same `rr` and types kept, or `None` to re-run the network.
+/// `Op::EmbedContractVjp`; `kept` is what the paired `embed_contract(.., keep = true)` of
+/// the same `rr` and types kept, or `None` to evaluate the network here.
 pub fn embed_contract_vjp(
     e: &Embed,
     rr: &Tensor,
     gy: &Tensor,
     types: Option<&Tensor>,
-    saved: Option<&Tensor>,
+    kept: Option<&Kept>,
 ) -> R<Tensor> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
@@ -557,18 +578,18 @@ pub fn embed_contract_vjp(
     }
     let sel = selected(e.centre_type, types, n, "embed_contract")?;
     let sel = sel.as_deref();
-    let saved = saved.map(|t| &t.data);
-    let data = match (&rr.data, &gy.data, saved) {
+    let kept = kept.map(|k| &k.0);
+    let data = match (&rr.data, &gy.data, kept) {
         (Data::F64(v), Data::F64(g), None) => {
             f64::wrap(contract_vjp_sel(e, (v, g), None, sel, dims)?)
         }
-        (Data::F64(v), Data::F64(g), Some(Data::F64(k))) => {
+        (Data::F64(v), Data::F64(g), Some(KeptData::F64(k))) => {
             f64::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims)?)
         }
         (Data::F32(v), Data::F32(g), None) => {
             f32::wrap(contract_vjp_sel(e, (v, g), None, sel, dims)?)
         }
-        (Data::F32(v), Data::F32(g), Some(Data::F32(k))) => {
+        (Data::F32(v), Data::F32(g), Some(KeptData::F32(k))) => {
             f32::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims)?)
         }
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
@@ -627,35 +648,76 @@ mod tests {
         }
     }
 
+    fn inputs(n: usize, s: usize, c: usize) -> (Tensor, Tensor, Tensor) {
+        // Some rows repeat the row before, as padding does.
+        let rr = (0..n * s * c)
+            .map(|i| {
+                let (row, ch) = (i / c, i % c);
+                let row = if row % s > s - 5 {
+                    row - row % s + s - 5
+                } else {
+                    row
+                };
+                ((row * c + ch) as f64 * 0.013).sin()
+            })
+            .collect();
+        let gy = (0..n * 8 * c).map(|i| (i as f64 * 0.21).cos()).collect();
+        (
+            Tensor::f64(vec![n, s, c], rr),
+            Tensor::f64(vec![n, 8, c], gy),
+            Tensor::i32(vec![n], (0..n as i32).map(|i| (i * 5 / 3) % 2).collect()),
+        )
+    }
+
     #[test]
-    fn a_vjp_from_kept_activations_equals_one_that_reruns_the_network() {
+    fn a_vjp_from_kept_values_equals_one_that_evaluates_the_network() {
         // 300 neighbours: blocks of 3 atoms, the last one short.
         let (n, s, c) = (7, 300, 4);
-        let rr = Tensor::f64(
-            vec![n, s, c],
-            (0..n * s * c).map(|i| (i as f64 * 0.013).sin()).collect(),
-        );
-        let gy = Tensor::f64(
-            vec![n, 8, c],
-            (0..n * 8 * c).map(|i| (i as f64 * 0.21).cos()).collect(),
-        );
-        let types = Tensor::i32(vec![n], vec![0, 1, 1, 0, 1, 0, 1]);
+        let (rr, gy, types) = inputs(n, s, c);
         for ct in [None, Some(1)] {
             let e = embed(ct);
             let (plain, none) = embed_contract(&e, &rr, Some(&types), false).unwrap();
             let (out, kept) = embed_contract(&e, &rr, Some(&types), true).unwrap();
             assert!(none.is_none());
             assert_eq!(plain, out, "the forward result does not depend on keeping");
-            let kept = kept.expect("a network keeps its activations");
-            let rows = if ct.is_some() { 4 } else { n };
-            assert_eq!(kept.len(), rows * s * (4 + 8 + 8 + 8));
-            let rerun = embed_contract_vjp(&e, &rr, &gy, Some(&types), None).unwrap();
+            let kept = kept.expect("the values fit");
+            let again = embed_contract_vjp(&e, &rr, &gy, Some(&types), None).unwrap();
             let from_kept = embed_contract_vjp(&e, &rr, &gy, Some(&types), Some(&kept)).unwrap();
-            assert_eq!(rerun, from_kept, "centre type {ct:?}");
-            assert!(rerun.as_f64().unwrap().iter().any(|v| *v != 0.0));
-            // Activations of another size are refused, not misread.
-            let short = Tensor::f64(vec![3], vec![0.0; 3]);
-            assert!(embed_contract_vjp(&e, &rr, &gy, Some(&types), Some(&short)).is_err());
+            assert_eq!(again, from_kept, "centre type {ct:?}");
+            assert!(again.as_f64().unwrap().iter().any(|v| *v != 0.0));
+            // Values kept for other rows are refused, not misread.
+            let (rr2, _, t2) = inputs(2, s, c);
+            let (_, other) = embed_contract(&e, &rr2, Some(&t2), true).unwrap();
+            assert!(embed_contract_vjp(&e, &rr, &gy, Some(&types), other.as_ref()).is_err());
+        }
+    }
+
+    #[test]
+    fn the_vjp_is_the_derivative_of_the_contraction() {
+        // <gy, f(rr)> against central differences, one entry of rr at a time.
+        let (n, s, c) = (2, 12, 4);
+        let (rr, gy, _) = inputs(n, s, c);
+        let e = embed(None);
+        let d = embed_contract_vjp(&e, &rr, &gy, None, None).unwrap();
+        let f = |x: &Tensor| -> f64 {
+            let (y, _) = embed_contract(&e, x, None, false).unwrap();
+            let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
+            y.iter().zip(g).map(|(a, b)| a * b).sum()
+        };
+        let h = 1e-6;
+        for i in (0..n * s * c).step_by(5) {
+            let mut plus = rr.clone();
+            let mut minus = rr.clone();
+            if let (Data::F64(p), Data::F64(m)) = (&mut plus.data, &mut minus.data) {
+                p[i] += h;
+                m[i] -= h;
+            }
+            let fd = (f(&plus) - f(&minus)) / (2.0 * h);
+            let got = d.as_f64().unwrap()[i];
+            assert!(
+                (fd - got).abs() < 1e-7 * (1.0 + got.abs()),
+                "rr[{i}]: {got} vs {fd}"
+            );
         }
     }
 }

@@ -238,8 +238,8 @@ impl Executor {
         }
         let mut inputs: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
         let mut vals: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
-        // Activations forward ops keep for their VJPs, by forward node.
-        let mut kept: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+        // What forward ops keep for their VJPs, by forward node.
+        let mut kept: Vec<Option<embed::Kept>> = (0..g.nodes.len()).map(|_| None).collect();
         for (i, node) in g.nodes.iter().enumerate() {
             if !self.needed[i] {
                 continue;

@@ -3,9 +3,9 @@
 //! the block's scratch.
 //!
 //! A forward run can also write each layer's activation `a_l = act(z_l)` to a buffer,
-//! layer after layer (`[rows, out_0]`, then `[rows, out_1]`, ...). That is all a backward
-//! pass needs: `tanh'(z) = 1 - a^2`, and the layer outputs follow from the activations
-//! (`replay`), so a VJP handed the buffer does not re-run the GEMMs.
+//! layer after layer (`[rows, out_0]`, then `[rows, out_1]`, ...): all a backward pass
+//! needs (`tanh'(z) = 1 - a^2`). A network of one scalar input can instead carry its
+//! derivative forward (`forward_tangent`), which needs no backward pass at all.
 
 use dpc_compiler::graph::{Act, Mlp, Residual, Tensor};
 
@@ -179,19 +179,96 @@ pub(super) fn forward<T: Real>(
 }
 }
 
+/// `h <- h + residual(1)`: a residual whose input is the constant tangent 1 (of the
+/// network's scalar input).
+#[inline(always)]
+fn add_unit_residual<T: Real>(l: &Layer<'_, T>, h: &mut [T]) {
+    match l.residual {
+        Residual::None => {}
+        Residual::Same | Residual::Doubled => {
+            for v in h.iter_mut() {
+                *v = *v + T::ONE;
+            }
+        }
+    }
+}
+
 simd_fn! {
-/// The layer outputs `h` of the rows of `x0` from the activations a `forward` kept: no
-/// GEMMs, only the `idt` scale and the residuals.
-pub(super) fn replay<T: Real>(net: &[Layer<'_, T>], x0: &[T], acts: &[T], h: &mut [Vec<T>]) {
-    let rows = x0.len() / net[0].n_in.max(1);
-    let mut at = 0;
+/// The network of one scalar input on `x [rows]`, with its derivative: `out [2 rows, n_out]`
+/// gets the outputs `G` (rows `0..rows`) and the tangents `dG/dx` (rows `rows..`). Values
+/// and tangents go through each layer as one stacked GEMM (the tangent of `z = x W + b` is
+/// `dx W`), and `tanh'` comes from the value just computed, so the derivative costs a
+/// second GEMM per layer and nothing is kept for a backward pass. `buf` holds the hidden
+/// layers' stacks.
+pub(super) fn forward_tangent<T: Real>(
+    net: &[Layer<'_, T>],
+    x: &[T],
+    buf: &mut [Vec<T>],
+    out: &mut [T],
+) {
+    let rows = x.len();
+    let last = net.len() - 1;
     for (k, l) in net.iter().enumerate() {
-        let (before, after) = h.split_at_mut(k);
-        let x: &[T] = if k == 0 { x0 } else { &before[k - 1] };
-        let z = sized(&mut after[0], rows * l.n_out);
-        z.copy_from_slice(&acts[at..at + rows * l.n_out]);
-        at += rows * l.n_out;
-        finish_layer(l, x, z);
+        let (n_in, n_out) = (l.n_in, l.n_out);
+        let (before, after) = buf.split_at_mut(k);
+        let st: &mut [T] = if k == last {
+            &mut out[..2 * rows * n_out]
+        } else {
+            sized(&mut after[0], 2 * rows * n_out)
+        };
+        // The layer's input: values and tangents; the network input's tangent is 1.
+        let (xv, xt): (&[T], Option<&[T]>) = if k == 0 {
+            (x, None)
+        } else {
+            let (v, t) = before[k - 1].split_at(rows * n_in);
+            (v, Some(t))
+        };
+        if n_in == 1 {
+            let (zv, zt) = st.split_at_mut(rows * n_out);
+            for (r, (zr, tr)) in zv
+                .chunks_exact_mut(n_out)
+                .zip(zt.chunks_exact_mut(n_out))
+                .enumerate()
+            {
+                let dx = xt.map_or(T::ONE, |t| t[r]);
+                for ((zo, to), &w) in zr.iter_mut().zip(tr.iter_mut()).zip(l.w) {
+                    *zo = xv[r] * w;
+                    *to = dx * w;
+                }
+            }
+        } else {
+            let w = l.fwd.as_ref().expect("layers() packs every GEMM layer");
+            let stacked = &before[k - 1][..2 * rows * n_in];
+            T::gemm_packed(w, 2 * rows, stacked, n_in, st, n_out, false);
+        }
+        let (zv, zt) = st.split_at_mut(rows * n_out);
+        if let Some(b) = &l.b {
+            for row in zv.chunks_exact_mut(n_out) {
+                for (v, &bb) in row.iter_mut().zip(b.iter()) {
+                    *v = *v + bb;
+                }
+            }
+        }
+        if l.act == Act::Tanh {
+            T::tanh_in_place(zv);
+            for (t, &a) in zt.iter_mut().zip(zv.iter()) {
+                *t = *t * (T::ONE - a * a);
+            }
+        }
+        finish_layer(l, xv, zv);
+        match xt {
+            Some(xt) => finish_layer(l, xt, zt),
+            None => {
+                if let Some(idt) = &l.idt {
+                    for row in zt.chunks_exact_mut(n_out) {
+                        for (v, &sc) in row.iter_mut().zip(idt.iter()) {
+                            *v = *v * sc;
+                        }
+                    }
+                }
+                add_unit_residual(l, zt);
+            }
+        }
     }
 }
 }
