@@ -8,7 +8,7 @@ use dpc_compiler::graph::{Data, Dense, Tensor};
 use rayon::prelude::*;
 
 use super::embed::selected;
-use super::net::{acts_width, backward, forward, layers, sized, Scratch};
+use super::net::{acts_width, backward, forward, layers, sized, Packs, Scratch};
 use super::real::Real;
 use super::ExecError;
 
@@ -22,8 +22,8 @@ fn row_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
     sel.unwrap_or_else(|| (0..n).collect())
 }
 
-fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net, e.grad)?;
+fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize, packs: &Packs) -> R<Vec<T>> {
+    let net = layers::<T>(&e.net, e.grad, packs)?;
     let (d, m, w) = (e.net.n_in(), e.net.n_out(), e.out_width());
     let mut out = vec![T::default(); n * w];
     let blocks: Vec<(&[usize], Vec<T>)> = rows
@@ -79,8 +79,14 @@ fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize) -> Vec<T> {
     dx
 }
 
-fn dense_vjp_t<T: Real>(e: &Dense, x: &[T], gy: &[T], rows: &[usize], n: usize) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net, true)?;
+fn dense_vjp_t<T: Real>(
+    e: &Dense,
+    (x, gy): (&[T], &[T]),
+    rows: &[usize],
+    n: usize,
+    packs: &Packs,
+) -> R<Vec<T>> {
+    let net = layers::<T>(&e.net, true, packs)?;
     let (d, m) = (e.net.n_in(), e.net.n_out());
     let mut dx = vec![T::default(); n * d];
     let blocks: Vec<(&[usize], Vec<T>)> = rows
@@ -122,12 +128,12 @@ fn dims(x: &Tensor, width: usize) -> R<usize> {
 }
 
 /// `Op::Dense`.
-pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
+pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>, packs: &Packs) -> R<Tensor> {
     let n = dims(x, e.net.n_in())?;
     let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
     let data = match &x.data {
-        Data::F64(v) => f64::wrap(dense_t(e, v, &rows, n)?),
-        Data::F32(v) => f32::wrap(dense_t(e, v, &rows, n)?),
+        Data::F64(v) => f64::wrap(dense_t(e, v, &rows, n, packs)?),
+        Data::F32(v) => f32::wrap(dense_t(e, v, &rows, n, packs)?),
         _ => return Err(ExecError::Type("dense of non-floats".into())),
     };
     Ok(Tensor {
@@ -137,7 +143,13 @@ pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
 }
 
 /// `Op::DenseVjp`; with `grad`, `x` is the forward op's output.
-pub fn dense_vjp(e: &Dense, x: &Tensor, gy: &Tensor, types: Option<&Tensor>) -> R<Tensor> {
+pub fn dense_vjp(
+    e: &Dense,
+    x: &Tensor,
+    gy: &Tensor,
+    types: Option<&Tensor>,
+    packs: &Packs,
+) -> R<Tensor> {
     let n = dims(x, if e.grad { e.out_width() } else { e.net.n_in() })?;
     if gy.shape != [n, e.out_width()] {
         return Err(ExecError::Shape(format!(
@@ -151,11 +163,11 @@ pub fn dense_vjp(e: &Dense, x: &Tensor, gy: &Tensor, types: Option<&Tensor>) -> 
         (Data::F32(v), Data::F32(g), true) => f32::wrap(dense_vjp_grad(e, v, g, n)),
         (Data::F64(v), Data::F64(g), false) => {
             let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
-            f64::wrap(dense_vjp_t(e, v, g, &rows, n)?)
+            f64::wrap(dense_vjp_t(e, (v, g), &rows, n, packs)?)
         }
         (Data::F32(v), Data::F32(g), false) => {
             let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
-            f32::wrap(dense_vjp_t(e, v, g, &rows, n)?)
+            f32::wrap(dense_vjp_t(e, (v, g), &rows, n, packs)?)
         }
         _ => return Err(ExecError::Type("dense_vjp dtypes".into())),
     };

@@ -20,7 +20,7 @@ use dpc_compiler::graph::table::Scalar;
 use dpc_compiler::graph::{Data, Embed, Knots, Mlp, Tensor};
 use rayon::prelude::*;
 
-use super::net::{forward, forward_tangent, layers, sized, Layer};
+use super::net::{forward, forward_tangent, layers, sized, Layer, Packs};
 use super::real::Real;
 use super::ExecError;
 
@@ -50,7 +50,7 @@ struct TableRef<'a, T> {
 }
 
 impl<'a, T: Real> Source<'a, T> {
-    fn new(e: &'a Embed) -> R<Source<'a, T>> {
+    fn new(e: &'a Embed, packs: &'a Packs) -> R<Source<'a, T>> {
         if e.net.n_in() != 1 {
             return Err(ExecError::Shape(format!(
                 "embed_contract of a network with {} inputs (want 1)",
@@ -58,7 +58,7 @@ impl<'a, T: Real> Source<'a, T> {
             )));
         }
         match &e.table {
-            None => Ok(Source::Net(layers(&e.net, false)?)),
+            None => Ok(Source::Net(layers(&e.net, false, packs)?)),
             Some(t) => {
                 let coef = T::slice(&t.coef.data)
                     .ok_or_else(|| ExecError::Type("compression table of another dtype".into()))?;
@@ -244,12 +244,62 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `out [rows, C] = g [rows, m] gy [m, C]`: four rows at a time, so their sums run side
+/// by side (each one's additions wait on the one before), vectorized along `C`.
+#[inline(always)]
+fn project<T: Real, const C: usize>(g: &[T], gy: &[T], m: usize, out: &mut [T]) {
+    let mut gq = g.chunks_exact(4 * m);
+    let mut oq = out.chunks_exact_mut(4 * C);
+    for (g4, o4) in (&mut gq).zip(&mut oq) {
+        let mut acc = [[T::default(); C]; 4];
+        for (mi, gyr) in gy.chunks_exact(C).enumerate() {
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let gv = g4[r * m + mi];
+                for (a, &y) in ar.iter_mut().zip(gyr) {
+                    *a = *a + gv * y;
+                }
+            }
+        }
+        for (o, ar) in o4.chunks_exact_mut(C).zip(&acc) {
+            o.copy_from_slice(ar);
+        }
+    }
+    for (gr, o) in gq
+        .remainder()
+        .chunks_exact(m)
+        .zip(oq.into_remainder().chunks_exact_mut(C))
+    {
+        let mut acc = [T::default(); C];
+        for (&gv, gyr) in gr.iter().zip(gy.chunks_exact(C)) {
+            for (a, &y) in acc.iter_mut().zip(gyr) {
+                *a = *a + gv * y;
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+}
+
+/// `project` for any `c`: the dot products along `m`, with `gy` transposed into
+/// `gyt [c, m]`.
+#[inline(always)]
+fn project_any<T: Real>(g: &[T], gy: &[T], m: usize, c: usize, gyt: &mut [T], out: &mut [T]) {
+    for (mi, row) in gy.chunks_exact(c).enumerate() {
+        for (ci, &v) in row.iter().enumerate() {
+            gyt[ci * m + mi] = v;
+        }
+    }
+    for (gr, o) in g.chunks_exact(m).zip(out.chunks_exact_mut(c)) {
+        for (ov, grow) in o.iter_mut().zip(gyt.chunks_exact(m)) {
+            *ov = dot(grow, gr);
+        }
+    }
+}
+
 simd_fn! {
 /// The contraction's VJP for each atom of a block, from `G` and `dG/dx` of the distinct
-/// inputs (`gt [2 distinct, m]`): `d_rr_j [c] = gy_a^T G_j` and, through `G_j`'s input,
-/// `d_rr_j [0] += rr_j . (gy_a^T dG/dx_j)`. `gy_a` is transposed into `gyt [c, m]` so the
-/// dot products run along `m`; `pq [2 c]` holds a row's two `gy_a^T` products, reused while
-/// rows share an input.
+/// inputs (`gt [2 distinct, m]`): `d_rr_j = gy_a^T G_j` and, through `G_j`'s input,
+/// `d_rr_j [0] += rr_j . (gy_a^T dG/dx_j)`. Both products are taken once per distinct
+/// input of the atom (`pq`, `[2, inputs, c]`), then read by its rows; `gyt` is scratch.
 fn contract_vjp_block<T: Real>(
     gt: &[T],
     idx: &[u32],
@@ -257,8 +307,8 @@ fn contract_vjp_block<T: Real>(
     gy: &[T],
     d_rr: &mut [T],
     dims: (usize, usize, usize),
-    gyt: &mut [T],
-    pq: &mut [T],
+    gyt: &mut Vec<T>,
+    pq: &mut Vec<T>,
 ) {
     let (m, s, c) = dims;
     let (g, t) = gt.split_at(gt.len() / 2);
@@ -268,27 +318,33 @@ fn contract_vjp_block<T: Real>(
         .zip(gy.chunks_exact(m * c))
         .zip(d_rr.chunks_exact_mut(s * c))
     {
-        for (mi, row) in gya.chunks_exact(c).enumerate() {
-            for (ci, &v) in row.iter().enumerate() {
-                gyt[ci * m + mi] = v;
+        // The atom's rows read the distinct inputs u0..=u1 (idx never decreases).
+        let (u0, u1) = (ia[0] as usize, ia[s - 1] as usize + 1);
+        let nu = u1 - u0;
+        let pq = sized(pq, 2 * nu * c);
+        let (p, q) = pq.split_at_mut(nu * c);
+        let (gu, tu) = (&g[u0 * m..u1 * m], &t[u0 * m..u1 * m]);
+        match c {
+            4 => {
+                project::<T, 4>(gu, gya, m, p);
+                project::<T, 4>(tu, gya, m, q);
+            }
+            1 => {
+                project::<T, 1>(gu, gya, m, p);
+                project::<T, 1>(tu, gya, m, q);
+            }
+            _ => {
+                let gyt = sized(gyt, m * c);
+                project_any(gu, gya, m, c, gyt, p);
+                project_any(tu, gya, m, c, gyt, q);
             }
         }
-        let mut last = None;
         for ((&u, rj), dj) in ia.iter().zip(ra.chunks_exact(c)).zip(da.chunks_exact_mut(c)) {
-            if last != Some(u) {
-                let u = u as usize;
-                let (gj, tj) = (&g[u * m..(u + 1) * m], &t[u * m..(u + 1) * m]);
-                let (p, q) = pq.split_at_mut(c);
-                for ((grow, pv), qv) in gyt.chunks_exact(m).zip(p.iter_mut()).zip(q.iter_mut()) {
-                    *pv = dot(grow, gj);
-                    *qv = dot(grow, tj);
-                }
-                last = Some(u as u32);
-            }
-            let (p, q) = pq.split_at(c);
-            dj.copy_from_slice(p);
+            let k = (u as usize - u0) * c;
+            let (pu, qu) = (&p[k..k + c], &q[k..k + c]);
+            dj.copy_from_slice(pu);
             let mut dx = T::default();
-            for (&rv, &qv) in rj.iter().zip(q) {
+            for (&rv, &qv) in rj.iter().zip(qu) {
                 dx = dx + rv * qv;
             }
             dj[0] = dj[0] + dx;
@@ -343,8 +399,9 @@ fn contract_t<T: Real>(
     rr: &[T],
     (n, s, c): (usize, usize, usize),
     keep: bool,
+    packs: &Packs,
 ) -> R<(Vec<T>, Option<KeptBlocks<T>>)> {
-    let src = Source::<T>::new(e)?;
+    let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
     let mut out = vec![T::default(); n * m * c];
     if n == 0 || s == 0 {
@@ -391,8 +448,9 @@ fn contract_vjp_t<T: Real>(
     gy: &[T],
     kept: Option<&[KeptBlock<T>]>,
     (n, s, c): (usize, usize, usize),
+    packs: &Packs,
 ) -> R<Vec<T>> {
-    let src = Source::<T>::new(e)?;
+    let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
     let mut d_rr = vec![T::default(); n * s * c];
     if n == 0 || s == 0 {
@@ -432,9 +490,7 @@ fn contract_vjp_t<T: Real>(
                         (&sc.gt[..], &sc.idx[..])
                     }
                 };
-                let gyt = sized(gyt, m * c);
-                let pq = sized(&mut sc.pq, 2 * c);
-                contract_vjp_block(gt, idx, r, gb, d, (m, s, c), gyt, pq);
+                contract_vjp_block(gt, idx, r, gb, d, (m, s, c), gyt, &mut sc.pq);
             },
         );
     Ok(d_rr)
@@ -488,12 +544,14 @@ fn contract_sel<T: Real>(
     sel: Option<&[usize]>,
     (n, s, c): (usize, usize, usize),
     keep: bool,
+    packs: &Packs,
 ) -> R<(Vec<T>, Option<KeptBlocks<T>>)> {
     let m = e.net.n_out();
     match sel {
-        None => contract_t(e, rr, (n, s, c), keep),
+        None => contract_t(e, rr, (n, s, c), keep, packs),
         Some(sel) => {
-            let (packed, kept) = contract_t(e, &pack(rr, sel, s * c), (sel.len(), s, c), keep)?;
+            let sub = (sel.len(), s, c);
+            let (packed, kept) = contract_t(e, &pack(rr, sel, s * c), sub, keep, packs)?;
             Ok((unpack(&packed, sel, n, m * c), kept))
         }
     }
@@ -505,10 +563,11 @@ fn contract_vjp_sel<T: Real>(
     kept: Option<&[KeptBlock<T>]>,
     sel: Option<&[usize]>,
     (n, s, c): (usize, usize, usize),
+    packs: &Packs,
 ) -> R<Vec<T>> {
     let m = e.net.n_out();
     match sel {
-        None => contract_vjp_t(e, rr, gy, kept, (n, s, c)),
+        None => contract_vjp_t(e, rr, gy, kept, (n, s, c), packs),
         Some(sel) => {
             // The kept values are of the packed rows, as the forward op ran them.
             let packed = contract_vjp_t(
@@ -517,6 +576,7 @@ fn contract_vjp_sel<T: Real>(
                 &pack(gy, sel, m * c),
                 kept,
                 (sel.len(), s, c),
+                packs,
             )?;
             Ok(unpack(&packed, sel, n, s * c))
         }
@@ -530,6 +590,7 @@ pub fn embed_contract(
     rr: &Tensor,
     types: Option<&Tensor>,
     keep: bool,
+    packs: &Packs,
 ) -> R<(Tensor, Option<Kept>)> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
@@ -539,11 +600,11 @@ pub fn embed_contract(
     let sel = sel.as_deref();
     let (data, kept) = match &rr.data {
         Data::F64(v) => {
-            let (o, k) = contract_sel(e, v, sel, dims, keep)?;
+            let (o, k) = contract_sel(e, v, sel, dims, keep, packs)?;
             (f64::wrap(o), k.map(|k| Kept(KeptData::F64(k))))
         }
         Data::F32(v) => {
-            let (o, k) = contract_sel(e, v, sel, dims, keep)?;
+            let (o, k) = contract_sel(e, v, sel, dims, keep, packs)?;
             (f32::wrap(o), k.map(|k| Kept(KeptData::F32(k))))
         }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
@@ -565,6 +626,7 @@ pub fn embed_contract_vjp(
     gy: &Tensor,
     types: Option<&Tensor>,
     kept: Option<&Kept>,
+    packs: &Packs,
 ) -> R<Tensor> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
@@ -581,16 +643,16 @@ pub fn embed_contract_vjp(
     let kept = kept.map(|k| &k.0);
     let data = match (&rr.data, &gy.data, kept) {
         (Data::F64(v), Data::F64(g), None) => {
-            f64::wrap(contract_vjp_sel(e, (v, g), None, sel, dims)?)
+            f64::wrap(contract_vjp_sel(e, (v, g), None, sel, dims, packs)?)
         }
         (Data::F64(v), Data::F64(g), Some(KeptData::F64(k))) => {
-            f64::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims)?)
+            f64::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims, packs)?)
         }
         (Data::F32(v), Data::F32(g), None) => {
-            f32::wrap(contract_vjp_sel(e, (v, g), None, sel, dims)?)
+            f32::wrap(contract_vjp_sel(e, (v, g), None, sel, dims, packs)?)
         }
         (Data::F32(v), Data::F32(g), Some(KeptData::F32(k))) => {
-            f32::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims)?)
+            f32::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims, packs)?)
         }
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
     };
@@ -676,19 +738,25 @@ mod tests {
         let (rr, gy, types) = inputs(n, s, c);
         for ct in [None, Some(1)] {
             let e = embed(ct);
-            let (plain, none) = embed_contract(&e, &rr, Some(&types), false).unwrap();
-            let (out, kept) = embed_contract(&e, &rr, Some(&types), true).unwrap();
+            let mut np = Packs::default();
+            if ct.is_some() {
+                // Packed once (the executor's way) or per call: the same numbers.
+                np.add(&e.net, false);
+            }
+            let (plain, none) = embed_contract(&e, &rr, Some(&types), false, &np).unwrap();
+            let (out, kept) = embed_contract(&e, &rr, Some(&types), true, &np).unwrap();
             assert!(none.is_none());
             assert_eq!(plain, out, "the forward result does not depend on keeping");
             let kept = kept.expect("the values fit");
-            let again = embed_contract_vjp(&e, &rr, &gy, Some(&types), None).unwrap();
-            let from_kept = embed_contract_vjp(&e, &rr, &gy, Some(&types), Some(&kept)).unwrap();
+            let again = embed_contract_vjp(&e, &rr, &gy, Some(&types), None, &np).unwrap();
+            let from_kept =
+                embed_contract_vjp(&e, &rr, &gy, Some(&types), Some(&kept), &np).unwrap();
             assert_eq!(again, from_kept, "centre type {ct:?}");
             assert!(again.as_f64().unwrap().iter().any(|v| *v != 0.0));
             // Values kept for other rows are refused, not misread.
             let (rr2, _, t2) = inputs(2, s, c);
-            let (_, other) = embed_contract(&e, &rr2, Some(&t2), true).unwrap();
-            assert!(embed_contract_vjp(&e, &rr, &gy, Some(&types), other.as_ref()).is_err());
+            let (_, other) = embed_contract(&e, &rr2, Some(&t2), true, &np).unwrap();
+            assert!(embed_contract_vjp(&e, &rr, &gy, Some(&types), other.as_ref(), &np).is_err());
         }
     }
 
@@ -698,9 +766,10 @@ mod tests {
         let (n, s, c) = (2, 12, 4);
         let (rr, gy, _) = inputs(n, s, c);
         let e = embed(None);
-        let d = embed_contract_vjp(&e, &rr, &gy, None, None).unwrap();
+        let np = Packs::default();
+        let d = embed_contract_vjp(&e, &rr, &gy, None, None, &np).unwrap();
         let f = |x: &Tensor| -> f64 {
-            let (y, _) = embed_contract(&e, x, None, false).unwrap();
+            let (y, _) = embed_contract(&e, x, None, false, &np).unwrap();
             let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
             y.iter().zip(g).map(|(a, b)| a * b).sum()
         };

@@ -82,6 +82,8 @@ pub struct Executor {
     kept_from: Vec<Option<usize>>,
     /// For an `embed_contract` that keeps its activations, the last VJP to read them.
     kept_until: Vec<Option<usize>>,
+    /// The fused networks' weights, packed for the GEMMs.
+    packs: net::Packs,
 }
 
 /// Pair each `embed_contract_vjp` with the `embed_contract` it differentiates (same
@@ -165,6 +167,15 @@ impl Executor {
                 kept_until[*i] = Some(j);
             }
         }
+        let mut packs = net::Packs::default();
+        for (node, _) in graph.nodes.iter().zip(&needed).filter(|(_, &n)| n) {
+            match &node.op {
+                Op::EmbedContract(e) | Op::EmbedContractVjp(e) => packs.add(&e.net, false),
+                Op::Dense(d) => packs.add(&d.net, d.grad),
+                Op::DenseVjp(d) => packs.add(&d.net, !d.grad),
+                _ => {}
+            }
+        }
         Executor {
             graph,
             needed,
@@ -172,6 +183,7 @@ impl Executor {
             fused,
             kept_from,
             kept_until,
+            packs,
         }
     }
 
@@ -298,8 +310,13 @@ impl Executor {
                     .collect();
                 match &node.op {
                     Op::EmbedContract(e) if self.kept_until[i].is_some() => {
-                        let (out, k) =
-                            embed::embed_contract(e, args[0], args.get(1).copied(), true)?;
+                        let (out, k) = embed::embed_contract(
+                            e,
+                            args[0],
+                            args.get(1).copied(),
+                            true,
+                            &self.packs,
+                        )?;
                         kept[i] = k;
                         out
                     }
@@ -311,13 +328,14 @@ impl Executor {
                             args[1],
                             args.get(2).copied(),
                             kept[f].as_ref(),
+                            &self.packs,
                         )?;
                         if self.kept_until[f] == Some(i) {
                             kept[f] = None;
                         }
                         out
                     }
-                    op => eval(op, &args, &mut inputs, bind)?,
+                    op => eval(op, &args, &mut inputs, bind, &self.packs)?,
                 }
             };
             if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
@@ -355,6 +373,7 @@ fn eval(
     a: &[&Tensor],
     inputs: &mut [Option<Tensor>],
     bind: Bindings,
+    packs: &net::Packs,
 ) -> Result<Tensor, ExecError> {
     use kernels as k;
     Ok(match op {
@@ -405,12 +424,12 @@ fn eval(
         Op::ActVjp(f) => k::act_vjp(*f, a[0], a[1])?,
         Op::EnvMat(e) => env::env_mat(e, a[0], a[1], a[2])?,
         Op::EnvMatVjp(e) => env::env_mat_vjp(e, a[0], a[1], a[2], a[3])?,
-        Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied(), false)?.0,
+        Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied(), false, packs)?.0,
         Op::EmbedContractVjp(e) => {
-            embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied(), None)?
+            embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied(), None, packs)?
         }
-        Op::Dense(e) => dense::dense(e, a[0], a.get(1).copied())?,
-        Op::DenseVjp(e) => dense::dense_vjp(e, a[0], a[1], a.get(2).copied())?,
+        Op::Dense(e) => dense::dense(e, a[0], a.get(1).copied(), packs)?,
+        Op::DenseVjp(e) => dense::dense_vjp(e, a[0], a[1], a.get(2).copied(), packs)?,
     })
 }
 

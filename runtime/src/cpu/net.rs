@@ -7,12 +7,71 @@
 //! needs (`tanh'(z) = 1 - a^2`). A network of one scalar input can instead carry its
 //! derivative forward (`forward_tangent`), which needs no backward pass at all.
 
-use dpc_compiler::graph::{Act, Mlp, Residual, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dpc_compiler::graph::{Act, Data, Mlp, Residual, Tensor};
 
 use super::real::Real;
 use super::ExecError;
 
 type R<T> = Result<T, ExecError>;
+
+/// The networks' weight matrices packed for the GEMMs once per executor, instead of once
+/// per op call (the fitting network's are about a million numbers, packed per chunk and
+/// type), keyed by the weight tensor and whether it is transposed.
+#[derive(Default)]
+pub struct Packs {
+    pub(super) f64: HashMap<(usize, bool), super::gemm::PackedB>,
+    pub(super) f32: HashMap<(usize, bool), super::gemm::PackedB32>,
+}
+
+impl Packs {
+    /// Pack `net`'s GEMM layers, and with `backward` their transposes too.
+    pub fn add(&mut self, net: &Mlp, backward: bool) {
+        for l in net.layers.iter().filter(|l| l.n_in() > 1) {
+            let (k, n) = (l.n_in(), l.n_out());
+            for t in [false, true].into_iter().filter(|&t| !t || backward) {
+                let key = (key(&l.w), t);
+                let (rk, rn) = if t { (n, k) } else { (k, n) };
+                match &l.w.data {
+                    Data::F64(w) => {
+                        self.f64
+                            .entry(key)
+                            .or_insert_with(|| super::gemm::PackedB::new(w, rk, rn, t));
+                    }
+                    Data::F32(w) => {
+                        self.f32
+                            .entry(key)
+                            .or_insert_with(|| super::gemm::PackedB32::new(w, rk, rn, t));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// A weight tensor's identity: the graph holds it for the executor's lifetime.
+fn key(w: &Arc<Tensor>) -> usize {
+    Arc::as_ptr(w) as usize
+}
+
+/// A packed matrix from the executor's `Packs`, or packed for this call.
+enum Pack<'a, P> {
+    Cached(&'a P),
+    Own(P),
+}
+
+impl<P> std::ops::Deref for Pack<'_, P> {
+    type Target = P;
+    fn deref(&self) -> &P {
+        match self {
+            Pack::Cached(p) => p,
+            Pack::Own(p) => p,
+        }
+    }
+}
 
 /// One layer's weights, borrowed from the graph (already in the kernel's element type).
 pub(super) struct Layer<'a, T: Real> {
@@ -20,8 +79,8 @@ pub(super) struct Layer<'a, T: Real> {
     pub n_out: usize,
     w: &'a [T],
     /// `W` and `W^T` packed for the GEMMs (layers with more than one input).
-    fwd: Option<T::Packed>,
-    bwd: Option<T::Packed>,
+    fwd: Option<Pack<'a, T::Packed>>,
+    bwd: Option<Pack<'a, T::Packed>>,
     b: Option<&'a [T]>,
     idt: Option<&'a [T]>,
     act: Act,
@@ -33,20 +92,30 @@ fn view<T: Real>(t: &Tensor) -> R<&[T]> {
         .ok_or_else(|| ExecError::Type("fused network weights of another dtype".into()))
 }
 
-/// The network's layers; `backward` packs `W^T` too (for a VJP).
-pub(super) fn layers<T: Real>(net: &Mlp, backward: bool) -> R<Vec<Layer<'_, T>>> {
+/// The network's layers; `backward` packs `W^T` too (for a VJP). Packed matrices come from
+/// `packs` where it has them.
+pub(super) fn layers<'a, T: Real>(
+    net: &'a Mlp,
+    backward: bool,
+    packs: &'a Packs,
+) -> R<Vec<Layer<'a, T>>> {
     net.layers
         .iter()
         .map(|l| {
             let w = view(&l.w)?;
             let (k, n) = (l.n_in(), l.n_out());
             let gemm = k > 1;
+            let pack = |t: bool| match T::cached(packs, (key(&l.w), t)) {
+                Some(p) => Pack::Cached(p),
+                None if t => Pack::Own(T::pack(w, n, k, true)),
+                None => Pack::Own(T::pack(w, k, n, false)),
+            };
             Ok(Layer {
                 n_in: k,
                 n_out: n,
                 w,
-                fwd: gemm.then(|| T::pack(w, k, n, false)),
-                bwd: (gemm && backward).then(|| T::pack(w, n, k, true)),
+                fwd: gemm.then(|| pack(false)),
+                bwd: (gemm && backward).then(|| pack(true)),
                 b: l.b.as_deref().map(view).transpose()?,
                 idt: l.idt.as_deref().map(view).transpose()?,
                 act: l.act,
@@ -157,7 +226,7 @@ pub(super) fn forward<T: Real>(
                 }
             }
         } else {
-            let w = l.fwd.as_ref().expect("layers() packs every GEMM layer");
+            let w = l.fwd.as_deref().expect("layers() packs every GEMM layer");
             T::gemm_packed(w, rows, x, n_in, z, n_out, false);
         }
         if let Some(b) = &l.b {
@@ -237,7 +306,7 @@ pub(super) fn forward_tangent<T: Real>(
                 }
             }
         } else {
-            let w = l.fwd.as_ref().expect("layers() packs every GEMM layer");
+            let w = l.fwd.as_deref().expect("layers() packs every GEMM layer");
             let stacked = &before[k - 1][..2 * rows * n_in];
             T::gemm_packed(w, 2 * rows, stacked, n_in, st, n_out, false);
         }
@@ -340,7 +409,7 @@ pub(super) fn backward<T: Real>(
             }
         } else {
             // dprev += dz [rows, out] x W^T [out, in]
-            let wt = l.bwd.as_ref().expect("layers(.., true) packs W^T");
+            let wt = l.bwd.as_deref().expect("layers(.., true) packs W^T");
             T::gemm_packed(wt, rows, dz, n_out, dprev, n_in, true);
         }
         std::mem::swap(&mut g.dh, &mut g.dprev);

@@ -27,6 +27,8 @@ pub trait Real:
     type Packed: Send + Sync;
     /// `B = w` (`w` row-major `[k, n]`) or `B = w^T` (`w` row-major `[n, k]`).
     fn pack(w: &[Self], k: usize, n: usize, transpose: bool) -> Self::Packed;
+    /// The executor's packed matrix of weight tensor `key.0` (transposed: `key.1`).
+    fn cached(packs: &super::net::Packs, key: (usize, bool)) -> Option<&Self::Packed>;
     /// `C [m, n] (+)= A [m, k] B` with row strides `lda`, `ldc`.
     fn gemm_packed(
         b: &Self::Packed,
@@ -58,6 +60,9 @@ impl Real for f64 {
     type Packed = super::gemm::PackedB;
     fn pack(w: &[f64], k: usize, n: usize, transpose: bool) -> Self::Packed {
         super::gemm::PackedB::new(w, k, n, transpose)
+    }
+    fn cached(packs: &super::net::Packs, key: (usize, bool)) -> Option<&Self::Packed> {
+        packs.f64.get(&key)
     }
     fn gemm_packed(
         b: &Self::Packed,
@@ -98,6 +103,9 @@ impl Real for f32 {
     type Packed = super::gemm::PackedB32;
     fn pack(w: &[f32], k: usize, n: usize, transpose: bool) -> Self::Packed {
         super::gemm::PackedB32::new(w, k, n, transpose)
+    }
+    fn cached(packs: &super::net::Packs, key: (usize, bool)) -> Option<&Self::Packed> {
+        packs.f32.get(&key)
     }
     fn gemm_packed(
         b: &Self::Packed,
