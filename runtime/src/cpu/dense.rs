@@ -63,13 +63,14 @@ fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize, packs: &Packs)
     Ok(out)
 }
 
-/// The VJP from the gradient the forward op returned: `dx = g[:, 0] * y[:, 1:]`.
-fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize) -> Vec<T> {
+/// The VJP from the gradient the forward op returned: `dx = g[:, 0] * y[:, 1:]` (`gy` of
+/// width `gw`: the forward op's, or its first column alone).
+fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize, gw: usize) -> Vec<T> {
     let (d, w) = (e.net.n_in(), e.out_width());
     let mut dx = vec![T::default(); n * d];
     dx.par_chunks_mut(d)
         .zip(y.par_chunks(w))
-        .zip(gy.par_chunks(w))
+        .zip(gy.par_chunks(gw))
         .for_each(|((o, yr), gr)| {
             let s = gr[0];
             for (v, &g) in o.iter_mut().zip(&yr[1..]) {
@@ -142,7 +143,8 @@ pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>, packs: &Packs) -> R<
     })
 }
 
-/// `Op::DenseVjp`; with `grad`, `x` is the forward op's output.
+/// `Op::DenseVjp`; with `grad`, `x` is the forward op's output, and the cotangent may be
+/// its first column alone (all the VJP reads).
 pub fn dense_vjp(
     e: &Dense,
     x: &Tensor,
@@ -151,16 +153,19 @@ pub fn dense_vjp(
     packs: &Packs,
 ) -> R<Tensor> {
     let n = dims(x, if e.grad { e.out_width() } else { e.net.n_in() })?;
-    if gy.shape != [n, e.out_width()] {
-        return Err(ExecError::Shape(format!(
-            "dense_vjp cotangent {:?} for x {:?}",
-            gy.shape, x.shape
-        )));
-    }
+    let gw = match gy.shape.as_slice() {
+        &[gn, gw] if gn == n && (gw == e.out_width() || (e.grad && gw == 1)) => gw,
+        _ => {
+            return Err(ExecError::Shape(format!(
+                "dense_vjp cotangent {:?} for x {:?}",
+                gy.shape, x.shape
+            )))
+        }
+    };
     let data = match (&x.data, &gy.data, e.grad) {
         // Rows of other types hold zeros in the forward output, so they get zero.
-        (Data::F64(v), Data::F64(g), true) => f64::wrap(dense_vjp_grad(e, v, g, n)),
-        (Data::F32(v), Data::F32(g), true) => f32::wrap(dense_vjp_grad(e, v, g, n)),
+        (Data::F64(v), Data::F64(g), true) => f64::wrap(dense_vjp_grad(e, v, g, n, gw)),
+        (Data::F32(v), Data::F32(g), true) => f32::wrap(dense_vjp_grad(e, v, g, n, gw)),
         (Data::F64(v), Data::F64(g), false) => {
             let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
             f64::wrap(dense_vjp_t(e, (v, g), &rows, n, packs)?)

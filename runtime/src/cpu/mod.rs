@@ -16,7 +16,7 @@ mod real;
 use std::fmt;
 use std::sync::Arc;
 
-use dpc_compiler::graph::{Bindings, Graph, Op, Tensor};
+use dpc_compiler::graph::{Bindings, Dim, Graph, Op, Tensor};
 
 pub use kernels::strides;
 
@@ -84,6 +84,39 @@ pub struct Executor {
     kept_until: Vec<Option<usize>>,
     /// The fused networks' weights, packed for the GEMMs.
     packs: net::Packs,
+    /// Each node's arguments as it runs (`narrowed` replaces some).
+    args: Vec<Vec<usize>>,
+}
+
+/// The argument lists, with the cotangent of a `dense_vjp` that only reads the output
+/// column replaced by that column: autodiff hands it the `[n, 1]` energy cotangent padded
+/// with zeros to the forward op's `[n, 1 + n_in]` (a slice's VJP), a pass over megabytes
+/// per chunk that the kernel then ignores.
+fn narrowed(graph: &Graph) -> Vec<Vec<usize>> {
+    graph
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut args: Vec<usize> = node.args.iter().map(|a| a.index()).collect();
+            if let (Op::DenseVjp(d), Some(&gy)) = (&node.op, args.get(1)) {
+                let pad = &graph.nodes[gy];
+                if let (
+                    true,
+                    Op::Pad {
+                        axis: 1, before, ..
+                    },
+                    [inner],
+                ) = (d.grad, &pad.op, pad.args.as_slice())
+                {
+                    let width = graph.nodes[inner.index()].ty.shape.get(1).copied();
+                    if *before == Dim::fixed(0) && width == Some(Dim::ONE) {
+                        args[1] = inner.index();
+                    }
+                }
+            }
+            args
+        })
+        .collect()
 }
 
 /// Pair each `embed_contract_vjp` with the `embed_contract` it differentiates (same
@@ -136,7 +169,8 @@ impl Executor {
             }
             needed
         };
-        let node_args = |i: usize| graph.nodes[i].args.iter().map(|a| a.index()).collect();
+        let run_args = narrowed(&graph);
+        let node_args = |i: usize| run_args[i].clone();
         let fused = if fuse {
             fuse::plan(&graph, &needed_by(&node_args))
         } else {
@@ -184,6 +218,7 @@ impl Executor {
             kept_from,
             kept_until,
             packs,
+            args: run_args,
         }
     }
 
@@ -193,6 +228,18 @@ impl Executor {
             .iter()
             .zip(&self.needed)
             .filter(|(c, &n)| n && c.is_some())
+            .count()
+    }
+
+    /// How many `dense_vjp`s read the output column's cotangent without its zero padding.
+    pub fn narrowed_cotangents(&self) -> usize {
+        self.args
+            .iter()
+            .zip(&self.graph.nodes)
+            .zip(&self.needed)
+            .filter(|((a, n), &needed)| {
+                needed && a.iter().copied().ne(n.args.iter().map(|v| v.index()))
+            })
             .count()
     }
 
@@ -299,14 +346,9 @@ impl Executor {
                 continue;
             }
             let out = {
-                let args: Vec<&Tensor> = node
-                    .args
+                let args: Vec<&Tensor> = self.args[i]
                     .iter()
-                    .map(|a| {
-                        vals[a.index()]
-                            .as_ref()
-                            .expect("argument computed before use")
-                    })
+                    .map(|&a| vals[a].as_ref().expect("argument computed before use"))
                     .collect();
                 match &node.op {
                     Op::EmbedContract(e) if self.kept_until[i].is_some() => {
@@ -350,9 +392,9 @@ impl Executor {
                 )));
             }
             vals[i] = Some(out);
-            for a in &node.args {
-                if self.last_use[a.index()] == i {
-                    vals[a.index()] = None;
+            for &a in &self.args[i] {
+                if self.last_use[a] == i {
+                    vals[a] = None;
                 }
             }
         }
