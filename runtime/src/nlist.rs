@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+use rayon::prelude::*;
+
 /// A simulation cell: rows are the lattice vectors a, b, c.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cell {
@@ -187,33 +189,44 @@ pub fn build(
     let rc2 = rcut * rcut;
     // Rows hold candidate indices first; they are renumbered to extended indices below.
     let mut nlist = vec![-1i64; nloc * nsel];
-    let mut used = vec![false; cand.len()];
-    let mut found: Vec<(f64, usize)> = Vec::new();
-    for (i, &xi) in local.iter().enumerate() {
-        found.clear();
-        for k in grid.around(xi) {
-            let (xj, s, j) = cand[k];
-            if s == 0 && j == i {
-                continue;
-            }
-            let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
-            let r2 = dot(d, d);
-            if r2 <= rc2 {
-                if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
-                    return Err(NlistError(format!(
-                        "atoms {i} and {j} overlap (distance {:.3e} Å{}): the potential is singular there",
-                        r2.sqrt(),
-                        if s == 0 { "" } else { ", through the periodic boundary" }
-                    )));
+    // Rows are independent: they are found side by side on the thread pool.
+    let rows: Vec<Result<(), NlistError>> = nlist
+        .par_chunks_mut(nsel.max(1))
+        .zip(local.par_iter())
+        .enumerate()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(found, near): &mut (Vec<(f64, usize)>, Vec<usize>), (i, (row, &xi))| {
+                found.clear();
+                grid.around(xi, near);
+                for &k in near.iter() {
+                    let (xj, s, j) = cand[k];
+                    if s == 0 && j == i {
+                        continue;
+                    }
+                    let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
+                    let r2 = dot(d, d);
+                    if r2 <= rc2 {
+                        if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
+                            return Err(NlistError(format!(
+                                "atoms {i} and {j} overlap (distance {:.3e} Å{}): the potential is singular there",
+                                r2.sqrt(),
+                                if s == 0 { "" } else { ", through the periodic boundary" }
+                            )));
+                        }
+                        found.push((r2, k));
+                    }
                 }
-                found.push((r2, k));
-            }
-        }
-        let row = &mut nlist[i * nsel..(i + 1) * nsel];
-        select_row(&mut found, row, |k| atype[cand[k].2], sel, mixed_types);
-        for &k in row.iter().filter(|&&k| k >= 0) {
-            used[k as usize] = true;
-        }
+                select_row(found, row, |k| atype[cand[k].2], sel, mixed_types);
+                Ok(())
+            },
+        )
+        .collect();
+    // The first error in atom order, as a serial search would report it.
+    rows.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let mut used = vec![false; cand.len()];
+    for &k in nlist.iter().filter(|&&k| k >= 0) {
+        used[k as usize] = true;
     }
     if let Some(c) = cell {
         let wraps: Vec<[i64; 3]> = (0..nloc)
@@ -364,7 +377,9 @@ pub fn expand_centres(
     let neighbours = |i: usize, found: &mut Vec<(f64, usize)>| -> Result<(), NlistError> {
         found.clear();
         let xi = pos(i);
-        for k in grid.around(xi) {
+        let mut near = Vec::new();
+        grid.around(xi, &mut near);
+        for k in near {
             if k == i {
                 continue;
             }
@@ -670,28 +685,68 @@ fn available_memory() -> Option<f64> {
 }
 
 /// Points binned into cubes of edge rcut, so the neighbours of a point are in the 27 cubes
-/// around it: neighbour search in O(N) instead of O(N^2).
+/// around it: neighbour search in O(N) instead of O(N^2). The cubes are a dense array
+/// (points listed cube by cube) when the points' bounding box holds few enough of them, else
+/// a hash map of the occupied ones (points scattered far apart).
 struct Grid {
     origin: [f64; 3],
     inv_edge: f64,
-    bins: std::collections::HashMap<[i64; 3], Vec<usize>>,
+    bins: Bins,
+}
+
+enum Bins {
+    /// `dims` cubes; cube `c`'s points are `items[start[c]..start[c + 1]]`.
+    Dense {
+        dims: [i64; 3],
+        start: Vec<u32>,
+        items: Vec<u32>,
+    },
+    Sparse(std::collections::HashMap<[i64; 3], Vec<usize>>),
 }
 
 impl Grid {
     fn new(points: &[([f64; 3], usize, usize)], rcut: f64) -> Grid {
         let mut origin = [f64::INFINITY; 3];
+        let mut top = [f64::NEG_INFINITY; 3];
         for (p, _, _) in points {
             for k in 0..3 {
                 origin[k] = origin[k].min(p[k]);
+                top[k] = top[k].max(p[k]);
             }
         }
         let mut g = Grid {
             origin,
             inv_edge: 1.0 / rcut,
-            bins: std::collections::HashMap::new(),
+            bins: Bins::Sparse(Default::default()),
         };
-        for (n, (p, _, _)) in points.iter().enumerate() {
-            g.bins.entry(g.key(*p)).or_default().push(n);
+        if points.is_empty() {
+            return g;
+        }
+        let dims = [0, 1, 2].map(|k| ((top[k] - origin[k]) * g.inv_edge).floor() as i64 + 1);
+        let cubes = dims.iter().map(|&d| d as f64).product::<f64>();
+        if cubes <= 8.0 * points.len() as f64 + 1024.0 && points.len() < u32::MAX as usize {
+            let flat = |c: [i64; 3]| ((c[0] * dims[1] + c[1]) * dims[2] + c[2]) as usize;
+            let keys: Vec<usize> = points.iter().map(|(p, _, _)| flat(g.key(*p))).collect();
+            let mut start = vec![0u32; cubes as usize + 1];
+            for &k in &keys {
+                start[k + 1] += 1;
+            }
+            for c in 0..cubes as usize {
+                start[c + 1] += start[c];
+            }
+            let mut fill = start.clone();
+            let mut items = vec![0u32; points.len()];
+            for (n, &k) in keys.iter().enumerate() {
+                items[fill[k] as usize] = n as u32;
+                fill[k] += 1;
+            }
+            g.bins = Bins::Dense { dims, start, items };
+        } else {
+            let mut bins: std::collections::HashMap<[i64; 3], Vec<usize>> = Default::default();
+            for (n, (p, _, _)) in points.iter().enumerate() {
+                bins.entry(g.key(*p)).or_default().push(n);
+            }
+            g.bins = Bins::Sparse(bins);
         }
         g
     }
@@ -700,17 +755,32 @@ impl Grid {
         [0, 1, 2].map(|k| ((p[k] - self.origin[k]) * self.inv_edge).floor() as i64)
     }
 
-    /// Indices of the points in the 27 cubes around `p`.
-    fn around(&self, p: [f64; 3]) -> impl Iterator<Item = usize> + '_ {
+    /// Indices of the points in the 27 cubes around `p`, into `out` (cleared first).
+    fn around(&self, p: [f64; 3], out: &mut Vec<usize>) {
+        out.clear();
         let c = self.key(p);
-        (-1..=1i64)
-            .flat_map(move |a| {
-                (-1..=1i64)
-                    .flat_map(move |b| (-1..=1i64).map(move |d| [c[0] + a, c[1] + b, c[2] + d]))
-            })
-            .filter_map(|k| self.bins.get(&k))
-            .flatten()
-            .copied()
+        for a in -1..=1i64 {
+            for b in -1..=1i64 {
+                for d in -1..=1i64 {
+                    let q = [c[0] + a, c[1] + b, c[2] + d];
+                    match &self.bins {
+                        Bins::Dense { dims, start, items } => {
+                            if (0..3).any(|k| q[k] < 0 || q[k] >= dims[k]) {
+                                continue;
+                            }
+                            let f = ((q[0] * dims[1] + q[1]) * dims[2] + q[2]) as usize;
+                            let (s, e) = (start[f] as usize, start[f + 1] as usize);
+                            out.extend(items[s..e].iter().map(|&i| i as usize));
+                        }
+                        Bins::Sparse(bins) => {
+                            if let Some(v) = bins.get(&q) {
+                                out.extend_from_slice(v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
