@@ -178,45 +178,32 @@ fn fma(a: f64, b: f64, c: f64) -> f64 {
 
 use super::simd::avx2_fma as has_avx2_fma;
 
-/// `tanh(x)` in float32 (Cephes' `tanhf`: a polynomial below 0.625, `1 - 2/(e^2x + 1)`
-/// above, with a float32 `exp`), branch-free like the float64 one.
+/// `tanh(x)` in float32, as the float64 one: `E / (E + 2)` with `E = expm1(2|x|)` (a
+/// degree-7 polynomial on `|r| <= ln2/2`), branch-free, fused multiply-adds throughout.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
     let a = x.abs().min(9.1); // tanh(9.1) rounds to 1 in float32
-    let z = a * a;
-    let small =
-        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328e-1)
-            * z
-            * a
-            + a;
-    let e = exp_pos_f32(2.0 * a);
-    let large = (e - 1.0) / (e + 1.0);
-    let t = if a < 0.625 { small } else { large };
+    let y = 2.0 * a;
+    let k = y.mul_add(std::f32::consts::LOG2_E, SHIFT);
+    let n = k - SHIFT;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, y));
+    let r2 = r * r;
+    let q01 = r.mul_add(1.0 / 6.0, 0.5);
+    let q23 = r.mul_add(1.0 / 120.0, 1.0 / 24.0);
+    let q45 = r.mul_add(1.0 / 5_040.0, 1.0 / 720.0);
+    let q = (r2 * r2).mul_add(q45, r2.mul_add(q23, q01));
+    let em = r2.mul_add(q, r);
+    let two_n = f32::from_bits((k.to_bits().wrapping_sub(SHIFT.to_bits()) + 127) << 23);
+    let e = two_n.mul_add(em, two_n - 1.0);
+    let t = e / (e + 2.0);
     if x.is_nan() {
         x
     } else {
         t.copysign(x)
     }
-}
-
-/// `e^x` for `0 <= x <= 18.2` in float32: `2^n e^r`, `|r| <= ln2/2`, degree-7 Taylor.
-#[inline(always)]
-fn exp_pos_f32(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
-    let k = x * std::f32::consts::LOG2_E + SHIFT;
-    let n = k - SHIFT;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let r2 = r * r;
-    let p01 = 1.0 + r;
-    let p23 = 0.5 + r * (1.0 / 6.0);
-    let p45 = 1.0 / 24.0 + r * (1.0 / 120.0);
-    let p67 = 1.0 / 720.0 + r * (1.0 / 5_040.0);
-    let p = (p01 + r2 * p23) + (r2 * r2) * (p45 + r2 * p67);
-    let two_n = f32::from_bits((k.to_bits().wrapping_sub(SHIFT.to_bits()) + 127) << 23);
-    p * two_n
 }
 
 /// `out[i] = f(x[i])`, 8 at a time, compiled for AVX2 and FMA where the CPU has them (`f` is
