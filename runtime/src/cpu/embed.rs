@@ -172,14 +172,15 @@ fn block_atoms(s: usize) -> usize {
     (ROWS_PER_BLOCK / s.max(1)).max(1)
 }
 
-/// One block's distinct inputs: `x` the network inputs, `idx` each row's position in it
-/// (a row whose input equals the row before's shares its evaluation).
+/// One block's distinct inputs (`rr` the block's atoms' rows): `x` the network inputs,
+/// `idx` each row's position in it (a row whose input equals the row before's shares its
+/// evaluation).
 #[inline(always)]
-fn distinct_inputs<T: Real>(rr: &[T], c: usize, x: &mut Vec<T>, idx: &mut Vec<u32>) {
+fn distinct_inputs<T: Real>(rr: &[&[T]], c: usize, x: &mut Vec<T>, idx: &mut Vec<u32>) {
     x.clear();
     idx.clear();
     let mut prev: Option<u64> = None;
-    for r in rr.iter().step_by(c) {
+    for r in rr.iter().flat_map(|a| a.iter().step_by(c)) {
         let bits = r.to_f64().to_bits();
         if prev != Some(bits) {
             x.push(*r);
@@ -196,7 +197,7 @@ simd_fn! {
 fn contract_block<T: Real>(
     g: &[T],
     idx: &[u32],
-    r: &[T],
+    r: &[&[T]],
     out: &mut [T],
     dims: (usize, usize, usize),
     acc: &mut [T],
@@ -204,7 +205,7 @@ fn contract_block<T: Real>(
     let (m, s, c) = dims;
     for ((ia, ra), oa) in idx
         .chunks_exact(s)
-        .zip(r.chunks_exact(s * c))
+        .zip(r)
         .zip(out.chunks_exact_mut(m * c))
     {
         acc.fill(T::default());
@@ -304,21 +305,16 @@ simd_fn! {
 fn contract_vjp_block<T: Real>(
     gt: &[T],
     idx: &[u32],
-    r: &[T],
-    gy: &[T],
-    d_rr: &mut [T],
+    r: &[&[T]],
+    gy: &[&[T]],
+    d_rr: &mut [&mut [T]],
     dims: (usize, usize, usize),
     gyt: &mut Vec<T>,
     pq: &mut Vec<T>,
 ) {
     let (m, s, c) = dims;
     let (g, t) = gt.split_at(gt.len() / 2);
-    for (((ia, ra), gya), da) in idx
-        .chunks_exact(s)
-        .zip(r.chunks_exact(s * c))
-        .zip(gy.chunks_exact(m * c))
-        .zip(d_rr.chunks_exact_mut(s * c))
-    {
+    for (((ia, ra), gya), da) in idx.chunks_exact(s).zip(r).zip(gy).zip(d_rr.iter_mut()) {
         // The atom's rows read the distinct inputs u0..=u1 (idx never decreases).
         let (u0, u1) = (ia[0] as usize, ia[s - 1] as usize + 1);
         let nu = u1 - u0;
@@ -393,11 +389,13 @@ impl<T: Real> Scratch<T> {
     }
 }
 
-/// `G^T rr` per atom; with `keep`, also `G` and `dG/dx` for the VJP (`None` when they would
-/// pass `KEEP_LIMIT_BYTES`).
+/// `G^T rr` for the atoms `atoms` (rows of `rr [n, s, c]`; the other rows of the result are
+/// zero); with `keep`, also `G` and `dG/dx` for the VJP (`None` when they would pass
+/// `KEEP_LIMIT_BYTES`). Rows are read and written in place, by atom.
 fn contract_t<T: Real>(
     e: &Embed,
     rr: &[T],
+    atoms: &[usize],
     (n, s, c): (usize, usize, usize),
     keep: bool,
     packs: &Packs,
@@ -405,18 +403,19 @@ fn contract_t<T: Real>(
     let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
     let mut out = vec![T::default(); n * m * c];
-    if n == 0 || s == 0 {
+    if atoms.is_empty() || s == 0 {
         return Ok((out, None));
     }
-    let keep = keep && (n * s * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= KEEP_LIMIT_BYTES;
-    let nb = block_atoms(s);
-    let kept: Vec<Option<KeptBlock<T>>> = out
-        .par_chunks_mut(nb * m * c)
-        .zip(rr.par_chunks(nb * s * c))
+    let keep = keep
+        && (atoms.len() * s * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= KEEP_LIMIT_BYTES;
+    let row = |a: usize| &rr[a * s * c..(a + 1) * s * c];
+    let blocks: Vec<(Vec<T>, Option<KeptBlock<T>>)> = atoms
+        .par_chunks(block_atoms(s))
         .map_init(
             || Scratch::new(src.depth()),
-            |sc, (o, r)| {
-                distinct_inputs(r, c, &mut sc.x, &mut sc.idx);
+            |sc, ids| {
+                let r: Vec<&[T]> = ids.iter().map(|&a| row(a)).collect();
+                distinct_inputs(&r, c, &mut sc.x, &mut sc.idx);
                 let u = sc.x.len();
                 let mut gt = if keep {
                     vec![T::default(); 2 * u * m]
@@ -426,8 +425,9 @@ fn contract_t<T: Real>(
                 gt.resize(gt.len().max(u * m), T::default());
                 src.eval(&sc.x, keep, &mut sc.h, &mut gt);
                 let acc = sized(&mut sc.acc, m * c);
-                contract_block(&gt, &sc.idx, r, o, (m, s, c), acc);
-                if keep {
+                let mut o = vec![T::default(); ids.len() * m * c];
+                contract_block(&gt, &sc.idx, &r, &mut o, (m, s, c), acc);
+                let kept = if keep {
                     Some(KeptBlock {
                         idx: sc.idx.clone(),
                         gt,
@@ -435,65 +435,85 @@ fn contract_t<T: Real>(
                 } else {
                     sc.gt = gt;
                     None
-                }
+                };
+                (o, kept)
             },
         )
         .collect();
-    Ok((out, keep.then(|| kept.into_iter().flatten().collect())))
+    let mut kept = Vec::with_capacity(blocks.len());
+    for (ids, (o, k)) in atoms.chunks(block_atoms(s)).zip(blocks) {
+        for (&a, oa) in ids.iter().zip(o.chunks_exact(m * c)) {
+            out[a * m * c..(a + 1) * m * c].copy_from_slice(oa);
+        }
+        kept.extend(k);
+    }
+    Ok((out, keep.then_some(kept)))
 }
 
-/// `d_rr` from the cotangent `gy` of `G^T rr`; `kept` is what `contract_t` kept for it.
+/// `d_rr` (zero outside the rows of `atoms`) from the cotangent `gy` of `G^T rr`; `kept` is
+/// what `contract_t` kept for the same atoms.
 fn contract_vjp_t<T: Real>(
     e: &Embed,
-    rr: &[T],
-    gy: &[T],
+    (rr, gy): (&[T], &[T]),
     kept: Option<&[KeptBlock<T>]>,
+    atoms: &[usize],
     (n, s, c): (usize, usize, usize),
     packs: &Packs,
 ) -> R<Vec<T>> {
     let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
     let mut d_rr = vec![T::default(); n * s * c];
-    if n == 0 || s == 0 {
+    if atoms.is_empty() || s == 0 {
         return Ok(d_rr);
     }
     let nb = block_atoms(s);
-    let blocks = n.div_ceil(nb);
+    let groups: Vec<&[usize]> = atoms.chunks(nb).collect();
     if let Some(k) = kept {
         let rows_ok = k
             .iter()
-            .enumerate()
-            .all(|(b, kb)| kb.idx.len() == (nb.min(n - b * nb)) * s);
-        if k.len() != blocks || !rows_ok {
+            .zip(&groups)
+            .all(|(kb, ids)| kb.idx.len() == ids.len() * s);
+        if k.len() != groups.len() || !rows_ok {
             return Err(ExecError::Shape(format!(
-                "embed_contract_vjp given kept values of {} blocks for {n} x {s} rows",
-                k.len()
+                "embed_contract_vjp given kept values of {} blocks for {} x {s} rows",
+                k.len(),
+                atoms.len()
             )));
         }
     }
-    let kept: Vec<Option<&KeptBlock<T>>> = match kept {
-        Some(k) => k.iter().map(Some).collect(),
-        None => vec![None; blocks],
-    };
-    d_rr.par_chunks_mut(nb * s * c)
-        .zip(rr.par_chunks(nb * s * c))
-        .zip(gy.par_chunks(nb * m * c))
-        .zip(kept)
-        .for_each_init(
-            || (Scratch::new(src.depth()), Vec::new()),
-            |(sc, gyt), (((d, r), gb), kept)| {
-                let (gt, idx) = match kept {
-                    Some(k) => (&k.gt[..], &k.idx[..]),
-                    None => {
-                        distinct_inputs(r, c, &mut sc.x, &mut sc.idx);
-                        let gt = sized(&mut sc.gt, 2 * sc.x.len() * m);
-                        src.eval(&sc.x, true, &mut sc.h, gt);
-                        (&sc.gt[..], &sc.idx[..])
-                    }
-                };
-                contract_vjp_block(gt, idx, r, gb, d, (m, s, c), gyt, &mut sc.pq);
-            },
-        );
+    // Each atom's rows of d_rr, handed to the block that computes them.
+    let mut slots: Vec<Option<&mut [T]>> = d_rr.chunks_mut(s * c).map(Some).collect();
+    let mut work = Vec::with_capacity(groups.len());
+    for (b, ids) in groups.iter().enumerate() {
+        let mut d = Vec::with_capacity(ids.len());
+        for &a in ids.iter() {
+            d.push(slots[a].take().expect("each atom once"));
+        }
+        work.push((*ids, d, kept.map(|k| &k[b])));
+    }
+    work.into_par_iter().for_each_init(
+        || (Scratch::new(src.depth()), Vec::new()),
+        |(sc, gyt), (ids, mut d, kept)| {
+            let r: Vec<&[T]> = ids
+                .iter()
+                .map(|&a| &rr[a * s * c..(a + 1) * s * c])
+                .collect();
+            let g: Vec<&[T]> = ids
+                .iter()
+                .map(|&a| &gy[a * m * c..(a + 1) * m * c])
+                .collect();
+            let (gt, idx) = match kept {
+                Some(k) => (&k.gt[..], &k.idx[..]),
+                None => {
+                    distinct_inputs(&r, c, &mut sc.x, &mut sc.idx);
+                    let gt = sized(&mut sc.gt, 2 * sc.x.len() * m);
+                    src.eval(&sc.x, true, &mut sc.h, gt);
+                    (&sc.gt[..], &sc.idx[..])
+                }
+            };
+            contract_vjp_block(gt, idx, &r, &g, &mut d, (m, s, c), gyt, &mut sc.pq);
+        },
+    );
     Ok(d_rr)
 }
 
@@ -521,67 +541,9 @@ pub(super) fn selected(
     }
 }
 
-/// Rows `sel` of `x [n, width]`, packed.
-fn pack<T: Real>(x: &[T], sel: &[usize], width: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(sel.len() * width);
-    for &i in sel {
-        out.extend_from_slice(&x[i * width..(i + 1) * width]);
-    }
-    out
-}
-
-/// `packed [k, width]` placed at rows `sel` of zeros `[n, width]`.
-fn unpack<T: Real>(packed: &[T], sel: &[usize], n: usize, width: usize) -> Vec<T> {
-    let mut out = vec![T::default(); n * width];
-    for (k, &i) in sel.iter().enumerate() {
-        out[i * width..(i + 1) * width].copy_from_slice(&packed[k * width..(k + 1) * width]);
-    }
-    out
-}
-
-fn contract_sel<T: Real>(
-    e: &Embed,
-    rr: &[T],
-    sel: Option<&[usize]>,
-    (n, s, c): (usize, usize, usize),
-    keep: bool,
-    packs: &Packs,
-) -> R<(Vec<T>, Option<KeptBlocks<T>>)> {
-    let m = e.net.n_out();
-    match sel {
-        None => contract_t(e, rr, (n, s, c), keep, packs),
-        Some(sel) => {
-            let sub = (sel.len(), s, c);
-            let (packed, kept) = contract_t(e, &pack(rr, sel, s * c), sub, keep, packs)?;
-            Ok((unpack(&packed, sel, n, m * c), kept))
-        }
-    }
-}
-
-fn contract_vjp_sel<T: Real>(
-    e: &Embed,
-    (rr, gy): (&[T], &[T]),
-    kept: Option<&[KeptBlock<T>]>,
-    sel: Option<&[usize]>,
-    (n, s, c): (usize, usize, usize),
-    packs: &Packs,
-) -> R<Vec<T>> {
-    let m = e.net.n_out();
-    match sel {
-        None => contract_vjp_t(e, rr, gy, kept, (n, s, c), packs),
-        Some(sel) => {
-            // The kept values are of the packed rows, as the forward op ran them.
-            let packed = contract_vjp_t(
-                e,
-                &pack(rr, sel, s * c),
-                &pack(gy, sel, m * c),
-                kept,
-                (sel.len(), s, c),
-                packs,
-            )?;
-            Ok(unpack(&packed, sel, n, s * c))
-        }
-    }
+/// The atoms an op computes: those of its centre type, or all.
+fn atom_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
+    sel.unwrap_or_else(|| (0..n).collect())
 }
 
 /// `Op::EmbedContract`. With `keep`, also what its VJP can start from (`embed_contract_vjp`'s
@@ -597,15 +559,14 @@ pub fn embed_contract(
     let m = net.n_out();
     let dims = dims(rr)?;
     let (n, _, c) = dims;
-    let sel = selected(e.centre_type, types, n, "embed_contract")?;
-    let sel = sel.as_deref();
+    let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
     let (data, kept) = match &rr.data {
         Data::F64(v) => {
-            let (o, k) = contract_sel(e, v, sel, dims, keep, packs)?;
+            let (o, k) = contract_t(e, v, &atoms, dims, keep, packs)?;
             (f64::wrap(o), k.map(|k| Kept(KeptData::F64(k))))
         }
         Data::F32(v) => {
-            let (o, k) = contract_sel(e, v, sel, dims, keep, packs)?;
+            let (o, k) = contract_t(e, v, &atoms, dims, keep, packs)?;
             (f32::wrap(o), k.map(|k| Kept(KeptData::F32(k))))
         }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
@@ -639,21 +600,20 @@ pub fn embed_contract_vjp(
             gy.shape, rr.shape
         )));
     }
-    let sel = selected(e.centre_type, types, n, "embed_contract")?;
-    let sel = sel.as_deref();
+    let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
     let kept = kept.map(|k| &k.0);
     let data = match (&rr.data, &gy.data, kept) {
         (Data::F64(v), Data::F64(g), None) => {
-            f64::wrap(contract_vjp_sel(e, (v, g), None, sel, dims, packs)?)
+            f64::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, packs)?)
         }
         (Data::F64(v), Data::F64(g), Some(KeptData::F64(k))) => {
-            f64::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims, packs)?)
+            f64::wrap(contract_vjp_t(e, (v, g), Some(k), &atoms, dims, packs)?)
         }
         (Data::F32(v), Data::F32(g), None) => {
-            f32::wrap(contract_vjp_sel(e, (v, g), None, sel, dims, packs)?)
+            f32::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, packs)?)
         }
         (Data::F32(v), Data::F32(g), Some(KeptData::F32(k))) => {
-            f32::wrap(contract_vjp_sel(e, (v, g), Some(k), sel, dims, packs)?)
+            f32::wrap(contract_vjp_t(e, (v, g), Some(k), &atoms, dims, packs)?)
         }
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
     };
