@@ -248,6 +248,55 @@ pub(super) fn forward<T: Real>(
 }
 }
 
+/// The end of a layer for values `zv = act(z)` and tangents `zt = dz` at once, row by row:
+/// `zt <- zt tanh'(z) idt + residual(xt)` and `zv <- zv idt + residual(xv)`.
+#[inline(always)]
+fn finish_pair<T: Real, const TANH: bool>(
+    l: &Layer<'_, T>,
+    idt: Option<&[T]>,
+    (xv, xt): (&[T], &[T]),
+    zv: &mut [T],
+    zt: &mut [T],
+) {
+    let (n_in, n_out) = (l.n_in, l.n_out);
+    // The residual's source column for each output: none, the same one, or o mod n_in.
+    let halves = match l.residual {
+        Residual::None => 0,
+        Residual::Same => 1,
+        Residual::Doubled => 2,
+    };
+    for (((vr, tr), xvr), xtr) in zv
+        .chunks_exact_mut(n_out)
+        .zip(zt.chunks_exact_mut(n_out))
+        .zip(xv.chunks_exact(n_in))
+        .zip(xt.chunks_exact(n_in))
+    {
+        if TANH {
+            for (t, &a) in tr.iter_mut().zip(vr.iter()) {
+                *t = *t * (T::ONE - a * a);
+            }
+        }
+        if let Some(idt) = idt {
+            for ((v, t), &sc) in vr.iter_mut().zip(tr.iter_mut()).zip(idt) {
+                *v = *v * sc;
+                *t = *t * sc;
+            }
+        }
+        if halves > 0 {
+            for (vh, th) in vr
+                .chunks_exact_mut(n_in)
+                .zip(tr.chunks_exact_mut(n_in))
+                .take(halves)
+            {
+                for (((v, t), &a), &b) in vh.iter_mut().zip(th.iter_mut()).zip(xvr).zip(xtr) {
+                    *v = *v + a;
+                    *t = *t + b;
+                }
+            }
+        }
+    }
+}
+
 /// `h <- h + residual(1)`: a residual whose input is the constant tangent 1 (of the
 /// network's scalar input).
 #[inline(always)]
@@ -318,16 +367,24 @@ pub(super) fn forward_tangent<T: Real>(
                 }
             }
         }
-        if l.act == Act::Tanh {
+        let tanh = l.act == Act::Tanh;
+        if tanh {
             T::tanh_in_place(zv);
-            for (t, &a) in zt.iter_mut().zip(zv.iter()) {
-                *t = *t * (T::ONE - a * a);
-            }
         }
-        finish_layer(l, xv, zv);
         match xt {
-            Some(xt) => finish_layer(l, xt, zt),
+            // One pass for the tangent's tanh', both idt scales and both residuals.
+            Some(xt) => match (tanh, l.idt) {
+                (true, Some(idt)) => finish_pair::<T, true>(l, Some(idt), (xv, xt), zv, zt),
+                (true, None) => finish_pair::<T, true>(l, None, (xv, xt), zv, zt),
+                (false, idt) => finish_pair::<T, false>(l, idt, (xv, xt), zv, zt),
+            },
             None => {
+                if tanh {
+                    for (t, &a) in zt.iter_mut().zip(zv.iter()) {
+                        *t = *t * (T::ONE - a * a);
+                    }
+                }
+                finish_layer(l, xv, zv);
                 if let Some(idt) = &l.idt {
                     for row in zt.chunks_exact_mut(n_out) {
                         for (v, &sc) in row.iter_mut().zip(idt.iter()) {
