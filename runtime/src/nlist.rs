@@ -189,39 +189,51 @@ pub fn build(
     let rc2 = rcut * rcut;
     // Rows hold candidate indices first; they are renumbered to extended indices below.
     let mut nlist = vec![-1i64; nloc * nsel];
-    // Rows are independent: they are found side by side on the thread pool.
-    let rows: Vec<Result<(), NlistError>> = nlist
-        .par_chunks_mut(nsel.max(1))
-        .zip(local.par_iter())
-        .enumerate()
-        .map_init(
-            || (Vec::new(), Vec::new()),
-            |(found, near): &mut (Vec<(f64, usize)>, Vec<usize>), (i, (row, &xi))| {
-                found.clear();
-                grid.around(xi, near);
-                for &k in near.iter() {
-                    let (xj, s, j) = cand[k];
-                    if s == 0 && j == i {
-                        continue;
-                    }
-                    let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
-                    let r2 = dot(d, d);
-                    if r2 <= rc2 {
-                        if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
-                            return Err(NlistError(format!(
-                                "atoms {i} and {j} overlap (distance {:.3e} Å{}): the potential is singular there",
-                                r2.sqrt(),
-                                if s == 0 { "" } else { ", through the periodic boundary" }
-                            )));
-                        }
-                        found.push((r2, k));
-                    }
+    // One centre's row (`row` empty when `sum(sel)` is 0: the overlap check still runs).
+    let search = |(found, near): &mut (Vec<(f64, usize)>, Vec<usize>),
+                  i: usize,
+                  xi: [f64; 3],
+                  row: &mut [i64]|
+     -> Result<(), NlistError> {
+        found.clear();
+        grid.around(xi, near);
+        for &k in near.iter() {
+            let (xj, s, j) = cand[k];
+            if s == 0 && j == i {
+                continue;
+            }
+            let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
+            let r2 = dot(d, d);
+            if r2 <= rc2 {
+                if r2 < OVERLAP_DISTANCE * OVERLAP_DISTANCE {
+                    return Err(NlistError(format!(
+                        "atoms {i} and {j} overlap (distance {:.3e} Å{}): the potential is singular there",
+                        r2.sqrt(),
+                        if s == 0 { "" } else { ", through the periodic boundary" }
+                    )));
                 }
-                select_row(found, row, |k| atype[cand[k].2], sel, mixed_types);
-                Ok(())
-            },
-        )
-        .collect();
+                found.push((r2, k));
+            }
+        }
+        select_row(found, row, |k| atype[cand[k].2], sel, mixed_types);
+        Ok(())
+    };
+    // Rows are independent: they are found side by side on the thread pool.
+    let buffers = || (Vec::new(), Vec::new());
+    let rows: Vec<Result<(), NlistError>> = if nsel > 0 {
+        nlist
+            .par_chunks_mut(nsel)
+            .zip(local.par_iter())
+            .enumerate()
+            .map_init(buffers, |b, (i, (row, &xi))| search(b, i, xi, row))
+            .collect()
+    } else {
+        local
+            .par_iter()
+            .enumerate()
+            .map_init(buffers, |b, (i, &xi)| search(b, i, xi, &mut []))
+            .collect()
+    };
     // The first error in atom order, as a serial search would report it.
     rows.into_iter().collect::<Result<Vec<()>, _>>()?;
     let mut used = vec![false; cand.len()];
@@ -374,38 +386,38 @@ pub fn expand_centres(
     let points: Vec<([f64; 3], usize, usize)> = (0..nall).map(|k| (pos(k), 0, k)).collect();
     let grid = Grid::new(&points, rcut);
     let rc2 = rcut * rcut;
-    let neighbours = |i: usize, found: &mut Vec<(f64, usize)>| -> Result<(), NlistError> {
-        found.clear();
-        let xi = pos(i);
-        let mut near = Vec::new();
-        grid.around(xi, &mut near);
-        for k in near {
-            if k == i {
-                continue;
+    let neighbours =
+        |i: usize, (found, near): &mut (Vec<(f64, usize)>, Vec<usize>)| -> Result<(), NlistError> {
+            found.clear();
+            let xi = pos(i);
+            grid.around(xi, near);
+            for &k in near.iter() {
+                if k == i {
+                    continue;
+                }
+                let xk = pos(k);
+                keep_within(
+                    found,
+                    i,
+                    k,
+                    [xk[0] - xi[0], xk[1] - xi[1], xk[2] - xi[2]],
+                    rc2,
+                )?;
             }
-            let xk = pos(k);
-            keep_within(
-                found,
-                i,
-                k,
-                [xk[0] - xi[0], xk[1] - xi[1], xk[2] - xi[2]],
-                rc2,
-            )?;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     // Hops from the local atoms.
     let mut depth = vec![usize::MAX; nall];
     let mut frontier: Vec<usize> = (0..nloc).collect();
     for d in depth.iter_mut().take(nloc) {
         *d = 0;
     }
-    let mut found = Vec::new();
+    let mut buffers = (Vec::new(), Vec::new());
     for hop in 1..=layers {
         let mut next = Vec::new();
         for &i in &frontier {
-            neighbours(i, &mut found)?;
-            for &(_, k) in &found {
+            neighbours(i, &mut buffers)?;
+            for &(_, k) in &buffers.0 {
                 if depth[k] == usize::MAX {
                     depth[k] = hop;
                     next.push(k);
@@ -457,12 +469,13 @@ pub fn expand_centres(
     check_memory(ncentre, origin.len(), nsel)?;
     let mut nlist = vec![-1i64; ncentre * nsel];
     for (e, &i) in centres.iter().enumerate() {
-        neighbours(i, &mut found)?;
+        neighbours(i, &mut buffers)?;
+        let found = &mut buffers.0;
         for f in found.iter_mut() {
             f.1 = ext_index[f.1] as usize;
         }
         select_row(
-            &mut found,
+            found,
             &mut nlist[e * nsel..(e + 1) * nsel],
             |k| ext_type[k],
             sel,

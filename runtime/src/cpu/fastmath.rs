@@ -11,17 +11,9 @@
 /// full relative precision near 0, where `e^2x - 1` would cancel).
 #[inline(always)]
 pub fn tanh(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-    const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     let a = x.abs().min(22.0); // tanh(22) rounds to 1
-    let y = 2.0 * a; // exact
-                     // y = n ln2 + r, |r| <= ln2/2, n in [0, 64]: expm1(y) = 2^n expm1(r) + (2^n - 1).
-    let k = fma(y, std::f64::consts::LOG2_E, SHIFT);
-    let n = k - SHIFT;
-    let r = fma(-n, LN2_LO, fma(-n, LN2_HI, y));
-    let two_n =
-        f64::from_bits(((k.to_bits().wrapping_sub(SHIFT.to_bits()) as i64 + 1023) as u64) << 52);
+                               // 2|x| (exact) = n ln2 + r with n in [0, 64]: expm1 = 2^n expm1(r) + (2^n - 1).
+    let (r, two_n) = reduce_ln2(2.0 * a);
     let e = fma(two_n, expm1_poly(r), two_n - 1.0);
     let t = e / (e + 2.0);
     // `min` above turned NaN into 22; give NaN back.
@@ -36,50 +28,62 @@ pub fn tanh(x: f64) -> f64 {
 /// relative), as `r + r^2 q(r)` with `q` by Estrin's scheme.
 #[inline(always)]
 fn expm1_poly(r: f64) -> f64 {
-    const C: [f64; 12] = [
-        0.5,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-        1.0 / 5_040.0,
-        1.0 / 40_320.0,
-        1.0 / 362_880.0,
-        1.0 / 3_628_800.0,
-        1.0 / 39_916_800.0,
-        1.0 / 479_001_600.0,
-        1.0 / 6_227_020_800.0,
-    ];
+    let c = &INV_FACTORIAL[2..];
     let r2 = r * r;
     let r4 = r2 * r2;
     let r8 = r4 * r4;
-    let q0 = fma(r2, fma(C[3], r, C[2]), fma(C[1], r, C[0]));
-    let q1 = fma(r2, fma(C[7], r, C[6]), fma(C[5], r, C[4]));
-    let q2 = fma(r2, fma(C[11], r, C[10]), fma(C[9], r, C[8]));
+    let q0 = fma(r2, fma(c[3], r, c[2]), fma(c[1], r, c[0]));
+    let q1 = fma(r2, fma(c[7], r, c[6]), fma(c[5], r, c[4]));
+    let q2 = fma(r2, fma(c[11], r, c[10]), fma(c[9], r, c[8]));
     let q = fma(r8, q2, fma(r4, q1, q0));
     fma(r2, q, r)
 }
 
-/// `e^x` for any `x`, branch-free: `2^n e^r` with `|r| <= ln2/2` and a degree-13 Taylor
-/// polynomial (truncation error below 1e-17 relative); `n` comes from the round-to-nearest
-/// of adding 1.5 * 2^52, which keeps every step a plain SIMD instruction. The argument is
+/// `x = n ln2 + r` with `n` an integer and `|r| <= ln2/2`, returned as `(r, 2^n)` for `n`
+/// in `[-1022, 1023]`: `n` comes from the round-to-nearest of adding 1.5 * 2^52, which
+/// keeps every step a plain SIMD instruction, and `ln2` is split in two so `r` is exact to
+/// about 1e-19.
+#[inline(always)]
+fn reduce_ln2(x: f64) -> (f64, f64) {
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+    let k = fma(x, std::f64::consts::LOG2_E, SHIFT);
+    let n = k - SHIFT;
+    let r = fma(-n, LN2_LO, fma(-n, LN2_HI, x));
+    let two_n =
+        f64::from_bits(((k.to_bits().wrapping_sub(SHIFT.to_bits()) as i64 + 1023) as u64) << 52);
+    (r, two_n)
+}
+
+/// `1 / i!` for `i` in `0..=13`: the Taylor coefficients of `exp` and `expm1`.
+const INV_FACTORIAL: [f64; 14] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5_040.0,
+    1.0 / 40_320.0,
+    1.0 / 362_880.0,
+    1.0 / 3_628_800.0,
+    1.0 / 39_916_800.0,
+    1.0 / 479_001_600.0,
+    1.0 / 6_227_020_800.0,
+];
+
+/// `e^x` for any `x`, branch-free: `2^n e^r` with `|r| <= ln2/2` (`reduce_ln2`) and a
+/// degree-13 Taylor polynomial (truncation error below 1e-17 relative). The argument is
 /// clamped to `[-708, 709]` first, so the result saturates at about `3.3e-308` and `8.2e307`
 /// instead of reaching 0 or infinity (tanh reads it on `[0, 44]`; the sigmoids below where
 /// saturation is beyond their resolution). NaN stays NaN.
 #[inline(always)]
 pub fn exp_clamped(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-    const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
-    let x = x.clamp(-708.0, 709.0);
-    let k = fma(x, std::f64::consts::LOG2_E, SHIFT);
-    let n = k - SHIFT;
-    let r = fma(-n, LN2_LO, fma(-n, LN2_HI, x));
-    let p = exp_poly(r);
     // n is in [-1021, 1023] after the clamp, so n + 1023 is a normal exponent.
-    let two_n =
-        f64::from_bits(((k.to_bits().wrapping_sub(SHIFT.to_bits()) as i64 + 1023) as u64) << 52);
-    p * two_n
+    let (r, two_n) = reduce_ln2(x.clamp(-708.0, 709.0));
+    exp_poly(r) * two_n
 }
 
 /// `silu(x) = x / (1 + e^-x)`.
@@ -144,29 +148,14 @@ pub fn silut_vjp_into(x: &[f64], g: &[f64], o: &mut [f64], thr: f64, slope: f64)
 fn exp_poly(r: f64) -> f64 {
     // sum_{i<=13} r^i / i!, by Estrin's scheme: short dependency chains, so consecutive
     // elements overlap in the pipeline.
-    const C: [f64; 14] = [
-        1.0,
-        1.0,
-        0.5,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-        1.0 / 5_040.0,
-        1.0 / 40_320.0,
-        1.0 / 362_880.0,
-        1.0 / 3_628_800.0,
-        1.0 / 39_916_800.0,
-        1.0 / 479_001_600.0,
-        1.0 / 6_227_020_800.0,
-    ];
+    let c = &INV_FACTORIAL;
     let r2 = r * r;
     let r4 = r2 * r2;
     let r8 = r4 * r4;
-    let q0 = fma(r2, fma(C[3], r, C[2]), fma(C[1], r, C[0]));
-    let q1 = fma(r2, fma(C[7], r, C[6]), fma(C[5], r, C[4]));
-    let q2 = fma(r2, fma(C[11], r, C[10]), fma(C[9], r, C[8]));
-    let q3 = fma(C[13], r, C[12]);
+    let q0 = fma(r2, fma(c[3], r, c[2]), fma(c[1], r, c[0]));
+    let q1 = fma(r2, fma(c[7], r, c[6]), fma(c[5], r, c[4]));
+    let q2 = fma(r2, fma(c[11], r, c[10]), fma(c[9], r, c[8]));
+    let q3 = fma(c[13], r, c[12]);
     fma(r8, fma(r4, q3, q2), fma(r4, q1, q0))
 }
 
@@ -473,27 +462,5 @@ mod tests {
         let want: Vec<f64> = v.iter().map(|&x| tanh(x)).collect();
         tanh_in_place(&mut v);
         assert_eq!(v, want);
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    #[test]
-    #[ignore]
-    fn tanh_ns_per_element() {
-        let mut v: Vec<f64> = (0..4096).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
-        let reps = 20_000;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            super::tanh_in_place(&mut v);
-            for x in v.iter_mut() {
-                *x *= 3.0;
-            }
-        }
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "tanh: {:.3} ns per element",
-            s * 1e9 / (reps * v.len()) as f64
-        );
     }
 }

@@ -325,38 +325,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn gflops() {
-        for &(m, k, n) in &[
-            (1024, 25, 50),
-            (1024, 50, 100),
-            (1024, 100, 50),
-            (1024, 50, 25),
-            (64, 1600, 240),
-            (64, 240, 240),
-            (64, 240, 1600),
-            (512, 512, 512),
-        ] {
-            let a: Vec<f64> = (0..m * k).map(|i| ((i as f64) * 0.37).sin()).collect();
-            let b: Vec<f64> = (0..k * n).map(|i| ((i as f64) * 0.11).cos()).collect();
-            let pb = PackedB::new(&b, k, n, false);
-            let mut c = vec![0.0; m * n];
-            let reps = (2e9 / (2.0 * (m * k * n) as f64)) as usize + 1;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                pb.gemm(m, &a, k, &mut c, n, false);
-            }
-            let s = t.elapsed().as_secs_f64();
-            println!(
-                "{m}x{k}x{n}: {:.1} GFLOP/s",
-                2.0 * (m * k * n * reps) as f64 / s / 1e9
-            );
-        }
-    }
-}

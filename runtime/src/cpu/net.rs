@@ -33,22 +33,27 @@ impl Packs {
             let (k, n) = (l.n_in(), l.n_out());
             for t in [false, true].into_iter().filter(|&t| !t || backward) {
                 let key = (key(&l.w), t);
-                let (rk, rn) = if t { (n, k) } else { (k, n) };
                 match &l.w.data {
                     Data::F64(w) => {
-                        self.f64
-                            .entry(key)
-                            .or_insert_with(|| super::gemm::PackedB::new(w, rk, rn, t));
+                        self.f64.entry(key).or_insert_with(|| packed(w, k, n, t));
                     }
                     Data::F32(w) => {
-                        self.f32
-                            .entry(key)
-                            .or_insert_with(|| super::gemm::PackedB32::new(w, rk, rn, t));
+                        self.f32.entry(key).or_insert_with(|| packed(w, k, n, t));
                     }
                     _ => {}
                 }
             }
         }
+    }
+}
+
+/// The weight matrix `w [k, n]` packed as the right operand of `x W`, or with `transpose` of
+/// `dz W^T` (a backward pass).
+fn packed<T: Real>(w: &[T], k: usize, n: usize, transpose: bool) -> T::Packed {
+    if transpose {
+        T::pack(w, n, k, true)
+    } else {
+        T::pack(w, k, n, false)
     }
 }
 
@@ -107,8 +112,7 @@ pub(super) fn layers<'a, T: Real>(
             let gemm = k > 1;
             let pack = |t: bool| match T::cached(packs, (key(&l.w), t)) {
                 Some(p) => Pack::Cached(p),
-                None if t => Pack::Own(T::pack(w, n, k, true)),
-                None => Pack::Own(T::pack(w, k, n, false)),
+                None => Pack::Own(packed(w, k, n, t)),
             };
             Ok(Layer {
                 n_in: k,
@@ -156,11 +160,7 @@ impl<T: Real> Scratch<T> {
             x0: Vec::new(),
             h: (0..layers).map(|_| Vec::new()).collect(),
             acts: Vec::new(),
-            g: Grads {
-                dh: Vec::new(),
-                dz: Vec::new(),
-                dprev: Vec::new(),
-            },
+            g: Grads::default(),
         }
     }
 }
@@ -253,7 +253,6 @@ pub(super) fn forward<T: Real>(
 #[inline(always)]
 fn finish_pair<T: Real, const TANH: bool>(
     l: &Layer<'_, T>,
-    idt: Option<&[T]>,
     (xv, xt): (&[T], &[T]),
     zv: &mut [T],
     zt: &mut [T],
@@ -276,7 +275,7 @@ fn finish_pair<T: Real, const TANH: bool>(
                 *t = *t * (T::ONE - a * a);
             }
         }
-        if let Some(idt) = idt {
+        if let Some(idt) = l.idt {
             for ((v, t), &sc) in vr.iter_mut().zip(tr.iter_mut()).zip(idt) {
                 *v = *v * sc;
                 *t = *t * sc;
@@ -373,11 +372,8 @@ pub(super) fn forward_tangent<T: Real>(
         }
         match xt {
             // One pass for the tangent's tanh', both idt scales and both residuals.
-            Some(xt) => match (tanh, l.idt) {
-                (true, Some(idt)) => finish_pair::<T, true>(l, Some(idt), (xv, xt), zv, zt),
-                (true, None) => finish_pair::<T, true>(l, None, (xv, xt), zv, zt),
-                (false, idt) => finish_pair::<T, false>(l, idt, (xv, xt), zv, zt),
-            },
+            Some(xt) if tanh => finish_pair::<T, true>(l, (xv, xt), zv, zt),
+            Some(xt) => finish_pair::<T, false>(l, (xv, xt), zv, zt),
             None => {
                 if tanh {
                     for (t, &a) in zt.iter_mut().zip(zv.iter()) {
