@@ -24,27 +24,27 @@ fn close(label: &str, a: &[f64], b: &[f64], tol: f64) {
     }
 }
 
-/// Both forms on one configuration; returns whether the model has a fused op.
-fn compare(label: &str, path: &std::path::Path, frame: &Frame, tol: f64) -> bool {
-    let (fused, plain) = pair(path);
-    let fused_ops = fused
-        .executor(true)
-        .unwrap()
-        .graph()
-        .nodes
-        .iter()
-        .filter(|n| n.op.name().starts_with("embed_contract"))
-        .count();
-    assert_eq!(
-        plain
-            .executor(true)
-            .unwrap()
-            .graph()
+/// The graph's fused embedding and attention ops (forward and VJP).
+fn fused_ops(pot: &DeepPot) -> (usize, usize) {
+    let exec = pot.executor(true).unwrap();
+    let count = |prefix: &str| {
+        exec.graph()
             .nodes
             .iter()
-            .filter(|n| n.op.name().starts_with("embed_contract"))
-            .count(),
-        0,
+            .filter(|n| n.op.name().starts_with(prefix))
+            .count()
+    };
+    (count("embed_contract"), count("attention"))
+}
+
+/// Both forms on one configuration; returns how many embedding and attention ops the
+/// fused graph has.
+fn compare(label: &str, path: &std::path::Path, frame: &Frame, tol: f64) -> (usize, usize) {
+    let (fused, plain) = pair(path);
+    let ops = fused_ops(&fused);
+    assert_eq!(
+        fused_ops(&plain),
+        (0, 0),
         "{label}: the unfused graph has fused ops"
     );
     // Each embedding VJP starts from the activations its forward op kept.
@@ -77,7 +77,7 @@ fn compare(label: &str, path: &std::path::Path, frame: &Frame, tol: f64) -> bool
         b.atom_virial.as_ref().unwrap(),
         tol,
     );
-    fused_ops > 0
+    ops
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn fused_and_unfused_graphs_agree_on_every_variant() {
     let text =
         std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
     let doc = dpc_formats::json::parse(&text).unwrap();
-    let mut fused_models = 0;
+    let (mut fused_models, mut attention_models) = (0, 0);
     for (name, entry) in doc.as_dict().unwrap() {
         let path = common::local_fixtures()
             .join("variants")
@@ -94,13 +94,20 @@ fn fused_and_unfused_graphs_agree_on_every_variant() {
         let cfg = common::Config::from_value(c);
         let frame = cfg.frame();
         let tol = if name.ends_with("f32") { 1e-5 } else { 1e-12 };
-        if compare(name, &path, &frame, tol) {
-            fused_models += 1;
-        }
+        let (embed, attention) = compare(name, &path, &frame, tol);
+        fused_models += usize::from(embed > 0);
+        attention_models += usize::from(attention > 0);
     }
     assert!(
         fused_models >= 4,
         "only {fused_models} variants use the fused kernels"
+    );
+    // dpa1_atom_ener, dpa1_concat_tos_t, dpa1_overflow, dpa1_softplus, dpa1_strip_smooth,
+    // se_atten_v2, hybrid_dpa1_dpa3: smooth and not, normalised and not, with and without
+    // dotr, float64 and float32.
+    assert!(
+        attention_models >= 6,
+        "only {attention_models} variants use the fused attention"
     );
 }
 
@@ -110,7 +117,12 @@ fn fused_and_unfused_graphs_agree_on_the_fixture_models() {
         let path = common::fixtures().join(format!("models/{name}/model.dp"));
         for c in common::reference(name).iter().take(2) {
             let frame = Frame::new(&c.coord, &c.atype, c.cell.as_deref());
-            compare(&format!("{name} {}", c.name), &path, &frame, 1e-12);
+            let (_, attention) = compare(&format!("{name} {}", c.name), &path, &frame, 1e-12);
+            assert_eq!(
+                attention > 0,
+                name == "se_atten",
+                "{name}: fused attention ops"
+            );
         }
     }
 }

@@ -6,10 +6,12 @@
 //! `gr_i = (1/nnei) sum_j G_ij^T R_ij` and `D_i = gr_i gr_i[:axis]^T` (+ centre type embedding).
 
 use super::env_mat::{apply_keep, env_mat, pair_keep};
-use super::nn::{cast_tensor, layer, layer_norm, net, net_on_parts};
+use std::sync::Arc;
+
+use super::nn::{cast_tensor, fusable, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
-use crate::graph::{DType, Dim, Graph, GraphError, Tensor, ValueId};
-use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
+use crate::graph::{Attention, DType, Dim, Graph, GraphError, Op, Tensor, ValueId};
+use crate::model::{AttentionLayer, Dpa1, Net, TebdInput, TypeEmbedding};
 
 type R = Result<ValueId, GraphError>;
 
@@ -88,9 +90,16 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
         let r3 = g.slice_n(rr, 2, 1, 4)?;
         let input_r = l2_normalize(g, r3, d.norm_floor_sq)?;
         for a in &d.attention {
-            let att = gated_attention(g, a, x, sw, nmask, input_r, d.norm_floor_sq, inp.fuse)?;
-            let y = g.add(x, att)?;
-            x = layer_norm(g, y, &a.norm)?;
+            let fused = fused_attention(a, g.dtype(x), d.norm_floor_sq).filter(|_| inp.fuse);
+            x = match fused {
+                Some(at) => g.push(Op::Attention(at), &[x, sw, nmask, input_r])?,
+                None => {
+                    let att =
+                        gated_attention(g, a, x, sw, nmask, input_r, d.norm_floor_sq, inp.fuse)?;
+                    let y = g.add(x, att)?;
+                    layer_norm(g, y, &a.norm)?
+                }
+            };
         }
     }
 
@@ -108,6 +117,36 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     } else {
         Ok(dm)
     }
+}
+
+/// The layer as one fused op (residual and layer norm included), if its projections are
+/// plain linear layers computing in `dt`.
+fn fused_attention(a: &AttentionLayer, dt: DType, floor_sq: f64) -> Option<Arc<Attention>> {
+    let proj = |l: &crate::model::Layer| {
+        fusable(
+            &Net {
+                layers: vec![l.clone()],
+            },
+            dt,
+        )
+    };
+    let at = Attention {
+        in_proj: proj(&a.in_proj)?,
+        out_proj: proj(&a.out_proj)?,
+        hidden: a.hidden_dim,
+        scaling: a.scaling,
+        normalize: a.normalize,
+        floor_sq,
+        dotr: a.dotr,
+        smooth: a.smooth,
+        shift: ATTN_SHIFT,
+        masked_logit: MASKED_LOGIT,
+        norm_w: Arc::new(cast_tensor(&a.norm.w, dt)),
+        norm_b: Arc::new(cast_tensor(&a.norm.b, dt)),
+        eps: a.norm.eps,
+    };
+    at.check().ok()?;
+    Some(Arc::new(at))
 }
 
 /// The type-embedding table: the net applied to one-hot rows, plus a zero padding row.

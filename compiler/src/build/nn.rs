@@ -154,29 +154,33 @@ pub fn fusable(n: &Net, dtype: DType) -> Option<Arc<Mlp>> {
     let layers = n
         .layers
         .iter()
-        .map(|l| {
-            let act = match l.activation {
-                Activation::Tanh => Act::Tanh,
-                Activation::Linear => Act::Linear,
-                _ => return None,
-            };
-            let residual = match (l.resnet, l.n_out()) {
-                (true, o) if o == l.n_in() => Residual::Same,
-                (true, o) if o == 2 * l.n_in() => Residual::Doubled,
-                _ => Residual::None,
-            };
-            (l.dtype == dtype).then(|| MlpLayer {
-                w: Arc::new(l.w.clone()),
-                b: l.b.clone().map(Arc::new),
-                idt: l.idt.clone().map(Arc::new),
-                act,
-                residual,
-            })
-        })
+        .map(|l| fusable_layer(l, dtype))
         .collect::<Option<Vec<_>>>()?;
     let mlp = Mlp { dtype, layers };
     mlp.check().ok()?;
     Some(Arc::new(mlp))
+}
+
+/// One layer as a fused network's layer, if it computes in `dtype` with an activation the
+/// kernels implement.
+fn fusable_layer(l: &Layer, dtype: DType) -> Option<MlpLayer> {
+    let act = match l.activation {
+        Activation::Tanh => Act::Tanh,
+        Activation::Linear => Act::Linear,
+        _ => return None,
+    };
+    let residual = match (l.resnet, l.n_out()) {
+        (true, o) if o == l.n_in() => Residual::Same,
+        (true, o) if o == 2 * l.n_in() => Residual::Doubled,
+        _ => Residual::None,
+    };
+    (l.dtype == dtype).then(|| MlpLayer {
+        w: Arc::new(l.w.clone()),
+        b: l.b.clone().map(Arc::new),
+        idt: l.idt.clone().map(Arc::new),
+        act,
+        residual,
+    })
 }
 
 /// `activation`, as one fused op where there is one and fusion is on (`fuse`).

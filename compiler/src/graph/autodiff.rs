@@ -295,6 +295,20 @@ fn rule(
             let d = g.push(Op::EnvMatVjp(e.clone()), &[args[0], args[1], args[2], gy])?;
             Ok(vec![Some(d), None, None])
         }
+        Op::Attention(a) => {
+            let d = a.width();
+            let mut vargs = args.to_vec();
+            vargs.push(gy);
+            let all = g.push(Op::AttentionVjp(a.clone()), &vargs)?;
+            let dx = g.slice_n(all, 2, 0, d)?;
+            let dsw = g.slice_n(all, 2, d, d + 1)?;
+            let dsw = g.reshape(dsw, shape_of(g, args[1]))?;
+            let dr = g.slice_n(all, 2, d + 1, d + 4)?;
+            Ok(vec![Some(dx), Some(dsw), None, Some(dr)])
+        }
+        Op::AttentionVjp(_) => Err(GraphError(
+            "attention_vjp has no gradient (second derivatives are not supported)".into(),
+        )),
         Op::Softmax => Ok(vec![Some(g.push(Op::SoftmaxVjp, &[y, gy])?)]),
         Op::Act(f) => Ok(vec![Some(g.push(Op::ActVjp(*f), &[args[0], gy])?)]),
         Op::ActVjp(_) => Err(GraphError(

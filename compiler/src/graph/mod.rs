@@ -5,6 +5,7 @@
 //! nodes to the same graph, so forces and virials are ordinary outputs. `verify.rs` checks
 //! the invariants; `print.rs` gives the text form shown by `dpc compile --emit-ir`.
 
+pub mod attention;
 pub mod autodiff;
 mod builder;
 pub mod mlp;
@@ -17,6 +18,7 @@ pub mod verify;
 
 use std::fmt;
 
+pub use attention::Attention;
 pub use mlp::{Act, Dense, Embed, EnvSpec, Mlp, MlpLayer, Residual};
 pub use op::{ActFn, Binary, Cmp, Op, Unary};
 pub use table::{Knots, Table};

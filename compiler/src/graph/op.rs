@@ -8,6 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::attention::Attention;
 use super::mlp::{Dense, Embed, EnvSpec, Mlp};
 use super::tensor::Tensor;
 use super::types::{numel, DType, Dim, Shape, TensorType};
@@ -138,6 +139,14 @@ pub enum Op {
     /// forward output and its cotangent, `(y [n, 1 + d], g [n, 1 + d] [, types])`, and is
     /// `g[:, 0] * y[:, 1:]`.
     DenseVjp(Dense),
+    /// `(x [n, s, d], sw [n, s], mask bool [n, s], r [n, s, 3]) -> [n, s, d]`: one gated
+    /// self-attention layer over each row's `s` slots, with its residual and layer norm
+    /// (`sw` the switch weights, `mask` the real neighbours, `r` the unit pair directions).
+    Attention(Arc<Attention>),
+    /// `(x, sw, mask, r, g [n, s, d]) -> [n, s, d + 4]`: the VJP of `Attention` for the
+    /// cotangent `g`, per slot `[dx, dsw, dr]` (the layer is re-run per row; no second
+    /// derivative).
+    AttentionVjp(Arc<Attention>),
 }
 
 impl Op {
@@ -199,6 +208,8 @@ impl Op {
             Op::DenseVjp(_) => "dense_vjp",
             Op::EnvMat(_) => "env_mat",
             Op::EnvMatVjp(_) => "env_mat_vjp",
+            Op::Attention(_) => "attention",
+            Op::AttentionVjp(_) => "attention_vjp",
         }
     }
 
@@ -225,7 +236,8 @@ impl Op {
             Op::DenseVjp(e) => 2 + usize::from(e.centre_type.is_some()),
             Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
             Op::Select | Op::EnvMat(_) => 3,
-            Op::EnvMatVjp(_) => 4,
+            Op::EnvMatVjp(_) | Op::Attention(_) => 4,
+            Op::AttentionVjp(_) => 5,
             Op::Concat { .. } => return None,
         })
     }
@@ -493,6 +505,22 @@ impl Op {
                 }
                 Ok(rr.clone())
             }
+            Op::Attention(at) => {
+                attention_input(at, args)?;
+                Ok(args[0].clone())
+            }
+            Op::AttentionVjp(at) => {
+                attention_input(at, args)?;
+                if args[4] != args[0] {
+                    return Err(format!(
+                        "attention_vjp cotangent {} is not {}",
+                        args[4], args[0]
+                    ));
+                }
+                let x = args[0];
+                let s = vec![x.shape[0], x.shape[1], Dim::fixed(at.width() + 4)];
+                Ok(TensorType::new(x.dtype, s))
+            }
             Op::Dense(e) => {
                 let x = a.unwrap();
                 dense_input(e, x, e.net.n_in(), args.last().copied())?;
@@ -598,6 +626,32 @@ fn embed_input(e: &Embed, rr: &TensorType, last: Option<&TensorType>) -> Result<
     Ok(())
 }
 
+/// The checks `Attention` and its VJP share on `(x, sw, mask, r)`.
+fn attention_input(a: &Attention, args: &[&TensorType]) -> Result<(), String> {
+    a.check()?;
+    let (x, sw, mask, r) = (args[0], args[1], args[2], args[3]);
+    let ok = x.rank() == 3
+        && x.dtype == a.in_proj.dtype
+        && x.shape[2] == Dim::fixed(a.width())
+        && sw.dtype == x.dtype
+        && sw.shape == x.shape[..2]
+        && mask.dtype == DType::Bool
+        && mask.shape == x.shape[..2]
+        && r.dtype == x.dtype
+        && r.rank() == 3
+        && r.shape[..2] == x.shape[..2]
+        && r.shape[2] == Dim::fixed(3);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "attention of x {x}, sw {sw}, mask {mask}, r {r} (want x [n, s, {}] of {})",
+            a.width(),
+            a.in_proj.dtype
+        ))
+    }
+}
+
 /// Numpy broadcasting of two shapes.
 pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Result<Shape, String> {
     let n = a.len().max(b.len());
@@ -689,6 +743,15 @@ impl fmt::Display for Op {
                     None => Ok(()),
                 }
             }
+            Op::Attention(a) | Op::AttentionVjp(a) => write!(
+                f,
+                " width={} hidden={}{}{}{}",
+                a.width(),
+                a.hidden,
+                if a.normalize { " normalize" } else { "" },
+                if a.dotr { " dotr" } else { "" },
+                if a.smooth { " smooth" } else { "" }
+            ),
             Op::Dense(e) | Op::DenseVjp(e) => {
                 write!(f, " widths={:?}", e.net.widths())?;
                 if e.grad {

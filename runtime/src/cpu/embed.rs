@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use super::net::{forward, forward_tangent, layers, sized, Layer, Packs};
 use super::real::Real;
+use super::reduce::dot;
 use super::ExecError;
 
 type R<T> = Result<T, ExecError>;
@@ -224,26 +225,6 @@ fn contract_block<T: Real>(
         }
     }
 }
-}
-
-/// `sum a_i b_i` in eight interleaved partial sums, so the loop vectorizes and its additions
-/// do not wait on each other.
-#[inline(always)]
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    const L: usize = 8;
-    let mut acc = [T::default(); L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .fold(T::default(), |t, (&x, &y)| t + x * y);
-    for (x, y) in ca.zip(cb) {
-        for k in 0..L {
-            acc[k] = acc[k] + x[k] * y[k];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// `out [rows, C] = g [rows, m] gy [m, C]`: four rows at a time, so their sums run side

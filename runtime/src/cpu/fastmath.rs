@@ -86,6 +86,24 @@ pub fn exp_clamped(x: f64) -> f64 {
     exp_poly(r) * two_n
 }
 
+/// `e^x`, with results below the normal range (`x < -708`) flushed to exactly 0: a
+/// softmax's masked logits weigh nothing.
+#[inline(always)]
+pub fn exp_flush(x: f64) -> f64 {
+    let e = exp_clamped(x);
+    if x < -708.0 {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// `e^x` in float32 through the float64 evaluation (rounded once at the end).
+#[inline(always)]
+pub fn exp_flush_f32(x: f32) -> f32 {
+    exp_flush(x as f64) as f32
+}
+
 /// `silu(x) = x / (1 + e^-x)`.
 #[inline(always)]
 pub fn silu(x: f64) -> f64 {
@@ -318,6 +336,9 @@ macro_rules! elementwise_in_place {
 // `x <- tanh(x)` for float64 (16 at a time) and float32 (32 at a time).
 elementwise_in_place!(tanh_in_place, f64, 16, tanh);
 elementwise_in_place!(tanh_in_place_f32, f32, 32, tanh_f32);
+// `x <- e^x` (underflow flushed to 0) for float64 and float32.
+elementwise_in_place!(exp_in_place, f64, 16, exp_flush);
+elementwise_in_place!(exp_in_place_f32, f32, 16, exp_flush_f32);
 
 #[cfg(test)]
 mod tests {
@@ -326,6 +347,33 @@ mod tests {
     /// Distance in units in the last place.
     fn ulps(a: f64, b: f64) -> u64 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()
+    }
+
+    #[test]
+    fn exp_is_within_a_few_ulp_of_libm_and_flushes_underflow() {
+        let mut x = -707.5;
+        while x < 709.0 {
+            for v in [x, x * 1e-3, x * 1e-9] {
+                let u = ulps(exp_flush(v), v.exp());
+                assert!(
+                    u <= 2,
+                    "exp({v}) = {} vs {} ({u} ulp)",
+                    exp_flush(v),
+                    v.exp()
+                );
+            }
+            x += 0.173;
+        }
+        let mut v = vec![-1e30, -709.0, 0.0, f64::NAN, 1.0];
+        exp_in_place(&mut v);
+        assert_eq!(&v[..3], &[0.0, 0.0, 1.0]);
+        assert!(v[3].is_nan());
+        assert!(ulps(v[4], std::f64::consts::E) <= 1);
+        let mut w = vec![-1e30f32, 0.5, -3.0];
+        exp_in_place_f32(&mut w);
+        assert_eq!(w[0], 0.0);
+        assert!((w[1] - 0.5f32.exp()).abs() <= f32::EPSILON * w[1]);
+        assert!((w[2] - (-3.0f32).exp()).abs() <= f32::EPSILON * w[2]);
     }
 
     #[test]

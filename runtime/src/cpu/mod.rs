@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod simd;
+mod attention;
 mod dense;
 mod embed;
 mod env;
@@ -12,6 +13,7 @@ mod gemm;
 mod kernels;
 mod net;
 mod real;
+mod reduce;
 
 use std::fmt;
 use std::sync::Arc;
@@ -207,6 +209,11 @@ impl Executor {
                 Op::EmbedContract(e) | Op::EmbedContractVjp(e) => packs.add(&e.net, false),
                 Op::Dense(d) => packs.add(&d.net, d.grad),
                 Op::DenseVjp(d) => packs.add(&d.net, !d.grad),
+                Op::Attention(a) | Op::AttentionVjp(a) => {
+                    let backward = matches!(node.op, Op::AttentionVjp(_));
+                    packs.add(&a.in_proj, backward);
+                    packs.add(&a.out_proj, backward);
+                }
                 _ => {}
             }
         }
@@ -472,6 +479,10 @@ fn eval(
         }
         Op::Dense(e) => dense::dense(e, a[0], a.get(1).copied(), packs)?,
         Op::DenseVjp(e) => dense::dense_vjp(e, a[0], a[1], a.get(2).copied(), packs)?,
+        Op::Attention(at) => attention::attention(at, [a[0], a[1], a[2], a[3]], packs)?,
+        Op::AttentionVjp(at) => {
+            attention::attention_vjp(at, [a[0], a[1], a[2], a[3]], a[4], packs)?
+        }
     })
 }
 

@@ -92,6 +92,56 @@ pub(super) struct Layer<'a, T: Real> {
     residual: Residual,
 }
 
+impl<T: Real> Layer<'_, T> {
+    /// The bias `b [n_out]`, if the layer has one.
+    pub fn bias(&self) -> Option<&[T]> {
+        self.b
+    }
+
+    /// `out [rows, n_out] = x W + b` for `x [rows, n_in]`: the affine part of the layer
+    /// (its activation, `idt` and residual are the caller's).
+    pub fn affine(&self, rows: usize, x: &[T], out: &mut [T]) {
+        let (n_in, n_out) = (self.n_in, self.n_out);
+        match &self.fwd {
+            Some(w) => T::gemm_packed(w, rows, x, n_in, out, n_out, false),
+            None => {
+                for (zr, &xv) in out[..rows * n_out].chunks_exact_mut(n_out).zip(x) {
+                    for (z, &w) in zr.iter_mut().zip(self.w) {
+                        *z = xv * w;
+                    }
+                }
+            }
+        }
+        if let Some(b) = self.b {
+            for row in out[..rows * n_out].chunks_exact_mut(n_out) {
+                for (v, &bb) in row.iter_mut().zip(b) {
+                    *v = *v + bb;
+                }
+            }
+        }
+    }
+
+    /// `out [rows, n_in] (+)= dz W^T` for `dz [rows, n_out]`, `out` with row stride `ldo`:
+    /// the cotangent of the layer's input through its weights (built with `backward`).
+    pub fn affine_t(&self, rows: usize, dz: &[T], out: &mut [T], ldo: usize, accumulate: bool) {
+        let (n_in, n_out) = (self.n_in, self.n_out);
+        match &self.bwd {
+            Some(wt) => T::gemm_packed(wt, rows, dz, n_out, out, ldo, accumulate),
+            None => {
+                assert_eq!(n_in, 1, "layers(.., true) packs W^T of every GEMM layer");
+                for (r, zr) in dz[..rows * n_out].chunks_exact(n_out).enumerate() {
+                    let acc = zr
+                        .iter()
+                        .zip(self.w)
+                        .fold(T::default(), |a, (&z, &w)| a + z * w);
+                    let o = &mut out[r * ldo];
+                    *o = if accumulate { *o + acc } else { acc };
+                }
+            }
+        }
+    }
+}
+
 fn view<T: Real>(t: &Tensor) -> R<&[T]> {
     T::slice(&t.data)
         .ok_or_else(|| ExecError::Type("fused network weights of another dtype".into()))

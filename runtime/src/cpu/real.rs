@@ -22,6 +22,24 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
+    /// `x <- e^x` (vectorized; underflow flushed to 0).
+    fn exp_in_place(x: &mut [Self]);
+    /// `C [m, n] = alpha A B + beta C` with every operand read through (row, column)
+    /// strides: small GEMMs on unpacked operands (`matrixmultiply`).
+    ///
+    /// # Safety
+    /// Every element the strides reach must lie inside its operand's allocation.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_strided(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: (*const Self, isize, isize),
+        b: (*const Self, isize, isize),
+        beta: Self,
+        c: (*mut Self, isize, isize),
+    );
     fn tanh_in_place(x: &mut [Self]);
     /// A weight matrix prepared as the right operand of `gemm_packed`.
     type Packed: Send + Sync;
@@ -53,6 +71,26 @@ impl Real for f64 {
     }
     fn sqrt(self) -> f64 {
         f64::sqrt(self)
+    }
+    fn exp_in_place(x: &mut [f64]) {
+        super::fastmath::exp_in_place(x)
+    }
+    unsafe fn gemm_strided(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: (*const f64, isize, isize),
+        b: (*const f64, isize, isize),
+        beta: f64,
+        c: (*mut f64, isize, isize),
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            matrixmultiply::dgemm(
+                m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
+            )
+        }
     }
     fn tanh_in_place(x: &mut [f64]) {
         super::fastmath::tanh_in_place(x)
@@ -96,6 +134,26 @@ impl Real for f32 {
     }
     fn sqrt(self) -> f32 {
         f32::sqrt(self)
+    }
+    fn exp_in_place(x: &mut [f32]) {
+        super::fastmath::exp_in_place_f32(x)
+    }
+    unsafe fn gemm_strided(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: (*const f32, isize, isize),
+        b: (*const f32, isize, isize),
+        beta: f32,
+        c: (*mut f32, isize, isize),
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            matrixmultiply::sgemm(
+                m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
+            )
+        }
     }
     fn tanh_in_place(x: &mut [f32]) {
         super::fastmath::tanh_in_place_f32(x)
