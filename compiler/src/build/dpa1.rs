@@ -47,11 +47,11 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
             let nei_t = g.gather(temb_ext, nl0)?; // [nloc, nnei, nt]
                                                   // The network on [s, T_j(, T_i)], its first layer split by input block.
             if d.type_one_side {
-                net_on_parts(g, &[ss, nei_t], &d.embedding)?
+                net_on_parts(g, &[ss, nei_t], &d.embedding, inp.fuse)?
             } else {
                 let cen = g.gather(table, inp.atype_loc)?;
                 let cen = g.reshape(cen, vec![Dim::NLOC, Dim::ONE, nt])?;
-                net_on_parts(g, &[ss, nei_t, cen], &d.embedding)?
+                net_on_parts(g, &[ss, nei_t, cen], &d.embedding, inp.fuse)?
             }
         }
         TebdInput::Strip => {

@@ -121,7 +121,7 @@ fn three_body(
             let ej = g.reshape(emb, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, nt])?;
             let ek = g.reshape(emb, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), nt])?;
             // G([r_j . r_k, T_j, T_k]) with its first layer split by input block.
-            net_on_parts(g, &[ss, ej, ek], &tb.embedding)? // [nloc, nnei, nnei, ng]
+            net_on_parts(g, &[ss, ej, ek], &tb.embedding, inp.fuse)? // [nloc, nnei, nnei, ng]
         }
         TebdInput::Strip => {
             let strip = tb

@@ -59,6 +59,26 @@ fn rows_product(
     Ok((x2, y, lead))
 }
 
+/// `layers` on `x [..., k]`, as one fused row network (`Op::Dense`) where fusion is on
+/// and the kernels can run them exactly, else layer by layer.
+pub fn net_fused(g: &mut Graph, x: ValueId, layers: &[Layer], fuse: bool) -> R {
+    let dt = g.dtype(x);
+    let mlp = fuse.then(|| fusable_layers(layers, dt)).flatten();
+    let Some(mlp) = mlp.filter(|_| !layers.is_empty()) else {
+        return layers.iter().try_fold(x, |x, l| layer(g, x, l));
+    };
+    let sh = g.shape(x).to_vec();
+    let (lead, k) = sh.split_at(sh.len() - 1);
+    let rows = crate::graph::types::numel(lead)
+        .ok_or_else(|| GraphError("network input too large".into()))?;
+    let x2 = g.reshape(x, vec![rows, k[0]])?;
+    let out = Dim::fixed(mlp.n_out());
+    let y = g.dense(x2, mlp, None)?;
+    let mut to = lead.to_vec();
+    to.push(out);
+    g.reshape(y, to)
+}
+
 pub fn net(g: &mut Graph, x: ValueId, n: &Net) -> R {
     n.layers.iter().try_fold(x, |x, l| layer(g, x, l))
 }
@@ -70,7 +90,7 @@ pub fn net(g: &mut Graph, x: ValueId, n: &Net) -> R {
 /// the sums round differently from one product over the concatenation, at the level of
 /// the last bit. A first layer with a residual connection (which reads the concatenation)
 /// falls back to building it.
-pub fn net_on_parts(g: &mut Graph, parts: &[ValueId], n: &Net) -> R {
+pub fn net_on_parts(g: &mut Graph, parts: &[ValueId], n: &Net, fuse: bool) -> R {
     let mut lead: Vec<Dim> = Vec::new();
     for &p in parts {
         let sh = g.shape(p);
@@ -111,7 +131,7 @@ pub fn net_on_parts(g: &mut Graph, parts: &[ValueId], n: &Net) -> R {
         } else {
             g.concat(&full, lead.len())?
         };
-        return net(g, x, n);
+        return net_fused(g, x, &n.layers, fuse);
     }
     let out_dt = g.dtype(parts[0]);
     let w_all = first.w.to_f64_vec();
@@ -137,7 +157,7 @@ pub fn net_on_parts(g: &mut Graph, parts: &[ValueId], n: &Net) -> R {
     }
     let y = bias_activation_idt(g, y.expect("at least two parts"), first)?;
     let y = g.cast(y, out_dt)?;
-    rest.iter().try_fold(y, |x, l| layer(g, x, l))
+    net_fused(g, y, rest, fuse)
 }
 
 /// `x [..., k] @ l.w` in the layer's dtype, `[..., out]` (no bias or activation).
@@ -151,8 +171,12 @@ fn layer_product(g: &mut Graph, x: ValueId, l: &Layer) -> R {
 /// `net` would: every layer in `dtype` (no casts between layers) with an activation the
 /// kernels implement. `None` otherwise (the caller builds it from elementary ops).
 pub fn fusable(n: &Net, dtype: DType) -> Option<Arc<Mlp>> {
-    let layers = n
-        .layers
+    fusable_layers(&n.layers, dtype)
+}
+
+/// `fusable` for a run of layers.
+fn fusable_layers(layers: &[Layer], dtype: DType) -> Option<Arc<Mlp>> {
+    let layers = layers
         .iter()
         .map(|l| fusable_layer(l, dtype))
         .collect::<Option<Vec<_>>>()?;

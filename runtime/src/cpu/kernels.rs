@@ -541,9 +541,31 @@ pub fn cast(x: &Tensor, to: dpc_compiler::graph::DType) -> Tensor {
 }
 
 pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
+    matmul_t(a, b, [false, false])
+}
+
+/// `matmul` of the operands' last-two-axes transposes where `trans` says so: `a` stored
+/// `[..., k, m]`, `b` stored `[..., n, k]` (or `[n, k]`), read in place through strides
+/// instead of transposed into a copy first.
+pub fn matmul_t(a: &Tensor, b: &Tensor, trans: [bool; 2]) -> R<Tensor> {
     let (ra, rb) = (a.shape.len(), b.shape.len());
-    let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
-    let (k2, n) = (b.shape[rb - 2], b.shape[rb - 1]);
+    if ra < 2 || rb < 2 {
+        return Err(ExecError::Shape(format!(
+            "matmul {:?} x {:?}",
+            a.shape, b.shape
+        )));
+    }
+    let [ta, tb] = trans;
+    let (m, k) = if ta {
+        (a.shape[ra - 1], a.shape[ra - 2])
+    } else {
+        (a.shape[ra - 2], a.shape[ra - 1])
+    };
+    let (k2, n) = if tb {
+        (b.shape[rb - 1], b.shape[rb - 2])
+    } else {
+        (b.shape[rb - 2], b.shape[rb - 1])
+    };
     if k != k2 {
         return Err(ExecError::Shape(format!(
             "matmul {:?} x {:?}",
@@ -554,6 +576,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let b_batched = rb > 2;
     let mut shape = a.shape[..ra - 2].to_vec();
     shape.extend([m, n]);
+    // (row, column) strides of the logical operands.
+    let (rsa, csa) = if ta { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
     // Work is split over the rayon pool: by batch when there are many, else by row blocks
     // of one large product. Each piece is an independent GEMM, so results do not depend on
     // the thread count.
@@ -562,14 +587,14 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
             let mut o = vec![$zero; batch * m * n];
             if m * n > 0 {
                 let one = |bi: usize, r0: usize, rows: usize, op: &mut [_]| {
-                    let ap = &$p[bi * m * k + r0 * k..];
+                    let ap = &$p[bi * m * k + r0 * rsa..];
                     let bp = if b_batched {
                         &$q[bi * k * n..]
                     } else {
                         &$q[..]
                     };
-                    // SAFETY: the slices hold rows*k, k*n and rows*n elements from these
-                    // offsets, with row-major strides (k,1), (n,1), (n,1).
+                    // SAFETY: from these offsets the strides reach rows x k elements of
+                    // `a`'s matrix, k x n of `b`'s and rows x n of the output's.
                     unsafe {
                         $gemm(
                             rows,
@@ -577,11 +602,11 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
                             n,
                             1.0,
                             ap.as_ptr(),
-                            k as isize,
-                            1,
+                            rsa as isize,
+                            csa as isize,
                             bp.as_ptr(),
-                            n as isize,
-                            1,
+                            rsb as isize,
+                            csb as isize,
                             0.0,
                             op.as_mut_ptr(),
                             n as isize,
@@ -612,8 +637,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let data = match (&a.data, &b.data) {
         // Many rows times one small matrix (a layer's weights): pack the matrix once and
         // stream the rows through the register-blocked kernel.
-        (Data::F64(p), Data::F64(q)) if !b_batched && batch * m >= 64 && k <= ROWS_MATMUL_MAX_K => {
-            Data::F64(rows_times_matrix(p, q, batch * m, k, n))
+        (Data::F64(p), Data::F64(q))
+            if !ta && !b_batched && batch * m >= 64 && k <= ROWS_MATMUL_MAX_K =>
+        {
+            Data::F64(rows_times_matrix(p, q, batch * m, k, n, tb))
         }
         (Data::F64(p), Data::F64(q)) => Data::F64(mm!(p, q, matrixmultiply::dgemm, 0.0f64)),
         (Data::F32(p), Data::F32(q)) => Data::F32(mm!(p, q, matrixmultiply::sgemm, 0.0f32)),
@@ -626,10 +653,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
 /// products in `fuse` use the same bound, so both round alike).
 pub(crate) const ROWS_MATMUL_MAX_K: usize = 256;
 
-/// `a [rows, k] @ b [k, n]` with `b` packed once (`gemm::PackedB`), rows split over the
-/// thread pool.
-fn rows_times_matrix(a: &[f64], b: &[f64], rows: usize, k: usize, n: usize) -> Vec<f64> {
-    let packed = super::gemm::PackedB::new(b, k, n, false);
+/// `a [rows, k] @ b` with `b` (`[k, n]`, or `[n, k]` transposed when `tb`) packed once
+/// (`gemm::PackedB`), rows split over the thread pool.
+fn rows_times_matrix(a: &[f64], b: &[f64], rows: usize, k: usize, n: usize, tb: bool) -> Vec<f64> {
+    let packed = super::gemm::PackedB::new(b, k, n, tb);
     let mut o = vec![0.0; rows * n];
     if n == 0 {
         return o;
@@ -1060,6 +1087,67 @@ pub fn scatter_add(idx: &Tensor, upd: &Tensor, rows: usize) -> R<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A matmul reading transposed operands through strides equals the product of the
+    /// transposed copies, for every flag pair, batched and unbatched right operands, small
+    /// products and ones split over threads, float64 and float32.
+    #[test]
+    fn matmul_of_transposed_operands_equals_the_copies() {
+        let swap = |t: &Tensor| {
+            let r = t.shape.len();
+            let mut p: Vec<usize> = (0..r).collect();
+            p.swap(r - 2, r - 1);
+            transpose(t, &p)
+        };
+        let fill = |shape: Vec<usize>, seed: usize| {
+            let n: usize = shape.iter().product();
+            let v = (0..n)
+                .map(|i| (((i + seed) * 7919) % 1013) as f64 * 0.01 - 5.0)
+                .collect();
+            Tensor::f64(shape, v)
+        };
+        for (batch, m, k, n, b_batched) in [
+            (3usize, 4usize, 5usize, 6usize, true),
+            (2, 70, 33, 9, false),
+            (1, 300, 40, 120, false),
+            (40, 72, 32, 4, true),
+        ] {
+            let a = fill(vec![batch, m, k], 1);
+            let b = if b_batched {
+                fill(vec![batch, k, n], 2)
+            } else {
+                fill(vec![k, n], 2)
+            };
+            let want = matmul(&a, &b).unwrap();
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let aa = if ta { swap(&a) } else { a.clone() };
+                    let bb = if tb { swap(&b) } else { b.clone() };
+                    let got = matmul_t(&aa, &bb, [ta, tb]).unwrap();
+                    assert_eq!(got.shape, want.shape);
+                    let (Data::F64(g), Data::F64(w)) = (&got.data, &want.data) else {
+                        panic!("float64");
+                    };
+                    for (x, y) in g.iter().zip(w) {
+                        assert!(
+                            (x - y).abs() <= 1e-12 * (1.0 + y.abs()),
+                            "{ta} {tb}: {x} {y}"
+                        );
+                    }
+                    let f32t = dpc_compiler::graph::DType::F32;
+                    let (a32, b32) = (cast(&aa, f32t), cast(&bb, f32t));
+                    let got32 = matmul_t(&a32, &b32, [ta, tb]).unwrap();
+                    let Data::F32(g32) = &got32.data else {
+                        panic!("float32");
+                    };
+                    for (x, y) in g32.iter().zip(w) {
+                        assert!((*x as f64 - y).abs() <= 1e-3 * (1.0 + y.abs()));
+                    }
+                }
+            }
+            assert!(matmul_t(&a, &b, [true, false]).is_err() || k == m);
+        }
+    }
 
     /// Sums over every run of adjacent axes (the strided fast path, with outputs large
     /// enough to split over threads) equal the naive index loop exactly, and so do strided

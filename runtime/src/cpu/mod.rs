@@ -86,8 +86,41 @@ pub struct Executor {
     kept_until: Vec<Option<usize>>,
     /// The fused networks' weights, packed for the GEMMs.
     packs: net::Packs,
-    /// Each node's arguments as it runs (`narrowed` replaces some).
+    /// Each node's arguments as it runs (`narrowed` and `fold_transposes` replace some).
     args: Vec<Vec<usize>>,
+    /// For a `matmul`, which operands it reads as the transpose of its (new) argument.
+    transposed: Vec<[bool; 2]>,
+}
+
+/// Let each `matmul` read an operand that is a transpose of its last two axes straight
+/// from the transpose's input, through strides (`kernels::matmul_t`), instead of from a
+/// transposed copy; the transpose then runs only if something else reads it.
+fn fold_transposes(graph: &Graph, args: &mut [Vec<usize>]) -> Vec<[bool; 2]> {
+    let mut flags = vec![[false; 2]; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if node.op != Op::MatMul {
+            continue;
+        }
+        // A transposed left operand times one unbatched matrix stays a copy: the copy's rows
+        // then stream through the packed kernel (`rows_times_matrix`).
+        let b_batched = graph.nodes[args[i][1]].ty.rank() > 2;
+        for slot in (0..2).filter(|&s| s == 1 || b_batched) {
+            // Through a chain of such transposes: each one flips the operand once more.
+            while let Op::Transpose(perm) = &graph.nodes[args[i][slot]].op {
+                let r = perm.len();
+                let swaps_last_two = r >= 2
+                    && perm[r - 2] == r - 1
+                    && perm[r - 1] == r - 2
+                    && perm[..r - 2].iter().enumerate().all(|(j, &p)| p == j);
+                if !swaps_last_two {
+                    break;
+                }
+                args[i][slot] = graph.nodes[args[i][slot]].args[0].index();
+                flags[i][slot] = !flags[i][slot];
+            }
+        }
+    }
+    flags
 }
 
 /// The argument lists, with the cotangent of a `dense_vjp` that only reads the output
@@ -171,7 +204,8 @@ impl Executor {
             }
             needed
         };
-        let run_args = narrowed(&graph);
+        let mut run_args = narrowed(&graph);
+        let transposed = fold_transposes(&graph, &mut run_args);
         let node_args = |i: usize| run_args[i].clone();
         let fused = if fuse {
             fuse::plan(&graph, &needed_by(&node_args))
@@ -226,6 +260,7 @@ impl Executor {
             kept_until,
             packs,
             args: run_args,
+            transposed,
         }
     }
 
@@ -245,7 +280,9 @@ impl Executor {
             .zip(&self.graph.nodes)
             .zip(&self.needed)
             .filter(|((a, n), &needed)| {
-                needed && a.iter().copied().ne(n.args.iter().map(|v| v.index()))
+                needed
+                    && matches!(n.op, Op::DenseVjp(_))
+                    && a.iter().copied().ne(n.args.iter().map(|v| v.index()))
             })
             .count()
     }
@@ -383,6 +420,9 @@ impl Executor {
                             kept[f] = None;
                         }
                         out
+                    }
+                    Op::MatMul if self.transposed[i] != [false; 2] => {
+                        kernels::matmul_t(args[0], args[1], self.transposed[i])?
                     }
                     op => eval(op, &args, &mut inputs, bind, &self.packs)?,
                 }
