@@ -58,6 +58,9 @@ def time_deepmd(path, coord, box, at, reps):
 
 
 def time_dpc(dpc, model, conf, reps, threads, extra=()):
+    # DeePMD-kit's OpenMP workers spin for a while after its last call; let them settle so
+    # dpc does not start on cores they still hold.
+    time.sleep(1.0)
     out = subprocess.run(
         [dpc, "bench", model, "--input", conf, "--reps", str(reps), "--threads", str(threads), *extra],
         capture_output=True,
