@@ -22,34 +22,59 @@ fn row_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
     sel.unwrap_or_else(|| (0..n).collect())
 }
 
+/// The distinct rows of `x` among `idx` (a row bit for bit equal to the one before it,
+/// like an atom's padding slots, shares its evaluation) into `x0`, and each row's position
+/// among them into `map`.
+fn distinct_rows<T: Real>(x: &[T], d: usize, idx: &[usize], x0: &mut Vec<T>, map: &mut Vec<usize>) {
+    x0.clear();
+    map.clear();
+    let same = |a: &[T], b: &[T]| {
+        a.iter()
+            .zip(b)
+            .all(|(u, v)| u.to_f64().to_bits() == v.to_f64().to_bits())
+    };
+    let mut prev: Option<&[T]> = None;
+    for &i in idx {
+        let row = &x[i * d..(i + 1) * d];
+        if !prev.is_some_and(|p| same(p, row)) {
+            x0.extend_from_slice(row);
+            prev = Some(row);
+        }
+        map.push(x0.len() / d.max(1) - 1);
+    }
+}
+
 fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize, packs: &Packs) -> R<Vec<T>> {
     let net = layers::<T>(&e.net, e.grad, packs)?;
     let (d, m, w) = (e.net.n_in(), e.net.n_out(), e.out_width());
     let mut out = vec![T::default(); n * w];
+    if d == 0 {
+        return Ok(out);
+    }
     let blocks: Vec<(&[usize], Vec<T>)> = rows
         .par_chunks(ROWS_PER_BLOCK)
         .map_init(
-            || Scratch::new(net.len()),
-            |sc, idx| {
-                let nr = idx.len();
-                sc.x0.clear();
-                for &i in idx {
-                    sc.x0.extend_from_slice(&x[i * d..(i + 1) * d]);
-                }
-                let acts = e.grad.then(|| sized(&mut sc.acts, nr * acts_width(&net)));
+            || (Scratch::new(net.len()), Vec::new()),
+            |(sc, map), idx| {
+                distinct_rows(x, d, idx, &mut sc.x0, map);
+                let nu = sc.x0.len() / d;
+                let acts = e.grad.then(|| sized(&mut sc.acts, nu * acts_width(&net)));
                 forward(&net, &sc.x0, &mut sc.h, acts);
-                let y = &sc.h[net.len() - 1][..nr * m];
+                let y = &sc.h[net.len() - 1][..nu * m];
+                let mut rows_out = Vec::with_capacity(idx.len() * w);
                 if !e.grad {
-                    return (idx, y.to_vec());
+                    for &u in map.iter() {
+                        rows_out.extend_from_slice(&y[u * m..(u + 1) * m]);
+                    }
+                    return (idx, rows_out);
                 }
                 // [y, dy/dx] per row: back-propagate a cotangent of one (m == 1).
-                let mut rows_out = Vec::with_capacity(nr * w);
                 let yv = y.to_vec();
-                sized(&mut sc.g.dh, nr).fill(T::ONE);
-                backward(&net, &sc.acts, nr, &mut sc.g);
-                for (r, &yr) in yv.iter().enumerate() {
-                    rows_out.push(yr);
-                    rows_out.extend_from_slice(&sc.g.dh[r * d..(r + 1) * d]);
+                sized(&mut sc.g.dh, nu).fill(T::ONE);
+                backward(&net, &sc.acts, nu, &mut sc.g);
+                for &u in map.iter() {
+                    rows_out.push(yv[u]);
+                    rows_out.extend_from_slice(&sc.g.dh[u * d..(u + 1) * d]);
                 }
                 (idx, rows_out)
             },
@@ -180,4 +205,72 @@ pub fn dense_vjp(
         shape: vec![n, e.net.n_in()],
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use dpc_compiler::graph::{Act, DType, Mlp, MlpLayer, Residual};
+
+    use super::*;
+
+    fn net(widths: &[usize]) -> Arc<Mlp> {
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(l, w)| {
+                let v = |n: usize, k: usize| {
+                    (0..n)
+                        .map(|i| ((i * 31 + k * 7 + l) as f64 * 0.37).sin() * 0.5)
+                        .collect()
+                };
+                MlpLayer {
+                    w: Arc::new(Tensor::f64(vec![w[0], w[1]], v(w[0] * w[1], 1))),
+                    b: Some(Arc::new(Tensor::f64(vec![w[1]], v(w[1], 2)))),
+                    idt: None,
+                    act: Act::Tanh,
+                    residual: if w[1] == 2 * w[0] {
+                        Residual::Doubled
+                    } else {
+                        Residual::None
+                    },
+                }
+            })
+            .collect();
+        Arc::new(Mlp {
+            dtype: DType::F64,
+            layers,
+        })
+    }
+
+    /// Repeated rows (runs of padding, and a repeat that is not consecutive) give every row
+    /// the bits it gets on its own.
+    #[test]
+    fn rows_sharing_an_evaluation_get_their_own_numbers() {
+        for (widths, grad) in [(vec![3usize, 6, 12], false), (vec![3, 5, 1], true)] {
+            let mlp = net(&widths);
+            let e = Dense {
+                net: mlp,
+                centre_type: None,
+                grad,
+            };
+            let base = [[0.1, -0.2, 0.3], [0.5, 0.5, -0.5], [0.0, 0.0, 0.0]];
+            let order = [0usize, 2, 2, 2, 1, 0, 2, 2, 1, 1];
+            let x: Vec<f64> = order.iter().flat_map(|&r| base[r]).collect();
+            let n = order.len();
+            let all = Tensor::f64(vec![n, 3], x);
+            let y = dense(&e, &all, None, &Packs::default()).unwrap();
+            let w = e.out_width();
+            for (i, &r) in order.iter().enumerate() {
+                let one = Tensor::f64(vec![1, 3], base[r].to_vec());
+                let yo = dense(&e, &one, None, &Packs::default()).unwrap();
+                assert_eq!(
+                    &y.as_f64().unwrap()[i * w..(i + 1) * w],
+                    yo.as_f64().unwrap(),
+                    "row {i}"
+                );
+            }
+        }
+    }
 }
