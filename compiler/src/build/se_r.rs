@@ -38,11 +38,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<Val
         let sum = match mlp.filter(|_| inp.fuse) {
             Some(mlp) => {
                 // sum_j G_j as the fused contraction of G with a channel of ones.
-                let one = g.scalar_like(1.0, tr);
-                let ones = g.broadcast(one, vec![Dim::NLOC, Dim::fixed(s), Dim::ONE])?;
-                let tr1 = g.concat(&[tr, ones], 2)?;
-                let c = g.embed_contract(tr1, mlp, table, None)?; // [nloc, ng, 2]
-                let c = g.slice_n(c, 2, 1, 2)?;
+                let c = g.embed_sum(tr, mlp, table)?; // [nloc, ng, 1]
                 let ng = g.shape(c)[1];
                 g.reshape(c, vec![Dim::NLOC, ng])?
             }

@@ -156,6 +156,28 @@ impl Graph {
         table: Option<Arc<super::table::Table>>,
         centre: Option<(i32, ValueId)>,
     ) -> R {
+        self.embed_op(rr, net, table, centre, false)
+    }
+
+    /// `sum_j Net(rr[:, j, 0])` (`rr [n, s, 1]`) as one fused op, `[n, m, 1]`: the
+    /// contraction with a channel of ones (see `Embed::ones`).
+    pub fn embed_sum(
+        &mut self,
+        rr: ValueId,
+        net: Arc<super::mlp::Mlp>,
+        table: Option<Arc<super::table::Table>>,
+    ) -> R {
+        self.embed_op(rr, net, table, None, true)
+    }
+
+    fn embed_op(
+        &mut self,
+        rr: ValueId,
+        net: Arc<super::mlp::Mlp>,
+        table: Option<Arc<super::table::Table>>,
+        centre: Option<(i32, ValueId)>,
+        ones: bool,
+    ) -> R {
         if let Some(t) = &table {
             if t.m != net.n_out() || t.coef.dtype() != net.dtype {
                 return Err(GraphError(
@@ -167,6 +189,7 @@ impl Graph {
             net,
             centre_type: centre.map(|c| c.0),
             table,
+            ones,
         };
         match centre {
             Some((_, types)) => self.push(Op::EmbedContract(e), &[rr, types]),

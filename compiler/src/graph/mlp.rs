@@ -111,6 +111,9 @@ pub struct Embed {
     /// The network tabulated (`dpc compile --compress`): kernels evaluate the table, and
     /// the network only for inputs off it.
     pub table: Option<Arc<super::table::Table>>,
+    /// Contract with a channel of ones instead of `rr`'s channels: `out[i] = sum_j
+    /// Net(rr[i, j, 0])`, `[n, m, 1]` for `rr [n, s, 1]` (se_e2_r's sum over neighbours).
+    pub ones: bool,
 }
 
 /// The attributes of `Op::Dense` and its VJP: a network on the rows of a matrix.

@@ -623,6 +623,11 @@ fn embed_input(e: &Embed, rr: &TensorType, last: Option<&TensorType>) -> Result<
     if rr.shape[2].sym.is_some() || rr.shape[2].factor == 0 {
         return Err("embed_contract needs a fixed, non-empty channel axis".into());
     }
+    if e.ones && rr.shape[2] != Dim::ONE {
+        return Err(format!(
+            "embed_contract with a channel of ones needs rr [n, s, 1], got {rr}"
+        ));
+    }
     Ok(())
 }
 
@@ -729,6 +734,9 @@ impl fmt::Display for Op {
             ),
             Op::EmbedContract(e) | Op::EmbedContractVjp(e) => {
                 write!(f, " widths={:?}", e.net.widths())?;
+                if e.ones {
+                    write!(f, " ones")?;
+                }
                 if let Some(t) = e.centre_type {
                     write!(f, " centre_type={t}")?;
                 }

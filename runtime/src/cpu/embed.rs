@@ -158,10 +158,10 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], dg: Option<&mut [T
 }
 }
 
-/// `rr [n, s, c]`'s sizes, checked.
-fn dims(rr: &Tensor) -> R<(usize, usize, usize)> {
+/// `rr [n, s, c]`'s sizes, checked (`c` 1 for a contraction with ones).
+fn dims(e: &Embed, rr: &Tensor) -> R<(usize, usize, usize)> {
     match rr.shape.as_slice() {
-        &[n, s, c] if c > 0 => Ok((n, s, c)),
+        &[n, s, c] if c > 0 && (!e.ones || c == 1) => Ok((n, s, c)),
         other => Err(ExecError::Shape(format!(
             "embed_contract of rr {other:?} (want [n, s, c])"
         ))),
@@ -194,13 +194,15 @@ fn distinct_inputs<T: Real>(rr: &[&[T]], c: usize, x: &mut Vec<T>, idx: &mut Vec
 simd_fn! {
 /// `out_a [m, c] = sum_j G_(idx j)^T rr_j` for each atom `a` of a block (`s` rows each):
 /// rank-1 updates into `acc [c, m]` (long rows, so the loop vectorizes over `m`), then
-/// transposed: the shapes are too small for a GEMM call to pay off.
+/// transposed: the shapes are too small for a GEMM call to pay off. With `ones` (`c` 1),
+/// `sum_j G_(idx j)`.
 fn contract_block<T: Real>(
     g: &[T],
     idx: &[u32],
     r: &[&[T]],
     out: &mut [T],
     dims: (usize, usize, usize),
+    ones: bool,
     acc: &mut [T],
 ) {
     let (m, s, c) = dims;
@@ -212,6 +214,12 @@ fn contract_block<T: Real>(
         acc.fill(T::default());
         for (&u, rj) in ia.iter().zip(ra.chunks_exact(c)) {
             let gj = &g[u as usize * m..(u as usize + 1) * m];
+            if ones {
+                for (a, &gv) in acc.iter_mut().zip(gj) {
+                    *a = *a + gv;
+                }
+                continue;
+            }
             for (arow, &rv) in acc.chunks_exact_mut(m).zip(rj) {
                 for (a, &gv) in arow.iter_mut().zip(gj) {
                     *a = *a + rv * gv;
@@ -283,6 +291,7 @@ simd_fn! {
 /// inputs (`gt [2 distinct, m]`): `d_rr_j = gy_a^T G_j` and, through `G_j`'s input,
 /// `d_rr_j [0] += rr_j . (gy_a^T dG/dx_j)`. Both products are taken once per distinct
 /// input of the atom (`pq`, `[2, inputs, c]`), then read by its rows; `gyt` is scratch.
+/// With `ones` (the contraction with a channel of ones, `c` 1), `d_rr_j = gy_a . dG/dx_j`.
 fn contract_vjp_block<T: Real>(
     gt: &[T],
     idx: &[u32],
@@ -290,6 +299,7 @@ fn contract_vjp_block<T: Real>(
     gy: &[&[T]],
     d_rr: &mut [&mut [T]],
     dims: (usize, usize, usize),
+    ones: bool,
     gyt: &mut Vec<T>,
     pq: &mut Vec<T>,
 ) {
@@ -302,6 +312,13 @@ fn contract_vjp_block<T: Real>(
         let pq = sized(pq, 2 * nu * c);
         let (p, q) = pq.split_at_mut(nu * c);
         let (gu, tu) = (&g[u0 * m..u1 * m], &t[u0 * m..u1 * m]);
+        if ones {
+            project::<T, 1>(tu, gya, m, q);
+            for ((&u, dj), _) in ia.iter().zip(da.chunks_exact_mut(1)).zip(ra.iter()) {
+                dj[0] = q[u as usize - u0];
+            }
+            continue;
+        }
         match c {
             4 => {
                 project::<T, 4>(gu, gya, m, p);
@@ -407,7 +424,7 @@ fn contract_t<T: Real>(
                 src.eval(&sc.x, keep, &mut sc.h, &mut gt);
                 let acc = sized(&mut sc.acc, m * c);
                 let mut o = vec![T::default(); ids.len() * m * c];
-                contract_block(&gt, &sc.idx, &r, &mut o, (m, s, c), acc);
+                contract_block(&gt, &sc.idx, &r, &mut o, (m, s, c), e.ones, acc);
                 let kept = if keep {
                     Some(KeptBlock {
                         idx: sc.idx.clone(),
@@ -492,7 +509,7 @@ fn contract_vjp_t<T: Real>(
                     (&sc.gt[..], &sc.idx[..])
                 }
             };
-            contract_vjp_block(gt, idx, &r, &g, &mut d, (m, s, c), gyt, &mut sc.pq);
+            contract_vjp_block(gt, idx, &r, &g, &mut d, (m, s, c), e.ones, gyt, &mut sc.pq);
         },
     );
     Ok(d_rr)
@@ -538,7 +555,7 @@ pub fn embed_contract(
 ) -> R<(Tensor, Option<Kept>)> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
-    let dims = dims(rr)?;
+    let dims = dims(e, rr)?;
     let (n, _, c) = dims;
     let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
     let (data, kept) = match &rr.data {
@@ -573,7 +590,7 @@ pub fn embed_contract_vjp(
 ) -> R<Tensor> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
-    let dims = dims(rr)?;
+    let dims = dims(e, rr)?;
     let (n, _, c) = dims;
     if gy.shape != [n, m, c] {
         return Err(ExecError::Shape(format!(
@@ -649,6 +666,7 @@ mod tests {
             }),
             centre_type,
             table: None,
+            ones: false,
         }
     }
 
@@ -704,31 +722,44 @@ mod tests {
 
     #[test]
     fn the_vjp_is_the_derivative_of_the_contraction() {
-        // <gy, f(rr)> against central differences, one entry of rr at a time.
-        let (n, s, c) = (2, 12, 4);
-        let (rr, gy, _) = inputs(n, s, c);
-        let e = embed(None);
-        let np = Packs::default();
-        let d = embed_contract_vjp(&e, &rr, &gy, None, None, &np).unwrap();
-        let f = |x: &Tensor| -> f64 {
-            let (y, _) = embed_contract(&e, x, None, false, &np).unwrap();
-            let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
-            y.iter().zip(g).map(|(a, b)| a * b).sum()
-        };
-        let h = 1e-6;
-        for i in (0..n * s * c).step_by(5) {
-            let mut plus = rr.clone();
-            let mut minus = rr.clone();
-            if let (Data::F64(p), Data::F64(m)) = (&mut plus.data, &mut minus.data) {
-                p[i] += h;
-                m[i] -= h;
+        // <gy, f(rr)> against central differences, one entry of rr at a time; also for the
+        // contraction with a channel of ones (one channel).
+        for (c, ones) in [(4, false), (1, true)] {
+            let (n, s) = (2, 12);
+            let (rr, gy, _) = inputs(n, s, c);
+            let e = Embed {
+                ones,
+                ..embed(None)
+            };
+            let np = Packs::default();
+            let d = embed_contract_vjp(&e, &rr, &gy, None, None, &np).unwrap();
+            let f = |x: &Tensor| -> f64 {
+                let (y, _) = embed_contract(&e, x, None, false, &np).unwrap();
+                let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
+                y.iter().zip(g).map(|(a, b)| a * b).sum()
+            };
+            let h = 1e-6;
+            for i in (0..n * s * c).step_by(if ones { 1 } else { 5 }) {
+                let mut plus = rr.clone();
+                let mut minus = rr.clone();
+                if let (Data::F64(p), Data::F64(m)) = (&mut plus.data, &mut minus.data) {
+                    p[i] += h;
+                    m[i] -= h;
+                }
+                let fd = (f(&plus) - f(&minus)) / (2.0 * h);
+                let got = d.as_f64().unwrap()[i];
+                assert!(
+                    (fd - got).abs() < 1e-7 * (1.0 + got.abs()),
+                    "ones {ones}: rr[{i}]: {got} vs {fd}"
+                );
             }
-            let fd = (f(&plus) - f(&minus)) / (2.0 * h);
-            let got = d.as_f64().unwrap()[i];
-            assert!(
-                (fd - got).abs() < 1e-7 * (1.0 + got.abs()),
-                "rr[{i}]: {got} vs {fd}"
-            );
         }
+        // The sum needs one channel.
+        let (rr, _, _) = inputs(2, 12, 4);
+        let e = Embed {
+            ones: true,
+            ..embed(None)
+        };
+        assert!(embed_contract(&e, &rr, None, false, &Packs::default()).is_err());
     }
 }
