@@ -516,20 +516,32 @@ fn atom<T: Real>(p: &Parts<'_, T>, slots: Slots<'_, T>, (w, c): &mut State<T>, o
     if n > 0 {
         forward_atom(p, c.slots(), w, Some(sized(&mut co, n * d)));
     }
-    let mut next = c.idx.iter().copied().zip(co.chunks_exact(d)).peekable();
-    for (j, orow) in out.chunks_exact_mut(d).enumerate() {
+    scatter(&c.idx, &co, d, out, |j, orow| {
+        let y = masked_row(p, &slots.0[j * d..(j + 1) * d], &mut c.y);
+        norm_row(p, y, orow);
+    });
+    c.out = co;
+}
+
+/// The compacted run's rows (`rows`, one per slot of `idx`, in order) to their slots of
+/// `out` (`width` wide); every other slot's row by `masked(slot, row)`.
+fn scatter<T: Real>(
+    idx: &[usize],
+    rows: &[T],
+    width: usize,
+    out: &mut [T],
+    mut masked: impl FnMut(usize, &mut [T]),
+) {
+    let mut next = idx.iter().copied().zip(rows.chunks_exact(width)).peekable();
+    for (j, orow) in out.chunks_exact_mut(width).enumerate() {
         match next.peek() {
             Some(&(k, row)) if k == j => {
                 orow.copy_from_slice(row);
                 next.next();
             }
-            _ => {
-                let y = masked_row(p, &slots.0[j * d..(j + 1) * d], &mut c.y);
-                norm_row(p, y, orow);
-            }
+            _ => masked(j, orow),
         }
     }
-    c.out = co;
 }
 
 /// One atom of `Op::AttentionVjp` into `dout [s, d + 4]`.
@@ -553,20 +565,11 @@ fn atom_vjp<T: Real>(
         forward_atom(p, c.slots(), w, None);
         backward_atom(p, c.slots(), &gc, w, sized(&mut co, n * ld));
     }
-    let mut next = c.idx.iter().copied().zip(co.chunks_exact(ld)).peekable();
-    for (j, orow) in dout.chunks_exact_mut(ld).enumerate() {
-        match next.peek() {
-            Some(&(k, row)) if k == j => {
-                orow.copy_from_slice(row);
-                next.next();
-            }
-            _ => {
-                let y = masked_row(p, &slots.0[j * d..(j + 1) * d], &mut c.y);
-                norm_row_vjp(p, y, &g[j * d..(j + 1) * d], &mut orow[..d]);
-                orow[d..].fill(T::default());
-            }
-        }
-    }
+    scatter(&c.idx, &co, ld, dout, |j, orow| {
+        let y = masked_row(p, &slots.0[j * d..(j + 1) * d], &mut c.y);
+        norm_row_vjp(p, y, &g[j * d..(j + 1) * d], &mut orow[..d]);
+        orow[d..].fill(T::default());
+    });
     c.out = co;
     c.g = gc;
 }
@@ -582,29 +585,36 @@ fn slots_of<'a, T>(all: Slots<'a, T>, i: usize, s: usize, d: usize) -> Slots<'a,
     )
 }
 
+/// `[n, s, width]` filled atom by atom, `f(state, atom, rows)`, with `ATOMS_PER_TASK` atoms
+/// per parallel task.
+fn per_atom<T: Real>(
+    (n, s, width): (usize, usize, usize),
+    f: impl Fn(&mut State<T>, usize, &mut [T]) + Sync + Send,
+) -> Tensor {
+    let mut out = vec![T::default(); n * s * width];
+    let per = s * width;
+    if per > 0 {
+        out.par_chunks_mut(ATOMS_PER_TASK * per)
+            .enumerate()
+            .for_each_init(State::default, |st, (t, oc)| {
+                for (a, rows) in oc.chunks_exact_mut(per).enumerate() {
+                    f(st, t * ATOMS_PER_TASK + a, rows);
+                }
+            });
+    }
+    Tensor {
+        shape: vec![n, s, width],
+        data: T::wrap(out),
+    }
+}
+
 fn attention_t<T: Real>(at: &Attention, args: [&Tensor; 4], packs: &Packs) -> R<Tensor> {
     let (p, n) = parts::<T>(at, args[0], packs, false)?;
     let (s, d) = (p.s, p.d);
     let all = views::<T>(args, n, s)?;
-    let mut out = vec![T::default(); n * s * d];
-    if out.is_empty() {
-        return Ok(Tensor {
-            shape: vec![n, s, d],
-            data: T::wrap(out),
-        });
-    }
-    let task = (ATOMS_PER_TASK * s * d).max(1);
-    out.par_chunks_mut(task)
-        .enumerate()
-        .for_each_init(State::default, |st, (t, oc)| {
-            for (a, orow) in oc.chunks_exact_mut(s * d).enumerate() {
-                atom(&p, slots_of(all, t * ATOMS_PER_TASK + a, s, d), st, orow);
-            }
-        });
-    Ok(Tensor {
-        shape: vec![n, s, d],
-        data: T::wrap(out),
-    })
+    Ok(per_atom((n, s, d), |st, i, rows| {
+        atom(&p, slots_of(all, i, s, d), st, rows)
+    }))
 }
 
 fn attention_vjp_t<T: Real>(
@@ -624,28 +634,10 @@ fn attention_vjp_t<T: Real>(
     }
     let g =
         T::slice(&g.data).ok_or_else(|| ExecError::Type("attention_vjp cotangent dtype".into()))?;
-    let ld = d + 4;
-    let mut out = vec![T::default(); n * s * ld];
-    if out.is_empty() {
-        return Ok(Tensor {
-            shape: vec![n, s, ld],
-            data: T::wrap(out),
-        });
-    }
-    let task = (ATOMS_PER_TASK * s * ld).max(1);
-    out.par_chunks_mut(task)
-        .enumerate()
-        .for_each_init(State::default, |st, (t, oc)| {
-            for (a, orow) in oc.chunks_exact_mut(s * ld).enumerate() {
-                let i = t * ATOMS_PER_TASK + a;
-                let gi = &g[i * s * d..(i + 1) * s * d];
-                atom_vjp(&p, slots_of(all, i, s, d), gi, st, orow);
-            }
-        });
-    Ok(Tensor {
-        shape: vec![n, s, ld],
-        data: T::wrap(out),
-    })
+    Ok(per_atom((n, s, d + 4), |st, i, rows| {
+        let gi = &g[i * s * d..(i + 1) * s * d];
+        atom_vjp(&p, slots_of(all, i, s, d), gi, st, rows)
+    }))
 }
 
 /// `Op::Attention`.
