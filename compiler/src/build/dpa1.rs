@@ -5,13 +5,13 @@
 //! type-aware embedding G_ij, then gated self-attention over j, then
 //! `gr_i = (1/nnei) sum_j G_ij^T R_ij` and `D_i = gr_i gr_i[:axis]^T` (+ centre type embedding).
 
-use super::env_mat::{apply_keep, env_mat, pair_keep};
 use std::sync::Arc;
 
-use super::nn::{cast_tensor, fusable, layer, layer_norm, net, net_on_parts};
+use super::env_mat::{apply_keep, env_mat, pair_keep};
+use super::nn::{cast_tensor, fusable_layers, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
 use crate::graph::{Attention, DType, Dim, Graph, GraphError, Op, Tensor, ValueId};
-use crate::model::{AttentionLayer, Dpa1, Net, TebdInput, TypeEmbedding};
+use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
 
 type R = Result<ValueId, GraphError>;
 
@@ -122,14 +122,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
 /// The layer as one fused op (residual and layer norm included), if its projections are
 /// plain linear layers computing in `dt`.
 fn fused_attention(a: &AttentionLayer, dt: DType, floor_sq: f64) -> Option<Arc<Attention>> {
-    let proj = |l: &crate::model::Layer| {
-        fusable(
-            &Net {
-                layers: vec![l.clone()],
-            },
-            dt,
-        )
-    };
+    let proj = |l: &crate::model::Layer| fusable_layers(std::slice::from_ref(l), dt);
     let at = Attention {
         in_proj: proj(&a.in_proj)?,
         out_proj: proj(&a.out_proj)?,

@@ -63,8 +63,8 @@ fn rows_product(
 /// and the kernels can run them exactly, else layer by layer.
 pub fn net_fused(g: &mut Graph, x: ValueId, layers: &[Layer], fuse: bool) -> R {
     let dt = g.dtype(x);
-    let mlp = fuse.then(|| fusable_layers(layers, dt)).flatten();
-    let Some(mlp) = mlp.filter(|_| !layers.is_empty()) else {
+    // (No layers: `fusable_layers` refuses an empty network.)
+    let Some(mlp) = fuse.then(|| fusable_layers(layers, dt)).flatten() else {
         return layers.iter().try_fold(x, |x, l| layer(g, x, l));
     };
     let sh = g.shape(x).to_vec();
@@ -175,7 +175,7 @@ pub fn fusable(n: &Net, dtype: DType) -> Option<Arc<Mlp>> {
 }
 
 /// `fusable` for a run of layers.
-fn fusable_layers(layers: &[Layer], dtype: DType) -> Option<Arc<Mlp>> {
+pub fn fusable_layers(layers: &[Layer], dtype: DType) -> Option<Arc<Mlp>> {
     let layers = layers
         .iter()
         .map(|l| fusable_layer(l, dtype))

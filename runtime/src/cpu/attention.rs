@@ -81,15 +81,13 @@ fn moments<T: Real>(y: &[T], inv_d: T, eps: T) -> (T, T) {
     (mean, (var + eps).sqrt())
 }
 
-/// `c [m, n] = alpha a b (+ c with acc)`, `a [m, k]` and `b [k, n]` read through (row,
-/// column) strides, `c` row-major with row stride `ldc`.
-#[allow(clippy::too_many_arguments)]
+/// `c [m, n] = alpha a b`, `a [m, k]` and `b [k, n]` read through (row, column) strides,
+/// `c` row-major with row stride `ldc`.
 fn mm<T: Real>(
     (m, k, n): (usize, usize, usize),
     alpha: T,
     a: (&[T], usize, usize),
     b: (&[T], usize, usize),
-    acc: bool,
     c: &mut [T],
     ldc: usize,
 ) {
@@ -109,11 +107,9 @@ fn mm<T: Real>(
             && c.len() >= reach(m, n, ldc, 1),
         "attention gemm operands"
     );
-    let beta = if acc { T::ONE } else { T::default() };
     if k == 0 {
-        // matrixmultiply scales C by beta; with no terms that is the whole product.
         for row in c.chunks_mut(ldc).take(m) {
-            row[..n].iter_mut().for_each(|v| *v = *v * beta);
+            row[..n].fill(T::default());
         }
         return;
     }
@@ -126,7 +122,7 @@ fn mm<T: Real>(
             alpha,
             (a.0.as_ptr(), a.1 as isize, a.2 as isize),
             (b.0.as_ptr(), b.1 as isize, b.2 as isize),
-            beta,
+            T::default(),
             (c.as_mut_ptr(), ldc as isize, 1),
         )
     }
@@ -159,7 +155,7 @@ fn forward_atom<T: Real>(
     }
     let logit = sized(&mut w.logit, s * s);
     let scaling = T::from_f64(at.scaling);
-    mm((s, h, s), scaling, (qkv, h3, 1), (&qkv[h..], 1, h3), false, logit, s);
+    mm((s, h, s), scaling, (qkv, h3, 1), (&qkv[h..], 1, h3), logit, s);
     let (shift, masked) = (T::from_f64(at.shift), T::from_f64(at.masked_logit));
     let p6 = sized(&mut w.p6, s * s);
     let p8 = sized(&mut w.p8, s * s);
@@ -192,7 +188,7 @@ fn forward_atom<T: Real>(
     }
     let weights: &[T] = if at.dotr {
         let ang = sized(&mut w.ang, s * s);
-        mm((s, 3, s), T::ONE, (r, 3, 1), (r, 1, 3), false, ang, s);
+        mm((s, 3, s), T::ONE, (r, 3, 1), (r, 1, 3), ang, s);
         let pf = sized(&mut w.pf, s * s);
         for ((f, &a), &q) in pf.iter_mut().zip(ang.iter()).zip(p8.iter()) {
             *f = q * a;
@@ -202,7 +198,7 @@ fn forward_atom<T: Real>(
         p8
     };
     let o = sized(&mut w.o, s * h);
-    mm((s, s, h), T::ONE, (weights, s, 1), (&qkv[2 * h..], h3, 1), false, o, h);
+    mm((s, s, h), T::ONE, (weights, s, 1), (&qkv[2 * h..], h3, 1), o, h);
     let y = sized(&mut w.y, s * d);
     p.outp.affine(s, o, y);
     for (v, &xv) in y.iter_mut().zip(x) {
@@ -214,6 +210,29 @@ fn forward_atom<T: Real>(
         }
     }
 }
+}
+
+/// `out [c, s] = (m + m^T) u` for `m [s, s]` and the columns `u [c, s]`, by rows of `m`
+/// (each row adds `m[j, :] . u_c` to `out_c[j]` and `m[j, :] u_c[j]` to `out_c`), so every
+/// loop reads contiguous memory.
+#[inline(always)]
+fn symmetric_apply<T: Real>(m: &[T], u: &[T], out: &mut [T]) {
+    let s = m.len().isqrt();
+    debug_assert!(s * s == m.len() && u.len() == out.len() && u.len().is_multiple_of(s.max(1)));
+    out.fill(T::default());
+    if s == 0 {
+        return;
+    }
+    for (j, mr) in m.chunks_exact(s).enumerate() {
+        for (uc, oc) in u.chunks_exact(s).zip(out.chunks_exact_mut(s)) {
+            let own = dot(mr, uc);
+            let ujc = uc[j];
+            for (o, &t) in oc.iter_mut().zip(mr) {
+                *o = *o + t * ujc;
+            }
+            oc[j] = oc[j] + own;
+        }
+    }
 }
 
 /// `out = LayerNorm(y)` for one row.
@@ -270,9 +289,9 @@ fn backward_atom<T: Real>(
     // o = P V: dP = dO V^T, dV = P^T dO.
     let dqkv = sized(&mut w.dqkv, s * h3);
     let dp = sized(&mut w.dp, s * s);
-    mm((s, h, s), T::ONE, (d_o, h, 1), (&qkv[2 * h..], 1, h3), false, dp, s);
+    mm((s, h, s), T::ONE, (d_o, h, 1), (&qkv[2 * h..], 1, h3), dp, s);
     let weights: &[T] = if at.dotr { &w.pf } else { &w.p8 };
-    mm((s, s, h), T::ONE, (weights, 1, s), (d_o, h, 1), false, &mut dqkv[2 * h..], h3);
+    mm((s, s, h), T::ONE, (weights, 1, s), (d_o, h, 1), &mut dqkv[2 * h..], h3);
     for orow in dout.chunks_exact_mut(ld) {
         orow[d..].fill(T::default());
     }
@@ -283,7 +302,6 @@ fn backward_atom<T: Real>(
             *t = *dv * q;
             *dv = *dv * a;
         }
-        // Row by row: dr_j += sum_k dA[j, k] r_k and dr_k += dA[j, k] r_j (columns in rt).
         let rt = sized(&mut w.rt, 3 * s);
         for (k, rk) in r.chunks_exact(3).enumerate() {
             for c in 0..3 {
@@ -291,20 +309,10 @@ fn backward_atom<T: Real>(
             }
         }
         let drt = sized(&mut w.drt, 3 * s);
-        drt.fill(T::default());
-        for (j, tr) in tmp.chunks_exact(s).enumerate() {
-            for c in 0..3 {
-                let own = dot(tr, &rt[c * s..(c + 1) * s]);
-                dout[j * ld + d + 1 + c] = own;
-                let rjc = r[j * 3 + c];
-                for (o, &t) in drt[c * s..(c + 1) * s].iter_mut().zip(tr) {
-                    *o = *o + t * rjc;
-                }
-            }
-        }
+        symmetric_apply(tmp, rt, drt);
         for (k, orow) in dout.chunks_exact_mut(ld).enumerate() {
             for c in 0..3 {
-                orow[d + 1 + c] = orow[d + 1 + c] + drt[c * s + k];
+                orow[d + 1 + c] = drt[c * s + k];
             }
         }
     }
@@ -345,23 +353,17 @@ fn backward_atom<T: Real>(
         }
     }
     if at.smooth {
-        // sw2 = sw_j sw_k: dsw_j += sum_k dsw2[j, k] sw_k and dsw_k += dsw2[j, k] sw_j.
-        let acc = sized(&mut w.drt, s);
-        acc.fill(T::default());
-        for (j, tr) in tmp.chunks_exact(s).enumerate() {
-            dout[j * ld + d] = dot(tr, sw);
-            for (o, &t) in acc.iter_mut().zip(tr) {
-                *o = *o + t * sw[j];
-            }
-        }
-        for (orow, &a) in dout.chunks_exact_mut(ld).zip(acc.iter()) {
-            orow[d] = orow[d] + a;
+        // sw2 = sw_j sw_k: dsw = (dsw2 + dsw2^T) sw.
+        let dsw = sized(&mut w.drt, s);
+        symmetric_apply(tmp, sw, dsw);
+        for (orow, &v) in dout.chunks_exact_mut(ld).zip(dsw.iter()) {
+            orow[d] = v;
         }
     }
     // logit = scaling q k^T: dq = scaling dl k, dk = scaling dl^T q.
     let scaling = T::from_f64(at.scaling);
-    mm((s, s, h), scaling, (dp, s, 1), (&qkv[h..], h3, 1), false, &mut dqkv[..], h3);
-    mm((s, s, h), scaling, (dp, 1, s), (qkv, h3, 1), false, &mut dqkv[h..], h3);
+    mm((s, s, h), scaling, (dp, s, 1), (&qkv[h..], h3, 1), &mut dqkv[..], h3);
+    mm((s, s, h), scaling, (dp, 1, s), (qkv, h3, 1), &mut dqkv[h..], h3);
     if at.normalize {
         // y = v / n: dv = (gy - y (gy . y)) / n above the floor, gy / n at it.
         let floor = T::from_f64(at.floor_sq);

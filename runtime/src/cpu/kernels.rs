@@ -673,11 +673,20 @@ fn rows_times_matrix(a: &[f64], b: &[f64], rows: usize, k: usize, n: usize, tb: 
     o
 }
 
+/// Whether `perm` swaps the last two axes and keeps the others in place.
+pub(super) fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2
+        && perm[r - 2] == r - 1
+        && perm[r - 1] == r - 2
+        && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
+}
+
 pub fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
     let out: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
     // Swapping the last two axes (the common case): blocked 2-d transposes per batch.
     let r = perm.len();
-    if r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i) {
+    if swaps_last_two(perm) {
         let (m, n) = (x.shape[r - 2], x.shape[r - 1]);
         fn t2<T: Copy + Default + Send + Sync>(v: &[T], m: usize, n: usize) -> Vec<T> {
             if m * n == 0 {

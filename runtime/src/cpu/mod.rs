@@ -107,12 +107,7 @@ fn fold_transposes(graph: &Graph, args: &mut [Vec<usize>]) -> Vec<[bool; 2]> {
         for slot in (0..2).filter(|&s| s == 1 || b_batched) {
             // Through a chain of such transposes: each one flips the operand once more.
             while let Op::Transpose(perm) = &graph.nodes[args[i][slot]].op {
-                let r = perm.len();
-                let swaps_last_two = r >= 2
-                    && perm[r - 2] == r - 1
-                    && perm[r - 1] == r - 2
-                    && perm[..r - 2].iter().enumerate().all(|(j, &p)| p == j);
-                if !swaps_last_two {
+                if !kernels::swaps_last_two(perm) {
                     break;
                 }
                 args[i][slot] = graph.nodes[args[i][slot]].args[0].index();
