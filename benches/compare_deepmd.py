@@ -14,7 +14,8 @@ times `dpc bench --input` on the same configuration (plain, `--compress` and `--
 float32` where the model allows them), and prints the ratios as a Markdown table (the one in
 docs/performance.md). Both sides use --threads threads. dpc runs first, for every model,
 before this script imports DeePMD-kit: with torch, TensorFlow and JAX loaded in the parent
-process, dpc's runs on a 2-core VM measured 10-30% slower and noisier, although the parent
+process, dpc's runs on a 2-core VM measured slower and noisier (se_e2_r: medians of 25.5 to
+38.4 ms against 24.3 to 24.9 from a plain Python parent), although the parent
 used no CPU while waiting.
 """
 
