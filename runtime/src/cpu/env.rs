@@ -124,6 +124,7 @@ fn forward_t<T: Real>(
 ) -> R<Vec<T>> {
     let nc = e.ncomp();
     let (davg, dstd) = stats::<T>(e)?;
+    let inv_std = reciprocals(dstd);
     let ntypes = e.davg.shape[0];
     let sw = Switch::<T>::new(e);
     let prot = T::from_f64(e.protection);
@@ -154,7 +155,7 @@ fn forward_t<T: Real>(
                 }
                 for (c, v) in o.iter_mut().enumerate() {
                     let q = st + k * nc + c;
-                    *v = (*v - davg[q]) / dstd[q];
+                    *v = (*v - davg[q]) * inv_std[q];
                 }
             }
             Ok(())
@@ -172,6 +173,7 @@ fn vjp_t<T: Real>(
 ) -> R<Vec<T>> {
     let nc = e.ncomp();
     let (_, dstd) = stats::<T>(e)?;
+    let inv_std = reciprocals(dstd);
     let ntypes = e.davg.shape[0];
     let sw = Switch::<T>::new(e);
     let prot = T::from_f64(e.protection);
@@ -189,9 +191,14 @@ fn vjp_t<T: Real>(
                 let r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
                 let r = r2.sqrt();
                 let s = sw.value(r);
-                let t0 = T::ONE / if e.protection != 0.0 { r + prot } else { r };
+                let inv_r = T::ONE / r;
+                let t0 = if e.protection != 0.0 {
+                    T::ONE / (r + prot)
+                } else {
+                    inv_r
+                };
                 let gr = &g[(i * nnei + k) * nc..(i * nnei + k + 1) * nc];
-                let gem = |c: usize| gr[c] / dstd[st + k * nc + c];
+                let gem = |c: usize| gr[c] * inv_std[st + k * nc + c];
                 let mut g_d = [T::default(); 3];
                 let (g_t0, g_s) = if nc == 1 {
                     (gem(0) * s, gem(0) * t0)
@@ -209,7 +216,7 @@ fn vjp_t<T: Real>(
                     (gem(0) * s + T::from_f64(2.0) * t0 * g_t0sq, g_s)
                 };
                 let g_r = T::default() - g_t0 * (t0 * t0) + g_s * sw.derivative(r);
-                let g_r2 = g_r / r * T::from_f64(0.5);
+                let g_r2 = g_r * inv_r * T::from_f64(0.5);
                 for c in 0..3 {
                     g_d[c] = g_d[c] + T::from_f64(2.0) * g_r2 * d[c];
                 }
@@ -233,6 +240,13 @@ fn vjp_t<T: Real>(
         }
     }
     Ok(dx)
+}
+
+/// `1 / d` elementwise: the kernels multiply by the statistics' reciprocals instead of
+/// dividing by them (a division costs several multiplications; the results differ in the
+/// last bit at most).
+fn reciprocals<T: Real>(d: &[T]) -> Vec<T> {
+    d.iter().map(|&v| T::ONE / v).collect()
 }
 
 fn stats<T: Real>(e: &EnvSpec) -> R<(&[T], &[T])> {

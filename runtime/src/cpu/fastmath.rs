@@ -333,6 +333,66 @@ macro_rules! elementwise_in_place {
     };
 }
 
+/// `$name(x, b)`: `x <- $f(x + b)` for `x` rows of `b.len()`, the bias added in the same
+/// pass as the function (one pass over a layer's output instead of two). The bias is read
+/// from a copy repeated past its end, so a chunk of `$n` lanes that crosses a row boundary
+/// takes its bias as one contiguous slice.
+macro_rules! biased_in_place {
+    ($name:ident, $t:ty, $n:expr, $f:ident) => {
+        pub fn $name(x: &mut [$t], b: &[$t]) {
+            #[inline(always)]
+            fn run(x: &mut [$t], b: &[$t]) {
+                let n = b.len();
+                let wrapped: Vec<$t> = b.iter().cycle().take(n + $n).copied().collect();
+                let mut j = 0;
+                let mut chunks = x.chunks_exact_mut($n);
+                for c in &mut chunks {
+                    let mut a = [0.0 as $t; $n];
+                    for ((v, &xv), &bv) in a.iter_mut().zip(c.iter()).zip(&wrapped[j..j + $n]) {
+                        *v = $f(xv + bv);
+                    }
+                    c.copy_from_slice(&a);
+                    j = (j + $n) % n;
+                }
+                for (v, &bv) in chunks.into_remainder().iter_mut().zip(&wrapped[j..]) {
+                    *v = $f(*v + bv);
+                }
+            }
+            assert!(
+                !b.is_empty() && x.len() % b.len() == 0,
+                "rows of the bias's width"
+            );
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn run_avx2(x: &mut [$t], b: &[$t]) {
+                run(x, b)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+            unsafe fn run_avx512(x: &mut [$t], b: &[$t]) {
+                run(x, b)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::avx512() {
+                // SAFETY: the CPU has AVX-512 (F, DQ, VL), AVX2 and FMA.
+                unsafe { run_avx512(x, b) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { run_avx2(x, b) };
+                return;
+            }
+            run(x, b)
+        }
+    };
+}
+
+// `x <- tanh(x + b)` for float64 and float32.
+biased_in_place!(bias_tanh_in_place, f64, 16, tanh);
+biased_in_place!(bias_tanh_in_place_f32, f32, 32, tanh_f32);
+
 // `x <- tanh(x)` for float64 (16 at a time) and float32 (32 at a time).
 elementwise_in_place!(tanh_in_place, f64, 16, tanh);
 elementwise_in_place!(tanh_in_place_f32, f32, 32, tanh_f32);
@@ -347,6 +407,29 @@ mod tests {
     /// Distance in units in the last place.
     fn ulps(a: f64, b: f64) -> u64 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()
+    }
+
+    #[test]
+    fn the_biased_tanh_adds_each_rows_bias_first() {
+        for n in [1, 3, 16, 50, 100] {
+            let b: Vec<f64> = (0..n).map(|i| 0.1 * i as f64 - 2.0).collect();
+            let x0: Vec<f64> = (0..n * 7).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
+            let mut x = x0.clone();
+            bias_tanh_in_place(&mut x, &b);
+            let mut want: Vec<f64> = x0.iter().enumerate().map(|(i, &v)| v + b[i % n]).collect();
+            tanh_in_place(&mut want);
+            assert_eq!(x, want, "width {n}");
+            let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+            let mut x32: Vec<f32> = x0.iter().map(|&v| v as f32).collect();
+            let mut want32: Vec<f32> = x32
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v + b32[i % n])
+                .collect();
+            bias_tanh_in_place_f32(&mut x32, &b32);
+            tanh_in_place_f32(&mut want32);
+            assert_eq!(x32, want32, "width {n}, float32");
+        }
     }
 
     #[test]

@@ -89,19 +89,53 @@ macro_rules! packed_gemm {
                 ldc: usize,
                 accumulate: bool,
             ) {
+                // SAFETY: `c` is initialized.
+                unsafe { self.gemm_raw(m, a, lda, (c.as_mut_ptr(), c.len()), ldc, accumulate) }
+            }
+
+            /// `C [m, n] = A B` into memory not yet written (a buffer the caller need not
+            /// zero first): every element of the `m x n` block is written, none read.
+            pub fn gemm_uninit(
+                &self,
+                m: usize,
+                a: &[$t],
+                lda: usize,
+                c: &mut [std::mem::MaybeUninit<$t>],
+                ldc: usize,
+            ) {
+                // SAFETY: without `accumulate` no element of `C` is read before it is written
+                // (the kernels store first; later `KC` slices read what the first stored).
+                unsafe { self.gemm_raw(m, a, lda, (c.as_mut_ptr().cast(), c.len()), ldc, false) }
+            }
+
+            /// `gemm` on `C` as a pointer and length.
+            ///
+            /// # Safety
+            /// `c` is valid for `c.1` elements; with `accumulate` they are initialized.
+            unsafe fn gemm_raw(
+                &self,
+                m: usize,
+                a: &[$t],
+                lda: usize,
+                (cp, clen): (*mut $t, usize),
+                ldc: usize,
+                accumulate: bool,
+            ) {
                 let (k, n) = (self.k, self.n);
                 if m == 0 || n == 0 {
                     return;
                 }
                 assert!(lda >= k && ldc >= n, "gemm strides");
                 assert!(
-                    a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n,
+                    a.len() >= (m - 1) * lda + k && clen >= (m - 1) * ldc + n,
                     "gemm sizes"
                 );
                 if k == 0 {
                     if !accumulate {
                         for r in 0..m {
-                            c[r * ldc..r * ldc + n].fill(0.0);
+                            for q in 0..n {
+                                cp.add(r * ldc + q).write(0.0);
+                            }
                         }
                     }
                     return;
@@ -120,8 +154,9 @@ macro_rules! packed_gemm {
                             self.data.as_ptr(),
                             n as isize,
                             1,
+                            // beta 0: matrixmultiply does not read `C`.
                             if accumulate { 1.0 } else { 0.0 },
-                            c.as_mut_ptr(),
+                            cp,
                             ldc as isize,
                             1,
                         );
@@ -131,13 +166,13 @@ macro_rules! packed_gemm {
                 #[cfg(target_arch = "x86_64")]
                 if super::simd::avx512() {
                     // SAFETY: the CPU has AVX-512 F; sizes checked above.
-                    unsafe { self.gemm_avx512(m, a, lda, c, ldc, accumulate) };
+                    unsafe { self.gemm_avx512(m, a, lda, cp, ldc, accumulate) };
                     return;
                 }
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `packed` is only set when AVX2 and FMA are present; sizes checked above.
                 unsafe {
-                    self.gemm_avx2(m, a, lda, c, ldc, accumulate)
+                    self.gemm_avx2(m, a, lda, cp, ldc, accumulate)
                 }
             }
 
@@ -151,7 +186,7 @@ macro_rules! packed_gemm {
                 m: usize,
                 a: &[$t],
                 lda: usize,
-                c: &mut [$t],
+                c: *mut $t,
                 ldc: usize,
                 accumulate: bool,
             ) {
@@ -183,7 +218,7 @@ macro_rules! packed_gemm {
                         for j in 0..panels {
                             let b = self.data.as_ptr().add((j * k + k0) * $nr);
                             let cols = $nr.min(n - j * $nr);
-                            let cp = c.as_mut_ptr().add(i * ldc + j * $nr);
+                            let cp = c.add(i * ldc + j * $nr);
                             if aliased {
                                 rows_dispatch!($kernel512, rows, true, (kc, ap, rs, ps, b, cp, ldc, cols, add));
                             } else {
@@ -202,7 +237,7 @@ macro_rules! packed_gemm {
                 m: usize,
                 a: &[$t],
                 lda: usize,
-                c: &mut [$t],
+                c: *mut $t,
                 ldc: usize,
                 accumulate: bool,
             ) {
@@ -218,7 +253,7 @@ macro_rules! packed_gemm {
                         while i < m {
                             let rows = MR.min(m - i);
                             let ap = a.as_ptr().add(i * lda + k0);
-                            let cp = c.as_mut_ptr().add(i * ldc + j * $nr);
+                            let cp = c.add(i * ldc + j * $nr);
                             match rows {
                                 6 => $kernel::<6>(kc, ap, lda, b, cp, ldc, cols, add),
                                 5 => $kernel::<5>(kc, ap, lda, b, cp, ldc, cols, add),
@@ -404,7 +439,7 @@ mod tests {
             if crate::cpu::simd::avx512() {
                 let mut c2 = vec![f32::NAN; m * n];
                 // SAFETY: AVX-512 implies AVX2 and FMA; sizes as above.
-                unsafe { pb.gemm_avx2(m, &a, k, &mut c2, n, false) };
+                unsafe { pb.gemm_avx2(m, &a, k, c2.as_mut_ptr(), n, false) };
                 assert_eq!(c, c2, "{m}x{k}x{n}: the two kernels add in the same order");
             }
             for (x, y) in c.iter().zip(&want) {
@@ -438,7 +473,7 @@ mod tests {
             if crate::cpu::simd::avx512() {
                 let mut c2 = vec![f64::NAN; m * n];
                 // SAFETY: AVX-512 implies AVX2 and FMA; sizes as above.
-                unsafe { pb.gemm_avx2(m, &a, k, &mut c2, n, false) };
+                unsafe { pb.gemm_avx2(m, &a, k, c2.as_mut_ptr(), n, false) };
                 for (x, y) in c2.iter().zip(&want) {
                     assert!((x - y).abs() < 1e-12 * (1.0 + y.abs()), "{m}x{k}x{n} avx2");
                 }

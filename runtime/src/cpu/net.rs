@@ -8,6 +8,7 @@
 //! derivative forward (`forward_tangent`), which needs no backward pass at all.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use dpc_compiler::graph::{Act, Data, Mlp, Residual, Tensor};
@@ -279,15 +280,17 @@ pub(super) fn forward<T: Real>(
             let w = l.fwd.as_deref().expect("layers() packs every GEMM layer");
             T::gemm_packed(w, rows, x, n_in, z, n_out, false);
         }
-        if let Some(b) = &l.b {
-            for row in z.chunks_exact_mut(n_out) {
-                for (v, &bb) in row.iter_mut().zip(b.iter()) {
-                    *v = *v + bb;
+        match (l.b, l.act == Act::Tanh) {
+            (Some(b), true) => T::bias_tanh_in_place(z, b),
+            (Some(b), false) => {
+                for row in z.chunks_exact_mut(n_out) {
+                    for (v, &bb) in row.iter_mut().zip(b.iter()) {
+                        *v = *v + bb;
+                    }
                 }
             }
-        }
-        if l.act == Act::Tanh {
-            T::tanh_in_place(z);
+            (None, true) => T::tanh_in_place(z),
+            (None, false) => {}
         }
         if let Some(a) = acts.as_deref_mut() {
             a[at..at + rows * n_out].copy_from_slice(z);
@@ -366,12 +369,14 @@ simd_fn! {
 /// and tangents go through each layer as one stacked GEMM (the tangent of `z = x W + b` is
 /// `dx W`), and `tanh'` comes from the value just computed, so the derivative costs a
 /// second GEMM per layer and nothing is kept for a backward pass. `buf` holds the hidden
-/// layers' stacks.
+/// layers' stacks. `out` need not be initialized: all of it is written (the last layer's
+/// GEMM writes it; the caller then skips zeroing a buffer as large as the block's `G` and
+/// `dG/dx`).
 pub(super) fn forward_tangent<T: Real>(
     net: &[Layer<'_, T>],
     x: &[T],
     buf: &mut [Vec<T>],
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
 ) {
     let rows = x.len();
     let last = net.len() - 1;
@@ -379,7 +384,15 @@ pub(super) fn forward_tangent<T: Real>(
         let (n_in, n_out) = (l.n_in, l.n_out);
         let (before, after) = buf.split_at_mut(k);
         let st: &mut [T] = if k == last {
-            &mut out[..2 * rows * n_out]
+            let o = &mut out[..2 * rows * n_out];
+            if n_in == 1 {
+                o.fill(MaybeUninit::new(T::default()));
+            } else {
+                let w = l.fwd.as_deref().expect("layers() packs every GEMM layer");
+                T::gemm_packed_uninit(w, 2 * rows, &before[k - 1][..2 * rows * n_in], n_in, o, n_out);
+            }
+            // SAFETY: every element was written just above.
+            unsafe { &mut *(o as *mut [MaybeUninit<T>] as *mut [T]) }
         } else {
             sized(&mut after[0], 2 * rows * n_out)
         };
@@ -403,22 +416,24 @@ pub(super) fn forward_tangent<T: Real>(
                     *to = dx * w;
                 }
             }
-        } else {
+        } else if k != last {
             let w = l.fwd.as_deref().expect("layers() packs every GEMM layer");
             let stacked = &before[k - 1][..2 * rows * n_in];
             T::gemm_packed(w, 2 * rows, stacked, n_in, st, n_out, false);
         }
         let (zv, zt) = st.split_at_mut(rows * n_out);
-        if let Some(b) = &l.b {
-            for row in zv.chunks_exact_mut(n_out) {
-                for (v, &bb) in row.iter_mut().zip(b.iter()) {
-                    *v = *v + bb;
+        let tanh = l.act == Act::Tanh;
+        match (l.b, tanh) {
+            (Some(b), true) => T::bias_tanh_in_place(zv, b),
+            (Some(b), false) => {
+                for row in zv.chunks_exact_mut(n_out) {
+                    for (v, &bb) in row.iter_mut().zip(b.iter()) {
+                        *v = *v + bb;
+                    }
                 }
             }
-        }
-        let tanh = l.act == Act::Tanh;
-        if tanh {
-            T::tanh_in_place(zv);
+            (None, true) => T::tanh_in_place(zv),
+            (None, false) => {}
         }
         match xt {
             // One pass for the tangent's tanh', both idt scales and both residuals.

@@ -41,6 +41,8 @@ pub trait Real:
         c: (*mut Self, isize, isize),
     );
     fn tanh_in_place(x: &mut [Self]);
+    /// `x <- tanh(x + b)` for `x` rows of `b`'s width.
+    fn bias_tanh_in_place(x: &mut [Self], b: &[Self]);
     /// A weight matrix prepared as the right operand of `gemm_packed`.
     type Packed: Send + Sync;
     /// `B = w` (`w` row-major `[k, n]`) or `B = w^T` (`w` row-major `[n, k]`).
@@ -56,6 +58,15 @@ pub trait Real:
         c: &mut [Self],
         ldc: usize,
         accumulate: bool,
+    );
+    /// `C [m, n] = A [m, k] B` into a buffer not yet written: all of it is written.
+    fn gemm_packed_uninit(
+        b: &Self::Packed,
+        m: usize,
+        a: &[Self],
+        lda: usize,
+        c: &mut [std::mem::MaybeUninit<Self>],
+        ldc: usize,
     );
     fn slice(d: &Data) -> Option<&[Self]>;
     fn wrap(v: Vec<Self>) -> Data;
@@ -95,6 +106,9 @@ impl Real for f64 {
     fn tanh_in_place(x: &mut [f64]) {
         super::fastmath::tanh_in_place(x)
     }
+    fn bias_tanh_in_place(x: &mut [f64], b: &[f64]) {
+        super::fastmath::bias_tanh_in_place(x, b)
+    }
     type Packed = super::gemm::PackedB;
     fn pack(w: &[f64], k: usize, n: usize, transpose: bool) -> Self::Packed {
         super::gemm::PackedB::new(w, k, n, transpose)
@@ -112,6 +126,16 @@ impl Real for f64 {
         accumulate: bool,
     ) {
         b.gemm(m, a, lda, c, ldc, accumulate)
+    }
+    fn gemm_packed_uninit(
+        b: &Self::Packed,
+        m: usize,
+        a: &[f64],
+        lda: usize,
+        c: &mut [std::mem::MaybeUninit<f64>],
+        ldc: usize,
+    ) {
+        b.gemm_uninit(m, a, lda, c, ldc)
     }
     fn slice(d: &Data) -> Option<&[f64]> {
         match d {
@@ -158,6 +182,9 @@ impl Real for f32 {
     fn tanh_in_place(x: &mut [f32]) {
         super::fastmath::tanh_in_place_f32(x)
     }
+    fn bias_tanh_in_place(x: &mut [f32], b: &[f32]) {
+        super::fastmath::bias_tanh_in_place_f32(x, b)
+    }
     type Packed = super::gemm::PackedB32;
     fn pack(w: &[f32], k: usize, n: usize, transpose: bool) -> Self::Packed {
         super::gemm::PackedB32::new(w, k, n, transpose)
@@ -175,6 +202,16 @@ impl Real for f32 {
         accumulate: bool,
     ) {
         b.gemm(m, a, lda, c, ldc, accumulate)
+    }
+    fn gemm_packed_uninit(
+        b: &Self::Packed,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [std::mem::MaybeUninit<f32>],
+        ldc: usize,
+    ) {
+        b.gemm_uninit(m, a, lda, c, ldc)
     }
     fn slice(d: &Data) -> Option<&[f32]> {
         match d {
