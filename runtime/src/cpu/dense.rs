@@ -51,57 +51,92 @@ fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize, packs: &Packs)
     if d == 0 {
         return Ok(out);
     }
-    let blocks: Vec<(&[usize], Vec<T>)> = rows
-        .par_chunks(ROWS_PER_BLOCK)
-        .map_init(
-            || (Scratch::new(net.len()), Vec::new()),
-            |(sc, map), idx| {
-                distinct_rows(x, d, idx, &mut sc.x0, map);
-                let nu = sc.x0.len() / d;
-                let acts = e.grad.then(|| sized(&mut sc.acts, nu * acts_width(&net)));
-                forward(&net, &sc.x0, &mut sc.h, acts);
+    // Each block writes its rows of `out` in place (`rows` holds each row once).
+    let out_rows = DisjointRows::new(&mut out, w);
+    rows.par_chunks(ROWS_PER_BLOCK).for_each_init(
+        || (Scratch::new(net.len()), Vec::new()),
+        |(sc, map), idx| {
+            distinct_rows(x, d, idx, &mut sc.x0, map);
+            let nu = sc.x0.len() / d;
+            let acts = e.grad.then(|| sized(&mut sc.acts, nu * acts_width(&net)));
+            forward(&net, &sc.x0, &mut sc.h, acts);
+            if !e.grad {
                 let y = &sc.h[net.len() - 1][..nu * m];
-                let mut rows_out = Vec::with_capacity(idx.len() * w);
-                if !e.grad {
-                    for &u in map.iter() {
-                        rows_out.extend_from_slice(&y[u * m..(u + 1) * m]);
-                    }
-                    return (idx, rows_out);
+                for (&i, &u) in idx.iter().zip(map.iter()) {
+                    // SAFETY: `rows` lists each row once, so blocks write disjoint rows.
+                    unsafe { out_rows.row(i) }.copy_from_slice(&y[u * m..(u + 1) * m]);
                 }
-                // [y, dy/dx] per row: back-propagate a cotangent of one (m == 1).
-                let yv = y.to_vec();
-                sized(&mut sc.g.dh, nu).fill(T::ONE);
-                backward(&net, &sc.acts, nu, &mut sc.g);
-                for &u in map.iter() {
-                    rows_out.push(yv[u]);
-                    rows_out.extend_from_slice(&sc.g.dh[u * d..(u + 1) * d]);
-                }
-                (idx, rows_out)
-            },
-        )
-        .collect();
-    for (idx, y) in blocks {
-        for (&i, yr) in idx.iter().zip(y.chunks_exact(w)) {
-            out[i * w..(i + 1) * w].copy_from_slice(yr);
+                return;
+            }
+            // [y, dy/dx] per row: back-propagate a cotangent of one (m == 1).
+            let (h, g) = (&sc.h, &mut sc.g);
+            sized(&mut g.dh, nu).fill(T::ONE);
+            backward(&net, &sc.acts, nu, g);
+            let y = &h[net.len() - 1];
+            for (&i, &u) in idx.iter().zip(map.iter()) {
+                // SAFETY: as above.
+                let o = unsafe { out_rows.row(i) };
+                o[0] = y[u];
+                o[1..].copy_from_slice(&g.dh[u * d..(u + 1) * d]);
+            }
+        },
+    );
+    Ok(out)
+}
+
+/// Rows of a row-major buffer handed to parallel blocks that each write their own rows.
+struct DisjointRows<T> {
+    ptr: *mut T,
+    rows: usize,
+    width: usize,
+}
+
+// SAFETY: only `row` reaches the buffer, and its callers write disjoint rows.
+unsafe impl<T: Send> Sync for DisjointRows<T> {}
+
+impl<T> DisjointRows<T> {
+    fn new(buf: &mut [T], width: usize) -> DisjointRows<T> {
+        DisjointRows {
+            ptr: buf.as_mut_ptr(),
+            rows: buf.len() / width.max(1),
+            width,
         }
     }
-    Ok(out)
+
+    /// Row `i`.
+    ///
+    /// # Safety
+    /// No two live references to the same row: each row is taken by one block at a time.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, i: usize) -> &mut [T] {
+        assert!(i < self.rows, "row {i} of {}", self.rows);
+        // SAFETY: in bounds (above); exclusivity is the caller's.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.width), self.width) }
+    }
 }
 
 /// The VJP from the gradient the forward op returned: `dx = g[:, 0] * y[:, 1:]` (`gy` of
 /// width `gw`: the forward op's, or its first column alone).
 fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize, gw: usize) -> Vec<T> {
     let (d, w) = (e.net.n_in(), e.out_width());
-    let mut dx = vec![T::default(); n * d];
-    dx.par_chunks_mut(d)
+    // Every element is written below, so the buffer is not zeroed first.
+    assert!(
+        y.len() == n * w && gy.len() == n * gw && w == d + 1,
+        "dense_vjp sizes"
+    );
+    let mut dx: Vec<T> = Vec::with_capacity(n * d);
+    dx.spare_capacity_mut()[..n * d]
+        .par_chunks_mut(d.max(1))
         .zip(y.par_chunks(w))
         .zip(gy.par_chunks(gw))
         .for_each(|((o, yr), gr)| {
             let s = gr[0];
             for (v, &g) in o.iter_mut().zip(&yr[1..]) {
-                *v = s * g;
+                v.write(s * g);
             }
         });
+    // SAFETY: the loop wrote all `n * d` elements (`n` rows of `y` and `gy`, `d` each).
+    unsafe { dx.set_len(n * d) };
     dx
 }
 
