@@ -174,12 +174,46 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], dg: Option<&mut [T
 }
 
 /// `rr [n, s, c]`'s sizes, checked (`c` 1 for a contraction with ones).
-fn dims(e: &Embed, rr: &Tensor) -> R<(usize, usize, usize)> {
-    match rr.shape.as_slice() {
-        &[n, s, c] if c > 0 && (!e.ones || c == 1) => Ok((n, s, c)),
-        other => Err(ExecError::Shape(format!(
-            "embed_contract of rr {other:?} (want [n, s, c])"
+/// The op's `(n, s, c)` and where its rows sit in `rr`: with a window `start..end` on
+/// axis 1 (the executor folding a slice of `rr` into the op), atom `a`'s `s` slots start
+/// at slot `a * stride + start` of the whole `rr [n, stride, c]`.
+fn dims(
+    e: &Embed,
+    rr: &Tensor,
+    window: Option<(usize, usize)>,
+) -> R<((usize, usize, usize), Slots)> {
+    match (rr.shape.as_slice(), window) {
+        (&[n, s, c], None) if c > 0 && (!e.ones || c == 1) => Ok((
+            (n, s, c),
+            Slots {
+                stride: s,
+                start: 0,
+            },
+        )),
+        (&[n, stride, c], Some((a, b)))
+            if c > 0 && (!e.ones || c == 1) && a <= b && b <= stride =>
+        {
+            Ok(((n, b - a, c), Slots { stride, start: a }))
+        }
+        (other, _) => Err(ExecError::Shape(format!(
+            "embed_contract of rr {other:?}, window {window:?} (want [n, s, c])"
         ))),
+    }
+}
+
+/// Where an atom's slots are in `rr` (see `dims`).
+#[derive(Clone, Copy)]
+struct Slots {
+    stride: usize,
+    start: usize,
+}
+
+impl Slots {
+    /// Atom `a`'s `s` rows of `c`.
+    #[inline(always)]
+    fn rows<T>(self, rr: &[T], a: usize, s: usize, c: usize) -> &[T] {
+        let at = (a * self.stride + self.start) * c;
+        &rr[at..at + s * c]
     }
 }
 
@@ -426,6 +460,7 @@ fn contract_t<T: Real>(
     rr: &[T],
     atoms: &[usize],
     (n, s, c): (usize, usize, usize),
+    win: Slots,
     keep: bool,
     packs: &Packs,
 ) -> R<(Vec<T>, Option<KeptBlocks<T>>)> {
@@ -437,7 +472,7 @@ fn contract_t<T: Real>(
     }
     let keep = keep
         && (atoms.len() * s * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= KEEP_LIMIT_BYTES;
-    let row = |a: usize| &rr[a * s * c..(a + 1) * s * c];
+    let row = |a: usize| win.rows(rr, a, s, c);
     let blocks: Vec<(Vec<T>, Option<KeptBlock<T>>)> = atoms
         .par_chunks(block_atoms(s))
         .map_init(
@@ -487,6 +522,7 @@ fn contract_vjp_t<T: Real>(
     kept: Option<&[KeptBlock<T>]>,
     atoms: &[usize],
     (n, s, c): (usize, usize, usize),
+    win: Slots,
     packs: &Packs,
 ) -> R<Vec<T>> {
     let src = Source::<T>::new(e, packs)?;
@@ -523,10 +559,7 @@ fn contract_vjp_t<T: Real>(
     work.into_par_iter().for_each_init(
         || (Scratch::new(src.depth()), Vec::new()),
         |(sc, gyt), (ids, mut d, kept)| {
-            let r: Vec<&[T]> = ids
-                .iter()
-                .map(|&a| &rr[a * s * c..(a + 1) * s * c])
-                .collect();
+            let r: Vec<&[T]> = ids.iter().map(|&a| win.rows(rr, a, s, c)).collect();
             let g: Vec<&[T]> = ids
                 .iter()
                 .map(|&a| &gy[a * m * c..(a + 1) * m * c])
@@ -575,26 +608,28 @@ fn atom_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
 }
 
 /// `Op::EmbedContract`. With `keep`, also what its VJP can start from (`embed_contract_vjp`'s
-/// `kept`), where that fits in `KEEP_LIMIT_BYTES`.
+/// `kept`), where that fits in `KEEP_LIMIT_BYTES`. With `window`, the op's `rr` is the slots
+/// `start..end` (axis 1) of the `rr` given.
 pub fn embed_contract(
     e: &Embed,
     rr: &Tensor,
+    window: Option<(usize, usize)>,
     types: Option<&Tensor>,
     keep: bool,
     packs: &Packs,
 ) -> R<(Tensor, Option<Kept>)> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
-    let dims = dims(e, rr)?;
+    let (dims, slots) = dims(e, rr, window)?;
     let (n, _, c) = dims;
     let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
     let (data, kept) = match &rr.data {
         Data::F64(v) => {
-            let (o, k) = contract_t(e, v, &atoms, dims, keep, packs)?;
+            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs)?;
             (f64::wrap(o), k.map(|k| Kept(KeptData::F64(k))))
         }
         Data::F32(v) => {
-            let (o, k) = contract_t(e, v, &atoms, dims, keep, packs)?;
+            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs)?;
             (f32::wrap(o), k.map(|k| Kept(KeptData::F32(k))))
         }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
@@ -609,10 +644,12 @@ pub fn embed_contract(
 }
 
 /// `Op::EmbedContractVjp`; `kept` is what the paired `embed_contract(.., keep = true)` of
-/// the same `rr` and types kept, or `None` to evaluate the network here.
+/// the same `rr` and types kept, or `None` to evaluate the network here. `window` as for
+/// `embed_contract`; the result has the window's shape.
 pub fn embed_contract_vjp(
     e: &Embed,
     rr: &Tensor,
+    window: Option<(usize, usize)>,
     gy: &Tensor,
     types: Option<&Tensor>,
     kept: Option<&Kept>,
@@ -620,8 +657,8 @@ pub fn embed_contract_vjp(
 ) -> R<Tensor> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
-    let dims = dims(e, rr)?;
-    let (n, _, c) = dims;
+    let (dims, slots) = dims(e, rr, window)?;
+    let (n, s, c) = dims;
     if gy.shape != [n, m, c] {
         return Err(ExecError::Shape(format!(
             "embed_contract_vjp cotangent {:?} for rr {:?}",
@@ -632,21 +669,33 @@ pub fn embed_contract_vjp(
     let kept = kept.map(|k| &k.0);
     let data = match (&rr.data, &gy.data, kept) {
         (Data::F64(v), Data::F64(g), None) => {
-            f64::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, packs)?)
+            f64::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, slots, packs)?)
         }
-        (Data::F64(v), Data::F64(g), Some(KeptData::F64(k))) => {
-            f64::wrap(contract_vjp_t(e, (v, g), Some(k), &atoms, dims, packs)?)
-        }
+        (Data::F64(v), Data::F64(g), Some(KeptData::F64(k))) => f64::wrap(contract_vjp_t(
+            e,
+            (v, g),
+            Some(k),
+            &atoms,
+            dims,
+            slots,
+            packs,
+        )?),
         (Data::F32(v), Data::F32(g), None) => {
-            f32::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, packs)?)
+            f32::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, slots, packs)?)
         }
-        (Data::F32(v), Data::F32(g), Some(KeptData::F32(k))) => {
-            f32::wrap(contract_vjp_t(e, (v, g), Some(k), &atoms, dims, packs)?)
-        }
+        (Data::F32(v), Data::F32(g), Some(KeptData::F32(k))) => f32::wrap(contract_vjp_t(
+            e,
+            (v, g),
+            Some(k),
+            &atoms,
+            dims,
+            slots,
+            packs,
+        )?),
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
     };
     Ok(Tensor {
-        shape: rr.shape.clone(),
+        shape: vec![n, s, c],
         data,
     })
 }
@@ -733,21 +782,47 @@ mod tests {
                 // Packed once (the executor's way) or per call: the same numbers.
                 np.add(&e.net, false);
             }
-            let (plain, none) = embed_contract(&e, &rr, Some(&types), false, &np).unwrap();
-            let (out, kept) = embed_contract(&e, &rr, Some(&types), true, &np).unwrap();
+            let (plain, none) = embed_contract(&e, &rr, None, Some(&types), false, &np).unwrap();
+            let (out, kept) = embed_contract(&e, &rr, None, Some(&types), true, &np).unwrap();
             assert!(none.is_none());
             assert_eq!(plain, out, "the forward result does not depend on keeping");
             let kept = kept.expect("the values fit");
-            let again = embed_contract_vjp(&e, &rr, &gy, Some(&types), None, &np).unwrap();
+            let again = embed_contract_vjp(&e, &rr, None, &gy, Some(&types), None, &np).unwrap();
             let from_kept =
-                embed_contract_vjp(&e, &rr, &gy, Some(&types), Some(&kept), &np).unwrap();
+                embed_contract_vjp(&e, &rr, None, &gy, Some(&types), Some(&kept), &np).unwrap();
             assert_eq!(again, from_kept, "centre type {ct:?}");
             assert!(again.as_f64().unwrap().iter().any(|v| *v != 0.0));
             // Values kept for other rows are refused, not misread.
             let (rr2, _, t2) = inputs(2, s, c);
-            let (_, other) = embed_contract(&e, &rr2, Some(&t2), true, &np).unwrap();
-            assert!(embed_contract_vjp(&e, &rr, &gy, Some(&types), other.as_ref(), &np).is_err());
+            let (_, other) = embed_contract(&e, &rr2, None, Some(&t2), true, &np).unwrap();
+            assert!(
+                embed_contract_vjp(&e, &rr, None, &gy, Some(&types), other.as_ref(), &np).is_err()
+            );
         }
+    }
+
+    #[test]
+    fn a_window_of_slots_reads_what_the_slice_would_hold() {
+        let (n, s, c) = (5, 40, 4);
+        let (rr, gy, types) = inputs(n, s, c);
+        let (a, b) = (7, 31);
+        let v = rr.as_f64().unwrap();
+        let sliced = Tensor::f64(
+            vec![n, b - a, c],
+            (0..n)
+                .flat_map(|i| v[(i * s + a) * c..(i * s + b) * c].to_vec())
+                .collect(),
+        );
+        let e = embed(Some(0));
+        let np = Packs::default();
+        let t = Some(&types);
+        let (want, _) = embed_contract(&e, &sliced, None, t, false, &np).unwrap();
+        let (got, kept) = embed_contract(&e, &rr, Some((a, b)), t, true, &np).unwrap();
+        assert_eq!(want, got);
+        let want_d = embed_contract_vjp(&e, &sliced, None, &gy, t, None, &np).unwrap();
+        let got_d = embed_contract_vjp(&e, &rr, Some((a, b)), &gy, t, kept.as_ref(), &np).unwrap();
+        assert_eq!(want_d, got_d);
+        assert!(embed_contract(&e, &rr, Some((a, s + 1)), t, false, &np).is_err());
     }
 
     #[test]
@@ -762,9 +837,9 @@ mod tests {
                 ..embed(None)
             };
             let np = Packs::default();
-            let d = embed_contract_vjp(&e, &rr, &gy, None, None, &np).unwrap();
+            let d = embed_contract_vjp(&e, &rr, None, &gy, None, None, &np).unwrap();
             let f = |x: &Tensor| -> f64 {
-                let (y, _) = embed_contract(&e, x, None, false, &np).unwrap();
+                let (y, _) = embed_contract(&e, x, None, None, false, &np).unwrap();
                 let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
                 y.iter().zip(g).map(|(a, b)| a * b).sum()
             };
@@ -790,6 +865,6 @@ mod tests {
             ones: true,
             ..embed(None)
         };
-        assert!(embed_contract(&e, &rr, None, false, &Packs::default()).is_err());
+        assert!(embed_contract(&e, &rr, None, None, false, &Packs::default()).is_err());
     }
 }

@@ -90,6 +90,38 @@ pub struct Executor {
     args: Vec<Vec<usize>>,
     /// For a `matmul`, which operands it reads as the transpose of its (new) argument.
     transposed: Vec<[bool; 2]>,
+    /// For an embedding op, the slots (axis 1) of its new first argument it reads.
+    windows: Vec<Option<(usize, usize)>>,
+}
+
+/// Let each embedding op (forward and VJP) read a slice of `rr` along its slot axis
+/// straight from the slice's input (`embed::Slots`), instead of from a copy: se_e2_a
+/// slices its environment matrix by neighbour type, and those copies were a tenth of its
+/// time. The slice then runs only if something else reads it.
+fn fold_slices(graph: &Graph, args: &mut [Vec<usize>]) -> Vec<Option<(usize, usize)>> {
+    let mut windows = vec![None; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !matches!(node.op, Op::EmbedContract(_) | Op::EmbedContractVjp(_)) {
+            continue;
+        }
+        let src = &graph.nodes[args[i][0]];
+        if let (
+            Op::Slice {
+                axis: 1,
+                start,
+                end,
+            },
+            [from],
+        ) = (&src.op, src.args.as_slice())
+        {
+            let fixed = |d: &Dim| d.sym.is_none().then_some(d.factor);
+            if let (Some(a), Some(b), 3) = (fixed(start), fixed(end), src.ty.rank()) {
+                args[i][0] = from.index();
+                windows[i] = Some((a, b));
+            }
+        }
+    }
+    windows
 }
 
 /// Let each `matmul` read an operand that is a transpose of its last two axes straight
@@ -201,6 +233,7 @@ impl Executor {
         };
         let mut run_args = narrowed(&graph);
         let transposed = fold_transposes(&graph, &mut run_args);
+        let windows = fold_slices(&graph, &mut run_args);
         let node_args = |i: usize| run_args[i].clone();
         let fused = if fuse {
             fuse::plan(&graph, &needed_by(&node_args))
@@ -256,6 +289,7 @@ impl Executor {
             packs,
             args: run_args,
             transposed,
+            windows,
         }
     }
 
@@ -390,28 +424,30 @@ impl Executor {
                     .map(|&a| vals[a].as_ref().expect("argument computed before use"))
                     .collect();
                 match &node.op {
-                    Op::EmbedContract(e) if self.kept_until[i].is_some() => {
+                    Op::EmbedContract(e) => {
                         let (out, k) = embed::embed_contract(
                             e,
                             args[0],
+                            self.windows[i],
                             args.get(1).copied(),
-                            true,
+                            self.kept_until[i].is_some(),
                             &self.packs,
                         )?;
                         kept[i] = k;
                         out
                     }
-                    Op::EmbedContractVjp(e) if self.kept_from[i].is_some() => {
-                        let f = self.kept_from[i].expect("paired");
+                    Op::EmbedContractVjp(e) => {
+                        let f = self.kept_from[i];
                         let out = embed::embed_contract_vjp(
                             e,
                             args[0],
+                            self.windows[i],
                             args[1],
                             args.get(2).copied(),
-                            kept[f].as_ref(),
+                            f.and_then(|f| kept[f].as_ref()),
                             &self.packs,
                         )?;
-                        if self.kept_until[f] == Some(i) {
+                        if let Some(f) = f.filter(|&f| self.kept_until[f] == Some(i)) {
                             kept[f] = None;
                         }
                         out
@@ -508,9 +544,10 @@ fn eval(
         Op::ActVjp(f) => k::act_vjp(*f, a[0], a[1])?,
         Op::EnvMat(e) => env::env_mat(e, a[0], a[1], a[2])?,
         Op::EnvMatVjp(e) => env::env_mat_vjp(e, a[0], a[1], a[2], a[3])?,
-        Op::EmbedContract(e) => embed::embed_contract(e, a[0], a.get(1).copied(), false, packs)?.0,
-        Op::EmbedContractVjp(e) => {
-            embed::embed_contract_vjp(e, a[0], a[1], a.get(2).copied(), None, packs)?
+        // The executor runs these itself (they may read a window of their first argument
+        // and keep values for each other).
+        Op::EmbedContract(_) | Op::EmbedContractVjp(_) => {
+            unreachable!("embedding ops are run by Executor::run_with")
         }
         Op::Dense(e) => dense::dense(e, a[0], a.get(1).copied(), packs)?,
         Op::DenseVjp(e) => dense::dense_vjp(e, a[0], a[1], a.get(2).copied(), packs)?,
