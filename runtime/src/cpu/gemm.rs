@@ -26,7 +26,9 @@ macro_rules! packed_gemm {
         $name:ident, $t:ty, $nr:expr, $half:expr, $kernel:ident, $mm:path,
         $zero:ident, $load:ident, $store:ident, $add:ident, $fma:ident, $bcast:ident,
         $kernel512:ident, $mask:ty, $zero512:ident, $load512:ident, $store512:ident,
-        $add512:ident, $fma512:ident, $set1_512:ident, $mload512:ident, $mstore512:ident
+        $add512:ident, $fma512:ident, $set1_512:ident, $mload512:ident, $mstore512:ident,
+        $kernel_half:ident, $zero256:ident, $load256:ident, $store256:ident,
+        $add256:ident, $fma256:ident, $set1_256:ident, $mload256:ident, $mstore256:ident
     ) => {
         $(#[$doc])*
         pub struct $name {
@@ -219,10 +221,19 @@ macro_rules! packed_gemm {
                             let b = self.data.as_ptr().add((j * k + k0) * $nr);
                             let cols = $nr.min(n - j * $nr);
                             let cp = c.add(i * ldc + j * $nr);
-                            if aliased {
-                                rows_dispatch!($kernel512, rows, true, (kc, ap, rs, ps, b, cp, ldc, cols, add));
-                            } else {
-                                rows_dispatch!($kernel512, rows, false, (kc, ap, rs, ps, b, cp, ldc, cols, add));
+                            // A last panel of at most half a register's columns runs
+                            // 256 bits wide: on Zen 4 two of those FMAs issue per cycle
+                            // against one 512-bit one, so its zero padding costs half.
+                            macro_rules! go {
+                                ($k:ident, $p:literal) => {
+                                    rows_dispatch!($k, rows, $p, (kc, ap, rs, ps, b, cp, ldc, cols, add))
+                                };
+                            }
+                            match (aliased, cols <= $half) {
+                                (true, true) => go!($kernel_half, true),
+                                (true, false) => go!($kernel512, true),
+                                (false, true) => go!($kernel_half, false),
+                                (false, false) => go!($kernel512, false),
                             }
                         }
                         i += rows;
@@ -356,6 +367,40 @@ macro_rules! packed_gemm {
                 }
             }
         }
+
+        /// `$kernel512` for a panel whose first `cols <= NR / 2` columns are wanted: one
+        /// 256-bit register per row of `C`.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        unsafe fn $kernel_half<const R: usize, const PACKED: bool>(
+            kc: usize,
+            a: *const $t,
+            rs: usize,
+            ps: usize,
+            b: *const $t,
+            c: *mut $t,
+            ldc: usize,
+            cols: usize,
+            add: bool,
+        ) {
+            use std::arch::x86_64::*;
+            let mut acc = [$zero256(); R];
+            for p in 0..kc {
+                let bv = $load256(b.add(p * $nr));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let at = if PACKED { p * R + r } else { r * rs + p * ps };
+                    *acc_r = $fma256($set1_256(*a.add(at)), bv, *acc_r);
+                }
+            }
+            let mask = (((1u32 << cols) - 1) & ((1u32 << $half) - 1)) as __mmask8;
+            for (r, &v) in acc.iter().enumerate() {
+                let cr = c.add(r * ldc);
+                let v = if add { $add256(v, $mload256(mask, cr)) } else { v };
+                $mstore256(cr, mask, v);
+            }
+        }
     };
 }
 
@@ -390,7 +435,9 @@ packed_gemm!(
     _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_add_pd, _mm256_fmadd_pd,
     _mm256_broadcast_sd,
     kernel512, __mmask8, _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd,
-    _mm512_add_pd, _mm512_fmadd_pd, _mm512_set1_pd, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd
+    _mm512_add_pd, _mm512_fmadd_pd, _mm512_set1_pd, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd,
+    kernel_half, _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd,
+    _mm256_add_pd, _mm256_fmadd_pd, _mm256_set1_pd, _mm256_maskz_loadu_pd, _mm256_mask_storeu_pd
 );
 
 packed_gemm!(
@@ -399,7 +446,9 @@ packed_gemm!(
     _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_fmadd_ps,
     _mm256_broadcast_ss,
     kernel32_512, __mmask16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps,
-    _mm512_add_ps, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps
+    _mm512_add_ps, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps,
+    kernel32_half, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps,
+    _mm256_add_ps, _mm256_fmadd_ps, _mm256_set1_ps, _mm256_maskz_loadu_ps, _mm256_mask_storeu_ps
 );
 
 #[cfg(test)]
