@@ -2,7 +2,7 @@
 """dpc against DeePMD-kit on the same models, system and machine, in one run.
 
     python benches/compare_deepmd.py --dpc target/release/dpc [--fixtures ../shared/fixtures]
-        [--models se_e2_a se_e2_r ...] [--atoms 2048] [--reps 5] [--threads 2]
+        [--models se_e2_a se_e2_r ...] [--atoms 2048] [--reps 5] [--dpc-reps 20] [--threads 2]
 
 Run it with a Python that has DeePMD-kit 3.2 (`--install VENV` creates one: `pip install
 "deepmd-kit[torch,jax,cpu]==3.2.0"`, about 7.5 GB). For each model it builds the fcc Cu/Au
@@ -11,7 +11,9 @@ atoms), times DeePMD-kit's DeepPot on every backend file the fixture has (median
 calls after three warm-ups), keeps the backends whose energy agrees with the PyTorch one
 (DeePMD-kit's TensorFlow runtime computes these models differently, see docs/formats.md),
 times `dpc bench --input` on the same configuration (plain, `--compress` and `--precision
-float32` where the model allows them), and prints the ratios as a Markdown table (the one in
+float32` where the model allows them; median of --dpc-reps evaluations after one warm-up:
+the small models take 25 ms, so 5 of them are a tenth of a second, and one busy moment on a
+shared host moved that median by a fifth), and prints the ratios as a Markdown table (the one in
 docs/performance.md). Both sides use --threads threads. dpc runs first, for every model,
 before this script imports DeePMD-kit: with torch, TensorFlow and JAX loaded in the parent
 process, dpc's runs on a 2-core VM measured slower and noisier (se_e2_r: medians of 25.5 to
@@ -86,6 +88,7 @@ def main():
     p.add_argument("--models", nargs="+", default=["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3", "se_atten", "se_e2_a_big", "dpa2", "dpa3"])
     p.add_argument("--atoms", type=int, default=2048)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--dpc-reps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--install", metavar="VENV", help="create a venv with DeePMD-kit 3.2.0 and exit")
     a = p.parse_args()
@@ -108,20 +111,24 @@ def main():
     conf = os.path.join(tempfile.mkdtemp(), "conf.json")
     with open(conf, "w") as f:
         json.dump({"coord": coord.tolist(), "atype": at.tolist(), "box": box.reshape(-1).tolist()}, f)
-    print(f"system: {natoms} atoms, fcc {n}x{n}x{n}; {a.threads} thread(s); median of {a.reps}", flush=True)
+    print(
+        f"system: {natoms} atoms, fcc {n}x{n}x{n}; {a.threads} thread(s); "
+        f"median of {a.reps} (DeePMD-kit) and {a.dpc_reps} (dpc)",
+        flush=True,
+    )
 
     # dpc first, every model, with DeePMD-kit not yet imported.
     ours = {}
     energies = {}
     for m in a.models:
         d = os.path.join(a.fixtures, "models", m)
-        dpc_t, dpc_e = time_dpc(a.dpc, os.path.join(d, "model.dp"), conf, a.reps, a.threads)
+        dpc_t, dpc_e = time_dpc(a.dpc, os.path.join(d, "model.dp"), conf, a.dpc_reps, a.threads)
         print(f"{m}: dpc {natoms / dpc_t:.0f} atoms/s (E {dpc_e:.10f})", flush=True)
         energies[m] = dpc_e
         variants = {}
         for tag, extra in [("compress", ["--compress"]), ("float32", ["--precision", "float32"])]:
             try:
-                t, e = time_dpc(a.dpc, os.path.join(d, "model.dp"), conf, a.reps, a.threads, extra)
+                t, e = time_dpc(a.dpc, os.path.join(d, "model.dp"), conf, a.dpc_reps, a.threads, extra)
             except subprocess.CalledProcessError:
                 print(f"  dpc {tag}: not available for this model", flush=True)
                 continue
