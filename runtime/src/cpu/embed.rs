@@ -667,31 +667,17 @@ pub fn embed_contract_vjp(
     }
     let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
     let kept = kept.map(|k| &k.0);
+    let run = |rg: (&[f64], &[f64]), k: Option<&[KeptBlock<f64>]>| {
+        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs)
+    };
+    let run32 = |rg: (&[f32], &[f32]), k: Option<&[KeptBlock<f32>]>| {
+        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs)
+    };
     let data = match (&rr.data, &gy.data, kept) {
-        (Data::F64(v), Data::F64(g), None) => {
-            f64::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, slots, packs)?)
-        }
-        (Data::F64(v), Data::F64(g), Some(KeptData::F64(k))) => f64::wrap(contract_vjp_t(
-            e,
-            (v, g),
-            Some(k),
-            &atoms,
-            dims,
-            slots,
-            packs,
-        )?),
-        (Data::F32(v), Data::F32(g), None) => {
-            f32::wrap(contract_vjp_t(e, (v, g), None, &atoms, dims, slots, packs)?)
-        }
-        (Data::F32(v), Data::F32(g), Some(KeptData::F32(k))) => f32::wrap(contract_vjp_t(
-            e,
-            (v, g),
-            Some(k),
-            &atoms,
-            dims,
-            slots,
-            packs,
-        )?),
+        (Data::F64(v), Data::F64(g), None) => f64::wrap(run((v, g), None)?),
+        (Data::F64(v), Data::F64(g), Some(KeptData::F64(k))) => f64::wrap(run((v, g), Some(k))?),
+        (Data::F32(v), Data::F32(g), None) => f32::wrap(run32((v, g), None)?),
+        (Data::F32(v), Data::F32(g), Some(KeptData::F32(k))) => f32::wrap(run32((v, g), Some(k))?),
         _ => return Err(ExecError::Type("embed_contract_vjp dtypes".into())),
     };
     Ok(Tensor {

@@ -223,6 +223,24 @@ pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     &mut v[..n]
 }
 
+/// `z <- act(z + b)` for a layer's output rows `z`, the bias added in the activation's
+/// pass where there is one.
+#[inline(always)]
+fn bias_act<T: Real>(l: &Layer<'_, T>, z: &mut [T]) {
+    match (l.b, l.act == Act::Tanh) {
+        (Some(b), true) => T::bias_tanh_in_place(z, b),
+        (Some(b), false) => {
+            for row in z.chunks_exact_mut(l.n_out) {
+                for (v, &bb) in row.iter_mut().zip(b.iter()) {
+                    *v = *v + bb;
+                }
+            }
+        }
+        (None, true) => T::tanh_in_place(z),
+        (None, false) => {}
+    }
+}
+
 /// `h <- h * idt + residual(x)`, in place (`x [rows, n_in]`, `h [rows, n_out]`).
 #[inline(always)]
 fn finish_layer<T: Real>(l: &Layer<'_, T>, x: &[T], h: &mut [T]) {
@@ -280,18 +298,7 @@ pub(super) fn forward<T: Real>(
             let w = l.fwd.as_deref().expect("layers() packs every GEMM layer");
             T::gemm_packed(w, rows, x, n_in, z, n_out, false);
         }
-        match (l.b, l.act == Act::Tanh) {
-            (Some(b), true) => T::bias_tanh_in_place(z, b),
-            (Some(b), false) => {
-                for row in z.chunks_exact_mut(n_out) {
-                    for (v, &bb) in row.iter_mut().zip(b.iter()) {
-                        *v = *v + bb;
-                    }
-                }
-            }
-            (None, true) => T::tanh_in_place(z),
-            (None, false) => {}
-        }
+        bias_act(l, z);
         if let Some(a) = acts.as_deref_mut() {
             a[at..at + rows * n_out].copy_from_slice(z);
         }
@@ -423,18 +430,7 @@ pub(super) fn forward_tangent<T: Real>(
         }
         let (zv, zt) = st.split_at_mut(rows * n_out);
         let tanh = l.act == Act::Tanh;
-        match (l.b, tanh) {
-            (Some(b), true) => T::bias_tanh_in_place(zv, b),
-            (Some(b), false) => {
-                for row in zv.chunks_exact_mut(n_out) {
-                    for (v, &bb) in row.iter_mut().zip(b.iter()) {
-                        *v = *v + bb;
-                    }
-                }
-            }
-            (None, true) => T::tanh_in_place(zv),
-            (None, false) => {}
-        }
+        bias_act(l, zv);
         match xt {
             // One pass for the tangent's tanh', both idt scales and both residuals.
             Some(xt) if tanh => finish_pair::<T, true>(l, (xv, xt), zv, zt),
