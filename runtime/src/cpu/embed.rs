@@ -173,10 +173,10 @@ fn table_eval<T: Real>(t: &TableRef<T>, x: &[T], g: &mut [T], dg: Option<&mut [T
 }
 }
 
-/// `rr [n, s, c]`'s sizes, checked (`c` 1 for a contraction with ones).
-/// The op's `(n, s, c)` and where its rows sit in `rr`: with a window `start..end` on
-/// axis 1 (the executor folding a slice of `rr` into the op), atom `a`'s `s` slots start
-/// at slot `a * stride + start` of the whole `rr [n, stride, c]`.
+/// The op's `(n, s, c)`, checked (`c` 1 for a contraction with ones), and where its rows
+/// sit in `rr`: with a window `start..end` on axis 1 (the executor folding a slice of `rr`
+/// into the op), atom `a`'s `s` slots start at slot `a * stride + start` of the whole
+/// `rr [n, stride, c]`.
 fn dims(
     e: &Embed,
     rr: &Tensor,
@@ -379,8 +379,8 @@ fn contract_vjp_block<T: Real>(
         let (gu, tu) = (&g[u0 * m..u1 * m], &t[u0 * m..u1 * m]);
         if ones {
             project::<T, 1>(tu, gya, m, q);
-            for ((&u, dj), _) in ia.iter().zip(da.chunks_exact_mut(1)).zip(ra.iter()) {
-                dj[0] = q[u as usize - u0];
+            for (&u, dj) in ia.iter().zip(da.iter_mut()) {
+                *dj = q[u as usize - u0];
             }
             continue;
         }

@@ -284,6 +284,36 @@ pub fn map2_into(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> 
     run(x, y, out, f)
 }
 
+/// `$run(args)` compiled for AVX-512 (F, DQ, VL), for AVX2 and FMA, and as written, the
+/// widest the CPU has chosen at run time: the tail of a function whose body is `$run`.
+macro_rules! widest_build {
+    ($run:ident($($arg:ident: $ty:ty),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run_avx2($($arg: $ty),*) {
+            $run($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+        unsafe fn run_avx512($($arg: $ty),*) {
+            $run($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::avx512() {
+            // SAFETY: the CPU has AVX-512 (F, DQ, VL), AVX2 and FMA.
+            unsafe { run_avx512($($arg),*) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { run_avx2($($arg),*) };
+            return;
+        }
+        $run($($arg),*)
+    }};
+}
+
 /// `$name(x)`: `x <- $f(x)` elementwise, `$n` at a time (independent evaluations in flight
 /// hide the long dependency chain of one), compiled for AVX-512 or AVX2 and FMA where the
 /// CPU has them (the same operations either way, so the same bits; AVX-512 halves the
@@ -306,29 +336,7 @@ macro_rules! elementwise_in_place {
                     *v = $f(*v);
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn run_avx2(x: &mut [$t]) {
-                run(x)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-            unsafe fn run_avx512(x: &mut [$t]) {
-                run(x)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if super::simd::avx512() {
-                // SAFETY: the CPU has AVX-512 (F, DQ, VL), AVX2 and FMA.
-                unsafe { run_avx512(x) };
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA.
-                unsafe { run_avx2(x) };
-                return;
-            }
-            run(x)
+            widest_build!(run(x: &mut [$t]))
         }
     };
 }
@@ -362,29 +370,7 @@ macro_rules! biased_in_place {
                 !b.is_empty() && x.len() % b.len() == 0,
                 "rows of the bias's width"
             );
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn run_avx2(x: &mut [$t], b: &[$t]) {
-                run(x, b)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-            unsafe fn run_avx512(x: &mut [$t], b: &[$t]) {
-                run(x, b)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if super::simd::avx512() {
-                // SAFETY: the CPU has AVX-512 (F, DQ, VL), AVX2 and FMA.
-                unsafe { run_avx512(x, b) };
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA.
-                unsafe { run_avx2(x, b) };
-                return;
-            }
-            run(x, b)
+            widest_build!(run(x: &mut [$t], b: &[$t]))
         }
     };
 }

@@ -18,6 +18,57 @@ const KC: usize = 256;
 
 use super::simd::avx2_fma as simd;
 
+/// The AVX-512 path's micro-kernel at one register width (`$w` lanes): `R` rows of `C`,
+/// one register each, over `kc` steps of the panel `b` (row stride `$nr`), each step one
+/// broadcast of `A` per row; the first `cols` columns stored (masked when fewer than `$w`).
+macro_rules! register_row_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $t:ty, $nr:expr, $w:expr, $mask:ty,
+        $zero:ident, $load:ident, $store:ident, $add:ident, $fma:ident, $set1:ident,
+        $mload:ident, $mstore:ident
+    ) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        unsafe fn $name<const R: usize, const PACKED: bool>(
+            kc: usize,
+            a: *const $t,
+            rs: usize,
+            ps: usize,
+            b: *const $t,
+            c: *mut $t,
+            ldc: usize,
+            cols: usize,
+            add: bool,
+        ) {
+            use std::arch::x86_64::*;
+            let mut acc = [$zero(); R];
+            for p in 0..kc {
+                let bv = $load(b.add(p * $nr));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // Packed, the strides are the constants (1, R).
+                    let at = if PACKED { p * R + r } else { r * rs + p * ps };
+                    *acc_r = $fma($set1(*a.add(at)), bv, *acc_r);
+                }
+            }
+            let mask = (((1u32 << cols) - 1) & ((1u32 << $w) - 1)) as $mask;
+            for (r, &v) in acc.iter().enumerate() {
+                let cr = c.add(r * ldc);
+                if cols == $w {
+                    let v = if add { $add(v, $load(cr)) } else { v };
+                    $store(cr, v);
+                } else {
+                    let v = if add { $add(v, $mload(mask, cr)) } else { v };
+                    $mstore(cr, mask, v);
+                }
+            }
+        }
+    };
+}
+
 /// One packed GEMM per element type: the struct, packing, blocking and micro-kernel, with
 /// the register width and intrinsics as parameters.
 macro_rules! packed_gemm {
@@ -328,79 +379,18 @@ macro_rules! packed_gemm {
             }
         }
 
-        /// `C[0..R, 0..cols] (+)= A[0..R, 0..kc] B_panel[0..kc, 0..NR]` with `A` packed
-        /// `[kc][R]`, one 512-bit register per row of `C`.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        #[inline]
-        unsafe fn $kernel512<const R: usize, const PACKED: bool>(
-            kc: usize,
-            a: *const $t,
-            rs: usize,
-            ps: usize,
-            b: *const $t,
-            c: *mut $t,
-            ldc: usize,
-            cols: usize,
-            add: bool,
-        ) {
-            use std::arch::x86_64::*;
-            let mut acc = [$zero512(); R];
-            for p in 0..kc {
-                let bv = $load512(b.add(p * $nr));
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    // Packed, the strides are the constants (1, R).
-                    let at = if PACKED { p * R + r } else { r * rs + p * ps };
-                    *acc_r = $fma512($set1_512(*a.add(at)), bv, *acc_r);
-                }
-            }
-            let mask = (((1u32 << cols) - 1) & ((1u32 << $nr) - 1)) as $mask;
-            for (r, &v) in acc.iter().enumerate() {
-                let cr = c.add(r * ldc);
-                if cols == $nr {
-                    let v = if add { $add512(v, $load512(cr)) } else { v };
-                    $store512(cr, v);
-                } else {
-                    let v = if add { $add512(v, $mload512(mask, cr)) } else { v };
-                    $mstore512(cr, mask, v);
-                }
-            }
-        }
-
-        /// `$kernel512` for a panel whose first `cols <= NR / 2` columns are wanted: one
-        /// 256-bit register per row of `C`.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        #[inline]
-        unsafe fn $kernel_half<const R: usize, const PACKED: bool>(
-            kc: usize,
-            a: *const $t,
-            rs: usize,
-            ps: usize,
-            b: *const $t,
-            c: *mut $t,
-            ldc: usize,
-            cols: usize,
-            add: bool,
-        ) {
-            use std::arch::x86_64::*;
-            let mut acc = [$zero256(); R];
-            for p in 0..kc {
-                let bv = $load256(b.add(p * $nr));
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let at = if PACKED { p * R + r } else { r * rs + p * ps };
-                    *acc_r = $fma256($set1_256(*a.add(at)), bv, *acc_r);
-                }
-            }
-            let mask = (((1u32 << cols) - 1) & ((1u32 << $half) - 1)) as __mmask8;
-            for (r, &v) in acc.iter().enumerate() {
-                let cr = c.add(r * ldc);
-                let v = if add { $add256(v, $mload256(mask, cr)) } else { v };
-                $mstore256(cr, mask, v);
-            }
-        }
+        register_row_kernel!(
+            /// `C[0..R, 0..cols] (+)= A[0..R, 0..kc] B_panel[0..kc, 0..NR]`, `A` read through
+            /// strides `(rs, ps)` or packed `[kc][R]`, one 512-bit register per row of `C`.
+            $kernel512, $t, $nr, $nr, $mask,
+            $zero512, $load512, $store512, $add512, $fma512, $set1_512, $mload512, $mstore512
+        );
+        register_row_kernel!(
+            /// The same for a panel whose first `cols <= NR / 2` columns are wanted: one
+            /// 256-bit register per row of `C`.
+            $kernel_half, $t, $nr, $half, __mmask8,
+            $zero256, $load256, $store256, $add256, $fma256, $set1_256, $mload256, $mstore256
+        );
     };
 }
 
