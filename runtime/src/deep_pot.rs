@@ -741,7 +741,8 @@ impl SubSystem {
                 nlist: rows.to_vec(),
             };
         }
-        let mut index = std::collections::HashMap::with_capacity(4 * (end - start));
+        let mut index: crate::fast_map::FastMap<usize, i32> = Default::default();
+        index.reserve(4 * (end - start));
         let mut atoms: Vec<usize> = (start..end).collect();
         for (s, &k) in atoms.iter().enumerate() {
             index.insert(k, s as i32);

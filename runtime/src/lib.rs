@@ -4,6 +4,7 @@
 pub mod cpu;
 mod deep_pot;
 mod env_options;
+mod fast_map;
 pub mod nlist;
 #[cfg(feature = "pjrt")]
 pub mod pjrt;

@@ -310,8 +310,7 @@ fn in_given_frame(
     let mut ext_coord = coord[..nloc * 3].to_vec();
     let mut ext_type = atype.to_vec();
     let mut mapping: Vec<usize> = (0..nloc).collect();
-    let mut ghosts: std::collections::HashMap<(usize, [i64; 3]), i32> =
-        std::collections::HashMap::new();
+    let mut ghosts: crate::fast_map::FastMap<(usize, [i64; 3]), i32> = Default::default();
     let mut out = vec![-1i32; nloc * nsel];
     for i in 0..nloc {
         for slot in 0..nsel {
@@ -570,7 +569,10 @@ fn select_row(
     mixed_types: bool,
 ) {
     let nsel: usize = sel.iter().sum();
-    found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    // Distances are non-negative (NaN never passes the cutoff), so their bits sort as they
+    // do; the index breaks ties, and with it the keys are distinct, so an unstable sort
+    // gives the same order as a stable one.
+    found.sort_unstable_by_key(|&(r2, k)| (r2.to_bits(), k));
     found.truncate(nsel);
     if mixed_types {
         for (slot, &(_, k)) in found.iter().enumerate() {
