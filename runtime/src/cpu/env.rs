@@ -28,6 +28,7 @@ impl<T: Real> Switch<T> {
 
     /// `u = (clip(r, rs, rc) - rs) / (rc - rs)` and whether `r` is inside the clip (where
     /// the gradient passes, with the tie rules of max/min).
+    #[inline(always)]
     fn u(&self, r: T) -> (T, bool) {
         let lo = if r >= self.rs { r } else { self.rs };
         let c = if lo <= self.rc { lo } else { self.rc };
@@ -36,6 +37,7 @@ impl<T: Real> Switch<T> {
     }
 
     /// `u^3 (-6 u^2 + 15 u - 10) + 1`.
+    #[inline(always)]
     fn value(&self, r: T) -> T {
         let (u, _) = self.u(r);
         let u2 = u * u;
@@ -45,6 +47,7 @@ impl<T: Real> Switch<T> {
     }
 
     /// `d sw / d r`.
+    #[inline(always)]
     fn derivative(&self, r: T) -> T {
         let (u, inside) = self.u(r);
         if !inside {
@@ -115,6 +118,90 @@ fn centre_type(types: &[i32], i: usize, ntypes: usize) -> R<usize> {
     Ok(t as usize)
 }
 
+/// One centre's pair vectors by slot, a coordinate per array (so the slot loops vectorize),
+/// and which slots hold a neighbour. A padding slot holds (1, 0, 0): finite values the slot
+/// loops compute on and then discard.
+#[derive(Default)]
+struct Pairs<T> {
+    x: Vec<T>,
+    y: Vec<T>,
+    z: Vec<T>,
+    valid: Vec<bool>,
+}
+
+impl<T: Real> Pairs<T> {
+    /// Atom `i`'s pairs from its row `nl` of the list; errors on an index past `nall`.
+    fn gather(&mut self, coord: &[T], i: usize, nl: &[i32], nall: usize) -> R<()> {
+        self.x.clear();
+        self.y.clear();
+        self.z.clear();
+        self.valid.clear();
+        for &j in nl {
+            let d = pair(coord, i, j, nall)?;
+            let [dx, dy, dz] = d.unwrap_or([T::ONE, T::default(), T::default()]);
+            self.x.push(dx);
+            self.y.push(dy);
+            self.z.push(dz);
+            self.valid.push(d.is_some());
+        }
+        Ok(())
+    }
+}
+
+/// What the slot loops of one centre read besides its pairs.
+struct RowConsts<'a, T> {
+    sw: &'a Switch<T>,
+    /// DeePMD-kit's `protection` added to `r` in `1/r` (`None` when 0).
+    prot: Option<T>,
+    /// The centre type's statistics, `[nnei * nc]`.
+    davg: &'a [T],
+    inv_std: &'a [T],
+}
+
+simd_fn! {
+/// One centre's rows `[nnei, nc]` of the environment matrix. The same operations in the
+/// same order as a slot-by-slot loop, so the same bits, but vectorized across slots (each
+/// component first into its own array `comp`, then interleaved).
+fn forward_row<T: Real>(p: &Pairs<T>, k: &RowConsts<T>, comp: &mut [Vec<T>; 4], row: &mut [T]) {
+    let n = p.x.len();
+    let nc = row.len() / n.max(1);
+    for v in comp.iter_mut() {
+        v.resize(n, T::default());
+    }
+    let [c0, c1, c2, c3] = comp;
+    let (x, y, z, valid) = (&p.x[..n], &p.y[..n], &p.z[..n], &p.valid[..n]);
+    let (c0, c1, c2, c3) = (&mut c0[..n], &mut c1[..n], &mut c2[..n], &mut c3[..n]);
+    for s in 0..n {
+        let r = (x[s] * x[s] + y[s] * y[s] + z[s] * z[s]).sqrt();
+        let sv = k.sw.value(r);
+        let sv = if valid[s] { sv } else { T::default() };
+        let t0 = T::ONE / match k.prot {
+            Some(pr) => r + pr,
+            None => r,
+        };
+        c0[s] = t0 * sv;
+        let t0sq = t0 * t0;
+        c1[s] = x[s] * t0sq * sv;
+        c2[s] = y[s] * t0sq * sv;
+        c3[s] = z[s] * t0sq * sv;
+    }
+    let (davg, inv_std) = (&k.davg[..n * nc], &k.inv_std[..n * nc]);
+    if nc == 4 {
+        for (s, o) in row.chunks_exact_mut(4).enumerate() {
+            let q = 4 * s;
+            o[0] = (c0[s] - davg[q]) * inv_std[q];
+            o[1] = (c1[s] - davg[q + 1]) * inv_std[q + 1];
+            o[2] = (c2[s] - davg[q + 2]) * inv_std[q + 2];
+            o[3] = (c3[s] - davg[q + 3]) * inv_std[q + 3];
+        }
+    } else {
+        for (s, o) in row.iter_mut().enumerate() {
+            *o = (c0[s] - davg[s]) * inv_std[s];
+        }
+    }
+}
+}
+
 fn forward_t<T: Real>(
     e: &EnvSpec,
     x: &[T],
@@ -127,40 +214,97 @@ fn forward_t<T: Real>(
     let inv_std = reciprocals(dstd);
     let ntypes = e.davg.shape[0];
     let sw = Switch::<T>::new(e);
-    let prot = T::from_f64(e.protection);
+    let prot = (e.protection != 0.0).then(|| T::from_f64(e.protection));
     let mut out = vec![T::default(); nloc * nnei * nc];
+    if nnei == 0 {
+        return Ok(out);
+    }
     out.par_chunks_mut(nnei * nc)
         .enumerate()
-        .try_for_each(|(i, row)| -> R<()> {
-            let ti = centre_type(types, i, ntypes)?;
-            let st = ti * nnei * nc;
-            for k in 0..nnei {
-                let d = pair(x, i, nlist[i * nnei + k], nall)?;
-                let (d, s) = match d {
-                    Some(d) => {
-                        let r = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
-                        (d, Some((r, sw.value(r))))
-                    }
-                    None => ([T::ONE, T::default(), T::default()], None),
+        .try_for_each_init(
+            || (Pairs::default(), [vec![], vec![], vec![], vec![]]),
+            |(p, comp), (i, row)| -> R<()> {
+                let ti = centre_type(types, i, ntypes)?;
+                let st = ti * nnei * nc;
+                p.gather(x, i, &nlist[i * nnei..(i + 1) * nnei], nall)?;
+                let k = RowConsts {
+                    sw: &sw,
+                    prot,
+                    davg: &davg[st..st + nnei * nc],
+                    inv_std: &inv_std[st..st + nnei * nc],
                 };
-                let o = &mut row[k * nc..(k + 1) * nc];
-                let (r, s) = s.unwrap_or((T::ONE, T::default()));
-                let t0 = T::ONE / if e.protection != 0.0 { r + prot } else { r };
-                o[0] = t0 * s;
-                if nc == 4 {
-                    let t0sq = t0 * t0;
-                    for c in 0..3 {
-                        o[c + 1] = d[c] * t0sq * s;
-                    }
-                }
-                for (c, v) in o.iter_mut().enumerate() {
-                    let q = st + k * nc + c;
-                    *v = (*v - davg[q]) * inv_std[q];
-                }
-            }
-            Ok(())
-        })?;
+                forward_row(p, &k, comp, row);
+                Ok(())
+            },
+        )?;
     Ok(out)
+}
+
+simd_fn! {
+/// One centre's cotangents of its pair vectors, `row [nnei, 3]`, from the cotangent `g`
+/// `[nnei, nc]` of its environment rows; zero on padding slots. Slot by slot the same
+/// operations as the scalar formula, vectorized across slots as `forward_row` is.
+fn vjp_row<T: Real>(p: &Pairs<T>, k: &RowConsts<T>, g: &[T], comp: &mut [Vec<T>; 4], row: &mut [T]) {
+    let n = p.x.len();
+    let nc = g.len() / n.max(1);
+    for v in comp.iter_mut() {
+        v.resize(n, T::default());
+    }
+    let [ge0, ge1, ge2, ge3] = comp;
+    let (ge0, ge1, ge2, ge3) = (&mut ge0[..n], &mut ge1[..n], &mut ge2[..n], &mut ge3[..n]);
+    let inv_std = &k.inv_std[..n * nc];
+    // The cotangent through the statistics' scaling, by component.
+    if nc == 4 {
+        for (s, gr) in g.chunks_exact(4).enumerate() {
+            let q = 4 * s;
+            ge0[s] = gr[0] * inv_std[q];
+            ge1[s] = gr[1] * inv_std[q + 1];
+            ge2[s] = gr[2] * inv_std[q + 2];
+            ge3[s] = gr[3] * inv_std[q + 3];
+        }
+    } else {
+        for (s, &gv) in g.iter().enumerate() {
+            ge0[s] = gv * inv_std[s];
+        }
+    }
+    let (x, y, z, valid) = (&p.x[..n], &p.y[..n], &p.z[..n], &p.valid[..n]);
+    let two = T::from_f64(2.0);
+    let half = T::from_f64(0.5);
+    let row = &mut row[..3 * n];
+    for s in 0..n {
+        let d = [x[s], y[s], z[s]];
+        let r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+        let r = r2.sqrt();
+        let sv = k.sw.value(r);
+        let inv_r = T::ONE / r;
+        let t0 = match k.prot {
+            Some(pr) => T::ONE / (r + pr),
+            None => inv_r,
+        };
+        let mut g_d = [T::default(); 3];
+        let (g_t0, g_s) = if nc == 1 {
+            (ge0[s] * sv, ge0[s] * t0)
+        } else {
+            let ge = [ge1[s], ge2[s], ge3[s]];
+            let t0sq = t0 * t0;
+            let mut g_t0sq = T::default();
+            let mut g_s = ge0[s] * t0;
+            for c in 0..3 {
+                g_s = g_s + ge[c] * d[c] * t0sq;
+                let gs = ge[c] * sv;
+                g_d[c] = gs * t0sq;
+                g_t0sq = g_t0sq + gs * d[c];
+            }
+            (ge0[s] * sv + two * t0 * g_t0sq, g_s)
+        };
+        let g_r = T::default() - g_t0 * (t0 * t0) + g_s * k.sw.derivative(r);
+        let g_r2 = g_r * inv_r * half;
+        for c in 0..3 {
+            let v = g_d[c] + two * g_r2 * d[c];
+            row[3 * s + c] = if valid[s] { v } else { T::default() };
+        }
+    }
+}
 }
 
 fn vjp_t<T: Real>(
@@ -172,59 +316,34 @@ fn vjp_t<T: Real>(
     (nall, nloc, nnei): (usize, usize, usize),
 ) -> R<Vec<T>> {
     let nc = e.ncomp();
-    let (_, dstd) = stats::<T>(e)?;
+    let (davg, dstd) = stats::<T>(e)?;
     let inv_std = reciprocals(dstd);
     let ntypes = e.davg.shape[0];
     let sw = Switch::<T>::new(e);
-    let prot = T::from_f64(e.protection);
+    let prot = (e.protection != 0.0).then(|| T::from_f64(e.protection));
     // Each slot's cotangent of its pair vector, in parallel; summed onto atoms after.
     let mut gd = vec![T::default(); nloc * nnei * 3];
-    gd.par_chunks_mut(nnei * 3)
-        .enumerate()
-        .try_for_each(|(i, row)| -> R<()> {
+    let mut dx = vec![T::default(); nall * 3];
+    if nnei == 0 {
+        return Ok(dx);
+    }
+    gd.par_chunks_mut(nnei * 3).enumerate().try_for_each_init(
+        || (Pairs::default(), [vec![], vec![], vec![], vec![]]),
+        |(p, comp), (i, row)| -> R<()> {
             let ti = centre_type(types, i, ntypes)?;
             let st = ti * nnei * nc;
-            for k in 0..nnei {
-                let Some(d) = pair(x, i, nlist[i * nnei + k], nall)? else {
-                    continue;
-                };
-                let r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-                let r = r2.sqrt();
-                let s = sw.value(r);
-                let inv_r = T::ONE / r;
-                let t0 = if e.protection != 0.0 {
-                    T::ONE / (r + prot)
-                } else {
-                    inv_r
-                };
-                let gr = &g[(i * nnei + k) * nc..(i * nnei + k + 1) * nc];
-                let gem = |c: usize| gr[c] * inv_std[st + k * nc + c];
-                let mut g_d = [T::default(); 3];
-                let (g_t0, g_s) = if nc == 1 {
-                    (gem(0) * s, gem(0) * t0)
-                } else {
-                    let t0sq = t0 * t0;
-                    let mut g_t0sq = T::default();
-                    let mut g_s = gem(0) * t0;
-                    for c in 0..3 {
-                        let ge = gem(c + 1);
-                        g_s = g_s + ge * d[c] * t0sq;
-                        let ge = ge * s;
-                        g_d[c] = ge * t0sq;
-                        g_t0sq = g_t0sq + ge * d[c];
-                    }
-                    (gem(0) * s + T::from_f64(2.0) * t0 * g_t0sq, g_s)
-                };
-                let g_r = T::default() - g_t0 * (t0 * t0) + g_s * sw.derivative(r);
-                let g_r2 = g_r * inv_r * T::from_f64(0.5);
-                for c in 0..3 {
-                    g_d[c] = g_d[c] + T::from_f64(2.0) * g_r2 * d[c];
-                }
-                row[k * 3..k * 3 + 3].copy_from_slice(&g_d);
-            }
+            p.gather(x, i, &nlist[i * nnei..(i + 1) * nnei], nall)?;
+            let k = RowConsts {
+                sw: &sw,
+                prot,
+                davg: &davg[st..st + nnei * nc],
+                inv_std: &inv_std[st..st + nnei * nc],
+            };
+            let gi = &g[i * nnei * nc..(i + 1) * nnei * nc];
+            vjp_row(p, &k, gi, comp, row);
             Ok(())
-        })?;
-    let mut dx = vec![T::default(); nall * 3];
+        },
+    )?;
     for i in 0..nloc {
         for k in 0..nnei {
             let j = nlist[i * nnei + k];
