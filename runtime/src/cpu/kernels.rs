@@ -8,6 +8,7 @@ use dpc_compiler::graph::{ActFn, Binary, Cmp, Data, Tensor, Unary};
 use rayon::prelude::*;
 
 use super::fastmath as fm;
+use super::real::Real;
 use super::ExecError;
 
 type R<T> = Result<T, ExecError>;
@@ -642,11 +643,118 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, trans: [bool; 2]) -> R<Tensor> {
         {
             Data::F64(rows_times_matrix(p, q, batch * m, k, n, tb))
         }
+        // Many small products (a descriptor's per-atom matrices): plain loops, which beat
+        // a general GEMM's packing at these sizes.
+        (Data::F64(p), Data::F64(q)) if batch > 1 && m * k * n <= SMALL_MATMUL_MAX => Data::F64(
+            small_batched(p, q, batch, (m, k, n), b_batched, [(rsa, csa), (rsb, csb)]),
+        ),
+        (Data::F32(p), Data::F32(q)) if batch > 1 && m * k * n <= SMALL_MATMUL_MAX => Data::F32(
+            small_batched(p, q, batch, (m, k, n), b_batched, [(rsa, csa), (rsb, csb)]),
+        ),
         (Data::F64(p), Data::F64(q)) => Data::F64(mm!(p, q, matrixmultiply::dgemm, 0.0f64)),
         (Data::F32(p), Data::F32(q)) => Data::F32(mm!(p, q, matrixmultiply::sgemm, 0.0f32)),
         _ => return Err(ExecError::Type("matmul of non-floats".into())),
     };
     Ok(Tensor { shape, data })
+}
+
+/// The largest `m k n` of one product that `small_batched` takes: its operands stay in L1.
+const SMALL_MATMUL_MAX: usize = 1 << 15;
+
+/// `batch` products `[m, k] x [k, n]` (operands through `(row, column)` strides, `b` shared
+/// when not `b_batched`), split over the pool by batch when there is enough work.
+fn small_batched<T: super::real::Real>(
+    a: &[T],
+    b: &[T],
+    batch: usize,
+    (m, k, n): (usize, usize, usize),
+    b_batched: bool,
+    strides: [(usize, usize); 2],
+) -> Vec<T> {
+    let mut o = vec![T::default(); batch * m * n];
+    if m * n == 0 {
+        return o;
+    }
+    let one = |bi: usize, op: &mut [T], bt: &mut Vec<T>| {
+        let bp = if b_batched { &b[bi * k * n..] } else { b };
+        small_matmul(&a[bi * m * k..], bp, (m, k, n), strides, op, bt);
+    };
+    if batch * m * n * k.max(1) < PARALLEL_MIN_WORK {
+        let mut bt = Vec::new();
+        for (bi, op) in o.chunks_mut(m * n).enumerate() {
+            one(bi, op, &mut bt);
+        }
+    } else {
+        o.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each_init(Vec::new, |bt, (bi, op)| one(bi, op, bt));
+    }
+    o
+}
+
+simd_fn! {
+/// `c [m, n] = a b` for small operands: `b` copied row-major into `bt` (unless it is), then
+/// each row of `c` accumulated over `k` as rows of `b` scaled by `a`'s elements, so the
+/// inner loop runs along `n` in SIMD registers.
+fn small_matmul<T: Real>(
+    a: &[T],
+    b: &[T],
+    dims: (usize, usize, usize),
+    strides: [(usize, usize); 2],
+    c: &mut [T],
+    bt: &mut Vec<T>,
+) {
+    let (m, k, n) = dims;
+    let [(rsa, csa), (rsb, csb)] = strides;
+    let b: &[T] = if csb == 1 && rsb == n {
+        &b[..k * n]
+    } else {
+        bt.clear();
+        bt.extend((0..k).flat_map(|p| (0..n).map(move |q| b[p * rsb + q * csb])));
+        &bt[..]
+    };
+    // A row of `c` in registers for the widths the descriptors use.
+    match n {
+        4 => rows_of::<T, 4>(a, b, m, k, (rsa, csa), c),
+        8 => rows_of::<T, 8>(a, b, m, k, (rsa, csa), c),
+        16 => rows_of::<T, 16>(a, b, m, k, (rsa, csa), c),
+        32 => rows_of::<T, 32>(a, b, m, k, (rsa, csa), c),
+        _ => {
+            for (i, crow) in c[..m * n].chunks_exact_mut(n).enumerate() {
+                crow.fill(T::default());
+                for (p, brow) in b.chunks_exact(n).enumerate() {
+                    let av = a[i * rsa + p * csa];
+                    for (cv, &bv) in crow.iter_mut().zip(brow) {
+                        *cv = *cv + av * bv;
+                    }
+                }
+            }
+        }
+    }
+}
+}
+
+/// `small_matmul`'s loop for `n = N`: each row of `c` accumulated in an `[T; N]`.
+#[inline(always)]
+fn rows_of<T: Real, const N: usize>(
+    a: &[T],
+    b: &[T],
+    m: usize,
+    k: usize,
+    (rsa, csa): (usize, usize),
+    c: &mut [T],
+) {
+    let b = &b[..k * N];
+    for (i, crow) in c[..m * N].chunks_exact_mut(N).enumerate() {
+        let mut acc = [T::default(); N];
+        for (p, brow) in b.chunks_exact(N).enumerate() {
+            let av = a[i * rsa + p * csa];
+            for (x, &bv) in acc.iter_mut().zip(brow) {
+                *x = *x + av * bv;
+            }
+        }
+        crow.copy_from_slice(&acc);
+    }
 }
 
 /// The widest `k` `rows_times_matrix` takes (one slice of the packed kernel; the fused
@@ -1128,6 +1236,23 @@ mod tests {
                 fill(vec![k, n], 2)
             };
             let want = matmul(&a, &b).unwrap();
+            // Against the naive sum, for the small-product and the GEMM paths alike.
+            let (Data::F64(av), Data::F64(bv), Data::F64(wv)) = (&a.data, &b.data, &want.data)
+            else {
+                panic!("float64");
+            };
+            for bi in 0..batch {
+                let bo = if b_batched { bi * k * n } else { 0 };
+                for i in 0..m {
+                    for j in 0..n {
+                        let s: f64 = (0..k)
+                            .map(|p| av[bi * m * k + i * k + p] * bv[bo + p * n + j])
+                            .sum();
+                        let got = wv[bi * m * n + i * n + j];
+                        assert!((got - s).abs() <= 1e-12 * (1.0 + s.abs()), "{got} {s}");
+                    }
+                }
+            }
             for ta in [false, true] {
                 for tb in [false, true] {
                     let aa = if ta { swap(&a) } else { a.clone() };
