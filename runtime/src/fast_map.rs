@@ -79,6 +79,7 @@ mod tests {
             }
         }
         assert_eq!(m.len(), 50 * 25);
-        assert_eq!(m[&(7, [1, -2, -1])], 7 * 25 + 3 * 5 + 0);
+        // Inserted as number j * 25 + (a + 2) * 5 + (b + 2).
+        assert_eq!(m[&(7, [1, -2, -1])], 190);
     }
 }
