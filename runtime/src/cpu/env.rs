@@ -132,17 +132,34 @@ struct Pairs<T> {
 impl<T: Real> Pairs<T> {
     /// Atom `i`'s pairs from its row `nl` of the list; errors on an index past `nall`.
     fn gather(&mut self, coord: &[T], i: usize, nl: &[i32], nall: usize) -> R<()> {
-        self.x.clear();
-        self.y.clear();
-        self.z.clear();
-        self.valid.clear();
-        for &j in nl {
-            let d = pair(coord, i, j, nall)?;
-            let [dx, dy, dz] = d.unwrap_or([T::ONE, T::default(), T::default()]);
-            self.x.push(dx);
-            self.y.push(dy);
-            self.z.push(dz);
-            self.valid.push(d.is_some());
+        // Indices checked first (the error names the first bad one), so the copy below
+        // runs without a branch that can fail.
+        if nl.iter().any(|&j| j >= 0 && j as usize >= nall) || 3 * i + 3 > coord.len() {
+            for &j in nl {
+                pair(coord, i, j, nall)?;
+            }
+            return Err(ExecError::Index(format!(
+                "centre {i} is beyond the {nall} atoms"
+            )));
+        }
+        let n = nl.len();
+        for v in [&mut self.x, &mut self.y, &mut self.z] {
+            v.resize(n, T::default());
+        }
+        self.valid.resize(n, false);
+        let xi = [coord[3 * i], coord[3 * i + 1], coord[3 * i + 2]];
+        for (s, &j) in nl.iter().enumerate() {
+            let (d, ok) = if j >= 0 {
+                let j = j as usize;
+                let xj = &coord[3 * j..3 * j + 3];
+                ([xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]], true)
+            } else {
+                ([T::ONE, T::default(), T::default()], false)
+            };
+            self.x[s] = d[0];
+            self.y[s] = d[1];
+            self.z[s] = d[2];
+            self.valid[s] = ok;
         }
         Ok(())
     }
