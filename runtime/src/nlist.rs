@@ -189,6 +189,9 @@ pub fn build(
     let rc2 = rcut * rcut;
     // Rows hold candidate indices first; they are renumbered to extended indices below.
     let mut nlist = vec![-1i64; nloc * nsel];
+    // A worker's buffers: the row's neighbours, the candidates near it, and every
+    // candidate's distance (the filter's scratch).
+    type Buffers = (Vec<(f64, usize)>, Vec<usize>, Vec<(f64, usize)>);
     // One centre's row (`row` empty when `sum(sel)` is 0: the overlap check still runs).
     let search =
         |(found, near, all): &mut Buffers,
@@ -233,7 +236,6 @@ pub fn build(
             Ok(())
         };
     // Rows are independent: they are found side by side on the thread pool.
-    type Buffers = (Vec<(f64, usize)>, Vec<usize>, Vec<(f64, usize)>);
     let buffers = || (Vec::new(), Vec::new(), Vec::new());
     let rows: Vec<Result<(), NlistError>> = if nsel > 0 {
         nlist
