@@ -128,8 +128,8 @@ impl<'a, T: Real> Source<'a, T> {
 
 simd_fn! {
 /// The table's `G` (and `dG/dx`) for inputs `x`, into `g` (and `dg`), every element
-/// written (so the caller need not zero them: that memset was 4% of a compressed
-/// se_e2_a_big's samples); inputs off the table go through the network.
+/// written (so the caller need not zero them first); inputs off the table go through the
+/// network.
 fn table_eval<T: Real>(
     t: &TableRef<T>,
     x: &[T],

@@ -663,7 +663,7 @@ const SMALL_MATMUL_MAX: usize = 1 << 15;
 
 /// `batch` products `[m, k] x [k, n]` (operands through `(row, column)` strides, `b` shared
 /// when not `b_batched`), split over the pool by batch when there is enough work.
-fn small_batched<T: super::real::Real>(
+fn small_batched<T: Real>(
     a: &[T],
     b: &[T],
     batch: usize,
