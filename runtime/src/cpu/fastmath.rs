@@ -603,32 +603,3 @@ mod tests {
         assert_eq!(v, want);
     }
 }
-#[cfg(test)]
-mod tmpbench {
-    #[test]
-    #[ignore]
-    fn tanh_speed() {
-        let b: Vec<f64> = (0..100).map(|i| i as f64 * 0.01).collect();
-        let mut x: Vec<f64> = (0..51200)
-            .map(|i| ((i as f64) * 0.37).sin() * 2.0)
-            .collect();
-        let t = std::time::Instant::now();
-        for _ in 0..200 {
-            super::bias_tanh_in_place(&mut x, &b);
-        }
-        println!(
-            "bias_tanh {:.3} ns/elem",
-            t.elapsed().as_nanos() as f64 / (200.0 * 51200.0)
-        );
-        let mut y: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-        let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
-        let t = std::time::Instant::now();
-        for _ in 0..200 {
-            super::bias_tanh_in_place_f32(&mut y, &b32);
-        }
-        println!(
-            "bias_tanh_f32 {:.3} ns/elem",
-            t.elapsed().as_nanos() as f64 / (200.0 * 51200.0)
-        );
-    }
-}
