@@ -219,6 +219,49 @@ fn forward_row<T: Real>(p: &Pairs<T>, k: &RowConsts<T>, comp: &mut [Vec<T>; 4], 
 }
 }
 
+/// A worker's scratch for `each_centre`: a centre's pairs and the slot loops' per-component
+/// arrays.
+type RowScratch<T> = (Pairs<T>, [Vec<T>; 4]);
+
+/// `f(pairs, consts, i, comp, row)` for each centre `i` and its `row` of `out` (`width`
+/// elements per centre), side by side on the pool: the centre's pairs gathered and its
+/// type's statistics and switch set up the same way for the forward pass and the VJP.
+fn each_centre<T: Real>(
+    e: &EnvSpec,
+    x: &[T],
+    nlist: &[i32],
+    types: &[i32],
+    (nall, nnei): (usize, usize),
+    (out, width): (&mut [T], usize),
+    f: impl Fn(&Pairs<T>, &RowConsts<T>, usize, &mut [Vec<T>; 4], &mut [T]) + Sync,
+) -> R<()> {
+    let nc = e.ncomp();
+    let (davg, dstd) = stats::<T>(e)?;
+    if nnei == 0 || width == 0 {
+        return Ok(());
+    }
+    let inv_std = reciprocals(dstd);
+    let ntypes = e.davg.shape[0];
+    let sw = Switch::<T>::new(e);
+    let prot = (e.protection != 0.0).then(|| T::from_f64(e.protection));
+    out.par_chunks_mut(width).enumerate().try_for_each_init(
+        || -> RowScratch<T> { (Pairs::default(), [vec![], vec![], vec![], vec![]]) },
+        |(p, comp), (i, row)| -> R<()> {
+            let ti = centre_type(types, i, ntypes)?;
+            let st = ti * nnei * nc;
+            p.gather(x, i, &nlist[i * nnei..(i + 1) * nnei], nall)?;
+            let k = RowConsts {
+                sw: &sw,
+                prot,
+                davg: &davg[st..st + nnei * nc],
+                inv_std: &inv_std[st..st + nnei * nc],
+            };
+            f(p, &k, i, comp, row);
+            Ok(())
+        },
+    )
+}
+
 fn forward_t<T: Real>(
     e: &EnvSpec,
     x: &[T],
@@ -227,33 +270,16 @@ fn forward_t<T: Real>(
     (nall, nloc, nnei): (usize, usize, usize),
 ) -> R<Vec<T>> {
     let nc = e.ncomp();
-    let (davg, dstd) = stats::<T>(e)?;
-    let inv_std = reciprocals(dstd);
-    let ntypes = e.davg.shape[0];
-    let sw = Switch::<T>::new(e);
-    let prot = (e.protection != 0.0).then(|| T::from_f64(e.protection));
     let mut out = vec![T::default(); nloc * nnei * nc];
-    if nnei == 0 {
-        return Ok(out);
-    }
-    out.par_chunks_mut(nnei * nc)
-        .enumerate()
-        .try_for_each_init(
-            || (Pairs::default(), [vec![], vec![], vec![], vec![]]),
-            |(p, comp), (i, row)| -> R<()> {
-                let ti = centre_type(types, i, ntypes)?;
-                let st = ti * nnei * nc;
-                p.gather(x, i, &nlist[i * nnei..(i + 1) * nnei], nall)?;
-                let k = RowConsts {
-                    sw: &sw,
-                    prot,
-                    davg: &davg[st..st + nnei * nc],
-                    inv_std: &inv_std[st..st + nnei * nc],
-                };
-                forward_row(p, &k, comp, row);
-                Ok(())
-            },
-        )?;
+    each_centre(
+        e,
+        x,
+        nlist,
+        types,
+        (nall, nnei),
+        (&mut out, nnei * nc),
+        |p, k, _, comp, row| forward_row(p, k, comp, row),
+    )?;
     Ok(out)
 }
 
@@ -333,33 +359,17 @@ fn vjp_t<T: Real>(
     (nall, nloc, nnei): (usize, usize, usize),
 ) -> R<Vec<T>> {
     let nc = e.ncomp();
-    let (davg, dstd) = stats::<T>(e)?;
-    let inv_std = reciprocals(dstd);
-    let ntypes = e.davg.shape[0];
-    let sw = Switch::<T>::new(e);
-    let prot = (e.protection != 0.0).then(|| T::from_f64(e.protection));
     // Each slot's cotangent of its pair vector, in parallel; summed onto atoms after.
     let mut gd = vec![T::default(); nloc * nnei * 3];
     let mut dx = vec![T::default(); nall * 3];
-    if nnei == 0 {
-        return Ok(dx);
-    }
-    gd.par_chunks_mut(nnei * 3).enumerate().try_for_each_init(
-        || (Pairs::default(), [vec![], vec![], vec![], vec![]]),
-        |(p, comp), (i, row)| -> R<()> {
-            let ti = centre_type(types, i, ntypes)?;
-            let st = ti * nnei * nc;
-            p.gather(x, i, &nlist[i * nnei..(i + 1) * nnei], nall)?;
-            let k = RowConsts {
-                sw: &sw,
-                prot,
-                davg: &davg[st..st + nnei * nc],
-                inv_std: &inv_std[st..st + nnei * nc],
-            };
-            let gi = &g[i * nnei * nc..(i + 1) * nnei * nc];
-            vjp_row(p, &k, gi, comp, row);
-            Ok(())
-        },
+    each_centre(
+        e,
+        x,
+        nlist,
+        types,
+        (nall, nnei),
+        (&mut gd, nnei * 3),
+        |p, k, i, comp, row| vjp_row(p, k, &g[i * nnei * nc..(i + 1) * nnei * nc], comp, row),
     )?;
     for i in 0..nloc {
         for k in 0..nnei {
