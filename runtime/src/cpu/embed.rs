@@ -292,13 +292,6 @@ fn op_inputs<'a, T: Real + 'a>(
         }
         // The multiply carries the low mantissa bits (where nearby inputs differ) into
         // the high bits taken as the slot.
-        if std::env::var_os("DPC_NOSHARE").is_some() {
-            let u = x.len() as u32;
-            x.push(*r);
-            uid.push(u);
-            prev = Some((bits, u));
-            continue;
-        }
         let mut slot = (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits_of)) as usize;
         let u = loop {
             match vals[slot] {
@@ -423,9 +416,12 @@ fn contract_block<T: Real>(
     {
         acc.fill(T::default());
         for (j, (&u, rj)) in ia.iter().zip(ra.chunks_exact(c)).enumerate() {
-            // The row after next: a shared input's `G` was written by another block.
-            if let Some(&v) = ia.get(j + 2) {
-                prefetch_row(g.g(v));
+            // The row after next where it does not follow the row before in memory: an
+            // input shared with an earlier atom.
+            if let (Some(&w), Some(&v)) = (ia.get(j + 1), ia.get(j + 2)) {
+                if v != w && v != w + 1 {
+                    prefetch_row(g.g(v));
+                }
             }
             let gj = g.g(u);
             if ones {
@@ -460,7 +456,6 @@ fn project<'a, T: Real + 'a, const C: usize>(
     m: usize,
     out: &mut [T],
 ) {
-    let line = 64 / std::mem::size_of::<T>();
     let mut i = 0;
     for o4 in out[..nu / 4 * 4 * C].chunks_exact_mut(4 * C) {
         let g4 = [
@@ -469,24 +464,23 @@ fn project<'a, T: Real + 'a, const C: usize>(
             &row(i + 2)[..m],
             &row(i + 3)[..m],
         ];
-        // The next four rows, a line per step: the rows were written long before (by the
-        // forward op) and the hardware prefetcher misses their four streams (se_e2_a_big's
-        // embedding VJP: 40 -> 19 ms on one thread).
-        const AHEAD: usize = 4;
-        let next = if i + AHEAD + 4 <= nu {
-            [
-                row(i + AHEAD),
-                row(i + AHEAD + 1),
-                row(i + AHEAD + 2),
-                row(i + AHEAD + 3),
-            ]
-            .map(<[T]>::as_ptr)
-        } else {
-            g4.map(<[T]>::as_ptr)
-        };
+        // The next four rows, on their way while these are read: the rows were written
+        // long before (by the forward op) and the hardware prefetcher misses their
+        // streams (se_e2_a_big's embedding VJP: 40 -> 19 ms on one thread). Most follow
+        // each other in memory and are swept in order, half a line per step; one that
+        // does not (an input shared with an earlier atom) is fetched whole here.
+        let next = if i + 8 <= nu { row(i + 4) } else { g4[3] }.as_ptr();
+        if i + 8 <= nu {
+            for k in 1..4 {
+                let r = row(i + 4 + k);
+                if r.as_ptr() != next.wrapping_add(k * m) {
+                    prefetch_row(r);
+                }
+            }
+        }
         let mut acc = [[T::default(); C]; 4];
         for (mi, gyr) in gy.chunks_exact(C).enumerate() {
-            prefetch(next[mi & 3].wrapping_add((mi >> 2) * line));
+            prefetch(next.wrapping_add(4 * mi));
             for (ar, gr) in acc.iter_mut().zip(&g4) {
                 let gv = gr[mi];
                 for (a, &y) in ar.iter_mut().zip(gyr) {
