@@ -1074,6 +1074,19 @@ mod tests {
     }
 
     #[test]
+    fn distinct_inputs_are_told_apart_by_their_bits() {
+        // -0.0 and 0.0 go through the network apart (their bits differ), a NaN shares
+        // with a NaN of the same bits; channel 1 is not the input.
+        let nan = f64::NAN;
+        let v = [0.0, 9.0, -0.0, 9.0, nan, 1.0, nan, 2.0, 1.5, 3.0, 0.0, 4.0];
+        let (x, uid) = op_inputs([&v[..6], &v[6..]].into_iter(), 2, 6).unwrap();
+        let bits: Vec<u64> = x.iter().map(|v| v.to_bits()).collect();
+        let want = [0.0f64, -0.0, nan, 1.5].map(f64::to_bits);
+        assert_eq!(bits, want);
+        assert_eq!(uid, [0, 1, 2, 2, 3, 0]);
+    }
+
+    #[test]
     fn rows_that_share_an_input_across_atoms_get_what_each_atom_alone_would() {
         // Atom k > 0 takes a third of its rows' inputs from atom k - 1's, in another order
         // (the two rows of a same-type pair), and ends in a run of padding; 900 rows over
