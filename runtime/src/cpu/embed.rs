@@ -34,9 +34,21 @@ type R<T> = Result<T, ExecError>;
 /// measured within a few percent of each other on se_e2_a_big.
 const ROWS_PER_BLOCK: usize = 512;
 
-/// The most memory a forward op keeps for its VJP (see `Kept`); beyond it the VJP
-/// evaluates the network again.
+/// The most memory a network's evaluation over a whole op may take (`G` and `dG/dx` of
+/// every row), which its forward op then keeps for the VJP (see `Kept`). Beyond it (an
+/// se_e3 of a large `sel`: its rows grow as `sel^2`), each block of atoms evaluates its
+/// own rows in cache, as for a table, and the VJP evaluates them again.
 const KEEP_LIMIT_BYTES: usize = 512 << 20;
+
+/// Whether an op of `rows` rows of width `m` is evaluated whole (`KEEP_LIMIT_BYTES`, or
+/// `limit` in tests).
+fn whole_op<T>(src: &Source<'_, T>, rows: usize, m: usize, limit: usize) -> bool
+where
+    T: Real,
+{
+    matches!(src, Source::Net(_))
+        && (rows * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= limit
+}
 
 /// Where a block's embedding `G` comes from: the network, or its compression table.
 enum Source<'a, T: Real> {
@@ -681,12 +693,14 @@ impl<T: Real> Scratch<T> {
 }
 
 /// `G^T rr` for the atoms `atoms` (rows of `rr [n, s, c]`; the other rows of the result are
-/// zero); with `keep`, also `G` and `dG/dx` for the VJP (`None` when they would pass
-/// `KEEP_LIMIT_BYTES`, or come from a table). Rows are read and written in place, by atom.
+/// zero); with `keep`, also `G` and `dG/dx` for the VJP (`None` when the op is not
+/// evaluated whole, `whole_op`). Rows are read and written in place, by atom.
 ///
 /// A network is evaluated once per distinct input of the whole op (`op_inputs`), then
 /// contracted block by block. A table is cheap to evaluate and its `G` would go to memory
-/// for nothing, so each block evaluates its own rows in cache, and the VJP does again.
+/// for nothing, so each block evaluates its own rows in cache, and the VJP does again;
+/// so does a network whose op is too large to evaluate whole.
+#[allow(clippy::too_many_arguments)]
 fn contract_t<T: Real>(
     e: &Embed,
     rr: &[T],
@@ -695,6 +709,7 @@ fn contract_t<T: Real>(
     win: Slots,
     keep: bool,
     packs: &Packs,
+    limit: usize,
 ) -> R<(Vec<T>, Option<KeptRows<T>>)> {
     let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
@@ -706,10 +721,7 @@ fn contract_t<T: Real>(
     let nb = block_atoms(s);
     let mut kept = None;
     let parts: Vec<Vec<T>> = match src {
-        Source::Net(_) => {
-            let keep = keep
-                && (atoms.len() * s * 2 * m).saturating_mul(std::mem::size_of::<T>())
-                    <= KEEP_LIMIT_BYTES;
+        _ if whole_op(&src, atoms.len() * s, m, limit) => {
             let (x, uid) = op_inputs(atoms.iter().map(|&a| row(a)), c, atoms.len() * s)?;
             let blocks = evaluate(&src, &x, keep);
             let g = GRows::new(&blocks, m, BLOCK_SHIFT, keep);
@@ -728,7 +740,7 @@ fn contract_t<T: Real>(
             }
             parts
         }
-        Source::Table(_) => atoms
+        _ => atoms
             .par_chunks(nb)
             .map_init(
                 || Scratch::new(src.depth()),
@@ -755,6 +767,7 @@ fn contract_t<T: Real>(
 
 /// `d_rr` (zero outside the rows of `atoms`) from the cotangent `gy` of `G^T rr`; `kept` is
 /// what `contract_t` kept for the same atoms.
+#[allow(clippy::too_many_arguments)]
 fn contract_vjp_t<T: Real>(
     e: &Embed,
     (rr, gy): (&[T], &[T]),
@@ -763,6 +776,7 @@ fn contract_vjp_t<T: Real>(
     (n, s, c): (usize, usize, usize),
     win: Slots,
     packs: &Packs,
+    limit: usize,
 ) -> R<Vec<T>> {
     let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
@@ -780,9 +794,9 @@ fn contract_vjp_t<T: Real>(
             )));
         }
     }
-    // A table is evaluated block by block, in cache, and contracted by atom.
-    if kept.is_none() && matches!(src, Source::Table(_)) {
-        table_vjp(e, &src, (rr, gy), &mut d_rr, atoms, (m, s, c), win);
+    // A table (or an op too large to evaluate whole) block by block, in cache.
+    if kept.is_none() && !whole_op(&src, atoms.len() * s, m, limit) {
+        local_vjp(e, &src, (rr, gy), &mut d_rr, atoms, (m, s, c), win);
         return Ok(d_rr);
     }
     // A network's inputs, evaluated over the whole op as the forward op does (unless it
@@ -836,9 +850,9 @@ fn rows_by_block<'a, T>(
         .collect()
 }
 
-/// `contract_vjp_t` for a table: each block of atoms evaluates its rows' `G` and `dG/dx`
-/// in cache and contracts them by atom.
-fn table_vjp<T: Real>(
+/// `contract_vjp_t` for a table, or an op too large to evaluate whole: each block of atoms
+/// evaluates its rows' `G` and `dG/dx` in cache and contracts them by atom.
+fn local_vjp<T: Real>(
     e: &Embed,
     src: &Source<T>,
     (rr, gy): (&[T], &[T]),
@@ -911,11 +925,11 @@ pub fn embed_contract(
     let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
     let (data, kept) = match &rr.data {
         Data::F64(v) => {
-            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs)?;
+            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs, KEEP_LIMIT_BYTES)?;
             (f64::wrap(o), k.map(|k| Kept(KeptData::F64(k))))
         }
         Data::F32(v) => {
-            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs)?;
+            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs, KEEP_LIMIT_BYTES)?;
             (f32::wrap(o), k.map(|k| Kept(KeptData::F32(k))))
         }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
@@ -954,10 +968,10 @@ pub fn embed_contract_vjp(
     let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
     let kept = kept.map(|k| &k.0);
     let run = |rg: (&[f64], &[f64]), k: Option<&KeptRows<f64>>| {
-        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs)
+        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs, KEEP_LIMIT_BYTES)
     };
     let run32 = |rg: (&[f32], &[f32]), k: Option<&KeptRows<f32>>| {
-        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs)
+        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs, KEEP_LIMIT_BYTES)
     };
     let data = match (&rr.data, &gy.data, kept) {
         (Data::F64(v), Data::F64(g), None) => f64::wrap(run((v, g), None)?),
@@ -1070,6 +1084,34 @@ mod tests {
             assert!(
                 embed_contract_vjp(&e, &rr, None, &gy, Some(&types), other.as_ref(), &np).is_err()
             );
+        }
+    }
+
+    #[test]
+    fn an_op_too_large_to_evaluate_whole_gets_the_same_numbers_block_by_block() {
+        // With no memory allowed for the whole op, the network is evaluated block by block
+        // (rows sharing only with the row before), nothing is kept, and the VJP evaluates
+        // again: the same numbers, bit for bit.
+        let (n, s, c) = (7, 300, 4);
+        let (rr, gy, _) = inputs(n, s, c);
+        let (rv, gv) = (rr.as_f64().unwrap(), gy.as_f64().unwrap());
+        let e = embed(None);
+        let np = Packs::default();
+        let atoms: Vec<usize> = (0..n).collect();
+        let win = Slots {
+            stride: s,
+            start: 0,
+        };
+        let dims = (n, s, c);
+        for limit in [KEEP_LIMIT_BYTES, 0] {
+            let (o, kept) = contract_t(&e, rv, &atoms, dims, win, true, &np, limit).unwrap();
+            assert_eq!(kept.is_some(), limit > 0);
+            let d =
+                contract_vjp_t(&e, (rv, gv), kept.as_ref(), &atoms, dims, win, &np, limit).unwrap();
+            let (want, _) = embed_contract(&e, &rr, None, None, false, &np).unwrap();
+            let want_d = embed_contract_vjp(&e, &rr, None, &gy, None, None, &np).unwrap();
+            assert_eq!(o, want.as_f64().unwrap(), "limit {limit}");
+            assert_eq!(d, want_d.as_f64().unwrap(), "limit {limit}");
         }
     }
 
