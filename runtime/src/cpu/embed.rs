@@ -364,31 +364,33 @@ impl<'a, T> GRows<'a, T> {
         }
     }
 
+    /// Input `u`'s block and row in it.
     #[inline(always)]
-    fn at(self, u: u32) -> (&'a [T], usize) {
-        let blk = &self.blocks[(u >> self.shift) as usize];
-        (blk, (u & ((1 << self.shift) - 1)) as usize)
+    fn at(self, u: u32) -> (usize, usize) {
+        (
+            (u >> self.shift) as usize,
+            (u & ((1 << self.shift) - 1)) as usize,
+        )
     }
 
     /// `G` of input `u`.
     #[inline(always)]
     fn g(self, u: u32) -> &'a [T] {
-        let (blk, o) = self.at(u);
-        &blk[o * self.m..(o + 1) * self.m]
+        let (b, o) = self.at(u);
+        &self.blocks[b][o * self.m..(o + 1) * self.m]
     }
 
     /// `dG/dx` of input `u` (the blocks hold tangents).
     #[inline(always)]
     fn dg(self, u: u32) -> &'a [T] {
-        let b = (u >> self.shift) as usize;
-        let (blk, o) = self.at(u);
+        let (b, o) = self.at(u);
         let rows = if b + 1 == self.blocks.len() {
             self.last
         } else {
             1 << self.shift
         };
         let k = rows + o;
-        &blk[k * self.m..(k + 1) * self.m]
+        &self.blocks[b][k * self.m..(k + 1) * self.m]
     }
 }
 
@@ -677,7 +679,6 @@ struct Scratch<T> {
     idx: Vec<u32>,
     h: Vec<Vec<T>>,
     gt: Vec<T>,
-    acc: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {
@@ -687,8 +688,24 @@ impl<T: Real> Scratch<T> {
             idx: Vec::new(),
             h: (0..depth).map(|_| Vec::new()).collect(),
             gt: Vec::new(),
-            acc: Vec::new(),
         }
+    }
+
+    /// A block's own rows (`r`, its atoms' rows of `c`) evaluated here, in cache, with
+    /// `tangent` also `dG/dx`: their inputs (a row sharing only with the row before it) and
+    /// each row's index among them.
+    fn local_rows<'s>(
+        &'s mut self,
+        src: &Source<'_, T>,
+        r: &[&[T]],
+        c: usize,
+        m: usize,
+        tangent: bool,
+    ) -> (GRows<'s, T>, &'s [u32]) {
+        distinct_inputs(r, c, &mut self.x, &mut self.idx);
+        src.eval(&self.x, tangent, &mut self.h, &mut self.gt);
+        let g = GRows::new(std::slice::from_ref(&self.gt), m, 31, tangent);
+        (g, &self.idx)
     }
 }
 
@@ -720,42 +737,38 @@ fn contract_t<T: Real>(
     let row = |a: usize| win.rows(rr, a, s, c);
     let nb = block_atoms(s);
     let mut kept = None;
-    let parts: Vec<Vec<T>> = match src {
-        _ if whole_op(&src, atoms.len() * s, m, limit) => {
-            let (x, uid) = op_inputs(atoms.iter().map(|&a| row(a)), c, atoms.len() * s)?;
-            let blocks = evaluate(&src, &x, keep);
-            let g = GRows::new(&blocks, m, BLOCK_SHIFT, keep);
-            let parts = atoms
-                .par_chunks(nb)
-                .zip(uid.par_chunks(nb * s))
-                .map_init(Vec::new, |acc, (ids, ia)| {
-                    let r: Vec<&[T]> = ids.iter().map(|&a| row(a)).collect();
-                    let mut o = vec![T::default(); ids.len() * m * c];
-                    contract_block(g, ia, &r, &mut o, (m, s, c), e.ones, sized(acc, m * c));
-                    o
-                })
-                .collect();
-            if keep {
-                kept = Some(KeptRows { uid, blocks });
-            }
-            parts
+    let parts: Vec<Vec<T>> = if whole_op(&src, atoms.len() * s, m, limit) {
+        let (x, uid) = op_inputs(atoms.iter().map(|&a| row(a)), c, atoms.len() * s)?;
+        let blocks = evaluate(&src, &x, keep);
+        let g = GRows::new(&blocks, m, BLOCK_SHIFT, keep);
+        let parts = atoms
+            .par_chunks(nb)
+            .zip(uid.par_chunks(nb * s))
+            .map_init(Vec::new, |acc, (ids, ia)| {
+                let r: Vec<&[T]> = ids.iter().map(|&a| row(a)).collect();
+                let mut o = vec![T::default(); ids.len() * m * c];
+                contract_block(g, ia, &r, &mut o, (m, s, c), e.ones, sized(acc, m * c));
+                o
+            })
+            .collect();
+        if keep {
+            kept = Some(KeptRows { uid, blocks });
         }
-        _ => atoms
+        parts
+    } else {
+        atoms
             .par_chunks(nb)
             .map_init(
-                || Scratch::new(src.depth()),
-                |sc, ids| {
+                || (Scratch::new(src.depth()), Vec::new()),
+                |(sc, acc), ids| {
                     let r: Vec<&[T]> = ids.iter().map(|&a| row(a)).collect();
-                    distinct_inputs(&r, c, &mut sc.x, &mut sc.idx);
-                    src.eval(&sc.x, false, &mut sc.h, &mut sc.gt);
-                    let g = GRows::new(std::slice::from_ref(&sc.gt), m, 31, false);
-                    let acc = sized(&mut sc.acc, m * c);
+                    let (g, idx) = sc.local_rows(&src, &r, c, m, false);
                     let mut o = vec![T::default(); ids.len() * m * c];
-                    contract_block(g, &sc.idx, &r, &mut o, (m, s, c), e.ones, acc);
+                    contract_block(g, idx, &r, &mut o, (m, s, c), e.ones, sized(acc, m * c));
                     o
                 },
             )
-            .collect(),
+            .collect()
     };
     for (ids, o) in atoms.chunks(nb).zip(parts) {
         for (&a, oa) in ids.iter().zip(o.chunks_exact(m * c)) {
@@ -870,10 +883,8 @@ fn local_vjp<T: Real>(
                 .iter()
                 .map(|&a| &gy[a * m * c..(a + 1) * m * c])
                 .collect();
-            distinct_inputs(&r, c, &mut sc.x, &mut sc.idx);
-            src.eval(&sc.x, true, &mut sc.h, &mut sc.gt);
-            let rows = GRows::new(std::slice::from_ref(&sc.gt), m, 31, true);
-            contract_vjp_block(rows, &sc.idx, &r, &g, &mut d, (m, s, c), e.ones, vs);
+            let (rows, idx) = sc.local_rows(src, &r, c, m, true);
+            contract_vjp_block(rows, idx, &r, &g, &mut d, (m, s, c), e.ones, vs);
         },
     );
 }
