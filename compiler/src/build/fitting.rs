@@ -69,6 +69,12 @@ pub fn build(
             }
             o
         }
+    } else if let Some(nets) = (0..f.ntypes)
+        .map(|t| fused(f.nets.get(&[t]).expect("validated")))
+        .collect::<Option<Vec<_>>>()
+    {
+        // Every type's network fuses: one op, each row through its type's network.
+        g.dense_by_type(xx, nets.into_iter().map(Some).collect(), inp.atype_loc)?
     } else {
         let mut acc: Option<ValueId> = None;
         for t in 0..f.ntypes {

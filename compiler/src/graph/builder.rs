@@ -204,15 +204,35 @@ impl Graph {
         net: Arc<super::mlp::Mlp>,
         centre: Option<(i32, ValueId)>,
     ) -> R {
+        match centre {
+            None => self.dense_op(x, super::mlp::RowNets::All(net), None),
+            Some((t, types)) => {
+                let t = usize::try_from(t)
+                    .map_err(|_| GraphError(format!("dense of negative type {t}")))?;
+                let mut nets = vec![None; t + 1];
+                nets[t] = Some(net);
+                self.dense_op(x, super::mlp::RowNets::ByType(nets), Some(types))
+            }
+        }
+    }
+
+    /// Each row of `x [n, d]` through its type's network (`nets[t]`, types `i32 [n]`);
+    /// rows of a type without one are zero.
+    pub fn dense_by_type(
+        &mut self,
+        x: ValueId,
+        nets: Vec<Option<Arc<super::mlp::Mlp>>>,
+        types: ValueId,
+    ) -> R {
+        self.dense_op(x, super::mlp::RowNets::ByType(nets), Some(types))
+    }
+
+    fn dense_op(&mut self, x: ValueId, nets: super::mlp::RowNets, types: Option<ValueId>) -> R {
         // A one-output network (an energy fitting) returns its gradient too.
-        let grad = net.n_out() == 1;
-        let e = super::mlp::Dense {
-            net,
-            centre_type: centre.map(|c| c.0),
-            grad,
-        };
-        let full = match centre {
-            Some((_, types)) => self.push(Op::Dense(e), &[x, types])?,
+        let grad = nets.first().is_some_and(|n| n.n_out() == 1);
+        let e = super::mlp::Dense { nets, grad };
+        let full = match types {
+            Some(types) => self.push(Op::Dense(e), &[x, types])?,
             None => self.push(Op::Dense(e), &[x])?,
         };
         if grad {

@@ -119,20 +119,73 @@ pub struct Embed {
 /// The attributes of `Op::Dense` and its VJP: a network on the rows of a matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dense {
-    pub net: Arc<Mlp>,
-    /// Compute only rows whose type (the op's last argument, `i32 [n]`) is this; the other
-    /// rows are zero and cost nothing.
-    pub centre_type: Option<i32>,
+    pub nets: RowNets,
     /// For a one-output network: the forward op also returns each row's gradient `dy/dx`
     /// (after the output column), computed in the same pass while the activations are in
     /// cache, and the VJP is `gy * dy/dx` without re-running the network.
     pub grad: bool,
 }
 
+/// Which network each row of a `Dense` goes through.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowNets {
+    /// One network for every row.
+    All(Arc<Mlp>),
+    /// `nets[t]` for the rows of type `t` (the op's last argument, `i32 [n]`): DeePMD-kit's
+    /// per-type fitting networks as one op, so the types' outputs and gradients share one
+    /// buffer instead of each zero-filling its own and a sum adding them. Rows of a type
+    /// with no network are zero and cost nothing. The networks have the same input and
+    /// output widths and dtype.
+    ByType(Vec<Option<Arc<Mlp>>>),
+}
+
+impl RowNets {
+    /// The networks, each with the type whose rows it takes (`None`: every row).
+    pub fn iter(&self) -> impl Iterator<Item = (Option<i32>, &Arc<Mlp>)> {
+        let (all, typed): (Option<&Arc<Mlp>>, &[Option<Arc<Mlp>>]) = match self {
+            RowNets::All(n) => (Some(n), &[]),
+            RowNets::ByType(v) => (None, v),
+        };
+        all.map(|n| (None, n)).into_iter().chain(
+            typed
+                .iter()
+                .enumerate()
+                .filter_map(|(t, n)| n.as_ref().map(|n| (Some(t as i32), n))),
+        )
+    }
+
+    /// One of the networks: all have its widths and dtype (`check`).
+    pub fn first(&self) -> Option<&Arc<Mlp>> {
+        self.iter().next().map(|(_, n)| n)
+    }
+
+    pub fn by_type(&self) -> bool {
+        matches!(self, RowNets::ByType(_))
+    }
+
+    /// Each network consistent, and all of one shape and dtype.
+    pub fn check(&self) -> Result<(), String> {
+        let first = self.first().ok_or("dense has no network")?;
+        for (_, n) in self.iter() {
+            n.check()?;
+            if n.n_in() != first.n_in() || n.n_out() != first.n_out() || n.dtype != first.dtype {
+                return Err("dense networks of different widths or dtypes".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Dense {
+    /// One of the networks (all have its widths and dtype).
+    pub fn net(&self) -> &Mlp {
+        self.nets.first().expect("a dense op has a network")
+    }
+
     /// Columns of the forward op's output.
     pub fn out_width(&self) -> usize {
-        self.net.n_out() + if self.grad { self.net.n_in() } else { 0 }
+        let net = self.net();
+        net.n_out() + if self.grad { net.n_in() } else { 0 }
     }
 }
 

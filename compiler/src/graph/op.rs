@@ -130,8 +130,8 @@ pub enum Op {
     /// respect to `coord`.
     EnvMatVjp(EnvSpec),
     /// `(x [n, d] [, types i32 [n]]) -> [n, out]`: a network on each row (a fitting net),
-    /// fused so the activations stay in per-block scratch; with `centre_type`, only the
-    /// rows of that type are computed (the others are zero). With `grad` (one output), the
+    /// fused so the activations stay in per-block scratch; with networks by type, each row
+    /// through its type's (rows of a type without one are zero). With `grad` (one output), the
     /// output is `[n, 1 + d]`: `y`, then `dy/dx`.
     Dense(Dense),
     /// `(x [n, d], g [n, out] [, types]) -> [n, d]`: the VJP of `Dense` with respect to `x`
@@ -232,8 +232,8 @@ impl Op {
             Op::SoftmaxVjp | Op::ActVjp(_) => 2,
             Op::EmbedContract(e) => 1 + usize::from(e.centre_type.is_some()),
             Op::EmbedContractVjp(e) => 2 + usize::from(e.centre_type.is_some()),
-            Op::Dense(e) => 1 + usize::from(e.centre_type.is_some()),
-            Op::DenseVjp(e) => 2 + usize::from(e.centre_type.is_some()),
+            Op::Dense(e) => 1 + usize::from(e.nets.by_type()),
+            Op::DenseVjp(e) => 2 + usize::from(e.nets.by_type()),
             Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
             Op::Select | Op::EnvMat(_) => 3,
             Op::EnvMatVjp(_) | Op::Attention(_) => 4,
@@ -523,13 +523,17 @@ impl Op {
             }
             Op::Dense(e) => {
                 let x = a.unwrap();
-                dense_input(e, x, e.net.n_in(), args.last().copied())?;
+                dense_input(e, x, e.net().n_in(), args.last().copied())?;
                 let s = vec![x.shape[0], Dim::fixed(e.out_width())];
                 Ok(TensorType::new(x.dtype, s))
             }
             Op::DenseVjp(e) => {
                 let (x, g) = (args[0], args[1]);
-                let first = if e.grad { e.out_width() } else { e.net.n_in() };
+                let first = if e.grad {
+                    e.out_width()
+                } else {
+                    e.net().n_in()
+                };
                 dense_input(e, x, first, args.last().copied())?;
                 let want = [x.shape[0], Dim::fixed(e.out_width())];
                 if g.dtype != x.dtype || g.shape != want {
@@ -540,7 +544,7 @@ impl Op {
                 }
                 Ok(TensorType::new(
                     x.dtype,
-                    vec![x.shape[0], Dim::fixed(e.net.n_in())],
+                    vec![x.shape[0], Dim::fixed(e.net().n_in())],
                 ))
             }
         }
@@ -554,20 +558,20 @@ fn dense_input(
     width: usize,
     last: Option<&TensorType>,
 ) -> Result<(), String> {
-    e.net.check()?;
-    if e.grad && e.net.n_out() != 1 {
+    e.nets.check()?;
+    if e.grad && e.net().n_out() != 1 {
         return Err("dense with grad needs a one-output network".into());
     }
-    if e.centre_type.is_some() {
+    if e.nets.by_type() {
         let t = last.ok_or("dense needs the rows' types")?;
         if t.dtype != DType::I32 || t.rank() != 1 || x.rank() < 1 || t.shape[0] != x.shape[0] {
             return Err(format!("dense row types {t} do not match x {x}"));
         }
     }
-    if x.rank() != 2 || x.dtype != e.net.dtype || x.shape[1] != Dim::fixed(width) {
+    if x.rank() != 2 || x.dtype != e.net().dtype || x.shape[1] != Dim::fixed(width) {
         return Err(format!(
             "dense needs [n, {width}] of the network's dtype {}, got {x}",
-            e.net.dtype
+            e.net().dtype
         ));
     }
     Ok(())
@@ -761,14 +765,15 @@ impl fmt::Display for Op {
                 if a.smooth { " smooth" } else { "" }
             ),
             Op::Dense(e) | Op::DenseVjp(e) => {
-                write!(f, " widths={:?}", e.net.widths())?;
+                write!(f, " widths={:?}", e.net().widths())?;
                 if e.grad {
                     write!(f, " grad")?;
                 }
-                match e.centre_type {
-                    Some(t) => write!(f, " centre_type={t}"),
-                    None => Ok(()),
+                if e.nets.by_type() {
+                    let types: Vec<i32> = e.nets.iter().filter_map(|(t, _)| t).collect();
+                    write!(f, " types={types:?}")?;
                 }
+                Ok(())
             }
             _ => Ok(()),
         }

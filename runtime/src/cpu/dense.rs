@@ -1,14 +1,14 @@
 //! The fused row-network kernels (`Op::Dense` and its VJP): a fitting network run on blocks
 //! of rows, bias, activation and residual applied in the block's scratch, so only the
-//! network's input and output go through memory. With a type, only that type's rows are
-//! gathered and computed (DeePMD-kit runs every type's network on every atom and masks).
+//! network's input and output go through memory. With networks by type, each type's rows
+//! are gathered and go through that type's network (DeePMD-kit runs every type's network
+//! on every atom and masks), all into one output.
 //! The VJP re-runs the block forward, keeping the activations, and back-propagates.
 
-use dpc_compiler::graph::{Data, Dense, Tensor};
+use dpc_compiler::graph::{Data, Dense, Mlp, RowNets, Tensor};
 use rayon::prelude::*;
 
-use super::embed::selected;
-use super::net::{acts_width, backward, forward, layers, sized, Packs, Scratch};
+use super::net::{acts_width, backward, forward, layers, sized, Layer, Packs, Scratch};
 use super::real::Real;
 use super::ExecError;
 
@@ -17,9 +17,58 @@ type R<T> = Result<T, ExecError>;
 /// Rows per block: the activations of a 240-wide network stay within L2.
 const ROWS_PER_BLOCK: usize = 64;
 
-/// `x`'s rows `rows` (or all) as one block-major list of row indices.
-fn row_list(sel: Option<Vec<usize>>, n: usize) -> Vec<usize> {
-    sel.unwrap_or_else(|| (0..n).collect())
+/// A network and the rows it takes.
+type Group<'a> = (&'a Mlp, Vec<usize>);
+
+/// Each network of `e` with the rows it takes (all, or its type's), and whether they are
+/// all `n` rows (else the others are zero).
+fn row_groups<'a>(e: &'a Dense, types: Option<&Tensor>, n: usize) -> R<(Vec<Group<'a>>, bool)> {
+    let nets = match &e.nets {
+        RowNets::All(net) => return Ok((vec![(&**net, (0..n).collect())], true)),
+        RowNets::ByType(nets) => nets,
+    };
+    let tv = match types.map(|t| &t.data) {
+        Some(Data::I32(v)) if v.len() == n => v,
+        _ => {
+            return Err(ExecError::Type(
+                "dense needs the rows' types (i32 [n])".into(),
+            ))
+        }
+    };
+    let mut rows: Vec<Vec<usize>> = vec![Vec::new(); nets.len()];
+    let mut covered = 0;
+    for (i, &t) in tv.iter().enumerate() {
+        if let Some(r) = usize::try_from(t)
+            .ok()
+            .filter(|&t| nets.get(t).is_some_and(Option::is_some))
+        {
+            rows[r].push(i);
+            covered += 1;
+        }
+    }
+    let groups = nets
+        .iter()
+        .zip(rows)
+        .filter_map(|(net, r)| net.as_deref().map(|net| (net, r)))
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    Ok((groups, covered == n))
+}
+
+/// The groups' layers, and their blocks of rows as (group, rows) work items.
+type Work<'a, T> = (Vec<Vec<Layer<'a, T>>>, Vec<(usize, &'a [usize])>);
+
+fn work<'a, T: Real>(groups: &'a [Group<'a>], backward: bool, packs: &'a Packs) -> R<Work<'a, T>> {
+    let nets = groups
+        .iter()
+        .map(|(net, _)| layers::<T>(net, backward, packs))
+        .collect::<R<Vec<_>>>()?;
+    let blocks = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(k, (_, rows))| rows.chunks(ROWS_PER_BLOCK).map(move |b| (k, b)))
+        .collect();
+    Ok((nets, blocks))
 }
 
 /// The distinct rows of `x` among `idx` (a row bit for bit equal to the one before it,
@@ -44,81 +93,126 @@ fn distinct_rows<T: Real>(x: &[T], d: usize, idx: &[usize], x0: &mut Vec<T>, map
     }
 }
 
-fn dense_t<T: Real>(e: &Dense, x: &[T], rows: &[usize], n: usize, packs: &Packs) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net, e.grad, packs)?;
-    let (d, m, w) = (e.net.n_in(), e.net.n_out(), e.out_width());
-    let mut out = vec![T::default(); n * w];
-    if d == 0 {
+fn dense_t<T: Real>(
+    e: &Dense,
+    x: &[T],
+    types: Option<&Tensor>,
+    n: usize,
+    packs: &Packs,
+) -> R<Vec<T>> {
+    let (d, w) = (e.net().n_in(), e.out_width());
+    let (groups, all) = row_groups(e, types, n)?;
+    if d == 0 || !all {
+        // Rows no network takes are zero.
+        let mut out = vec![T::default(); n * w];
+        if d > 0 {
+            dense_rows(
+                e,
+                x,
+                &groups,
+                packs,
+                &DisjointRows::new(out.as_mut_ptr(), n, w),
+            )?;
+        }
         return Ok(out);
     }
-    // Each block writes its rows of `out` in place (`rows` holds each row once).
-    let out_rows = DisjointRows::new(&mut out, w);
-    rows.par_chunks(ROWS_PER_BLOCK).for_each_init(
-        || (Scratch::new(net.len()), Vec::new()),
-        |(sc, map), idx| {
+    // Every row is written by one block, so the buffer is not zeroed first.
+    let mut out: Vec<T> = Vec::with_capacity(n * w);
+    dense_rows(
+        e,
+        x,
+        &groups,
+        packs,
+        &DisjointRows::new(out.as_mut_ptr(), n, w),
+    )?;
+    // SAFETY: the groups hold each of the `n` rows once, and each block wrote its rows'
+    // `w` elements.
+    unsafe { out.set_len(n * w) };
+    Ok(out)
+}
+
+/// The groups' rows of `Dense`'s output, written through `out_rows`.
+fn dense_rows<T: Real>(
+    e: &Dense,
+    x: &[T],
+    groups: &[Group<'_>],
+    packs: &Packs,
+    out_rows: &DisjointRows<T>,
+) -> R<()> {
+    let (d, m) = (e.net().n_in(), e.net().n_out());
+    let (nets, blocks) = work::<T>(groups, e.grad, packs)?;
+    let depth = nets.iter().map(Vec::len).max().unwrap_or(0);
+    blocks.par_iter().for_each_init(
+        || (Scratch::new(depth), Vec::new()),
+        |(sc, map), &(k, idx)| {
+            let net = &nets[k];
             distinct_rows(x, d, idx, &mut sc.x0, map);
             let nu = sc.x0.len() / d;
-            let acts = e.grad.then(|| sized(&mut sc.acts, nu * acts_width(&net)));
-            forward(&net, &sc.x0, &mut sc.h, acts);
+            let acts = e.grad.then(|| sized(&mut sc.acts, nu * acts_width(net)));
+            forward(net, &sc.x0, &mut sc.h, acts);
             if !e.grad {
                 let y = &sc.h[net.len() - 1][..nu * m];
                 for (&i, &u) in idx.iter().zip(map.iter()) {
-                    // SAFETY: `rows` lists each row once, so blocks write disjoint rows.
-                    unsafe { out_rows.row(i) }.copy_from_slice(&y[u * m..(u + 1) * m]);
+                    // SAFETY: the groups list each row once, so blocks write disjoint rows.
+                    unsafe { out_rows.write(i, &y[u * m..(u + 1) * m], &[]) };
                 }
                 return;
             }
             // [y, dy/dx] per row: back-propagate a cotangent of one (m == 1).
             let (h, g) = (&sc.h, &mut sc.g);
             sized(&mut g.dh, nu).fill(T::ONE);
-            backward(&net, &sc.acts, nu, g);
+            backward(net, &sc.acts, nu, g);
             let y = &h[net.len() - 1];
             for (&i, &u) in idx.iter().zip(map.iter()) {
                 // SAFETY: as above.
-                let o = unsafe { out_rows.row(i) };
-                o[0] = y[u];
-                o[1..].copy_from_slice(&g.dh[u * d..(u + 1) * d]);
+                unsafe { out_rows.write(i, &y[u..u + 1], &g.dh[u * d..(u + 1) * d]) };
             }
         },
     );
-    Ok(out)
+    Ok(())
 }
 
-/// Rows of a row-major buffer handed to parallel blocks that each write their own rows.
+/// Rows of a row-major buffer (possibly not yet written) handed to parallel blocks that
+/// each write their own rows.
 struct DisjointRows<T> {
     ptr: *mut T,
     rows: usize,
     width: usize,
 }
 
-// SAFETY: only `row` reaches the buffer, and its callers write disjoint rows.
+// SAFETY: only `write` reaches the buffer, and its callers write disjoint rows.
 unsafe impl<T: Send> Sync for DisjointRows<T> {}
 
-impl<T> DisjointRows<T> {
-    fn new(buf: &mut [T], width: usize) -> DisjointRows<T> {
-        DisjointRows {
-            ptr: buf.as_mut_ptr(),
-            rows: buf.len() / width.max(1),
-            width,
-        }
+impl<T: Copy> DisjointRows<T> {
+    /// `rows` rows of `width` at `ptr` (an allocation of at least `rows * width`).
+    fn new(ptr: *mut T, rows: usize, width: usize) -> DisjointRows<T> {
+        DisjointRows { ptr, rows, width }
     }
 
-    /// Row `i`.
+    /// Row `i` set to `a` then `b` (`a.len() + b.len()` must be the width).
     ///
     /// # Safety
-    /// No two live references to the same row: each row is taken by one block at a time.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, i: usize) -> &mut [T] {
-        assert!(i < self.rows, "row {i} of {}", self.rows);
-        // SAFETY: in bounds (above); exclusivity is the caller's.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.width), self.width) }
+    /// No other block writes row `i` meanwhile, and the allocation outlives the call.
+    unsafe fn write(&self, i: usize, a: &[T], b: &[T]) {
+        assert!(
+            i < self.rows && a.len() + b.len() == self.width,
+            "row {i} of {}",
+            self.rows
+        );
+        // SAFETY: in bounds (above); exclusivity is the caller's. Writes through the raw
+        // pointer, so the row need not have been initialized.
+        unsafe {
+            let row = self.ptr.add(i * self.width);
+            std::ptr::copy_nonoverlapping(a.as_ptr(), row, a.len());
+            std::ptr::copy_nonoverlapping(b.as_ptr(), row.add(a.len()), b.len());
+        }
     }
 }
 
 /// The VJP from the gradient the forward op returned: `dx = g[:, 0] * y[:, 1:]` (`gy` of
 /// width `gw`: the forward op's, or its first column alone).
 fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize, gw: usize) -> Vec<T> {
-    let (d, w) = (e.net.n_in(), e.out_width());
+    let (d, w) = (e.net().n_in(), e.out_width());
     // Every element is written below, so the buffer is not zeroed first.
     assert!(
         y.len() == n * w && gy.len() == n * gw && w == d + 1,
@@ -143,30 +237,33 @@ fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize, gw: usize) ->
 fn dense_vjp_t<T: Real>(
     e: &Dense,
     (x, gy): (&[T], &[T]),
-    rows: &[usize],
+    types: Option<&Tensor>,
     n: usize,
     packs: &Packs,
 ) -> R<Vec<T>> {
-    let net = layers::<T>(&e.net, true, packs)?;
-    let (d, m) = (e.net.n_in(), e.net.n_out());
+    let (d, m) = (e.net().n_in(), e.net().n_out());
+    let (groups, _) = row_groups(e, types, n)?;
+    let (nets, work) = work::<T>(&groups, true, packs)?;
+    let depth = nets.iter().map(Vec::len).max().unwrap_or(0);
     let mut dx = vec![T::default(); n * d];
-    let blocks: Vec<(&[usize], Vec<T>)> = rows
-        .par_chunks(ROWS_PER_BLOCK)
+    let blocks: Vec<(&[usize], Vec<T>)> = work
+        .par_iter()
         .map_init(
-            || Scratch::new(net.len()),
-            |sc, idx| {
+            || Scratch::new(depth),
+            |sc, &(k, idx)| {
+                let net = &nets[k];
                 sc.x0.clear();
                 for &i in idx {
                     sc.x0.extend_from_slice(&x[i * d..(i + 1) * d]);
                 }
                 let nr = idx.len();
-                let acts = sized(&mut sc.acts, nr * acts_width(&net));
-                forward(&net, &sc.x0, &mut sc.h, Some(acts));
+                let acts = sized(&mut sc.acts, nr * acts_width(net));
+                forward(net, &sc.x0, &mut sc.h, Some(acts));
                 let dh = sized(&mut sc.g.dh, nr * m);
                 for (&i, r) in idx.iter().zip(dh.chunks_exact_mut(m)) {
                     r.copy_from_slice(&gy[i * m..(i + 1) * m]);
                 }
-                backward(&net, &sc.acts, nr, &mut sc.g);
+                backward(net, &sc.acts, nr, &mut sc.g);
                 (idx, sc.g.dh[..nr * d].to_vec())
             },
         )
@@ -190,11 +287,10 @@ fn dims(x: &Tensor, width: usize) -> R<usize> {
 
 /// `Op::Dense`.
 pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>, packs: &Packs) -> R<Tensor> {
-    let n = dims(x, e.net.n_in())?;
-    let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
+    let n = dims(x, e.net().n_in())?;
     let data = match &x.data {
-        Data::F64(v) => f64::wrap(dense_t(e, v, &rows, n, packs)?),
-        Data::F32(v) => f32::wrap(dense_t(e, v, &rows, n, packs)?),
+        Data::F64(v) => f64::wrap(dense_t(e, v, types, n, packs)?),
+        Data::F32(v) => f32::wrap(dense_t(e, v, types, n, packs)?),
         _ => return Err(ExecError::Type("dense of non-floats".into())),
     };
     Ok(Tensor {
@@ -212,7 +308,14 @@ pub fn dense_vjp(
     types: Option<&Tensor>,
     packs: &Packs,
 ) -> R<Tensor> {
-    let n = dims(x, if e.grad { e.out_width() } else { e.net.n_in() })?;
+    let n = dims(
+        x,
+        if e.grad {
+            e.out_width()
+        } else {
+            e.net().n_in()
+        },
+    )?;
     let gw = match gy.shape.as_slice() {
         &[gn, gw] if gn == n && (gw == e.out_width() || (e.grad && gw == 1)) => gw,
         _ => {
@@ -226,18 +329,12 @@ pub fn dense_vjp(
         // Rows of other types hold zeros in the forward output, so they get zero.
         (Data::F64(v), Data::F64(g), true) => f64::wrap(dense_vjp_grad(e, v, g, n, gw)),
         (Data::F32(v), Data::F32(g), true) => f32::wrap(dense_vjp_grad(e, v, g, n, gw)),
-        (Data::F64(v), Data::F64(g), false) => {
-            let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
-            f64::wrap(dense_vjp_t(e, (v, g), &rows, n, packs)?)
-        }
-        (Data::F32(v), Data::F32(g), false) => {
-            let rows = row_list(selected(e.centre_type, types, n, "dense")?, n);
-            f32::wrap(dense_vjp_t(e, (v, g), &rows, n, packs)?)
-        }
+        (Data::F64(v), Data::F64(g), false) => f64::wrap(dense_vjp_t(e, (v, g), types, n, packs)?),
+        (Data::F32(v), Data::F32(g), false) => f32::wrap(dense_vjp_t(e, (v, g), types, n, packs)?),
         _ => return Err(ExecError::Type("dense_vjp dtypes".into())),
     };
     Ok(Tensor {
-        shape: vec![n, e.net.n_in()],
+        shape: vec![n, e.net().n_in()],
         data,
     })
 }
@@ -251,13 +348,18 @@ mod tests {
     use super::*;
 
     fn net(widths: &[usize]) -> Arc<Mlp> {
+        net_seeded(widths, 0)
+    }
+
+    /// A network whose weights differ with `seed`.
+    fn net_seeded(widths: &[usize], seed: usize) -> Arc<Mlp> {
         let layers = widths
             .windows(2)
             .enumerate()
             .map(|(l, w)| {
                 let v = |n: usize, k: usize| {
                     (0..n)
-                        .map(|i| ((i * 31 + k * 7 + l) as f64 * 0.37).sin() * 0.5)
+                        .map(|i| ((i * 31 + k * 7 + l + 13 * seed) as f64 * 0.37).sin() * 0.5)
                         .collect()
                 };
                 MlpLayer {
@@ -286,8 +388,7 @@ mod tests {
         for (widths, grad) in [(vec![3usize, 6, 12], false), (vec![3, 5, 1], true)] {
             let mlp = net(&widths);
             let e = Dense {
-                net: mlp,
-                centre_type: None,
+                nets: RowNets::All(mlp),
                 grad,
             };
             let base = [[0.1, -0.2, 0.3], [0.5, 0.5, -0.5], [0.0, 0.0, 0.0]];
@@ -306,6 +407,85 @@ mod tests {
                     "row {i}"
                 );
             }
+        }
+    }
+
+    /// Networks by type: each row gets what its type's network alone gives it, bit for bit,
+    /// in the forward op (with and without the gradient) and the VJP; rows of a type without
+    /// a network (and of a type past the list) are zero. More rows than one block, types
+    /// interleaved.
+    #[test]
+    fn rows_by_type_get_their_own_network() {
+        let n = 150;
+        let types: Vec<i32> = (0..n).map(|i| [0, 2, 0, 1, 2, 3][i % 6]).collect();
+        let x: Vec<f64> = (0..n * 3).map(|i| ((i * 17) as f64 * 0.11).cos()).collect();
+        let (xt, tt) = (
+            Tensor::f64(vec![n, 3], x.clone()),
+            Tensor::i32(vec![n], types.clone()),
+        );
+        let gy: Vec<f64> = (0..n * 4).map(|i| ((i * 5) as f64 * 0.3).sin()).collect();
+        for (widths, grad) in [(vec![3usize, 6, 4], false), (vec![3, 5, 5, 1], true)] {
+            let nets = vec![
+                Some(net_seeded(&widths, 1)),
+                None,
+                Some(net_seeded(&widths, 2)),
+            ];
+            let e = Dense {
+                nets: RowNets::ByType(nets.clone()),
+                grad,
+            };
+            let w = e.out_width();
+            let y = dense(&e, &xt, Some(&tt), &Packs::default()).unwrap();
+            let y = y.as_f64().unwrap();
+            let m = widths[widths.len() - 1];
+            let gw = if grad { w } else { m };
+            let gt = Tensor::f64(vec![n, gw], gy[..n * gw].to_vec());
+            let first = if grad {
+                Tensor::f64(vec![n, w], y.to_vec())
+            } else {
+                xt.clone()
+            };
+            let dx = dense_vjp(&e, &first, &gt, Some(&tt), &Packs::default()).unwrap();
+            let dx = dx.as_f64().unwrap();
+            for i in 0..n {
+                let (yr, dr) = (&y[i * w..(i + 1) * w], &dx[i * 3..(i + 1) * 3]);
+                match nets.get(types[i] as usize).cloned().flatten() {
+                    None => {
+                        assert!(yr.iter().chain(dr).all(|&v| v == 0.0), "row {i}");
+                    }
+                    Some(net) => {
+                        let one = Dense {
+                            nets: RowNets::All(net),
+                            grad,
+                        };
+                        let xo = Tensor::f64(vec![1, 3], x[i * 3..(i + 1) * 3].to_vec());
+                        let yo = dense(&one, &xo, None, &Packs::default()).unwrap();
+                        assert_eq!(yr, yo.as_f64().unwrap(), "row {i}");
+                        let go = Tensor::f64(vec![1, gw], gy[i * gw..(i + 1) * gw].to_vec());
+                        let fo = if grad { yo } else { xo };
+                        let d1 = dense_vjp(&one, &fo, &go, None, &Packs::default()).unwrap();
+                        assert_eq!(dr, d1.as_f64().unwrap(), "row {i}");
+                    }
+                }
+            }
+            assert!(y.iter().any(|&v| v != 0.0) && dx.iter().any(|&v| v != 0.0));
+        }
+    }
+
+    /// Types that are not `i32 [n]` are an error, not a panic.
+    #[test]
+    fn rows_by_type_need_their_types() {
+        let e = Dense {
+            nets: RowNets::ByType(vec![Some(net(&[3, 4]))]),
+            grad: false,
+        };
+        let x = Tensor::f64(vec![2, 3], vec![0.1; 6]);
+        for t in [
+            None,
+            Some(Tensor::i32(vec![1], vec![0])),
+            Some(Tensor::f64(vec![2], vec![0.0; 2])),
+        ] {
+            assert!(dense(&e, &x, t.as_ref(), &Packs::default()).is_err());
         }
     }
 }

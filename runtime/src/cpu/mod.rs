@@ -269,8 +269,8 @@ impl Executor {
         for (node, _) in graph.nodes.iter().zip(&needed).filter(|(_, &n)| n) {
             match &node.op {
                 Op::EmbedContract(e) | Op::EmbedContractVjp(e) => packs.add(&e.net, false),
-                Op::Dense(d) => packs.add(&d.net, d.grad),
-                Op::DenseVjp(d) => packs.add(&d.net, !d.grad),
+                Op::Dense(d) => d.nets.iter().for_each(|(_, n)| packs.add(n, d.grad)),
+                Op::DenseVjp(d) => d.nets.iter().for_each(|(_, n)| packs.add(n, !d.grad)),
                 Op::Attention(a) | Op::AttentionVjp(a) => {
                     let backward = matches!(node.op, Op::AttentionVjp(_));
                     packs.add(&a.in_proj, backward);
