@@ -3,7 +3,7 @@
 use super::nn::{cast_tensor, fusable, net};
 use super::se_a::centre_type_only;
 use super::Inputs;
-use crate::graph::{DType, Dim, Graph, GraphError, Tensor, ValueId};
+use crate::graph::{DType, DenseInput, Dim, Graph, GraphError, RowNets, Tensor, ValueId};
 use crate::model::{EnergyFitting, ParamNorm};
 
 /// Atomic energies `[nloc]` (f64) from the descriptor `[nloc, dim_descrpt]`.
@@ -57,10 +57,25 @@ pub fn build(
     // second network input the kernel does not take).
     let fused =
         |n: &crate::model::Net| fusable(n, dt).filter(|_| inp.fuse && f.remove_vacuum.is_none());
+    // With the descriptor alone as input, formed from `gr` where se_e2_a's product is (the
+    // fused op then never writes the descriptor or its gradient to memory).
+    let (x_in, input) = match g.axis_product_of(xx) {
+        Some((gr, axis)) => {
+            let channels = g.shape(gr)[2].factor;
+            (gr, DenseInput::AxisProduct { axis, channels })
+        }
+        None => (xx, DenseInput::Rows),
+    };
     let out = if f.mixed_types {
         let n = f.nets.get(&[]).expect("validated");
         if let Some(mlp) = fused(n) {
-            g.dense(xx, mlp, None)?
+            let input = if mlp.n_out() == 1 {
+                input
+            } else {
+                DenseInput::Rows
+            };
+            let x = if input == DenseInput::Rows { xx } else { x_in };
+            g.dense_op(x, RowNets::All(mlp), None, input)?
         } else {
             let mut o = net(g, xx, n)?;
             if let Some(z) = vacuum_input {
@@ -74,7 +89,14 @@ pub fn build(
         .collect::<Option<Vec<_>>>()
     {
         // Every type's network fuses: one op, each row through its type's network.
-        g.dense_by_type(xx, nets.into_iter().map(Some).collect(), inp.atype_loc)?
+        let input = if nets.first().is_some_and(|n| n.n_out() == 1) {
+            input
+        } else {
+            DenseInput::Rows
+        };
+        let x = if input == DenseInput::Rows { xx } else { x_in };
+        let nets = RowNets::ByType(nets.into_iter().map(Some).collect());
+        g.dense_op(x, nets, Some(inp.atype_loc), input)?
     } else {
         let mut acc: Option<ValueId> = None;
         for t in 0..f.ntypes {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::mlp::{DenseInput, RowNets};
 use super::op::{Binary, Cmp, Op, Unary};
 use super::tensor::Tensor;
 use super::types::{DType, Dim, Shape};
@@ -205,32 +206,30 @@ impl Graph {
         centre: Option<(i32, ValueId)>,
     ) -> R {
         match centre {
-            None => self.dense_op(x, super::mlp::RowNets::All(net), None),
+            None => self.dense_op(x, RowNets::All(net), None, DenseInput::Rows),
             Some((t, types)) => {
                 let t = usize::try_from(t)
                     .map_err(|_| GraphError(format!("dense of negative type {t}")))?;
                 let mut nets = vec![None; t + 1];
                 nets[t] = Some(net);
-                self.dense_op(x, super::mlp::RowNets::ByType(nets), Some(types))
+                self.dense_op(x, RowNets::ByType(nets), Some(types), DenseInput::Rows)
             }
         }
     }
 
-    /// Each row of `x [n, d]` through its type's network (`nets[t]`, types `i32 [n]`);
-    /// rows of a type without one are zero.
-    pub fn dense_by_type(
+    /// A network on each row of `x` (`Op::Dense`): one for every row, or each row's type's
+    /// (`types`, `i32 [n]`, with `RowNets::ByType`); a one-output network's op returns its
+    /// gradient too, and the value is the output column.
+    pub fn dense_op(
         &mut self,
         x: ValueId,
-        nets: Vec<Option<Arc<super::mlp::Mlp>>>,
-        types: ValueId,
+        nets: RowNets,
+        types: Option<ValueId>,
+        input: DenseInput,
     ) -> R {
-        self.dense_op(x, super::mlp::RowNets::ByType(nets), Some(types))
-    }
-
-    fn dense_op(&mut self, x: ValueId, nets: super::mlp::RowNets, types: Option<ValueId>) -> R {
         // A one-output network (an energy fitting) returns its gradient too.
         let grad = nets.first().is_some_and(|n| n.n_out() == 1);
-        let e = super::mlp::Dense { nets, grad };
+        let e = super::mlp::Dense { nets, grad, input };
         let full = match types {
             Some(types) => self.push(Op::Dense(e), &[x, types])?,
             None => self.push(Op::Dense(e), &[x])?,
@@ -240,6 +239,47 @@ impl Graph {
         } else {
             Ok(full)
         }
+    }
+
+    /// `(gr, axis)` where `x` is `reshape(gr gr[:, :axis]^T, [n, m * axis])` for `gr [n, m,
+    /// c]` as `se_e2_a` builds its descriptor: what `DenseInput::AxisProduct` forms itself.
+    pub fn axis_product_of(&self, x: ValueId) -> Option<(ValueId, usize)> {
+        let Op::Reshape(_) = &self.node(x).op else {
+            return None;
+        };
+        let dm = self.node(x).args[0];
+        let (Op::MatMul, [gr, t]) = (&self.node(dm).op, self.node(dm).args.as_slice()) else {
+            return None;
+        };
+        let (Op::Transpose(perm), [g1]) = (&self.node(*t).op, self.node(*t).args.as_slice()) else {
+            return None;
+        };
+        let shape = self.shape(*gr);
+        if perm != &[0, 2, 1]
+            || shape.len() != 3
+            || shape[1].sym.is_some()
+            || shape[2].sym.is_some()
+        {
+            return None;
+        }
+        let m = shape[1].factor;
+        let axis = if g1 == gr {
+            m
+        } else {
+            match (&self.node(*g1).op, self.node(*g1).args.as_slice()) {
+                (
+                    Op::Slice {
+                        axis: 1,
+                        start,
+                        end,
+                    },
+                    [src],
+                ) if src == gr && *start == Dim::fixed(0) && end.sym.is_none() => end.factor,
+                _ => return None,
+            }
+        };
+        let want = [shape[0], Dim::fixed(m * axis)];
+        (self.shape(x) == want.as_slice() && axis > 0).then_some((*gr, axis))
     }
 
     pub fn matmul(&mut self, x: ValueId, y: ValueId) -> R {

@@ -124,6 +124,19 @@ pub struct Dense {
     /// (after the output column), computed in the same pass while the activations are in
     /// cache, and the VJP is `gy * dy/dx` without re-running the network.
     pub grad: bool,
+    pub input: DenseInput,
+}
+
+/// What the network of a `Dense` op takes from each row of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseInput {
+    /// `x [n, d]`: the row itself.
+    Rows,
+    /// `x [n, m, channels]`: `vec(x_i x_i[:axis]^T)`, `[m, axis]` (the network's input
+    /// width is `m * axis`): DeePMD-kit's se_e2_a and se_atten descriptor from its `gr`,
+    /// formed per block of rows in cache instead of written to memory and read back, and
+    /// its gradient taken back to `gr` in the same pass. Only with `grad`.
+    AxisProduct { axis: usize, channels: usize },
 }
 
 /// Which network each row of a `Dense` goes through.
@@ -182,10 +195,29 @@ impl Dense {
         self.nets.first().expect("a dense op has a network")
     }
 
+    /// Numbers per row of the op's input (the network's input width for `Rows`).
+    pub fn x_width(&self) -> usize {
+        match self.input {
+            DenseInput::Rows => self.net().n_in(),
+            DenseInput::AxisProduct { axis, channels } => {
+                self.net().n_in() / axis.max(1) * channels
+            }
+        }
+    }
+
+    /// The op's input axes after the row axis: `[d]`, or `[m, channels]`.
+    pub fn x_dims(&self) -> Vec<usize> {
+        match self.input {
+            DenseInput::Rows => vec![self.net().n_in()],
+            DenseInput::AxisProduct { axis, channels } => {
+                vec![self.net().n_in() / axis.max(1), channels]
+            }
+        }
+    }
+
     /// Columns of the forward op's output.
     pub fn out_width(&self) -> usize {
-        let net = self.net();
-        net.n_out() + if self.grad { net.n_in() } else { 0 }
+        self.net().n_out() + if self.grad { self.x_width() } else { 0 }
     }
 }
 

@@ -19,7 +19,7 @@ pub mod verify;
 use std::fmt;
 
 pub use attention::Attention;
-pub use mlp::{Act, Dense, Embed, EnvSpec, Mlp, MlpLayer, Residual, RowNets};
+pub use mlp::{Act, Dense, DenseInput, Embed, EnvSpec, Mlp, MlpLayer, Residual, RowNets};
 pub use op::{ActFn, Binary, Cmp, Op, Unary};
 pub use table::{Knots, Table};
 pub use tensor::{Data, Tensor};

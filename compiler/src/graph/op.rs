@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::attention::Attention;
-use super::mlp::{Dense, Embed, EnvSpec, Mlp};
+use super::mlp::{Dense, DenseInput, Embed, EnvSpec, Mlp};
 use super::tensor::Tensor;
 use super::types::{numel, DType, Dim, Shape, TensorType};
 
@@ -523,18 +523,18 @@ impl Op {
             }
             Op::Dense(e) => {
                 let x = a.unwrap();
-                dense_input(e, x, e.net().n_in(), args.last().copied())?;
+                dense_input(e, x, &e.x_dims(), args.last().copied())?;
                 let s = vec![x.shape[0], Dim::fixed(e.out_width())];
                 Ok(TensorType::new(x.dtype, s))
             }
             Op::DenseVjp(e) => {
                 let (x, g) = (args[0], args[1]);
                 let first = if e.grad {
-                    e.out_width()
+                    vec![e.out_width()]
                 } else {
-                    e.net().n_in()
+                    e.x_dims()
                 };
-                dense_input(e, x, first, args.last().copied())?;
+                dense_input(e, x, &first, args.last().copied())?;
                 let want = [x.shape[0], Dim::fixed(e.out_width())];
                 if g.dtype != x.dtype || g.shape != want {
                     return Err(format!(
@@ -542,25 +542,33 @@ impl Op {
                         fmt_shape(&want)
                     ));
                 }
-                Ok(TensorType::new(
-                    x.dtype,
-                    vec![x.shape[0], Dim::fixed(e.net().n_in())],
-                ))
+                let mut s = vec![x.shape[0]];
+                s.extend(e.x_dims().into_iter().map(Dim::fixed));
+                Ok(TensorType::new(x.dtype, s))
             }
         }
     }
 }
 
-/// The checks `Dense` and its VJP share.
+/// The checks `Dense` and its VJP share: `x` is `[n, dims..]` of the network's dtype.
 fn dense_input(
     e: &Dense,
     x: &TensorType,
-    width: usize,
+    dims: &[usize],
     last: Option<&TensorType>,
 ) -> Result<(), String> {
     e.nets.check()?;
     if e.grad && e.net().n_out() != 1 {
         return Err("dense with grad needs a one-output network".into());
+    }
+    if let DenseInput::AxisProduct { axis, channels } = e.input {
+        let n_in = e.net().n_in();
+        if !e.grad || axis == 0 || channels == 0 || !n_in.is_multiple_of(axis) || n_in / axis < axis {
+            return Err(format!(
+                "dense of an axis product ({axis} of {channels} channels) needs a gradient \
+                 network whose input width {n_in} is a multiple of the axis, at least its square"
+            ));
+        }
     }
     if e.nets.by_type() {
         let t = last.ok_or("dense needs the rows' types")?;
@@ -568,9 +576,14 @@ fn dense_input(
             return Err(format!("dense row types {t} do not match x {x}"));
         }
     }
-    if x.rank() != 2 || x.dtype != e.net().dtype || x.shape[1] != Dim::fixed(width) {
+    let shape_ok = x.rank() == 1 + dims.len()
+        && x.shape[1..]
+            .iter()
+            .zip(dims)
+            .all(|(a, &b)| *a == Dim::fixed(b));
+    if !shape_ok || x.dtype != e.net().dtype {
         return Err(format!(
-            "dense needs [n, {width}] of the network's dtype {}, got {x}",
+            "dense needs [n, {dims:?}] of the network's dtype {}, got {x}",
             e.net().dtype
         ));
     }
@@ -773,7 +786,10 @@ impl fmt::Display for Op {
                     let types: Vec<i32> = e.nets.iter().filter_map(|(t, _)| t).collect();
                     write!(f, " types={types:?}")?;
                 }
-                Ok(())
+                match e.input {
+                    DenseInput::Rows => Ok(()),
+                    DenseInput::AxisProduct { axis, .. } => write!(f, " axis_product={axis}"),
+                }
             }
             _ => Ok(()),
         }

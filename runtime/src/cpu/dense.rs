@@ -5,11 +5,12 @@
 //! on every atom and masks), all into one output.
 //! The VJP re-runs the block forward, keeping the activations, and back-propagates.
 
-use dpc_compiler::graph::{Data, Dense, Mlp, RowNets, Tensor};
+use dpc_compiler::graph::{Data, Dense, DenseInput, Mlp, RowNets, Tensor};
 use rayon::prelude::*;
 
 use super::net::{acts_width, backward, forward, layers, sized, Layer, Packs, Scratch};
 use super::real::Real;
+use super::reduce::dot;
 use super::ExecError;
 
 type R<T> = Result<T, ExecError>;
@@ -93,6 +94,166 @@ fn distinct_rows<T: Real>(x: &[T], d: usize, idx: &[usize], x0: &mut Vec<T>, map
     }
 }
 
+/// A `Dense` op's input as its network takes it.
+#[derive(Clone, Copy)]
+enum Input<'a, T> {
+    /// `x [n, d]`: the rows themselves.
+    Rows { x: &'a [T], d: usize },
+    /// `x [n, m, c]` (rows of `w = m c`): rows `vec(x_i x_i[:axis]^T)`
+    /// (`DenseInput::AxisProduct`).
+    AxisProduct {
+        x: &'a [T],
+        w: usize,
+        c: usize,
+        axis: usize,
+    },
+}
+
+/// Per-thread buffers of `Input`: the distinct rows of `x`, `x[:axis]^T` of one row, the
+/// sums of the product's transposed term, and the rows' gradients.
+#[derive(Default)]
+struct InputScratch<T> {
+    src: Vec<T>,
+    gt: Vec<T>,
+    acc: Vec<T>,
+    dx: Vec<T>,
+}
+
+impl<'a, T: Real> Input<'a, T> {
+    fn new(e: &Dense, x: &'a [T]) -> Input<'a, T> {
+        match e.input {
+            DenseInput::Rows => Input::Rows {
+                x,
+                d: e.net().n_in(),
+            },
+            DenseInput::AxisProduct { axis, channels } => Input::AxisProduct {
+                x,
+                w: e.x_width(),
+                c: channels,
+                axis,
+            },
+        }
+    }
+
+    /// Numbers per row of `x`.
+    fn width(&self) -> usize {
+        match *self {
+            Input::Rows { d, .. } => d,
+            Input::AxisProduct { w, .. } => w,
+        }
+    }
+
+    /// The network input of `idx`'s distinct rows into `x0` (each row's position among
+    /// them into `map`), and their count.
+    fn gather(
+        &self,
+        idx: &[usize],
+        x0: &mut Vec<T>,
+        sc: &mut InputScratch<T>,
+        map: &mut Vec<usize>,
+    ) -> usize {
+        match *self {
+            Input::Rows { x, d } => {
+                distinct_rows(x, d, idx, x0, map);
+                x0.len() / d.max(1)
+            }
+            Input::AxisProduct { x, w, c, axis } => {
+                distinct_rows(x, w, idx, &mut sc.src, map);
+                let (m, nu) = (w / c, sc.src.len() / w);
+                let gt = sized(&mut sc.gt, c * axis);
+                let x0 = sized(x0, nu * m * axis);
+                for (g, d) in sc.src.chunks_exact(w).zip(x0.chunks_exact_mut(m * axis)) {
+                    axis_product(g, c, axis, gt, d);
+                }
+                nu
+            }
+        }
+    }
+
+    /// The gradients with respect to the distinct rows of `x` (`gather`'s) from those
+    /// with respect to the network input, `dd [nu, n_in]`.
+    fn grad<'b>(&self, dd: &'b [T], sc: &'b mut InputScratch<T>) -> &'b [T] {
+        match *self {
+            Input::Rows { .. } => dd,
+            Input::AxisProduct { w, c, axis, .. } => {
+                let InputScratch { src, gt, acc, dx } = sc;
+                let m = w / c;
+                let nu = src.len() / w;
+                let (gt, acc) = (sized(gt, c * axis), sized(acc, c * axis));
+                let dx = sized(dx, nu * w);
+                for ((g, ddr), o) in src
+                    .chunks_exact(w)
+                    .zip(dd.chunks_exact(m * axis))
+                    .zip(dx.chunks_exact_mut(w))
+                {
+                    axis_product_vjp(g, ddr, c, axis, gt, acc, o);
+                }
+                dx
+            }
+        }
+    }
+}
+
+/// `gt [c, axis] = g[:axis]^T` for `g [m, c]`.
+#[inline(always)]
+fn head_transposed<T: Real>(g: &[T], c: usize, axis: usize, gt: &mut [T]) {
+    for (b, gb) in g.chunks_exact(c).take(axis).enumerate() {
+        for (k, &v) in gb.iter().enumerate() {
+            gt[k * axis + b] = v;
+        }
+    }
+}
+
+simd_fn! {
+/// `d [m, axis] = g g[:axis]^T` for one row `g [m, c]`, summed over the channels in order
+/// (`gt`: scratch of `c * axis`).
+fn axis_product<T: Real>(g: &[T], c: usize, axis: usize, gt: &mut [T], d: &mut [T]) {
+    head_transposed(g, c, axis, gt);
+    for (ga, da) in g.chunks_exact(c).zip(d.chunks_exact_mut(axis)) {
+        da.fill(T::default());
+        for (&v, gk) in ga.iter().zip(gt.chunks_exact(axis)) {
+            for (o, &t) in da.iter_mut().zip(gk) {
+                *o = *o + v * t;
+            }
+        }
+    }
+}
+}
+
+simd_fn! {
+/// `dg [m, c]` of `d = g g[:axis]^T` for one row `g [m, c]` and the cotangent `dd [m, axis]`:
+/// `dd g[:axis]`, plus `dd^T g` on the first `axis` rows (`gt`, `acc`: scratch of
+/// `c * axis`).
+fn axis_product_vjp<T: Real>(
+    g: &[T],
+    dd: &[T],
+    c: usize,
+    axis: usize,
+    gt: &mut [T],
+    acc: &mut [T],
+    dg: &mut [T],
+) {
+    head_transposed(g, c, axis, gt);
+    acc.fill(T::default());
+    for ((ga, da), oa) in g.chunks_exact(c).zip(dd.chunks_exact(axis)).zip(dg.chunks_exact_mut(c)) {
+        for (o, gk) in oa.iter_mut().zip(gt.chunks_exact(axis)) {
+            *o = dot(da, gk);
+        }
+        // acc [c, axis] = (dd^T g)^T, one row of dd at a time.
+        for (&v, ak) in ga.iter().zip(acc.chunks_exact_mut(axis)) {
+            for (s, &t) in ak.iter_mut().zip(da) {
+                *s = *s + v * t;
+            }
+        }
+    }
+    for (a, oa) in dg.chunks_exact_mut(c).take(axis).enumerate() {
+        for (k, o) in oa.iter_mut().enumerate() {
+            *o = *o + acc[k * axis + a];
+        }
+    }
+}
+}
+
 fn dense_t<T: Real>(
     e: &Dense,
     x: &[T],
@@ -140,14 +301,15 @@ fn dense_rows<T: Real>(
     out_rows: &DisjointRows<T>,
 ) -> R<()> {
     let (d, m) = (e.net().n_in(), e.net().n_out());
+    let input = Input::new(e, x);
+    let xw = input.width();
     let (nets, blocks) = work::<T>(groups, e.grad, packs)?;
     let depth = nets.iter().map(Vec::len).max().unwrap_or(0);
     blocks.par_iter().for_each_init(
-        || (Scratch::new(depth), Vec::new()),
-        |(sc, map), &(k, idx)| {
+        || (Scratch::new(depth), Vec::new(), InputScratch::default()),
+        |(sc, map, isc), &(k, idx)| {
             let net = &nets[k];
-            distinct_rows(x, d, idx, &mut sc.x0, map);
-            let nu = sc.x0.len() / d;
+            let nu = input.gather(idx, &mut sc.x0, isc, map);
             let acts = e.grad.then(|| sized(&mut sc.acts, nu * acts_width(net)));
             forward(net, &sc.x0, &mut sc.h, acts);
             if !e.grad {
@@ -163,9 +325,10 @@ fn dense_rows<T: Real>(
             sized(&mut g.dh, nu).fill(T::ONE);
             backward(net, &sc.acts, nu, g);
             let y = &h[net.len() - 1];
+            let dx = input.grad(&g.dh[..nu * d], isc);
             for (&i, &u) in idx.iter().zip(map.iter()) {
                 // SAFETY: as above.
-                unsafe { out_rows.write(i, &y[u..u + 1], &g.dh[u * d..(u + 1) * d]) };
+                unsafe { out_rows.write(i, &y[u..u + 1], &dx[u * xw..(u + 1) * xw]) };
             }
         },
     );
@@ -212,7 +375,7 @@ impl<T: Copy> DisjointRows<T> {
 /// The VJP from the gradient the forward op returned: `dx = g[:, 0] * y[:, 1:]` (`gy` of
 /// width `gw`: the forward op's, or its first column alone).
 fn dense_vjp_grad<T: Real>(e: &Dense, y: &[T], gy: &[T], n: usize, gw: usize) -> Vec<T> {
-    let (d, w) = (e.net().n_in(), e.out_width());
+    let (d, w) = (e.x_width(), e.out_width());
     // Every element is written below, so the buffer is not zeroed first.
     assert!(
         y.len() == n * w && gy.len() == n * gw && w == d + 1,
@@ -276,18 +439,20 @@ fn dense_vjp_t<T: Real>(
     Ok(dx)
 }
 
-fn dims(x: &Tensor, width: usize) -> R<usize> {
-    match x.shape.as_slice() {
-        &[n, d] if d == width => Ok(n),
-        other => Err(ExecError::Shape(format!(
-            "dense of {other:?} (want [n, {width}])"
+/// The row count of `x`, checked to be `[n, dims..]`.
+fn rows_of(x: &Tensor, dims: &[usize]) -> R<usize> {
+    match x.shape.split_first() {
+        Some((&n, rest)) if rest == dims => Ok(n),
+        _ => Err(ExecError::Shape(format!(
+            "dense of {:?} (want [n, {dims:?}])",
+            x.shape
         ))),
     }
 }
 
 /// `Op::Dense`.
 pub fn dense(e: &Dense, x: &Tensor, types: Option<&Tensor>, packs: &Packs) -> R<Tensor> {
-    let n = dims(x, e.net().n_in())?;
+    let n = rows_of(x, &e.x_dims())?;
     let data = match &x.data {
         Data::F64(v) => f64::wrap(dense_t(e, v, types, n, packs)?),
         Data::F32(v) => f32::wrap(dense_t(e, v, types, n, packs)?),
@@ -308,12 +473,12 @@ pub fn dense_vjp(
     types: Option<&Tensor>,
     packs: &Packs,
 ) -> R<Tensor> {
-    let n = dims(
+    let n = rows_of(
         x,
-        if e.grad {
-            e.out_width()
+        &if e.grad {
+            vec![e.out_width()]
         } else {
-            e.net().n_in()
+            e.x_dims()
         },
     )?;
     let gw = match gy.shape.as_slice() {
@@ -325,6 +490,11 @@ pub fn dense_vjp(
             )))
         }
     };
+    if !e.grad && e.input != DenseInput::Rows {
+        return Err(ExecError::Type(
+            "dense_vjp of an axis product without its gradient".into(),
+        ));
+    }
     let data = match (&x.data, &gy.data, e.grad) {
         // Rows of other types hold zeros in the forward output, so they get zero.
         (Data::F64(v), Data::F64(g), true) => f64::wrap(dense_vjp_grad(e, v, g, n, gw)),
@@ -333,10 +503,9 @@ pub fn dense_vjp(
         (Data::F32(v), Data::F32(g), false) => f32::wrap(dense_vjp_t(e, (v, g), types, n, packs)?),
         _ => return Err(ExecError::Type("dense_vjp dtypes".into())),
     };
-    Ok(Tensor {
-        shape: vec![n, e.net().n_in()],
-        data,
-    })
+    let mut shape = vec![n];
+    shape.extend(e.x_dims());
+    Ok(Tensor { shape, data })
 }
 
 #[cfg(test)]
@@ -390,6 +559,7 @@ mod tests {
             let e = Dense {
                 nets: RowNets::All(mlp),
                 grad,
+                input: DenseInput::Rows,
             };
             let base = [[0.1, -0.2, 0.3], [0.5, 0.5, -0.5], [0.0, 0.0, 0.0]];
             let order = [0usize, 2, 2, 2, 1, 0, 2, 2, 1, 1];
@@ -433,6 +603,7 @@ mod tests {
             let e = Dense {
                 nets: RowNets::ByType(nets.clone()),
                 grad,
+                input: DenseInput::Rows,
             };
             let w = e.out_width();
             let y = dense(&e, &xt, Some(&tt), &Packs::default()).unwrap();
@@ -457,6 +628,7 @@ mod tests {
                         let one = Dense {
                             nets: RowNets::All(net),
                             grad,
+                            input: DenseInput::Rows,
                         };
                         let xo = Tensor::f64(vec![1, 3], x[i * 3..(i + 1) * 3].to_vec());
                         let yo = dense(&one, &xo, None, &Packs::default()).unwrap();
@@ -478,6 +650,7 @@ mod tests {
         let e = Dense {
             nets: RowNets::ByType(vec![Some(net(&[3, 4]))]),
             grad: false,
+            input: DenseInput::Rows,
         };
         let x = Tensor::f64(vec![2, 3], vec![0.1; 6]);
         for t in [
@@ -486,6 +659,95 @@ mod tests {
             Some(Tensor::f64(vec![2], vec![0.0; 2])),
         ] {
             assert!(dense(&e, &x, t.as_ref(), &Packs::default()).is_err());
+        }
+    }
+
+    /// The axis product formed in the kernel gives what the network gives on the explicit
+    /// descriptor `vec(g g[:axis]^T)`, and its gradient is the chain rule through it
+    /// (written out here term by term), for networks by type and rows that repeat.
+    #[test]
+    fn an_axis_product_is_the_descriptor_and_its_gradient() {
+        let (n, m, c, axis) = (70, 6, 3, 2);
+        let widths = [m * axis, 5, 5, 1];
+        let nets = vec![Some(net_seeded(&widths, 3)), Some(net_seeded(&widths, 4))];
+        let types: Vec<i32> = (0..n).map(|i| (i % 3 == 0) as i32).collect();
+        let tt = Tensor::i32(vec![n], types);
+        let mut g: Vec<f64> = (0..n * m * c)
+            .map(|i| ((i * 7) as f64 * 0.23).sin())
+            .collect();
+        // A row equal to the one before shares its evaluation.
+        let (a, b) = g.split_at_mut(5 * m * c);
+        b[..m * c].copy_from_slice(&a[4 * m * c..]);
+        let d: Vec<f64> = g
+            .chunks_exact(m * c)
+            .flat_map(|gi| {
+                let gi = gi.to_vec();
+                (0..m).flat_map(move |p| {
+                    let gi = gi.clone();
+                    (0..axis)
+                        .map(move |q| (0..c).fold(0.0, |s, k| s + gi[p * c + k] * gi[q * c + k]))
+                })
+            })
+            .collect();
+        let rows = Dense {
+            nets: RowNets::ByType(nets.clone()),
+            grad: true,
+            input: DenseInput::Rows,
+        };
+        let prod = Dense {
+            nets: RowNets::ByType(nets),
+            grad: true,
+            input: DenseInput::AxisProduct { axis, channels: c },
+        };
+        let y_rows = dense(
+            &rows,
+            &Tensor::f64(vec![n, m * axis], d),
+            Some(&tt),
+            &Packs::default(),
+        )
+        .unwrap();
+        let y_prod = dense(
+            &prod,
+            &Tensor::f64(vec![n, m, c], g.clone()),
+            Some(&tt),
+            &Packs::default(),
+        )
+        .unwrap();
+        let (yr, yp) = (y_rows.as_f64().unwrap(), y_prod.as_f64().unwrap());
+        let (wr, wp) = (1 + m * axis, 1 + m * c);
+        assert_eq!((rows.out_width(), prod.out_width()), (wr, wp));
+        for i in 0..n {
+            assert_eq!(yr[i * wr], yp[i * wp], "row {i}");
+            let dd = &yr[i * wr + 1..(i + 1) * wr];
+            let gi = &g[i * m * c..(i + 1) * m * c];
+            for p in 0..m {
+                for k in 0..c {
+                    let mut want = 0.0;
+                    for q in 0..axis {
+                        want += dd[p * axis + q] * gi[q * c + k];
+                    }
+                    if p < axis {
+                        for r in 0..m {
+                            want += dd[r * axis + p] * gi[r * c + k];
+                        }
+                    }
+                    let got = yp[i * wp + 1 + p * c + k];
+                    assert!(
+                        (got - want).abs() <= 1e-14 * (1.0 + want.abs()),
+                        "row {i} ({p}, {k}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // The VJP scales the gradient by the output's cotangent, in x's shape.
+        let gy = Tensor::f64(vec![n, 1], (0..n).map(|i| 0.5 + i as f64).collect());
+        let dx = dense_vjp(&prod, &y_prod, &gy, Some(&tt), &Packs::default()).unwrap();
+        assert_eq!(dx.shape, vec![n, m, c]);
+        let dxv = dx.as_f64().unwrap();
+        for i in 0..n {
+            for j in 0..m * c {
+                assert_eq!(dxv[i * m * c + j], (0.5 + i as f64) * yp[i * wp + 1 + j]);
+            }
         }
     }
 }
