@@ -563,7 +563,8 @@ fn dense_input(
     }
     if let DenseInput::AxisProduct { axis, channels } = e.input {
         let n_in = e.net().n_in();
-        if !e.grad || axis == 0 || channels == 0 || !n_in.is_multiple_of(axis) || n_in / axis < axis {
+        if !e.grad || axis == 0 || channels == 0 || !n_in.is_multiple_of(axis) || n_in / axis < axis
+        {
             return Err(format!(
                 "dense of an axis product ({axis} of {channels} channels) needs a gradient \
                  network whose input width {n_in} is a multiple of the axis, at least its square"
