@@ -57,24 +57,21 @@ pub fn build(
     // second network input the kernel does not take).
     let fused =
         |n: &crate::model::Net| fusable(n, dt).filter(|_| inp.fuse && f.remove_vacuum.is_none());
-    // With the descriptor alone as input, formed from `gr` where se_e2_a's product is (the
-    // fused op then never writes the descriptor or its gradient to memory).
-    let (x_in, input) = match g.axis_product_of(xx) {
-        Some((gr, axis)) => {
-            let channels = g.shape(gr)[2].factor;
-            (gr, DenseInput::AxisProduct { axis, channels })
-        }
-        None => (xx, DenseInput::Rows),
+    // An energy fitting (one output, whose op returns its gradient) on se_e2_a's
+    // descriptor alone takes `gr` and forms the product itself, so the descriptor and its
+    // gradient never go to memory.
+    let product = g.axis_product_of(xx).map(|(gr, axis)| {
+        let channels = g.shape(gr)[2].factor;
+        (gr, DenseInput::AxisProduct { axis, channels })
+    });
+    let input_for = |n_out: usize| match product {
+        Some(p) if n_out == 1 => p,
+        _ => (xx, DenseInput::Rows),
     };
     let out = if f.mixed_types {
         let n = f.nets.get(&[]).expect("validated");
         if let Some(mlp) = fused(n) {
-            let input = if mlp.n_out() == 1 {
-                input
-            } else {
-                DenseInput::Rows
-            };
-            let x = if input == DenseInput::Rows { xx } else { x_in };
+            let (x, input) = input_for(mlp.n_out());
             g.dense_op(x, RowNets::All(mlp), None, input)?
         } else {
             let mut o = net(g, xx, n)?;
@@ -89,12 +86,7 @@ pub fn build(
         .collect::<Option<Vec<_>>>()
     {
         // Every type's network fuses: one op, each row through its type's network.
-        let input = if nets.first().is_some_and(|n| n.n_out() == 1) {
-            input
-        } else {
-            DenseInput::Rows
-        };
-        let x = if input == DenseInput::Rows { xx } else { x_in };
+        let (x, input) = input_for(nets.first().map_or(0, |n| n.n_out()));
         let nets = RowNets::ByType(nets.into_iter().map(Some).collect());
         g.dense_op(x, nets, Some(inp.atype_loc), input)?
     } else {
