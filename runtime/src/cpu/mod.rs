@@ -4,6 +4,7 @@
 #[macro_use]
 mod simd;
 mod attention;
+mod axis_product;
 mod dense;
 mod embed;
 mod env;
