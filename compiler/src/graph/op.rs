@@ -129,7 +129,8 @@ pub enum Op {
     /// `(coord, nlist, types, g [nloc, nnei, ncomp]) -> [nall, 3]`: the VJP of `EnvMat` with
     /// respect to `coord`.
     EnvMatVjp(EnvSpec),
-    /// `(x [n, d] [, types i32 [n]]) -> [n, out]`: a network on each row (a fitting net),
+    /// `(x [n, d] [, types i32 [n]]) -> [n, out]`: a network on each row (a fitting net;
+    /// with `DenseInput::AxisProduct`, `x [n, m, c]` and rows formed from it),
     /// fused so the activations stay in per-block scratch; with networks by type, each row
     /// through its type's (rows of a type without one are zero). With `grad` (one output), the
     /// output is `[n, 1 + d]`: `y`, then `dy/dx`.
@@ -523,12 +524,15 @@ impl Op {
             }
             Op::Dense(e) => {
                 let x = a.unwrap();
+                // Before the widths below, which read the networks.
+                e.nets.check()?;
                 dense_input(e, x, &e.x_dims(), args.last().copied())?;
                 let s = vec![x.shape[0], Dim::fixed(e.out_width())];
                 Ok(TensorType::new(x.dtype, s))
             }
             Op::DenseVjp(e) => {
                 let (x, g) = (args[0], args[1]);
+                e.nets.check()?;
                 let first = if e.grad {
                     vec![e.out_width()]
                 } else {
