@@ -413,3 +413,53 @@ impl Graph {
         self.reshape(x, s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Dense, TensorType};
+
+    /// A dense op with no network, or networks by type without the types, is an error.
+    #[test]
+    fn a_dense_op_without_its_networks_or_types_is_an_error() {
+        let mut g = Graph::new();
+        let x = g.input(
+            "x",
+            TensorType::new(DType::F64, vec![Dim::NLOC, Dim::fixed(3)]),
+        );
+        let t = g.input("t", TensorType::new(DType::I32, vec![Dim::NLOC]));
+        let none = Dense {
+            nets: RowNets::ByType(vec![None]),
+            grad: false,
+            input: DenseInput::Rows,
+        };
+        assert!(g.push(Op::Dense(none), &[x, t]).is_err());
+        let net = Arc::new(super::super::Mlp {
+            dtype: DType::F64,
+            layers: vec![super::super::MlpLayer {
+                w: Arc::new(Tensor::f64(vec![3, 1], vec![0.5; 3])),
+                b: None,
+                idt: None,
+                act: super::super::Act::Linear,
+                residual: super::super::Residual::None,
+            }],
+        });
+        let typed = Dense {
+            nets: RowNets::ByType(vec![Some(net.clone())]),
+            grad: true,
+            input: DenseInput::Rows,
+        };
+        assert!(g.push(Op::Dense(typed.clone()), &[x]).is_err());
+        assert!(g.push(Op::Dense(typed), &[x, t]).is_ok());
+        // An axis product needs x [n, m, c] with m * axis the network's input width.
+        let product = Dense {
+            nets: RowNets::All(net),
+            grad: true,
+            input: DenseInput::AxisProduct {
+                axis: 2,
+                channels: 4,
+            },
+        };
+        assert!(g.push(Op::Dense(product), &[x]).is_err());
+    }
+}

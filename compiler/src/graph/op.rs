@@ -783,7 +783,9 @@ impl fmt::Display for Op {
                 if a.smooth { " smooth" } else { "" }
             ),
             Op::Dense(e) | Op::DenseVjp(e) => {
-                write!(f, " widths={:?}", e.net().widths())?;
+                if let Some(net) = e.nets.first() {
+                    write!(f, " widths={:?}", net.widths())?;
+                }
                 if e.grad {
                     write!(f, " grad")?;
                 }
