@@ -197,12 +197,7 @@ impl Dense {
 
     /// Numbers per row of the op's input (the network's input width for `Rows`).
     pub fn x_width(&self) -> usize {
-        match self.input {
-            DenseInput::Rows => self.net().n_in(),
-            DenseInput::AxisProduct { axis, channels } => {
-                self.net().n_in() / axis.max(1) * channels
-            }
-        }
+        self.x_dims().iter().product()
     }
 
     /// The op's input axes after the row axis: `[d]`, or `[m, channels]`.

@@ -9,6 +9,7 @@ use dpc_compiler::graph::{Data, Dense, DenseInput, Mlp, RowNets, Tensor};
 use rayon::prelude::*;
 
 use super::axis_product::{product_rows, product_rows_vjp};
+use super::embed::row_types;
 use super::net::{acts_width, backward, forward, layers, sized, Layer, Packs, Scratch};
 use super::real::Real;
 use super::ExecError;
@@ -28,14 +29,7 @@ fn row_groups<'a>(e: &'a Dense, types: Option<&Tensor>, n: usize) -> R<(Vec<Grou
         RowNets::All(net) => return Ok((vec![(&**net, (0..n).collect())], true)),
         RowNets::ByType(nets) => nets,
     };
-    let tv = match types.map(|t| &t.data) {
-        Some(Data::I32(v)) if v.len() == n => v,
-        _ => {
-            return Err(ExecError::Type(
-                "dense needs the rows' types (i32 [n])".into(),
-            ))
-        }
-    };
+    let tv = row_types(types, n, "dense")?;
     let mut rows: Vec<Vec<usize>> = vec![Vec::new(); nets.len()];
     let mut covered = 0;
     for (i, &t) in tv.iter().enumerate() {
@@ -195,32 +189,23 @@ fn dense_t<T: Real>(
 ) -> R<Vec<T>> {
     let (d, w) = (e.net().n_in(), e.out_width());
     let (groups, all) = row_groups(e, types, n)?;
-    if d == 0 || !all {
-        // Rows no network takes are zero.
-        let mut out = vec![T::default(); n * w];
-        if d > 0 {
-            dense_rows(
-                e,
-                x,
-                &groups,
-                packs,
-                &DisjointRows::new(out.as_mut_ptr(), n, w),
-            )?;
-        }
-        return Ok(out);
+    // Where every row is written by one block, the buffer is not zeroed first; rows no
+    // network takes are zero.
+    let zeroed = d == 0 || !all;
+    let mut out: Vec<T> = if zeroed {
+        vec![T::default(); n * w]
+    } else {
+        Vec::with_capacity(n * w)
+    };
+    if d > 0 {
+        let rows = DisjointRows::new(out.as_mut_ptr(), n, w);
+        dense_rows(e, x, &groups, packs, &rows)?;
     }
-    // Every row is written by one block, so the buffer is not zeroed first.
-    let mut out: Vec<T> = Vec::with_capacity(n * w);
-    dense_rows(
-        e,
-        x,
-        &groups,
-        packs,
-        &DisjointRows::new(out.as_mut_ptr(), n, w),
-    )?;
-    // SAFETY: the groups hold each of the `n` rows once, and each block wrote its rows'
-    // `w` elements.
-    unsafe { out.set_len(n * w) };
+    if !zeroed {
+        // SAFETY: the groups hold each of the `n` rows once, and each block wrote its
+        // rows' `w` elements.
+        unsafe { out.set_len(n * w) };
+    }
     Ok(out)
 }
 

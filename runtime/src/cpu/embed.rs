@@ -890,7 +890,7 @@ fn local_vjp<T: Real>(
 }
 
 /// The rows an op computes: all (`None`), or those whose type is `centre_type`.
-pub(super) fn selected(
+fn selected(
     centre_type: Option<i32>,
     types: Option<&Tensor>,
     n: usize,
@@ -899,14 +899,20 @@ pub(super) fn selected(
     let Some(t) = centre_type else {
         return Ok(None);
     };
+    Ok(Some(
+        row_types(types, n, op)?
+            .iter()
+            .enumerate()
+            .filter(|(_, &x)| x == t)
+            .map(|(i, _)| i)
+            .collect(),
+    ))
+}
+
+/// The rows' types an op takes as its last argument, checked to be `i32 [n]`.
+pub(super) fn row_types<'a>(types: Option<&'a Tensor>, n: usize, op: &str) -> R<&'a [i32]> {
     match types.map(|x| &x.data) {
-        Some(Data::I32(v)) if v.len() == n => Ok(Some(
-            v.iter()
-                .enumerate()
-                .filter(|(_, &x)| x == t)
-                .map(|(i, _)| i)
-                .collect(),
-        )),
+        Some(Data::I32(v)) if v.len() == n => Ok(v),
         _ => Err(ExecError::Type(format!(
             "{op} needs the rows' types (i32 [n])"
         ))),
