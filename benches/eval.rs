@@ -103,5 +103,32 @@ fn tanh(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, models, tanh);
+/// The packed GEMM on the shapes that dominate se_e2_a_big: the fitting's first layer
+/// (64-row blocks, `[1600, 240]`) forward and transposed (its VJP), and the embedding's
+/// last layer on a block of stacked values and tangents.
+fn gemm(c: &mut Criterion) {
+    use dpc_runtime::cpu::gemm::PackedB;
+    let mut group = c.benchmark_group("gemm");
+    for &(name, m, k, n, transpose) in &[
+        ("fitting_layer1", 64, 1600, 240, false),
+        ("fitting_layer1_vjp", 64, 240, 1600, true),
+        ("embedding_layer3", 1024, 50, 100, false),
+    ] {
+        let w: Vec<f64> = (0..k * n)
+            .map(|i| ((i * 7919) % 1000) as f64 * 1e-3 - 0.5)
+            .collect();
+        let b = PackedB::new(&w, k, n, transpose);
+        let a: Vec<f64> = (0..m * k)
+            .map(|i| ((i * 104729) % 997) as f64 * 1e-3)
+            .collect();
+        let mut out = vec![0.0; m * n];
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        group.bench_function(name, |bch| {
+            bch.iter(|| b.gemm(m, &a, k, &mut out, n, false))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, models, tanh, gemm);
 criterion_main!(benches);

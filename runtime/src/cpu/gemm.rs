@@ -251,9 +251,15 @@ macro_rules! packed_gemm {
                 // alias (rows in at most four L1 sets) are packed.
                 let aliased = num_gcd(lda * std::mem::size_of::<$t>(), 4096) >= 1024;
                 let mut pa: Vec<$t> = if aliased { vec![0.0; KC * MR512] } else { Vec::new() };
+                // Panels per pass over the rows: their `kc` slices (at most `L2_PANELS`
+                // bytes) stay in L2 while every row group of `A` runs through them. A wide
+                // `B` (a fitting layer's transpose, 1600 columns) otherwise comes from L3
+                // or memory once per group of `MR512` rows instead of once per call.
+                let block = (L2_PANELS / (KC.min(k) * $nr * std::mem::size_of::<$t>())).max(1);
                 for k0 in (0..k).step_by(KC) {
                     let kc = KC.min(k - k0);
                     let add = accumulate || k0 > 0;
+                    for j0 in (0..panels).step_by(block) {
                     let mut i = 0;
                     while i < m {
                         let rows = MR512.min(m - i);
@@ -268,7 +274,7 @@ macro_rules! packed_gemm {
                         } else {
                             (a.as_ptr().add(i * lda + k0), lda, 1)
                         };
-                        for j in 0..panels {
+                        for j in j0..panels.min(j0 + block) {
                             let b = self.data.as_ptr().add((j * k + k0) * $nr);
                             let cols = $nr.min(n - j * $nr);
                             let cp = c.add(i * ldc + j * $nr);
@@ -288,6 +294,7 @@ macro_rules! packed_gemm {
                             }
                         }
                         i += rows;
+                    }
                     }
                 }
             }
@@ -405,6 +412,10 @@ fn num_gcd(a: usize, b: usize) -> usize {
 /// Rows of `C` per AVX-512 micro-kernel call: 24 accumulator registers of the 32.
 const MR512: usize = 24;
 
+/// Bytes of `B` panels one pass over the rows of `A` reuses: a quarter of a Zen 4 core's
+/// 1 MiB L2, leaving room for `A`'s slice and `C`.
+const L2_PANELS: usize = 256 * 1024;
+
 /// `$kernel::<rows>(args)` for `rows` in `1..=MR512`: each row count its own unrolled copy.
 macro_rules! rows_dispatch {
     ($kernel:ident, $rows:expr, $packed:literal, $args:tt) => {
@@ -465,6 +476,8 @@ mod tests {
             (64, 300, 240),
             (13, 257, 17),
             (6, 512, 16),
+            // Wider than one pass's panels (`L2_PANELS`), ragged last panel.
+            (50, 240, 1603),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i as f32) * 0.11).cos()).collect();
@@ -500,6 +513,8 @@ mod tests {
             (6, 512, 8),
             (5, 1, 100),
             (64, 240, 1),
+            // A fitting layer's transpose: many passes over the panels, ragged ends.
+            (50, 240, 1603),
         ] {
             let a: Vec<f64> = (0..m * k).map(|i| ((i as f64) * 0.37).sin()).collect();
             let b: Vec<f64> = (0..k * n).map(|i| ((i as f64) * 0.11).cos()).collect();

@@ -10,7 +10,7 @@ mod embed;
 mod env;
 pub mod fastmath;
 mod fuse;
-mod gemm;
+pub mod gemm;
 mod kernels;
 mod net;
 mod real;
