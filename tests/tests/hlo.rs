@@ -177,6 +177,28 @@ fn float32_export_runs_the_networks_in_float32_and_returns_float64() {
     assert!(!sig.contains("f32"), "{sig}");
 }
 
+/// DPA-1's attention in float32 is refused for StableHLO (DeePMD-kit's JAX runtime runs it
+/// far from float32 DeePMD-kit; see `export`), by name; DPA-3 in float32 lowers.
+#[test]
+fn float32_attention_export_is_refused_by_name() {
+    let opts = LowerOptions {
+        precision: Some(dpc_compiler::graph::DType::F32),
+        ..Default::default()
+    };
+    let (_, model) = fixture_model("se_atten");
+    let err = export(&model, Variant::ALL[0].1, opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("DPA-1") && err.contains("float32"), "{err}");
+    assert!(export(&model, Variant::ALL[0].1, LowerOptions::default()).is_ok());
+    let (_, model) = fixture_model("dpa3");
+    assert!(export(&model, Variant::ALL[0].1, opts)
+        .unwrap()
+        .mlir
+        .contains("xf32>"));
+}
+
 /// A variant's model and configurations (fparam defaulted, as DeePMD-kit's caller does) with
 /// DeePMD-kit's results.
 fn variant(name: &str) -> (Model, Vec<(common::Config, common::Expected)>) {

@@ -46,16 +46,116 @@ fn float32_networks_stay_within_float32_error_of_deepmd_kit() {
     }
 }
 
+/// A configuration of `tests/fixtures/f32_twins/<name>/reference.json`: DeePMD-kit's
+/// PyTorch outputs for its own float32 twin of a fixture model, and for the float64 original.
+struct TwinConfig {
+    name: String,
+    coord: Vec<f64>,
+    atype: Vec<i32>,
+    cell: Option<Vec<f64>>,
+    f32: (f64, Vec<f64>, Vec<f64>),
+    f64: (f64, Vec<f64>, Vec<f64>),
+}
+
+fn twin_configs(name: &str) -> Vec<TwinConfig> {
+    use common::floats;
+    let path = common::local_fixtures().join(format!("f32_twins/{name}/reference.json"));
+    let doc = dpc_formats::json::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let out = |c: &dpc_formats::Value, k: &str| {
+        let o = c.get(k).unwrap();
+        (
+            o.get("energy").unwrap().as_f64().unwrap(),
+            floats(o.get("force").unwrap()),
+            floats(o.get("virial").unwrap()),
+        )
+    };
+    let list = doc.get("configs").unwrap().as_list().unwrap();
+    list.iter()
+        .map(|c| TwinConfig {
+            name: c.get("name").unwrap().as_str().unwrap().to_string(),
+            coord: floats(c.get("coord").unwrap()),
+            atype: floats(c.get("atype").unwrap())
+                .iter()
+                .map(|&t| t as i32)
+                .collect(),
+            cell: c.get("box").filter(|b| !b.is_null()).map(floats),
+            f32: out(c, "float32"),
+            f64: out(c, "float64"),
+        })
+        .collect()
+}
+
+/// The attention and message-passing descriptors (se_atten: DPA-1 with two attention
+/// layers; DPA-2; DPA-3) with `--precision float32` against DeePMD-kit's own float32
+/// version of the same model (its weights rounded to float32, evaluated by its PyTorch
+/// backend). Where the configuration is well conditioned (DeePMD-kit's float32 and float64
+/// energies agree to 1e-5 eV/atom) the two float32 evaluations agree to float32 rounding.
+/// On the others (a dense cluster whose attention and neighbour ordering turn float32
+/// rounding into 1e-4 eV/atom for DeePMD-kit too) dpc must stay as close to the float64
+/// energy as DeePMD-kit's float32 does, within a factor of 3. And reading the twin itself
+/// (a float32 model file) gives the same numbers as converting at compile time.
 #[test]
-fn float32_dpa1_is_refused_by_name() {
+fn float32_attention_descriptors_match_deepmd_kits_float32_twins() {
     let opts = BuildOptions {
         precision: Some(DType::F32),
         ..BuildOptions::default()
     };
-    let path = common::fixtures().join("models/se_atten/model.dp");
-    let err = DeepPot::from_tree_opts(dpc_formats::read_model(&path).unwrap(), opts)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("se_atten"), "{err}");
+    for name in ["se_atten", "dpa2", "dpa3"] {
+        let path = common::fixtures().join(format!("models/{name}/model.dp"));
+        let pot = DeepPot::from_tree_opts(dpc_formats::read_model(&path).unwrap(), opts).unwrap();
+        let graph = pot.executor(false).unwrap().graph();
+        assert!(
+            graph.nodes.iter().any(|n| n.ty.dtype == DType::F32),
+            "{name}: nothing computes in float32"
+        );
+        let twin_path = common::local_fixtures().join(format!("f32_twins/{name}/model_f32.dp"));
+        let twin = DeepPot::load(&twin_path).unwrap();
+        let mut strict = 0;
+        for c in twin_configs(name) {
+            let frame = Frame::new(&c.coord, &c.atype, c.cell.as_deref());
+            let out = pot.compute(&frame, false).unwrap();
+            let n = c.atype.len() as f64;
+            let (e32, f32, v32) = &c.f32;
+            let (e64, _, _) = &c.f64;
+            let gap = (e32 - e64).abs() / n;
+            let de = (out.energy - e32).abs() / n;
+            let df = out
+                .force
+                .iter()
+                .zip(f32)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            let dv = out
+                .virial
+                .iter()
+                .zip(v32)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs() / n));
+            eprintln!(
+                "{name} {}: DeePMD-kit float32 - float64 {gap:.1e} eV/atom; dpc float32 - \
+                 DeePMD-kit float32: energy/atom {de:.1e}, force {df:.1e}, virial/atom {dv:.1e}",
+                c.name
+            );
+            if gap < 1e-5 {
+                strict += 1;
+                assert!(
+                    de < 1e-6 && df < 1e-5 && dv < 1e-5,
+                    "{name} {}: {de} {df} {dv}",
+                    c.name
+                );
+            } else {
+                let ours = (out.energy - e64).abs() / n;
+                assert!(
+                    ours < 3.0 * gap,
+                    "{name} {}: {ours} against DeePMD-kit's {gap}",
+                    c.name
+                );
+            }
+            let native = twin.compute(&frame, false).unwrap();
+            assert_eq!(native.energy, out.energy, "{name} {}: twin file", c.name);
+            assert_eq!(native.force, out.force, "{name} {}: twin file", c.name);
+        }
+        assert!(
+            strict >= 3,
+            "{name}: only {strict} well-conditioned configurations"
+        );
+    }
 }
