@@ -86,7 +86,7 @@ fn twin_configs(name: &str) -> Vec<TwinConfig> {
 }
 
 /// The attention and message-passing descriptors (se_atten: DPA-1 with two attention
-/// layers; DPA-2; DPA-3) with `--precision float32` against DeePMD-kit's own float32
+/// layers; DPA-2; DPA-3; se_e3_tebd in strip mode) with `--precision float32` against DeePMD-kit's own float32
 /// version of the same model (its weights rounded to float32, evaluated by its PyTorch
 /// backend). Where the configuration is well conditioned (DeePMD-kit's float32 and float64
 /// energies agree to 1e-5 eV/atom) the two float32 evaluations agree to float32 rounding.
@@ -100,8 +100,13 @@ fn float32_attention_descriptors_match_deepmd_kits_float32_twins() {
         precision: Some(DType::F32),
         ..BuildOptions::default()
     };
-    for name in ["se_atten", "dpa2", "dpa3"] {
-        let path = common::fixtures().join(format!("models/{name}/model.dp"));
+    for name in ["se_atten", "dpa2", "dpa3", "se_e3_tebd_strip"] {
+        let variant = common::local_fixtures().join(format!("variants/{name}/model.dp"));
+        let path = if variant.exists() {
+            variant
+        } else {
+            common::fixtures().join(format!("models/{name}/model.dp"))
+        };
         let pot = DeepPot::from_tree_opts(dpc_formats::read_model(&path).unwrap(), opts).unwrap();
         let graph = pot.executor(false).unwrap().graph();
         assert!(
