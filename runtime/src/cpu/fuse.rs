@@ -1,7 +1,8 @@
-//! Elementwise fusion for the CPU executor: a tree of float64 elementwise ops of one output
-//! shape runs as one loop over tiles of that output, so its intermediate tensors never go
-//! to memory. Message-passing descriptors are dominated by such chains (DPA-3's split
-//! linear maps add four broadcast operands on `[nloc, a, a, d]` and then activate).
+//! Elementwise fusion for the CPU executor: a tree of elementwise ops of one output shape
+//! and one float type (float64 or float32) runs as one loop over tiles of that output, so
+//! its intermediate tensors never go to memory. Message-passing descriptors are dominated
+//! by such chains (DPA-3's split linear maps add four broadcast operands on
+//! `[nloc, a, a, d]` and then activate).
 //!
 //! The plan is made once per graph (`plan`): a node joins its consumer's cluster when it is
 //! elementwise, has that one consumer, has the consumer's output shape and is not a graph
@@ -15,14 +16,15 @@
 
 use std::sync::Arc;
 
-use dpc_compiler::graph::{ActFn, Binary, Bindings, DType, Dim, Graph, Op, Tensor, Unary};
+use dpc_compiler::graph::{ActFn, Binary, Bindings, DType, Data, Dim, Graph, Op, Tensor, Unary};
 use rayon::prelude::*;
 
 use super::fastmath as fm;
-use super::gemm::PackedB;
+use super::gemm::{PackedB, PackedB32};
 use super::kernels::{
     adjacent_axes, bcast_strides, broadcast_shape, silut_consts, strides, ROWS_MATMUL_MAX_K,
 };
+use super::real::Real;
 use super::ExecError;
 
 /// Where an instruction reads an operand.
@@ -42,7 +44,7 @@ enum Elem {
     ActVjp(ActFn),
     /// The rows of a `Rows` leaf times a constant matrix with the output's last axis as
     /// columns.
-    RowsMatmul(Arc<PackedB>),
+    RowsMatmul(Arc<Packed>),
 }
 
 struct Instr {
@@ -73,6 +75,8 @@ pub struct Cluster {
     /// With `Some((a, b))`, the cluster's node is a sum of the tree's value over the axes
     /// `a..b` (the tree's value never goes to memory either).
     reduce: Option<(usize, usize)>,
+    /// The element type of every value in the tree (float64 or float32).
+    dtype: DType,
 }
 
 fn elem(op: &Op) -> Option<Elem> {
@@ -105,7 +109,7 @@ pub fn plan(g: &Graph, needed: &[bool]) -> Vec<Option<Arc<Cluster>>> {
     }
     let fusable = |i: usize| {
         let node = &g.nodes[i];
-        node.ty.dtype == DType::F64 && elem(&node.op).is_some()
+        matches!(node.ty.dtype, DType::F64 | DType::F32) && elem(&node.op).is_some()
     };
     let mut roots: Vec<Option<Arc<Cluster>>> = vec![None; n];
     let mut absorbed = vec![false; n];
@@ -138,6 +142,7 @@ pub fn plan(g: &Graph, needed: &[bool]) -> Vec<Option<Arc<Cluster>>> {
             shape: shape.clone(),
             row: None,
             reduce,
+            dtype: g.nodes[top].ty.dtype,
         };
         let mut members = Vec::new();
         let mut reads_through = false;
@@ -184,8 +189,11 @@ fn grow(
     let mut args = Vec::with_capacity(node.args.len());
     for a in &node.args {
         let j = a.index();
-        let src =
-            g.nodes[j].ty.shape.as_slice() == shape && users[j] == 1 && !is_output[j] && fusable(j);
+        let src = g.nodes[j].ty.shape.as_slice() == shape
+            && g.nodes[j].ty.dtype == c.dtype
+            && users[j] == 1
+            && !is_output[j]
+            && fusable(j);
         if src {
             args.push(grow(
                 g,
@@ -200,14 +208,18 @@ fn grow(
             ));
             continue;
         }
-        if let Some((x, w)) = rows_matmul(g, j, shape, users, is_output) {
+        if let Some((x, w)) = rows_matmul(g, j, shape, c.dtype, users, is_output) {
             let (k, n) = (w.shape[0], w.shape[1]);
-            let data = w.as_f64().expect("f64 weights");
+            let packed = match &w.data {
+                Data::F64(v) => Packed::F64(PackedB::new(v, k, n, false)),
+                Data::F32(v) => Packed::F32(PackedB32::new(v, k, n, false)),
+                _ => unreachable!("rows_matmul checks the weights' type"),
+            };
             members.extend(matmul_nodes(g, j));
             c.row = Some(n);
             let leaf = add_leaf(c, x, LeafKind::Rows(k));
             c.prog.push(Instr {
-                op: Elem::RowsMatmul(Arc::new(PackedB::new(data, k, n, false))),
+                op: Elem::RowsMatmul(Arc::new(packed)),
                 args: vec![Src::Leaf(leaf)],
             });
             args.push(Src::Tmp(c.prog.len() - 1));
@@ -238,12 +250,14 @@ fn add_leaf(c: &mut Cluster, node: usize, kind: LeafKind) -> usize {
     })
 }
 
-/// `j` as `x @ W` (`W` a float64 constant `[k, n]`, `k` small), possibly behind a reshape,
-/// of the cluster's shape with `n` as its last axis, and used only here: `(x, W)`.
+/// `j` as `x @ W` (`W` a constant `[k, n]` of the cluster's type, `k` small), possibly
+/// behind a reshape, of the cluster's shape with `n` as its last axis, and used only here:
+/// `(x, W)`.
 fn rows_matmul<'g>(
     g: &'g Graph,
     j: usize,
     shape: &[Dim],
+    dtype: DType,
     users: &[usize],
     is_output: &[bool],
 ) -> Option<(usize, &'g Tensor)> {
@@ -254,7 +268,7 @@ fn rows_matmul<'g>(
     let [.., m] = matmul_nodes(g, j)[..] else {
         return None;
     };
-    if !private(m) || g.nodes[m].ty.dtype != DType::F64 {
+    if !private(m) || g.nodes[m].ty.dtype != dtype {
         return None;
     }
     let [x, w] = g.nodes[m].args[..] else {
@@ -265,7 +279,7 @@ fn rows_matmul<'g>(
     };
     let last = shape.last()?;
     let fits = w.shape.len() == 2
-        && w.as_f64().is_some()
+        && w.dtype() == dtype
         && w.shape[0] <= ROWS_MATMUL_MAX_K
         && last.sym.is_none()
         && last.factor == w.shape[1]
@@ -286,8 +300,8 @@ fn matmul_nodes(g: &Graph, j: usize) -> Vec<usize> {
 const TILE: usize = 512;
 
 /// A leaf as read by the loop: its data and its strides in the (collapsed) output shape.
-struct Leaf<'a> {
-    data: &'a [f64],
+struct Leaf<'a, T> {
+    data: &'a [T],
     strides: Vec<usize>,
     /// Contiguous over the whole output (tiles are slices of it), or rows of a
     /// `RowsMatmul` (read by the instruction).
@@ -301,12 +315,24 @@ pub fn run(
     out_shape: &[usize],
     bind: &Bindings,
 ) -> Result<Tensor, ExecError> {
+    match c.dtype {
+        DType::F64 => run_t::<f64>(c, leaves, out_shape, bind),
+        DType::F32 => run_t::<f32>(c, leaves, out_shape, bind),
+        other => Err(ExecError::Type(format!("fused op in {other:?}"))),
+    }
+}
+
+fn run_t<T: FuseReal>(
+    c: &Cluster,
+    leaves: &[&Tensor],
+    out_shape: &[usize],
+    bind: &Bindings,
+) -> Result<Tensor, ExecError> {
     let full = bind.shape(&c.shape);
     let n: usize = full.iter().product();
-    let mut raw: Vec<(&[f64], Vec<usize>)> = Vec::with_capacity(leaves.len());
+    let mut raw: Vec<(&[T], Vec<usize>)> = Vec::with_capacity(leaves.len());
     for (t, kind) in leaves.iter().zip(&c.kinds) {
-        let data = t
-            .as_f64()
+        let data = T::slice(&t.data)
             .ok_or_else(|| ExecError::Type(format!("fused op on {:?}", t.dtype())))?;
         let st = match *kind {
             LeafKind::Broadcast => {
@@ -333,7 +359,7 @@ pub fn run(
     }
     let (shape, strides) = collapse(&full, raw.iter().map(|r| r.1.clone()).collect());
     let dense_st = self::strides(&shape);
-    let leaves: Vec<Leaf> = raw
+    let leaves: Vec<Leaf<T>> = raw
         .iter()
         .zip(strides)
         .zip(&c.kinds)
@@ -351,7 +377,7 @@ pub fn run(
     let threads = rayon::current_num_threads();
     let data = match c.reduce {
         None => {
-            let mut out = vec![0.0; n];
+            let mut out = vec![T::default(); n];
             let per = if threads > 1 && n >= 1 << 15 {
                 n.div_ceil(threads * 8).div_ceil(tile).max(8) * tile
             } else {
@@ -378,21 +404,24 @@ pub fn run(
             "fused sum of {full:?} into {out_shape:?}"
         )));
     }
-    Ok(Tensor::f64(out_shape.to_vec(), data))
+    Ok(Tensor {
+        shape: out_shape.to_vec(),
+        data: T::wrap(data),
+    })
 }
 
 /// The tree's value `[outer, mid, inner]` summed over `mid`, without storing it: tiles of
 /// whole `mid x inner` blocks (or, for large blocks, row-aligned pieces of one), each output
 /// adding its inputs in increasing `mid` from zero, as `reduce_sum` does, so the sums are
 /// bit-identical. Blocks of `outer` run on the thread pool.
-fn summed(
+fn summed<T: FuseReal>(
     c: &Cluster,
-    leaves: &[Leaf],
+    leaves: &[Leaf<T>],
     shape: &[usize],
     (outer, mid, inner): (usize, usize, usize),
     tile: usize,
-) -> Vec<f64> {
-    let mut out = vec![0.0; outer * inner];
+) -> Vec<T> {
+    let mut out = vec![T::default(); outer * inner];
     let block = mid * inner;
     if out.is_empty() || block == 0 {
         return out;
@@ -415,7 +444,7 @@ fn summed(
         .enumerate()
         .for_each(|(t, oblk)| {
             let mut scratch = Scratch::new(c, leaves.len(), len);
-            let mut buf = vec![0.0; len];
+            let mut buf = vec![T::default(); len];
             let first = t * blocks_per_task;
             let count = oblk.len() / inner;
             let (start, end) = (first * block, (first + count) * block);
@@ -440,7 +469,7 @@ fn summed(
                         let take = (inner - q).min(rest.len());
                         let row = &mut oblk[o * inner + q..o * inner + q + take];
                         for (a, &v) in row.iter_mut().zip(&rest[..take]) {
-                            *a += v;
+                            *a = *a + v;
                         }
                         rest = &rest[take..];
                         at += take;
@@ -456,27 +485,27 @@ fn summed(
 }
 
 /// Per-thread buffers: one per non-dense leaf and one per instruction.
-struct Scratch {
-    leaf: Vec<Vec<f64>>,
-    tmp: Vec<Vec<f64>>,
+struct Scratch<T> {
+    leaf: Vec<Vec<T>>,
+    tmp: Vec<Vec<T>>,
 }
 
-impl Scratch {
-    fn new(c: &Cluster, nleaves: usize, tile: usize) -> Scratch {
+impl<T: Real> Scratch<T> {
+    fn new(c: &Cluster, nleaves: usize, tile: usize) -> Scratch<T> {
         Scratch {
-            leaf: vec![vec![0.0; tile]; nleaves],
-            tmp: vec![vec![0.0; tile]; c.prog.len().saturating_sub(1)],
+            leaf: vec![vec![T::default(); tile]; nleaves],
+            tmp: vec![vec![T::default(); tile]; c.prog.len().saturating_sub(1)],
         }
     }
 }
 
-fn run_tile(
+fn run_tile<T: FuseReal>(
     c: &Cluster,
-    leaves: &[Leaf],
+    leaves: &[Leaf<T>],
     shape: &[usize],
     start: usize,
-    out: &mut [f64],
-    s: &mut Scratch,
+    out: &mut [T],
+    s: &mut Scratch<T>,
 ) {
     let len = out.len();
     for (l, buf) in leaves.iter().zip(&mut s.leaf) {
@@ -488,12 +517,12 @@ fn run_tile(
     for (k, ins) in c.prog.iter().enumerate() {
         // Instruction k writes tmp[k] (or the output); its operands come before it.
         let (done, rest) = s.tmp.split_at_mut(k.min(last));
-        let dst: &mut [f64] = if k == last {
+        let dst: &mut [T] = if k == last {
             &mut *out
         } else {
             &mut rest[0][..len]
         };
-        let read = |src: Src| -> &[f64] {
+        let read = |src: Src| -> &[T] {
             match src {
                 Src::Leaf(j) if leaves[j].dense => &leaves[j].data[start..start + len],
                 Src::Leaf(j) => &s.leaf[j][..len],
@@ -505,7 +534,9 @@ fn run_tile(
                 unreachable!("a product reads a rows leaf")
             };
             let (r0, rows) = (start / n, len / n);
-            w.gemm(
+            let w = T::packed(w).expect("a product in the cluster's type");
+            T::gemm_packed(
+                w,
                 rows,
                 &leaves[*j].data[r0 * k..(r0 + rows) * k],
                 k,
@@ -522,7 +553,7 @@ fn run_tile(
 }
 
 /// Fill `buf` with the leaf's values at output positions `start..start + buf.len()`.
-fn gather_tile(l: &Leaf, shape: &[usize], start: usize, buf: &mut [f64]) {
+fn gather_tile<T: Copy>(l: &Leaf<T>, shape: &[usize], start: usize, buf: &mut [T]) {
     let rank = shape.len();
     if rank == 0 {
         buf.fill(l.data[0]);
@@ -564,12 +595,12 @@ fn gather_tile(l: &Leaf, shape: &[usize], start: usize, buf: &mut [f64]) {
 }
 
 /// One instruction over a tile: `o = op(x[, y])`.
-fn apply(op: &Elem, x: &[f64], y: Option<&[f64]>, o: &mut [f64]) {
+fn apply<T: FuseReal>(op: &Elem, x: &[T], y: Option<&[T]>, o: &mut [T]) {
     let y = || y.expect("binary operand");
     match *op {
         Elem::Binary(b) => {
             let y = y();
-            let f: fn(f64, f64) -> f64 = match b {
+            let f: fn(T, T) -> T = match b {
                 Binary::Add => |p, q| p + q,
                 Binary::Sub => |p, q| p - q,
                 Binary::Mul => |p, q| p * q,
@@ -583,41 +614,114 @@ fn apply(op: &Elem, x: &[f64], y: Option<&[f64]>, o: &mut [f64]) {
                 Binary::Add => o
                     .iter_mut()
                     .zip(x.iter().zip(y))
-                    .for_each(|(v, (p, q))| *v = p + q),
+                    .for_each(|(v, (&p, &q))| *v = p + q),
                 Binary::Mul => o
                     .iter_mut()
                     .zip(x.iter().zip(y))
-                    .for_each(|(v, (p, q))| *v = p * q),
+                    .for_each(|(v, (&p, &q))| *v = p * q),
                 _ => o
                     .iter_mut()
                     .zip(x.iter().zip(y))
                     .for_each(|(v, (&p, &q))| *v = f(p, q)),
             }
         }
-        Elem::Unary(Unary::Tanh) => fm::map_into(x, o, fm::tanh),
-        Elem::Unary(u) => {
-            let f: fn(f64) -> f64 = match u {
-                Unary::Neg => |x| -x,
-                Unary::Exp => f64::exp,
-                Unary::Log => f64::ln,
-                Unary::Sqrt => f64::sqrt,
-                Unary::Recip => |x| 1.0 / x,
-                Unary::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
-                Unary::Tanh | Unary::Floor | Unary::Not => unreachable!("handled or not fused"),
-            };
-            o.iter_mut().zip(x).for_each(|(v, &p)| *v = f(p));
-        }
-        Elem::Act(ActFn::Silu) => fm::map_into(x, o, fm::silu),
-        Elem::Act(ActFn::Silut(thr)) => {
-            let (slope, konst) = silut_consts(thr);
-            fm::silut_into(x, o, thr, slope, konst)
-        }
-        Elem::ActVjp(ActFn::Silu) => fm::map2_into(x, y(), o, |p, g| g * fm::silu_grad(p)),
-        Elem::ActVjp(ActFn::Silut(thr)) => {
-            let (slope, _) = silut_consts(thr);
-            fm::silut_vjp_into(x, y(), o, thr, slope)
-        }
+        Elem::Unary(u) => T::unary(u, x, o),
+        Elem::Act(f) => T::act(f, x, o),
+        Elem::ActVjp(f) => T::act_vjp(f, x, y(), o),
         Elem::RowsMatmul(_) => unreachable!("products run in run_tile"),
+    }
+}
+
+/// A constant matrix packed for the fused products, in the cluster's type.
+pub(super) enum Packed {
+    F64(PackedB),
+    F32(PackedB32),
+}
+
+/// What the fused loop needs of an element type beyond `Real`: its packed products and its
+/// elementwise functions, each computing exactly what the op's own kernel computes for that
+/// type (`kernels::unary`, `act`, `act_vjp`), so fusion changes no bits in either type.
+trait FuseReal: Real {
+    fn packed(p: &Packed) -> Option<&Self::Packed>;
+    fn unary(u: Unary, x: &[Self], o: &mut [Self]);
+    fn act(f: ActFn, x: &[Self], o: &mut [Self]);
+    fn act_vjp(f: ActFn, x: &[Self], g: &[Self], o: &mut [Self]);
+}
+
+impl FuseReal for f64 {
+    fn packed(p: &Packed) -> Option<&PackedB> {
+        match p {
+            Packed::F64(b) => Some(b),
+            Packed::F32(_) => None,
+        }
+    }
+    fn unary(u: Unary, x: &[f64], o: &mut [f64]) {
+        let f: fn(f64) -> f64 = match u {
+            Unary::Tanh => return fm::map_into(x, o, fm::tanh),
+            Unary::Neg => |x| -x,
+            Unary::Exp => f64::exp,
+            Unary::Log => f64::ln,
+            Unary::Sqrt => f64::sqrt,
+            Unary::Recip => |x| 1.0 / x,
+            Unary::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
+            Unary::Floor | Unary::Not => unreachable!("not fused"),
+        };
+        o.iter_mut().zip(x).for_each(|(v, &p)| *v = f(p));
+    }
+    fn act(f: ActFn, x: &[f64], o: &mut [f64]) {
+        match f {
+            ActFn::Silu => fm::map_into(x, o, fm::silu),
+            ActFn::Silut(thr) => {
+                let (slope, konst) = silut_consts(thr);
+                fm::silut_into(x, o, thr, slope, konst)
+            }
+        }
+    }
+    fn act_vjp(f: ActFn, x: &[f64], g: &[f64], o: &mut [f64]) {
+        match f {
+            ActFn::Silu => fm::map2_into(x, g, o, |p, g| g * fm::silu_grad(p)),
+            ActFn::Silut(thr) => {
+                let (slope, _) = silut_consts(thr);
+                fm::silut_vjp_into(x, g, o, thr, slope)
+            }
+        }
+    }
+}
+
+/// float32: libm's float32 functions for the unary ops, and the activations through
+/// float64 rounded once, as the float32 kernels compute them.
+impl FuseReal for f32 {
+    fn packed(p: &Packed) -> Option<&PackedB32> {
+        match p {
+            Packed::F32(b) => Some(b),
+            Packed::F64(_) => None,
+        }
+    }
+    fn unary(u: Unary, x: &[f32], o: &mut [f32]) {
+        let f: fn(f32) -> f32 = match u {
+            Unary::Tanh => f32::tanh,
+            Unary::Neg => |x| -x,
+            Unary::Exp => f32::exp,
+            Unary::Log => f32::ln,
+            Unary::Sqrt => f32::sqrt,
+            Unary::Recip => |x| 1.0 / x,
+            Unary::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
+            Unary::Floor | Unary::Not => unreachable!("not fused"),
+        };
+        o.iter_mut().zip(x).for_each(|(v, &p)| *v = f(p));
+    }
+    fn act(f: ActFn, x: &[f32], o: &mut [f32]) {
+        let w: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let mut r = vec![0.0; w.len()];
+        f64::act(f, &w, &mut r);
+        o.iter_mut().zip(&r).for_each(|(v, &p)| *v = p as f32);
+    }
+    fn act_vjp(f: ActFn, x: &[f32], g: &[f32], o: &mut [f32]) {
+        let w: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let gw: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+        let mut r = vec![0.0; w.len()];
+        f64::act_vjp(f, &w, &gw, &mut r);
+        o.iter_mut().zip(&r).for_each(|(v, &p)| *v = p as f32);
     }
 }
 
@@ -793,6 +897,42 @@ mod tests {
             );
             fused_equals_unfused(g, vec![xs, es], Some(1), &format!("sum over {axes:?}"));
         }
+    }
+
+    /// The same three kinds of cluster in float32 (libm's float32 tanh, activations through
+    /// float64, products with the float32 packed GEMM): bit for bit as the float32 kernels.
+    #[test]
+    fn float32_clusters_equal_the_float32_kernels() {
+        let t32 =
+            |s: &[usize]| TensorType::new(DType::F32, s.iter().map(|&d| Dim::fixed(d)).collect());
+        let v32 = |n: usize, k: f64| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i as f64) * k).sin() * 2.0) as f32)
+                .collect()
+        };
+        let (b, a, k, n) = (80, 9, 5, 7);
+        let mut g = Graph::new();
+        let x = g.input("x", t32(&[b, a, a, k]));
+        let e = g.input("e", t32(&[b, 1, a, n]));
+        let w = Tensor::f32(vec![k, n], v32(k * n, 0.77));
+        let y = rows_times(&mut g, x, w);
+        let y = g.add(y, e).unwrap();
+        let y = g.push(Op::Act(ActFn::Silut(0.7)), &[y]).unwrap();
+        let t = g.push(Op::Unary(Unary::Tanh), &[y]).unwrap();
+        let z = g.mul(t, e).unwrap();
+        let v = g.push(Op::ActVjp(ActFn::Silu), &[z, y]).unwrap();
+        let s = g.sum(v, &[1, 2], true).unwrap();
+        g.set_output("s", s);
+        g.set_output("z", z);
+        let inputs = vec![
+            Tensor::f32(vec![b, a, a, k], v32(b * a * a * k, 0.37)),
+            Tensor::f32(vec![b, 1, a, n], v32(b * a * n, 0.91)),
+        ];
+        assert!(
+            Executor::new(g.clone()).fused_clusters() >= 1,
+            "float32 was fused"
+        );
+        fused_equals_unfused(g, inputs, None, "float32");
     }
 
     #[test]

@@ -643,6 +643,11 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, trans: [bool; 2]) -> R<Tensor> {
         {
             Data::F64(rows_times_matrix(p, q, batch * m, k, n, tb))
         }
+        (Data::F32(p), Data::F32(q))
+            if !ta && !b_batched && batch * m >= 64 && k <= ROWS_MATMUL_MAX_K =>
+        {
+            Data::F32(rows_times_matrix(p, q, batch * m, k, n, tb))
+        }
         // Many small products (a descriptor's per-atom matrices): plain loops, which beat
         // a general GEMM's packing at these sizes.
         (Data::F64(p), Data::F64(q)) if batch > 1 && m * k * n <= SMALL_MATMUL_MAX => Data::F64(
@@ -763,9 +768,16 @@ pub(crate) const ROWS_MATMUL_MAX_K: usize = 256;
 
 /// `a [rows, k] @ b` with `b` (`[k, n]`, or `[n, k]` transposed when `tb`) packed once
 /// (`gemm::PackedB`), rows split over the thread pool.
-fn rows_times_matrix(a: &[f64], b: &[f64], rows: usize, k: usize, n: usize, tb: bool) -> Vec<f64> {
-    let packed = super::gemm::PackedB::new(b, k, n, tb);
-    let mut o = vec![0.0; rows * n];
+fn rows_times_matrix<T: super::real::Real>(
+    a: &[T],
+    b: &[T],
+    rows: usize,
+    k: usize,
+    n: usize,
+    tb: bool,
+) -> Vec<T> {
+    let packed = T::pack(b, k, n, tb);
+    let mut o = vec![T::default(); rows * n];
     if n == 0 {
         return o;
     }
@@ -776,7 +788,7 @@ fn rows_times_matrix(a: &[f64], b: &[f64], rows: usize, k: usize, n: usize, tb: 
     };
     o.par_chunks_mut(per * n).enumerate().for_each(|(c, op)| {
         let r = op.len() / n;
-        packed.gemm(r, &a[c * per * k..], k, op, n, false);
+        T::gemm_packed(&packed, r, &a[c * per * k..], k, op, n, false);
     });
     o
 }
