@@ -586,6 +586,27 @@ fn compile_writes_an_hlo_and_refuses_what_it_cannot_lower() {
         &["compile", dpa2.to_str().unwrap(), "-o", o, "--compress"],
         "compression of DPA-2 descriptors is not implemented",
     );
+    // DPA-1 in concat mode: DeePMD-kit's `dp compress` refuses it too, and the error says so.
+    let dpa1 = fixtures().join("models/se_atten/model.dp");
+    fail(
+        &["compile", dpa1.to_str().unwrap(), "-o", o, "--compress"],
+        "which DeePMD-kit cannot compress either",
+    );
+    // Strip mode with attention: DeePMD-kit would tabulate only the type embedding.
+    let v2 = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/variants/se_atten_v2/model.dp");
+    fail(
+        &[
+            "compile",
+            v2.to_str().unwrap(),
+            "-o",
+            o,
+            "--compress",
+            "--min-nbor-dist",
+            "0.9",
+        ],
+        "only the strip type embedding",
+    );
     fail(&["compile", "builtin:water"], "nothing to do");
     // A device without a plugin, and a plugin that is not one.
     fail(
