@@ -64,11 +64,15 @@ pub fn geometry(
     let diff = match inp.rij {
         Some(rij) => g.cast(rij, dtype)?,
         None => {
-            let coord = g.cast(inp.coord, dtype)?;
+            // The pair vectors in the coordinates' own precision, rounded to `dtype` after
+            // the subtraction: rounding positions first would make a float32 model depend
+            // on where the system sits (1e-6 relative of a coordinate, not of a distance).
+            let coord = inp.coord;
             let neigh = g.gather(coord, safe)?; // [nloc, nnei, 3]
             let centre = g.slice(coord, 0, Dim::fixed(0), Dim::NLOC)?;
             let centre = g.reshape(centre, vec![Dim::NLOC, Dim::ONE, Dim::fixed(3)])?;
-            g.sub(neigh, centre)?
+            let diff = g.sub(neigh, centre)?;
+            g.cast(diff, dtype)?
         }
     };
     // Padding slots get a unit vector, so their length is 1 (DeePMD-kit adds 1 there) and no
