@@ -174,8 +174,8 @@ pub fn env_rr(
         davg: Arc::new(cast(stats.davg.clone(), dtype)),
         dstd: Arc::new(cast(stats.dstd.clone(), dtype)),
     };
-    let coord = g.cast(inp.coord, dtype)?;
-    g.push(Op::EnvMat(spec), &[coord, nlist, inp.atype_loc])
+    // Positions as given (float64): the op rounds pair vectors, not positions, to `dtype`.
+    g.push(Op::EnvMat(spec), &[inp.coord, nlist, inp.atype_loc])
 }
 
 /// `u^3 (-6u^2 + 15u - 10) + 1` with `u = (clip(r, rs, rc) - rs) / (rc - rs)`.

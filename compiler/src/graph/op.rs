@@ -474,16 +474,19 @@ impl Op {
                 }
                 Ok(args[0].clone())
             }
+            // The matrix in the statistics' type, from positions of any float type (pair
+            // vectors are taken in the positions' type and rounded after); the VJP returns
+            // the positions' cotangent in their type.
             Op::EnvMat(e) => {
                 env_input(e, args)?;
                 let s = vec![args[1].shape[0], args[1].shape[1], Dim::fixed(e.ncomp())];
-                Ok(TensorType::new(args[0].dtype, s))
+                Ok(TensorType::new(e.davg.dtype(), s))
             }
             Op::EnvMatVjp(e) => {
                 env_input(e, args)?;
                 let g = args[3];
                 let want = [args[1].shape[0], args[1].shape[1], Dim::fixed(e.ncomp())];
-                if g.dtype != args[0].dtype || g.shape != want {
+                if g.dtype != e.davg.dtype() || g.shape != want {
                     return Err(format!("env_mat_vjp cotangent {g}"));
                 }
                 Ok(args[0].clone())
@@ -611,8 +614,8 @@ fn env_input(e: &EnvSpec, args: &[&TensorType]) -> Result<(), String> {
         && e.davg.shape == e.dstd.shape
         && e.davg.shape[2] == ncomp
         && Dim::fixed(e.davg.shape[1]) == nlist.shape[1]
-        && e.davg.dtype() == coord.dtype
-        && e.dstd.dtype() == coord.dtype
+        && e.davg.dtype().is_float()
+        && e.dstd.dtype() == e.davg.dtype()
         && e.rcut > e.rcut_smth;
     if ok {
         Ok(())

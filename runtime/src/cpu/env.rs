@@ -2,7 +2,7 @@
 //! normalised smooth environment matrix for every (centre, neighbour slot) in one pass,
 //! instead of some thirty elementwise ops and their gradients over `[nloc, nnei, 4]`.
 
-use dpc_compiler::graph::{Data, EnvSpec, Tensor};
+use dpc_compiler::graph::{DType, Data, EnvSpec, Tensor};
 use rayon::prelude::*;
 
 use super::real::Real;
@@ -131,7 +131,7 @@ struct Pairs<T> {
 
 impl<T: Real> Pairs<T> {
     /// Atom `i`'s pairs from its row `nl` of the list; errors on an index past `nall`.
-    fn gather(&mut self, coord: &[T], i: usize, nl: &[i32], nall: usize) -> R<()> {
+    fn gather<C: Real>(&mut self, coord: &[C], i: usize, nl: &[i32], nall: usize) -> R<()> {
         // Indices checked first (the error names the first bad one), so the copy below
         // runs without a branch that can fail.
         if nl.iter().any(|&j| j >= 0 && j as usize >= nall) || 3 * i + 3 > coord.len() {
@@ -152,7 +152,9 @@ impl<T: Real> Pairs<T> {
             let (d, ok) = if j >= 0 {
                 let j = j as usize;
                 let xj = &coord[3 * j..3 * j + 3];
-                ([xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]], true)
+                // Subtracted in the positions' type, then rounded to the matrix's.
+                let r = |c: usize| T::from_f64((xj[c] - xi[c]).to_f64());
+                ([r(0), r(1), r(2)], true)
             } else {
                 ([T::ONE, T::default(), T::default()], false)
             };
@@ -226,9 +228,9 @@ type RowScratch<T> = (Pairs<T>, [Vec<T>; 4]);
 /// `f(pairs, consts, i, comp, row)` for each centre `i` and its `row` of `out` (`width`
 /// elements per centre), side by side on the pool: the centre's pairs gathered and its
 /// type's statistics and switch set up the same way for the forward pass and the VJP.
-fn each_centre<T: Real>(
+fn each_centre<T: Real, C: Real>(
     e: &EnvSpec,
-    x: &[T],
+    x: &[C],
     nlist: &[i32],
     types: &[i32],
     (nall, nnei): (usize, usize),
@@ -262,9 +264,9 @@ fn each_centre<T: Real>(
     )
 }
 
-fn forward_t<T: Real>(
+fn forward_t<T: Real, C: Real>(
     e: &EnvSpec,
-    x: &[T],
+    x: &[C],
     nlist: &[i32],
     types: &[i32],
     (nall, nloc, nnei): (usize, usize, usize),
@@ -350,18 +352,19 @@ fn vjp_row<T: Real>(p: &Pairs<T>, k: &RowConsts<T>, g: &[T], comp: &mut [Vec<T>;
 }
 }
 
-fn vjp_t<T: Real>(
+fn vjp_t<T: Real, C: Real>(
     e: &EnvSpec,
-    x: &[T],
+    x: &[C],
     nlist: &[i32],
     types: &[i32],
     g: &[T],
     (nall, nloc, nnei): (usize, usize, usize),
-) -> R<Vec<T>> {
+) -> R<Vec<C>> {
     let nc = e.ncomp();
-    // Each slot's cotangent of its pair vector, in parallel; summed onto atoms after.
+    // Each slot's cotangent of its pair vector, in parallel; summed onto atoms after, in
+    // the positions' type.
     let mut gd = vec![T::default(); nloc * nnei * 3];
-    let mut dx = vec![T::default(); nall * 3];
+    let mut dx = vec![C::default(); nall * 3];
     each_centre(
         e,
         x,
@@ -379,7 +382,7 @@ fn vjp_t<T: Real>(
             }
             let j = j as usize;
             for c in 0..3 {
-                let v = gd[(i * nnei + k) * 3 + c];
+                let v = C::from_f64(gd[(i * nnei + k) * 3 + c].to_f64());
                 dx[3 * j + c] = dx[3 * j + c] + v;
                 dx[3 * i + c] = dx[3 * i + c] - v;
             }
@@ -408,9 +411,10 @@ fn stats<T: Real>(e: &EnvSpec) -> R<(&[T], &[T])> {
 pub fn env_mat(e: &EnvSpec, coord: &Tensor, nlist: &Tensor, types: &Tensor) -> R<Tensor> {
     let dims = dims(coord, nlist, types, e)?;
     let (nl, ty) = (ints(nlist)?, ints(types)?);
-    let data = match &coord.data {
-        Data::F64(x) => f64::wrap(forward_t(e, x, nl, ty, dims)?),
-        Data::F32(x) => f32::wrap(forward_t(e, x, nl, ty, dims)?),
+    let data = match (&coord.data, e.davg.dtype()) {
+        (Data::F64(x), DType::F64) => f64::wrap(forward_t::<f64, f64>(e, x, nl, ty, dims)?),
+        (Data::F64(x), DType::F32) => f32::wrap(forward_t::<f32, f64>(e, x, nl, ty, dims)?),
+        (Data::F32(x), DType::F32) => f32::wrap(forward_t::<f32, f32>(e, x, nl, ty, dims)?),
         _ => return Err(ExecError::Type("env_mat of non-float coordinates".into())),
     };
     Ok(Tensor {
@@ -437,6 +441,7 @@ pub fn env_mat_vjp(
     let (nl, ty) = (ints(nlist)?, ints(types)?);
     let data = match (&coord.data, &g.data) {
         (Data::F64(x), Data::F64(gv)) => f64::wrap(vjp_t(e, x, nl, ty, gv, dims)?),
+        (Data::F64(x), Data::F32(gv)) => f64::wrap(vjp_t(e, x, nl, ty, gv, dims)?),
         (Data::F32(x), Data::F32(gv)) => f32::wrap(vjp_t(e, x, nl, ty, gv, dims)?),
         _ => return Err(ExecError::Type("env_mat_vjp dtypes".into())),
     };
