@@ -124,7 +124,9 @@ pub enum Op {
     EmbedContractVjp(Embed),
     /// `(coord [nall, 3], nlist i32 [nloc, nnei], types i32 [nloc]) -> [nloc, nnei, ncomp]`:
     /// DeePMD-kit's normalised smooth environment matrix in one pass (padding slots hold
-    /// `-davg/dstd`).
+    /// `-davg/dstd`), in the statistics' type; pair vectors are taken in the positions'
+    /// type (float64) and rounded after, so a float32 matrix does not depend on where the
+    /// system sits.
     EnvMat(EnvSpec),
     /// `(coord, nlist, types, g [nloc, nnei, ncomp]) -> [nall, 3]`: the VJP of `EnvMat` with
     /// respect to `coord`.
