@@ -633,7 +633,7 @@ fn apply<T: FuseReal>(op: &Elem, x: &[T], y: Option<&[T]>, o: &mut [T]) {
 }
 
 /// A constant matrix packed for the fused products, in the cluster's type.
-pub(super) enum Packed {
+enum Packed {
     F64(PackedB),
     F32(PackedB32),
 }

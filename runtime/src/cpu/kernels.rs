@@ -767,7 +767,7 @@ fn rows_of<T: Real, const N: usize>(
 pub(crate) const ROWS_MATMUL_MAX_K: usize = 256;
 
 /// `a [rows, k] @ b` with `b` (`[k, n]`, or `[n, k]` transposed when `tb`) packed once
-/// (`gemm::PackedB`), rows split over the thread pool.
+/// (`gemm::PackedB`, or `PackedB32` in float32), rows split over the thread pool.
 fn rows_times_matrix<T: super::real::Real>(
     a: &[T],
     b: &[T],
