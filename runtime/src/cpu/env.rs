@@ -415,7 +415,12 @@ pub fn env_mat(e: &EnvSpec, coord: &Tensor, nlist: &Tensor, types: &Tensor) -> R
         (Data::F64(x), DType::F64) => f64::wrap(forward_t::<f64, f64>(e, x, nl, ty, dims)?),
         (Data::F64(x), DType::F32) => f32::wrap(forward_t::<f32, f64>(e, x, nl, ty, dims)?),
         (Data::F32(x), DType::F32) => f32::wrap(forward_t::<f32, f32>(e, x, nl, ty, dims)?),
-        _ => return Err(ExecError::Type("env_mat of non-float coordinates".into())),
+        (_, st) => {
+            return Err(ExecError::Type(format!(
+                "env_mat of {:?} positions with {st:?} statistics",
+                coord.dtype()
+            )))
+        }
     };
     Ok(Tensor {
         shape: vec![dims.1, dims.2, e.ncomp()],

@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use super::fastmath as fm;
 use super::gemm::{PackedB, PackedB32};
 use super::kernels::{
-    adjacent_axes, bcast_strides, broadcast_shape, silut_consts, strides, ROWS_MATMUL_MAX_K,
+    adjacent_axes, bcast_strides, broadcast_shape, run32, run32_vjp, silut_consts, strides,
+    unary_fn, ROWS_MATMUL_MAX_K,
 };
 use super::real::Real;
 use super::ExecError;
@@ -656,16 +657,10 @@ impl FuseReal for f64 {
         }
     }
     fn unary(u: Unary, x: &[f64], o: &mut [f64]) {
-        let f: fn(f64) -> f64 = match u {
-            Unary::Tanh => return fm::map_into(x, o, fm::tanh),
-            Unary::Neg => |x| -x,
-            Unary::Exp => f64::exp,
-            Unary::Log => f64::ln,
-            Unary::Sqrt => f64::sqrt,
-            Unary::Recip => |x| 1.0 / x,
-            Unary::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
-            Unary::Floor | Unary::Not => unreachable!("not fused"),
-        };
+        if u == Unary::Tanh {
+            return fm::map_into(x, o, fm::tanh);
+        }
+        let f = unary_fn::<f64>(u);
         o.iter_mut().zip(x).for_each(|(v, &p)| *v = f(p));
     }
     fn act(f: ActFn, x: &[f64], o: &mut [f64]) {
@@ -688,8 +683,8 @@ impl FuseReal for f64 {
     }
 }
 
-/// float32: libm's float32 functions for the unary ops, and the activations through
-/// float64 rounded once, as the float32 kernels compute them.
+/// float32: the float32 kernels' own functions (libm's float32 ones for the unary ops, the
+/// activations through float64 rounded once).
 impl FuseReal for f32 {
     fn packed(p: &Packed) -> Option<&PackedB32> {
         match p {
@@ -698,30 +693,14 @@ impl FuseReal for f32 {
         }
     }
     fn unary(u: Unary, x: &[f32], o: &mut [f32]) {
-        let f: fn(f32) -> f32 = match u {
-            Unary::Tanh => f32::tanh,
-            Unary::Neg => |x| -x,
-            Unary::Exp => f32::exp,
-            Unary::Log => f32::ln,
-            Unary::Sqrt => f32::sqrt,
-            Unary::Recip => |x| 1.0 / x,
-            Unary::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
-            Unary::Floor | Unary::Not => unreachable!("not fused"),
-        };
+        let f = unary_fn::<f32>(u);
         o.iter_mut().zip(x).for_each(|(v, &p)| *v = f(p));
     }
     fn act(f: ActFn, x: &[f32], o: &mut [f32]) {
-        let w: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-        let mut r = vec![0.0; w.len()];
-        f64::act(f, &w, &mut r);
-        o.iter_mut().zip(&r).for_each(|(v, &p)| *v = p as f32);
+        o.copy_from_slice(&run32(f, x));
     }
     fn act_vjp(f: ActFn, x: &[f32], g: &[f32], o: &mut [f32]) {
-        let w: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-        let gw: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
-        let mut r = vec![0.0; w.len()];
-        f64::act_vjp(f, &w, &gw, &mut r);
-        o.iter_mut().zip(&r).for_each(|(v, &p)| *v = p as f32);
+        o.copy_from_slice(&run32_vjp(f, x, g));
     }
 }
 

@@ -260,41 +260,43 @@ macro_rules! packed_gemm {
                     let kc = KC.min(k - k0);
                     let add = accumulate || k0 > 0;
                     for j0 in (0..panels).step_by(block) {
-                    let mut i = 0;
-                    while i < m {
-                        let rows = MR512.min(m - i);
-                        let (ap, rs, ps) = if aliased {
-                            for r in 0..rows {
-                                let src = &a[(i + r) * lda + k0..(i + r) * lda + k0 + kc];
-                                for (p, &v) in src.iter().enumerate() {
-                                    *pa.get_unchecked_mut(p * rows + r) = v;
+                        let mut i = 0;
+                        while i < m {
+                            let rows = MR512.min(m - i);
+                            // An aliased `A` is copied again for each block of panels: a
+                            // copy per `8 x block` FMAs of the block's panels.
+                            let (ap, rs, ps) = if aliased {
+                                for r in 0..rows {
+                                    let src = &a[(i + r) * lda + k0..(i + r) * lda + k0 + kc];
+                                    for (p, &v) in src.iter().enumerate() {
+                                        *pa.get_unchecked_mut(p * rows + r) = v;
+                                    }
+                                }
+                                (pa.as_ptr(), 1, rows)
+                            } else {
+                                (a.as_ptr().add(i * lda + k0), lda, 1)
+                            };
+                            for j in j0..panels.min(j0 + block) {
+                                let b = self.data.as_ptr().add((j * k + k0) * $nr);
+                                let cols = $nr.min(n - j * $nr);
+                                let cp = c.add(i * ldc + j * $nr);
+                                // A last panel of at most half a register's columns runs
+                                // 256 bits wide: on Zen 4 two of those FMAs issue per cycle
+                                // against one 512-bit one, so its zero padding costs half.
+                                macro_rules! go {
+                                    ($k:ident, $p:literal) => {
+                                        rows_dispatch!($k, rows, $p, (kc, ap, rs, ps, b, cp, ldc, cols, add))
+                                    };
+                                }
+                                match (aliased, cols <= $half) {
+                                    (true, true) => go!($kernel_half, true),
+                                    (true, false) => go!($kernel512, true),
+                                    (false, true) => go!($kernel_half, false),
+                                    (false, false) => go!($kernel512, false),
                                 }
                             }
-                            (pa.as_ptr(), 1, rows)
-                        } else {
-                            (a.as_ptr().add(i * lda + k0), lda, 1)
-                        };
-                        for j in j0..panels.min(j0 + block) {
-                            let b = self.data.as_ptr().add((j * k + k0) * $nr);
-                            let cols = $nr.min(n - j * $nr);
-                            let cp = c.add(i * ldc + j * $nr);
-                            // A last panel of at most half a register's columns runs
-                            // 256 bits wide: on Zen 4 two of those FMAs issue per cycle
-                            // against one 512-bit one, so its zero padding costs half.
-                            macro_rules! go {
-                                ($k:ident, $p:literal) => {
-                                    rows_dispatch!($k, rows, $p, (kc, ap, rs, ps, b, cp, ldc, cols, add))
-                                };
-                            }
-                            match (aliased, cols <= $half) {
-                                (true, true) => go!($kernel_half, true),
-                                (true, false) => go!($kernel512, true),
-                                (false, true) => go!($kernel_half, false),
-                                (false, false) => go!($kernel512, false),
-                            }
+                            i += rows;
                         }
-                        i += rows;
-                    }
                     }
                 }
             }

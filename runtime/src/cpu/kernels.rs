@@ -166,8 +166,10 @@ macro_rules! impl_float {
 impl_float!(f32);
 impl_float!(f64);
 
-fn unary_f<T: Float>(u: Unary, x: &[T]) -> Vec<T> {
-    let f: fn(T) -> T = match u {
+/// The scalar function of a float unary op (libm's; float64 `tanh` over slices has its own
+/// vectorized kernel). The fused loop (`fuse.rs`) applies the same functions.
+pub(super) fn unary_fn<T: Float>(u: Unary) -> fn(T) -> T {
+    match u {
         Unary::Neg => |x| -x,
         Unary::Exp => |x| x.exp(),
         Unary::Log => |x| x.ln(),
@@ -177,7 +179,11 @@ fn unary_f<T: Float>(u: Unary, x: &[T]) -> Vec<T> {
         Unary::Sigmoid => |x| T::one() / (T::one() + (-x).exp()),
         Unary::Floor => |x| x.floor(),
         Unary::Not => unreachable!("not is boolean"),
-    };
+    }
+}
+
+fn unary_f<T: Float>(u: Unary, x: &[T]) -> Vec<T> {
+    let f = unary_fn::<T>(u);
     fill_par(x.len(), 1, |st, o| {
         let len = o.len();
         for (v, &a) in o.iter_mut().zip(&x[st..st + len]) {
@@ -1705,7 +1711,7 @@ pub fn act_vjp(f: ActFn, x: &Tensor, g: &Tensor) -> R<Tensor> {
 
 /// The float32 forms, through float64 (f32 has no `From<f64>`); as exact as the elementary
 /// form, whose float32 constants are rounded the same way.
-fn run32(f: ActFn, v: &[f32]) -> Vec<f32> {
+pub(super) fn run32(f: ActFn, v: &[f32]) -> Vec<f32> {
     let w: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
     let t = Tensor::f64(vec![w.len()], w);
     match act(f, &t).map(|t| t.data) {
@@ -1714,7 +1720,7 @@ fn run32(f: ActFn, v: &[f32]) -> Vec<f32> {
     }
 }
 
-fn run32_vjp(f: ActFn, v: &[f32], g: &[f32]) -> Vec<f32> {
+pub(super) fn run32_vjp(f: ActFn, v: &[f32], g: &[f32]) -> Vec<f32> {
     let t = Tensor::f64(vec![v.len()], v.iter().map(|&x| f64::from(x)).collect());
     let u = Tensor::f64(vec![g.len()], g.iter().map(|&x| f64::from(x)).collect());
     match act_vjp(f, &t, &u).map(|t| t.data) {
