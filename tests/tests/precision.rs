@@ -8,15 +8,20 @@ use dpc_compiler::build::BuildOptions;
 use dpc_compiler::graph::DType;
 use dpc_runtime::{DeepPot, Frame};
 
-#[test]
-fn float32_networks_stay_within_float32_error_of_deepmd_kit() {
+/// The model at `path` with `--precision float32`.
+fn float32(path: &std::path::Path) -> DeepPot {
     let opts = BuildOptions {
         precision: Some(DType::F32),
         ..BuildOptions::default()
     };
+    DeepPot::from_tree_opts(dpc_formats::read_model(path).unwrap(), opts).unwrap()
+}
+
+#[test]
+fn float32_networks_stay_within_float32_error_of_deepmd_kit() {
     for name in ["se_e2_a", "se_e2_a_tos", "se_e2_r", "se_e3"] {
         let path = common::fixtures().join(format!("models/{name}/model.dp"));
-        let pot = DeepPot::from_tree_opts(dpc_formats::read_model(&path).unwrap(), opts).unwrap();
+        let pot = float32(&path);
         let graph = pot.executor(false).unwrap().graph();
         assert!(
             graph.nodes.iter().any(|n| n.ty.dtype == DType::F32),
@@ -96,10 +101,6 @@ fn twin_configs(name: &str) -> Vec<TwinConfig> {
 /// (a float32 model file) gives the same numbers as converting at compile time.
 #[test]
 fn float32_attention_descriptors_match_deepmd_kits_float32_twins() {
-    let opts = BuildOptions {
-        precision: Some(DType::F32),
-        ..BuildOptions::default()
-    };
     for name in ["se_atten", "dpa2", "dpa3", "se_e3_tebd_strip"] {
         let variant = common::local_fixtures().join(format!("variants/{name}/model.dp"));
         let path = if variant.exists() {
@@ -107,7 +108,7 @@ fn float32_attention_descriptors_match_deepmd_kits_float32_twins() {
         } else {
             common::fixtures().join(format!("models/{name}/model.dp"))
         };
-        let pot = DeepPot::from_tree_opts(dpc_formats::read_model(&path).unwrap(), opts).unwrap();
+        let pot = float32(&path);
         let graph = pot.executor(false).unwrap().graph();
         assert!(
             graph.nodes.iter().any(|n| n.ty.dtype == DType::F32),
@@ -173,13 +174,9 @@ fn float32_attention_descriptors_match_deepmd_kits_float32_twins() {
 /// the last bits of float64, 3e-8 eV/atom on a 4-atom cell).
 #[test]
 fn float32_models_do_not_depend_on_where_the_system_sits() {
-    let opts = BuildOptions {
-        precision: Some(DType::F32),
-        ..BuildOptions::default()
-    };
     for name in ["se_atten", "dpa3", "se_e2_a", "se_e3"] {
         let path = common::fixtures().join(format!("models/{name}/model.dp"));
-        let pot = DeepPot::from_tree_opts(dpc_formats::read_model(&path).unwrap(), opts).unwrap();
+        let pot = float32(&path);
         for c in common::reference(name) {
             let Some(cell) = c.cell.as_deref() else {
                 continue;
