@@ -16,12 +16,10 @@
 //! Rows with the same input as the row before (the padding slots past an atom's last
 //! neighbour, all holding the normalized zero) share one network evaluation.
 
-use std::mem::MaybeUninit;
-
-use dpc_compiler::graph::table::Scalar;
-use dpc_compiler::graph::{Data, Embed, Knots, Mlp, Tensor};
+use dpc_compiler::graph::{Data, Embed, Mlp, Tensor};
 use rayon::prelude::*;
 
+use super::embed_table::{self, Table};
 use super::net::{forward, forward_tangent, layers, sized, Layer, Packs};
 use super::real::Real;
 use super::reduce::dot;
@@ -42,27 +40,13 @@ const KEEP_LIMIT_BYTES: usize = 512 << 20;
 
 /// Whether an op of `rows` rows of width `m` is evaluated whole (`KEEP_LIMIT_BYTES`, or
 /// `limit` in tests).
-fn whole_op<T>(src: &Source<'_, T>, rows: usize, m: usize, limit: usize) -> bool
-where
-    T: Real,
-{
-    matches!(src, Source::Net(_))
-        && (rows * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= limit
+fn whole_op<T>(rows: usize, m: usize, limit: usize) -> bool {
+    (rows * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= limit
 }
 
-/// Where a block's embedding `G` comes from: the network, or its compression table.
-enum Source<'a, T: Real> {
-    Net(Vec<Layer<'a, T>>),
-    Table(TableRef<'a, T>),
-}
-
-struct TableRef<'a, T> {
-    knots: Knots,
-    m: usize,
-    /// `[intervals, 6, m]`.
-    coef: &'a [T],
-    /// For inputs off the table.
-    exact: Scalar,
+/// The embedding network (an embedding with a compression table goes to `embed_table`).
+struct Source<'a, T: Real> {
+    layers: Vec<Layer<'a, T>>,
 }
 
 impl<'a, T: Real> Source<'a, T> {
@@ -73,131 +57,38 @@ impl<'a, T: Real> Source<'a, T> {
                 e.net.n_in()
             )));
         }
-        match &e.table {
-            None => Ok(Source::Net(layers(&e.net, false, packs)?)),
-            Some(t) => {
-                let coef = T::slice(&t.coef.data)
-                    .ok_or_else(|| ExecError::Type("compression table of another dtype".into()))?;
-                if coef.len() != t.knots.intervals() * 6 * t.m || t.m != e.net.n_out() {
-                    return Err(ExecError::Shape("compression table size".into()));
-                }
-                Ok(Source::Table(TableRef {
-                    knots: t.knots,
-                    m: t.m,
-                    coef,
-                    exact: Scalar::new(&e.net),
-                }))
-            }
-        }
+        Ok(Source {
+            layers: layers(&e.net, false, packs)?,
+        })
     }
 
     /// Hidden-layer buffers a block needs.
     fn depth(&self) -> usize {
-        match self {
-            Source::Net(l) => l.len(),
-            Source::Table(_) => 1,
-        }
+        self.layers.len()
     }
 
     /// `out` set to `G [rows, m]` of the inputs `x [rows]`, and with `tangent` to
     /// `[G; dG/dx]` (`[2 rows, m]`).
     fn eval(&self, x: &[T], tangent: bool, h: &mut [Vec<T>], out: &mut Vec<T>) {
-        let rows = x.len();
-        let len = if tangent { 2 } else { 1 } * rows * self.width();
-        match self {
-            Source::Net(layers) if tangent => {
-                // Written whole by the network's last GEMM, so not zeroed first.
-                out.clear();
-                out.reserve(len);
-                forward_tangent(layers, x, h, &mut out.spare_capacity_mut()[..len]);
-                // SAFETY: `forward_tangent` wrote all `len` elements.
-                unsafe { out.set_len(len) };
-            }
-            Source::Net(layers) => {
-                forward(layers, x, h, None);
-                sized(out, len).copy_from_slice(&h[layers.len() - 1][..len]);
-            }
-            Source::Table(t) => {
-                // Every element is written by `table_eval`, so not zeroed first.
-                out.clear();
-                out.reserve(len);
-                let (g, dg) = out.spare_capacity_mut()[..len].split_at_mut(rows * t.m);
-                table_eval(t, x, g, tangent.then_some(&mut dg[..]));
-                // SAFETY: `table_eval` wrote all `len` elements.
-                unsafe { out.set_len(len) };
-            }
+        let layers = &self.layers;
+        let len = if tangent { 2 } else { 1 } * x.len() * self.width();
+        if tangent {
+            // Written whole by the network's last GEMM, so not zeroed first.
+            out.clear();
+            out.reserve(len);
+            forward_tangent(layers, x, h, &mut out.spare_capacity_mut()[..len]);
+            // SAFETY: `forward_tangent` wrote all `len` elements.
+            unsafe { out.set_len(len) };
+        } else {
+            forward(layers, x, h, None);
+            sized(out, len).copy_from_slice(&h[layers.len() - 1][..len]);
         }
     }
 
     /// The width `m` of `G`.
     fn width(&self) -> usize {
-        match self {
-            Source::Net(l) => l[l.len() - 1].n_out,
-            Source::Table(t) => t.m,
-        }
+        self.layers[self.layers.len() - 1].n_out
     }
-}
-
-simd_fn! {
-/// The table's `G` (and `dG/dx`) for inputs `x`, into `g` (and `dg`), every element
-/// written (so the caller need not zero them first); inputs off the table go through the
-/// network.
-fn table_eval<T: Real>(
-    t: &TableRef<T>,
-    x: &[T],
-    g: &mut [MaybeUninit<T>],
-    dg: Option<&mut [MaybeUninit<T>]>,
-) {
-    let mut dg = dg;
-    let m = t.m;
-    let (two, three, four, five) = (
-        T::from_f64(2.0),
-        T::from_f64(3.0),
-        T::from_f64(4.0),
-        T::from_f64(5.0),
-    );
-    for (r, &xv) in x.iter().enumerate() {
-        let Some((k, dx)) = t.knots.locate(xv.to_f64()) else {
-            if std::env::var("DPC_DEBUG_TABLE").is_ok() {
-                eprintln!(
-                    "off table {} [{}, {})",
-                    xv.to_f64(),
-                    t.knots.lower,
-                    t.knots.max()
-                );
-            }
-            let (y, d, _) = t.exact.eval(xv.to_f64());
-            for (o, v) in g[r * m..(r + 1) * m].iter_mut().zip(&y) {
-                o.write(T::from_f64(*v));
-            }
-            if let Some(dgr) = dg.as_deref_mut() {
-                for (o, v) in dgr[r * m..(r + 1) * m].iter_mut().zip(&d) {
-                    o.write(T::from_f64(*v));
-                }
-            }
-            continue;
-        };
-        let dx = T::from_f64(dx);
-        let c = &t.coef[k * 6 * m..(k + 1) * 6 * m];
-        let (c0, c) = c.split_at(m);
-        let (c1, c) = c.split_at(m);
-        let (c2, c) = c.split_at(m);
-        let (c3, c) = c.split_at(m);
-        let (c4, c5) = c.split_at(m);
-        for (o, gv) in g[r * m..(r + 1) * m].iter_mut().enumerate() {
-            gv.write(c0[o] + dx * (c1[o] + dx * (c2[o] + dx * (c3[o] + dx * (c4[o] + dx * c5[o])))));
-        }
-        if let Some(dgr) = dg.as_deref_mut() {
-            for (o, dv) in dgr[r * m..(r + 1) * m].iter_mut().enumerate() {
-                dv.write(
-                    c1[o]
-                        + dx * (two * c2[o]
-                            + dx * (three * c3[o] + dx * (four * c4[o] + dx * five * c5[o]))),
-                );
-            }
-        }
-    }
-}
 }
 
 /// The op's `(n, s, c)`, checked (`c` 1 for a contraction with ones), and where its rows
@@ -714,9 +605,10 @@ impl<T: Real> Scratch<T> {
 /// evaluated whole, `whole_op`). Rows are read and written in place, by atom.
 ///
 /// A network is evaluated once per distinct input of the whole op (`op_inputs`), then
-/// contracted block by block. A table is cheap to evaluate and its `G` would go to memory
-/// for nothing, so each block evaluates its own rows in cache, and the VJP does again;
-/// so does a network whose op is too large to evaluate whole.
+/// contracted block by block; a network whose op is too large to evaluate whole is
+/// evaluated by each block of atoms for its own rows, in cache, and again by the VJP. A
+/// table is cheap to evaluate and its `G` would go to memory for nothing: `embed_table`
+/// contracts as it evaluates, and the VJP evaluates again.
 #[allow(clippy::too_many_arguments)]
 fn contract_t<T: Real>(
     e: &Embed,
@@ -728,16 +620,22 @@ fn contract_t<T: Real>(
     packs: &Packs,
     limit: usize,
 ) -> R<(Vec<T>, Option<KeptRows<T>>)> {
-    let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
     let mut out = vec![T::default(); n * m * c];
+    let row = |a: usize| win.rows(rr, a, s, c);
+    if let Some(t) = Table::<T>::of(e)? {
+        if s > 0 {
+            embed_table::contract(&t, row, atoms, (s, c), e.ones, &mut out);
+        }
+        return Ok((out, None));
+    }
+    let src = Source::<T>::new(e, packs)?;
     if atoms.is_empty() || s == 0 {
         return Ok((out, None));
     }
-    let row = |a: usize| win.rows(rr, a, s, c);
     let nb = block_atoms(s);
     let mut kept = None;
-    let parts: Vec<Vec<T>> = if whole_op(&src, atoms.len() * s, m, limit) {
+    let parts: Vec<Vec<T>> = if whole_op::<T>(atoms.len() * s, m, limit) {
         let (x, uid) = op_inputs(atoms.iter().map(|&a| row(a)), c, atoms.len() * s)?;
         let blocks = evaluate(&src, &x, keep);
         let g = GRows::new(&blocks, m, BLOCK_SHIFT, keep);
@@ -791,13 +689,18 @@ fn contract_vjp_t<T: Real>(
     packs: &Packs,
     limit: usize,
 ) -> R<Vec<T>> {
-    let src = Source::<T>::new(e, packs)?;
     let m = e.net.n_out();
     let mut d_rr = vec![T::default(); n * s * c];
     if atoms.is_empty() || s == 0 {
         return Ok(d_rr);
     }
     let row = |a: usize| win.rows(rr, a, s, c);
+    if let Some(t) = Table::<T>::of(e)? {
+        let work = rows_by_block(d_rr.as_mut_slice(), atoms, t.group_atoms(s, c), s * c);
+        embed_table::contract_vjp(&t, row, gy, work, (s, c), e.ones);
+        return Ok(d_rr);
+    }
+    let src = Source::<T>::new(e, packs)?;
     if let Some(k) = kept {
         if k.uid.len() != atoms.len() * s {
             return Err(ExecError::Shape(format!(
@@ -807,8 +710,8 @@ fn contract_vjp_t<T: Real>(
             )));
         }
     }
-    // A table (or an op too large to evaluate whole) block by block, in cache.
-    if kept.is_none() && !whole_op(&src, atoms.len() * s, m, limit) {
+    // An op too large to evaluate whole, block by block in cache.
+    if kept.is_none() && !whole_op::<T>(atoms.len() * s, m, limit) {
         local_vjp(e, &src, (rr, gy), &mut d_rr, atoms, (m, s, c), win);
         return Ok(d_rr);
     }
@@ -863,7 +766,7 @@ fn rows_by_block<'a, T>(
         .collect()
 }
 
-/// `contract_vjp_t` for a table, or an op too large to evaluate whole: each block of atoms
+/// `contract_vjp_t` for an op too large to evaluate whole: each block of atoms
 /// evaluates its rows' `G` and `dG/dx` in cache and contracts them by atom.
 fn local_vjp<T: Real>(
     e: &Embed,
@@ -1278,5 +1181,49 @@ mod tests {
             ..embed(None)
         };
         assert!(embed_contract(&e, &rr, None, None, false, &Packs::default()).is_err());
+    }
+
+    #[test]
+    fn a_table_contracts_and_differentiates_as_its_network_does() {
+        // Inputs in [-1, 1]; the table covers [-0.6, 0.7), so some rows go through the
+        // network, and 40 atoms of 300 slots make several groups. With channels and with
+        // the sum over neighbours (one channel of ones), a centre type or none: the table's
+        // numbers are the network's to within its error (float32 tables: tests/compress.rs).
+        use dpc_compiler::graph::table::Table as NetTable;
+        use dpc_compiler::graph::Knots;
+        let (n, s) = (40, 300);
+        for (c, ones) in [(4, false), (1, true), (3, false)] {
+            let (rr, gy, types) = inputs(n, s, c);
+            for ct in [None, Some(1)] {
+                let net = Embed { ones, ..embed(ct) };
+                let knots = Knots::cover(-0.6, 0.5, 0.7, 0.002, 0.01);
+                let table = NetTable::build(&net.net, knots).unwrap();
+                assert!(table.max_err < 1e-12 && table.max_err_deriv < 1e-10);
+                let tab = Embed {
+                    table: Some(Arc::new(table)),
+                    ..net.clone()
+                };
+                let np = Packs::default();
+                let close = |a: &Tensor, b: &Tensor, tol: f64, what: &str| {
+                    let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                    assert_eq!(a.len(), b.len());
+                    let worst = a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0, f64::max);
+                    assert!(worst < tol, "c {c}, type {ct:?}, {what}: off by {worst}");
+                    assert!(a.iter().any(|v| *v != 0.0), "{what} all zero");
+                };
+                let t = Some(&types);
+                let (want, _) = embed_contract(&net, &rr, None, t, false, &np).unwrap();
+                let (got, kept) = embed_contract(&tab, &rr, None, t, true, &np).unwrap();
+                assert!(kept.is_none(), "a table keeps nothing");
+                close(&got, &want, 1e-9, "forward");
+                let want_d = embed_contract_vjp(&net, &rr, None, &gy, t, None, &np).unwrap();
+                let got_d = embed_contract_vjp(&tab, &rr, None, &gy, t, None, &np).unwrap();
+                close(&got_d, &want_d, 1e-8, "vjp");
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@ mod attention;
 mod axis_product;
 mod dense;
 mod embed;
+mod embed_table;
 mod env;
 pub mod fastmath;
 mod fuse;

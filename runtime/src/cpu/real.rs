@@ -22,6 +22,8 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
+    /// `self * a + b`, rounded once (an FMA instruction where the code is compiled for one).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// `x <- e^x` (vectorized; underflow flushed to 0).
     fn exp_in_place(x: &mut [Self]);
     /// `C [m, n] = alpha A B + beta C` with every operand read through (row, column)
@@ -79,6 +81,10 @@ impl Real for f64 {
     }
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn mul_add(self, a: f64, b: f64) -> f64 {
+        f64::mul_add(self, a, b)
     }
     #[inline(always)]
     fn sqrt(self) -> f64 {
@@ -156,6 +162,10 @@ impl Real for f32 {
     }
     fn to_f64(self) -> f64 {
         self as f64
+    }
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32) -> f32 {
+        f32::mul_add(self, a, b)
     }
     #[inline(always)]
     fn sqrt(self) -> f32 {
