@@ -11,7 +11,8 @@
 //! contractions: `d_rr_j = gy^T G_j`, plus `rr_j^T gy^T dG/dx_j` on channel 0. When the
 //! executor pairs a forward op with its VJP, the forward op computes the tangents too and
 //! keeps `G` and `dG/dx` (`Kept`), and the VJP runs no network; otherwise the VJP
-//! evaluates them itself. A compression table gives `G` and `dG/dx` the same way.
+//! evaluates them itself. An embedding with a compression table goes to `embed_table`,
+//! which evaluates the table as it contracts.
 //!
 //! Rows with the same input as the row before (the padding slots past an atom's last
 //! neighbour, all holding the normalized zero) share one network evaluation.
