@@ -398,7 +398,7 @@ fn parts<'a, T: Real>(
         )));
     }
     let one = |net| -> R<Layer<'a, T>> {
-        layers::<T>(net, backward, packs)?
+        layers::<T>(net, backward, packs, None)?
             .into_iter()
             .next()
             .ok_or_else(|| ExecError::Shape("attention projection without a layer".into()))
@@ -761,8 +761,8 @@ mod tests {
 
     fn packs(at: &Attention) -> Packs {
         let mut p = Packs::default();
-        p.add(&at.in_proj, true);
-        p.add(&at.out_proj, true);
+        p.add(&at.in_proj, true, None);
+        p.add(&at.out_proj, true, None);
         p
     }
 

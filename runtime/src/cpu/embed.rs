@@ -59,7 +59,7 @@ impl<'a, T: Real> Source<'a, T> {
             )));
         }
         Ok(Source {
-            layers: layers(&e.net, false, packs)?,
+            layers: layers(&e.net, false, packs, None)?,
         })
     }
 
@@ -987,7 +987,7 @@ mod tests {
             let mut np = Packs::default();
             if ct.is_some() {
                 // Packed once (the executor's way) or per call: the same numbers.
-                np.add(&e.net, false);
+                np.add(&e.net, false, None);
             }
             let (plain, none) = embed_contract(&e, &rr, None, Some(&types), false, &np).unwrap();
             let (out, kept) = embed_contract(&e, &rr, None, Some(&types), true, &np).unwrap();

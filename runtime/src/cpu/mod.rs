@@ -270,13 +270,16 @@ impl Executor {
         let mut packs = net::Packs::default();
         for (node, _) in graph.nodes.iter().zip(&needed).filter(|(_, &n)| n) {
             match &node.op {
-                Op::EmbedContract(e) | Op::EmbedContractVjp(e) => packs.add(&e.net, false),
-                Op::Dense(d) => d.nets.iter().for_each(|(_, n)| packs.add(n, d.grad)),
-                Op::DenseVjp(d) => d.nets.iter().for_each(|(_, n)| packs.add(n, !d.grad)),
+                Op::EmbedContract(e) | Op::EmbedContractVjp(e) => packs.add(&e.net, false, None),
+                Op::Dense(d) => {
+                    let fold = dense::fold_of(d);
+                    d.nets.iter().for_each(|(_, n)| packs.add(n, d.grad, fold))
+                }
+                Op::DenseVjp(d) => d.nets.iter().for_each(|(_, n)| packs.add(n, !d.grad, None)),
                 Op::Attention(a) | Op::AttentionVjp(a) => {
                     let backward = matches!(node.op, Op::AttentionVjp(_));
-                    packs.add(&a.in_proj, backward);
-                    packs.add(&a.out_proj, backward);
+                    packs.add(&a.in_proj, backward, None);
+                    packs.add(&a.out_proj, backward, None);
                 }
                 _ => {}
             }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use dpc_compiler::graph::{Act, Data, Mlp, Residual, Tensor};
 
+use super::axis_product::{fold_rows, folded_width};
 use super::real::Real;
 use super::ExecError;
 
@@ -28,23 +29,47 @@ pub struct Packs {
 }
 
 impl Packs {
-    /// Pack `net`'s GEMM layers, and with `backward` their transposes too.
-    pub fn add(&mut self, net: &Mlp, backward: bool) {
-        for l in net.layers.iter().filter(|l| l.n_in() > 1) {
+    /// Pack `net`'s GEMM layers, and with `backward` their transposes too; with `fold`, its
+    /// first layer for the folded input of an axis product (as `layers` takes it).
+    pub fn add(&mut self, net: &Mlp, backward: bool, fold: Option<(usize, usize)>) {
+        for (i, l) in net.layers.iter().enumerate().filter(|(_, l)| l.n_in() > 1) {
             let (k, n) = (l.n_in(), l.n_out());
+            let fold = fold.filter(|&(m, axis)| i == 0 && k == m * axis);
+            let id = fold.map_or(key(&l.w), |_| folded_key(&l.w));
             for t in [false, true].into_iter().filter(|&t| !t || backward) {
-                let key = (key(&l.w), t);
                 match &l.w.data {
                     Data::F64(w) => {
-                        self.f64.entry(key).or_insert_with(|| packed(w, k, n, t));
+                        self.f64
+                            .entry((id, t))
+                            .or_insert_with(|| pack_layer(w, (k, n), fold, t));
                     }
                     Data::F32(w) => {
-                        self.f32.entry(key).or_insert_with(|| packed(w, k, n, t));
+                        self.f32
+                            .entry((id, t))
+                            .or_insert_with(|| pack_layer(w, (k, n), fold, t));
                     }
                     _ => {}
                 }
             }
         }
+    }
+}
+
+/// A layer's weights `w [k, n]` packed (`packed`), folded first with `fold`.
+fn pack_layer<T: Real>(
+    w: &[T],
+    (k, n): (usize, usize),
+    fold: Option<(usize, usize)>,
+    transpose: bool,
+) -> T::Packed {
+    match fold {
+        Some((m, axis)) => packed(
+            &fold_rows(w, m, axis, n),
+            folded_width(m, axis),
+            n,
+            transpose,
+        ),
+        None => packed(w, k, n, transpose),
     }
 }
 
@@ -61,6 +86,12 @@ fn packed<T: Real>(w: &[T], k: usize, n: usize, transpose: bool) -> T::Packed {
 /// A weight tensor's identity: the graph holds it for the executor's lifetime.
 fn key(w: &Arc<Tensor>) -> usize {
     Arc::as_ptr(w) as usize
+}
+
+/// The key of a first layer's folded weights: the tensor's address (aligned, so its low bit
+/// is free) with the low bit set.
+fn folded_key(w: &Arc<Tensor>) -> usize {
+    key(w) | 1
 }
 
 /// A packed matrix from the executor's `Packs`, or packed for this call.
@@ -149,24 +180,30 @@ fn view<T: Real>(t: &Tensor) -> R<&[T]> {
 }
 
 /// The network's layers; `backward` packs `W^T` too (for a VJP). Packed matrices come from
-/// `packs` where it has them.
+/// `packs` where it has them. With `fold` (`(m, axis)`), the first layer takes the folded
+/// input of an axis product (`axis_product::fold_rows`): its `n_in` and packed matrices
+/// are the folded ones (its unpacked `w` stays the graph's, which no GEMM layer reads).
 pub(super) fn layers<'a, T: Real>(
     net: &'a Mlp,
     backward: bool,
     packs: &'a Packs,
+    fold: Option<(usize, usize)>,
 ) -> R<Vec<Layer<'a, T>>> {
     net.layers
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             let w = view(&l.w)?;
             let (k, n) = (l.n_in(), l.n_out());
+            let fold = fold.filter(|&(m, axis)| i == 0 && k == m * axis);
             let gemm = k > 1;
-            let pack = |t: bool| match T::cached(packs, (key(&l.w), t)) {
+            let id = fold.map_or(key(&l.w), |_| folded_key(&l.w));
+            let pack = |t: bool| match T::cached(packs, (id, t)) {
                 Some(p) => Pack::Cached(p),
-                None => Pack::Own(packed(w, k, n, t)),
+                None => Pack::Own(pack_layer(w, (k, n), fold, t)),
             };
             Ok(Layer {
-                n_in: k,
+                n_in: fold.map_or(k, |(m, axis)| folded_width(m, axis)),
                 n_out: n,
                 w,
                 fwd: gemm.then(|| pack(false)),
