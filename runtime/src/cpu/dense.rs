@@ -110,13 +110,17 @@ enum Input<'a, T> {
     },
 }
 
-/// `(m, axis)` of a `Dense` op whose network takes an axis product in its folded layout
-/// (`axis_product::foldable`), else `None`.
+/// `(m, axis)` of a `Dense` op whose networks take an axis product in its folded layout
+/// (`axis_product::foldable`, every network's first layer `m axis` wide), else `None`.
 pub(super) fn fold_of(e: &Dense) -> Option<(usize, usize)> {
     match e.input {
         DenseInput::AxisProduct { axis, channels } => {
             let m = e.x_width() / channels.max(1);
-            foldable(channels, axis, m).then_some((m, axis))
+            let fits = e
+                .nets
+                .iter()
+                .all(|(_, n)| n.layers.first().is_some_and(|l| l.n_in() == m * axis));
+            (fits && foldable(channels, axis, m)).then_some((m, axis))
         }
         DenseInput::Rows => None,
     }
@@ -691,7 +695,10 @@ mod tests {
         for i in 0..n {
             // Folded, the first layer sums the head's symmetric pairs in another order.
             let (a, b) = (yr[i * wr], yp[i * wp]);
-            assert!((a - b).abs() <= 1e-14 * (1.0 + a.abs()), "row {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-14 * (1.0 + a.abs()),
+                "row {i}: {a} vs {b}"
+            );
             let dd = &yr[i * wr + 1..(i + 1) * wr];
             let gi = &g[i * m * c..(i + 1) * m * c];
             for p in 0..m {

@@ -99,9 +99,9 @@ struct Scratch<T> {
     entries: Vec<Entry<T>>,
     sorted: Vec<Entry<T>>,
     counts: Vec<u32>,
-    /// The group's sums, `[atoms, c, m]`: `G^T rr` forward, `gy` transposed backward.
+    /// The group's sums `G^T rr`, `[atoms, c, m]` (forward).
     acc: Vec<T>,
-    /// `G`, `dG/dx` and the summed `rr` of one entry.
+    /// `G`, `dG/dx` and the summed `rr` (backward: the two projections) of one entry.
     g: Vec<T>,
     dg: Vec<T>,
     rs: Vec<T>,
