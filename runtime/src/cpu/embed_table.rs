@@ -11,7 +11,9 @@
 //!
 //! Consecutive slots of one atom with one input (the padding past its last neighbour) are
 //! one entry: forward their `rr` rows are summed first, backward they share `gy^T G` and
-//! `gy^T dG/dx`. Inputs off the table go through the network itself (`Scalar`).
+//! `gy^T dG/dx`. Inputs off the table go through the network itself (`Scalar`). The
+//! polynomials and sums use fused multiply-adds (`Real::mul_add`), as `fastmath` does, so
+//! every CPU gives the same bits.
 
 use dpc_compiler::graph::table::Scalar;
 use dpc_compiler::graph::{Embed, Knots};
@@ -197,7 +199,7 @@ fn exact<T: Real>(t: &Table<T>, x: T, g: &mut [T], dg: Option<&mut [T]>) {
 }
 
 simd_fn! {
-/// `acc [c, m] += rs ⊗ G` for the quintic with coefficients `cf` at `dx`, `C` channels.
+/// `acc [c, m] += rs ⊗ G` for the quintic with coefficients `cf` at `dx`, `c = rs.len()`.
 fn accumulate<T: Real>(cf: [&[T]; 6], dx: T, rs: &[T], acc: &mut [T], m: usize) {
     match rs.len() {
         4 => accumulate_c::<T, 4>(cf, dx, rs, acc, m),
