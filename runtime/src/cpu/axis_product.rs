@@ -22,6 +22,15 @@ pub(super) fn folded_width(m: usize, axis: usize) -> usize {
     m * axis - axis * (axis - 1) / 2
 }
 
+/// Numbers in a row's product, folded or not.
+pub(super) fn product_width(m: usize, axis: usize, fold: bool) -> usize {
+    if fold {
+        folded_width(m, axis)
+    } else {
+        m * axis
+    }
+}
+
 /// Entries of row `i` of the product that the folded layout keeps (`j <= i` in the head).
 #[inline(always)]
 fn kept(fold: bool, i: usize, axis: usize) -> usize {
@@ -90,8 +99,7 @@ fn product_rows_n<T: Real, const C: usize, const A: usize>(
     fold: bool,
     x0: &mut [T],
 ) {
-    let m = w / C;
-    let d = if fold { folded_width(m, A) } else { m * A };
+    let d = product_width(w / C, A, fold);
     for (g, dr) in src.chunks_exact(w).zip(x0.chunks_exact_mut(d)) {
         let mut gt = [[T::default(); A]; C];
         for (b, gb) in g.chunks_exact(C).take(A).enumerate() {
@@ -184,8 +192,7 @@ fn product_rows_vjp_n<T: Real, const C: usize, const A: usize>(
     fold: bool,
     dx: &mut [T],
 ) {
-    let m = w / C;
-    let d = if fold { folded_width(m, A) } else { m * A };
+    let d = product_width(w / C, A, fold);
     for ((g, ddr), dg) in src
         .chunks_exact(w)
         .zip(dd.chunks_exact(d))

@@ -8,7 +8,7 @@
 use dpc_compiler::graph::{Data, Dense, DenseInput, Mlp, RowNets, Tensor};
 use rayon::prelude::*;
 
-use super::axis_product::{foldable, folded_width, product_rows, product_rows_vjp};
+use super::axis_product::{foldable, product_rows, product_rows_vjp, product_width};
 use super::embed::row_types;
 use super::net::{acts_width, backward, forward, layers, sized, Layer, Packs, Scratch};
 use super::real::Real;
@@ -159,8 +159,7 @@ impl<'a, T: Real> Input<'a, T> {
             Input::Rows { d, .. } => d,
             Input::AxisProduct {
                 w, c, axis, fold, ..
-            } if fold => folded_width(w / c, axis),
-            Input::AxisProduct { w, c, axis, .. } => w / c * axis,
+            } => product_width(w / c, axis, fold),
         }
     }
 
