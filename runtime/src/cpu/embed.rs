@@ -50,14 +50,58 @@ struct Source<'a, T: Real> {
     layers: Vec<Layer<'a, T>>,
 }
 
+/// An embedding network takes one scalar per row (the table's too).
+pub(super) fn one_input(e: &Embed) -> R<()> {
+    if e.net.n_in() != 1 {
+        return Err(ExecError::Shape(format!(
+            "embed_contract of a network with {} inputs (want 1)",
+            e.net.n_in()
+        )));
+    }
+    Ok(())
+}
+
+/// `out_a [m, c]` from an atom's sums `acc [c, m]` (rows along `m`, so they vectorize).
+#[inline(always)]
+pub(super) fn store_transposed<T: Real>(acc: &[T], m: usize, c: usize, out_a: &mut [T]) {
+    for (ci, arow) in acc.chunks_exact(m).enumerate() {
+        for (mi, &v) in arow.iter().enumerate() {
+            out_a[mi * c + ci] = v;
+        }
+    }
+}
+
+/// A slot's cotangent from its input's projections `p = gy^T G` and `q = gy^T dG/dx`:
+/// `d_rr_j = p`, plus `rr_j . q` on channel 0 (through `G`'s input).
+#[inline(always)]
+pub(super) fn slot_cotangent<T: Real>(rj: &[T], p: &[T], q: &[T], dj: &mut [T]) {
+    dj.copy_from_slice(p);
+    let mut dx = T::default();
+    for (&rv, &qv) in rj.iter().zip(q) {
+        dx = dx + rv * qv;
+    }
+    dj[0] = dj[0] + dx;
+}
+
+/// Each atom's block of `w` numbers from the parts of `atoms` taken `nb` at a time, into
+/// its rows of `out`.
+pub(super) fn place_by_atom<T: Real>(
+    out: &mut [T],
+    atoms: &[usize],
+    nb: usize,
+    parts: Vec<Vec<T>>,
+    w: usize,
+) {
+    for (ids, o) in atoms.chunks(nb).zip(parts) {
+        for (&a, oa) in ids.iter().zip(o.chunks_exact(w)) {
+            out[a * w..(a + 1) * w].copy_from_slice(oa);
+        }
+    }
+}
+
 impl<'a, T: Real> Source<'a, T> {
     fn new(e: &'a Embed, packs: &'a Packs) -> R<Source<'a, T>> {
-        if e.net.n_in() != 1 {
-            return Err(ExecError::Shape(format!(
-                "embed_contract of a network with {} inputs (want 1)",
-                e.net.n_in()
-            )));
-        }
+        one_input(e)?;
         Ok(Source {
             layers: layers(&e.net, false, packs, None)?,
         })
@@ -342,11 +386,7 @@ fn contract_block<T: Real>(
                 }
             }
         }
-        for (ci, arow) in acc.chunks_exact(m).enumerate() {
-            for (mi, &v) in arow.iter().enumerate() {
-                oa[mi * c + ci] = v;
-            }
-        }
+        store_transposed(acc, m, c, oa);
     }
 }
 }
@@ -509,13 +549,7 @@ fn contract_vjp_block<T: Real>(
             }
         }
         for ((k, rj), dj) in runs(ia).zip(ra.chunks_exact(c)).zip(da.chunks_exact_mut(c)) {
-            let (pu, qu) = (&p[k * c..(k + 1) * c], &q[k * c..(k + 1) * c]);
-            dj.copy_from_slice(pu);
-            let mut dx = T::default();
-            for (&rv, &qv) in rj.iter().zip(qu) {
-                dx = dx + rv * qv;
-            }
-            dj[0] = dj[0] + dx;
+            slot_cotangent(rj, &p[k * c..(k + 1) * c], &q[k * c..(k + 1) * c], dj);
         }
     }
 }
@@ -669,11 +703,7 @@ fn contract_t<T: Real>(
             )
             .collect()
     };
-    for (ids, o) in atoms.chunks(nb).zip(parts) {
-        for (&a, oa) in ids.iter().zip(o.chunks_exact(m * c)) {
-            out[a * m * c..(a + 1) * m * c].copy_from_slice(oa);
-        }
-    }
+    place_by_atom(&mut out, atoms, nb, parts, m * c);
     Ok((out, kept))
 }
 

@@ -19,6 +19,7 @@ use dpc_compiler::graph::table::Scalar;
 use dpc_compiler::graph::{Embed, Knots};
 use rayon::prelude::*;
 
+use super::embed::{one_input, place_by_atom, slot_cotangent, store_transposed};
 use super::net::sized;
 use super::real::Real;
 use super::ExecError;
@@ -49,12 +50,7 @@ impl<'a, T: Real> Table<'a, T> {
         let Some(t) = &e.table else {
             return Ok(None);
         };
-        if e.net.n_in() != 1 {
-            return Err(ExecError::Shape(format!(
-                "embed_contract of a network with {} inputs (want 1)",
-                e.net.n_in()
-            )));
-        }
+        one_input(e)?;
         let coef = T::slice(&t.coef.data)
             .ok_or_else(|| ExecError::Type("compression table of another dtype".into()))?;
         if coef.len() != t.knots.intervals() * 6 * t.m || t.m != e.net.n_out() {
@@ -248,7 +244,8 @@ simd_fn! {
 /// `G` and `dG/dx` of the quintic with coefficients `cf` at `dx`.
 fn quintic_and_slope<T: Real>(cf: [&[T]; 6], dx: T, g: &mut [T], dg: &mut [T]) {
     let m = g.len();
-    let [c0, c1, c2, c3, c4, c5] = std::array::from_fn(|p| &cf[p][..m]);
+    let cf: [&[T]; 6] = std::array::from_fn(|p| &cf[p][..m]);
+    let [_, c1, c2, c3, c4, c5] = cf;
     let dg = &mut dg[..m];
     let (two, three, four, five) = (
         T::from_f64(2.0),
@@ -257,11 +254,7 @@ fn quintic_and_slope<T: Real>(cf: [&[T]; 6], dx: T, g: &mut [T], dg: &mut [T]) {
         T::from_f64(5.0),
     );
     for o in 0..m {
-        let v = dx.mul_add(c5[o], c4[o]);
-        let v = dx.mul_add(v, c3[o]);
-        let v = dx.mul_add(v, c2[o]);
-        let v = dx.mul_add(v, c1[o]);
-        g[o] = dx.mul_add(v, c0[o]);
+        g[o] = quintic(&cf, dx, o);
         let d = dx.mul_add(five * c5[o], four * c4[o]);
         let d = dx.mul_add(d, three * c3[o]);
         let d = dx.mul_add(d, two * c2[o]);
@@ -423,11 +416,7 @@ fn contract_group<T: Real>(
         }
     }
     for (oa, aa) in out.chunks_exact_mut(m * c).zip(acc.chunks_exact(m * c)) {
-        for (ci, arow) in aa.chunks_exact(m).enumerate() {
-            for (mi, &v) in arow.iter().enumerate() {
-                oa[mi * c + ci] = v;
-            }
-        }
+        store_transposed(aa, m, c, oa);
     }
 }
 
@@ -470,14 +459,9 @@ fn contract_vjp_group<T: Real>(
         {
             if ones {
                 dj[0] = q[0];
-                continue;
+            } else {
+                slot_cotangent(rj, p, q, dj);
             }
-            dj.copy_from_slice(p);
-            let mut dx = T::default();
-            for (&rv, &qv) in rj.iter().zip(q.iter()) {
-                dx = dx + rv * qv;
-            }
-            dj[0] = dj[0] + dx;
         }
     }
 }
@@ -502,11 +486,7 @@ pub(super) fn contract<'r, T: Real>(
             o
         })
         .collect();
-    for (ids, o) in atoms.chunks(ga).zip(parts) {
-        for (&a, oa) in ids.iter().zip(o.chunks_exact(m * c)) {
-            out[a * m * c..(a + 1) * m * c].copy_from_slice(oa);
-        }
-    }
+    place_by_atom(out, atoms, ga, parts, m * c);
 }
 
 /// The contraction's VJP for `atoms`: `work` holds each group's atoms with their rows of

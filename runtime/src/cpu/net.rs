@@ -34,8 +34,7 @@ impl Packs {
     pub fn add(&mut self, net: &Mlp, backward: bool, fold: Option<(usize, usize)>) {
         for (i, l) in net.layers.iter().enumerate().filter(|(_, l)| l.n_in() > 1) {
             let (k, n) = (l.n_in(), l.n_out());
-            let fold = fold.filter(|&(m, axis)| i == 0 && k == m * axis);
-            let id = fold.map_or(key(&l.w), |_| folded_key(&l.w));
+            let (id, fold) = layer_key(&l.w, i, k, fold);
             for t in [false, true].into_iter().filter(|&t| !t || backward) {
                 match &l.w.data {
                     Data::F64(w) => {
@@ -88,10 +87,17 @@ fn key(w: &Arc<Tensor>) -> usize {
     Arc::as_ptr(w) as usize
 }
 
-/// The key of a first layer's folded weights: the tensor's address (aligned, so its low bit
-/// is free) with the low bit set.
-fn folded_key(w: &Arc<Tensor>) -> usize {
-    key(w) | 1
+/// Layer `i`'s packing key and whether it is packed folded: the first layer, `k = m axis`
+/// inputs wide, with `fold`. A folded layer's key is the tensor's address (aligned, so its
+/// low bit is free) with the low bit set.
+fn layer_key(
+    w: &Arc<Tensor>,
+    i: usize,
+    k: usize,
+    fold: Option<(usize, usize)>,
+) -> (usize, Option<(usize, usize)>) {
+    let fold = fold.filter(|&(m, axis)| i == 0 && k == m * axis);
+    (fold.map_or(key(w), |_| key(w) | 1), fold)
 }
 
 /// A packed matrix from the executor's `Packs`, or packed for this call.
@@ -195,9 +201,8 @@ pub(super) fn layers<'a, T: Real>(
         .map(|(i, l)| {
             let w = view(&l.w)?;
             let (k, n) = (l.n_in(), l.n_out());
-            let fold = fold.filter(|&(m, axis)| i == 0 && k == m * axis);
+            let (id, fold) = layer_key(&l.w, i, k, fold);
             let gemm = k > 1;
-            let id = fold.map_or(key(&l.w), |_| folded_key(&l.w));
             let pack = |t: bool| match T::cached(packs, (id, t)) {
                 Some(p) => Pack::Cached(p),
                 None => Pack::Own(pack_layer(w, (k, n), fold, t)),
