@@ -584,7 +584,7 @@ fn compile_writes_an_hlo_and_refuses_what_it_cannot_lower() {
     let dpa2 = fixtures().join("models/dpa2/model.dp");
     fail(
         &["compile", dpa2.to_str().unwrap(), "-o", o, "--compress"],
-        "compression of DPA-2 descriptors is not implemented",
+        "DPA-2's repinit is one",
     );
     // DPA-1 in concat mode: DeePMD-kit's `dp compress` refuses it too, and the error says so.
     let dpa1 = fixtures().join("models/se_atten/model.dp");

@@ -57,6 +57,8 @@ variants!(
     se_e2_r_excl,
     se_e3_3types,
     dpa1_strip_smooth,
+    dpa1_strip_noattn_tos,
+    dpa1_strip_noattn_smooth,
     dpa1_concat_tos_t,
     se_atten_v2,
     dpa1_noattn_silut,

@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
+use super::compress::table_eval;
 use super::env_mat::{apply_keep, env_mat, pair_keep};
-use super::nn::{cast_tensor, fusable_layers, layer, layer_norm, net, net_on_parts};
+use super::nn::{cast_tensor, fusable, fusable_layers, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
-use crate::graph::{Attention, DType, Dim, Graph, GraphError, Op, Tensor, ValueId};
+use crate::graph::{Attention, Cmp, DType, Dim, Graph, GraphError, Op, Tensor, ValueId};
 use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
 
 type R = Result<ValueId, GraphError>;
@@ -21,6 +22,9 @@ pub(super) const MASKED_LOGIT: f64 = -1e30;
 const ATTN_SHIFT: f64 = 20.0;
 
 pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
+    if inp.compress.is_some() {
+        compressible(d)?;
+    }
     let dt = d.dtype;
     let nnei = Dim::fixed(d.nnei);
     let env = env_mat(g, inp, nlist, &d.env, &d.stats, false, dt)?;
@@ -40,6 +44,12 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let table = type_table(g, &d.type_embedding, dt)?; // [ntp, nt]
     let ntp = g.shape(table)[0].factor;
     let nt = g.shape(table)[1];
+
+    if let (Some(plan), TebdInput::Strip) = (&inp.compress, d.tebd_input) {
+        let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
+        let gr = strip_contract_tabulated(g, inp, d, plan, (rr, sw, nei_type), table)?;
+        return descriptor_of(g, inp, d, gr, table);
+    }
 
     let gmat = match d.tebd_input {
         TebdInput::Concat => {
@@ -105,6 +115,12 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
 
     let xt = g.transpose(x, vec![0, 2, 1])?; // [nloc, ng, nnei]
     let gr = g.matmul(xt, rr)?; // [nloc, ng, 4]
+    descriptor_of(g, inp, d, gr, table)
+}
+
+/// The descriptor rows from `gr = sum_j G_j^T R_j` `[nloc, ng, 4]`: `D = gr gr[:axis]^T /
+/// nnei^2` (+ the centre's type embedding).
+fn descriptor_of(g: &mut Graph, inp: &Inputs, d: &Dpa1, gr: ValueId, table: ValueId) -> R {
     let gr = g.scale(gr, 1.0 / d.nnei as f64)?;
     let ng = g.shape(gr)[1].factor;
     let gr1 = g.slice_n(gr, 1, 0, d.axis_neuron)?;
@@ -117,6 +133,127 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     } else {
         Ok(dm)
     }
+}
+
+/// Whether `dpc compile --compress` can tabulate `d`, as DeePMD-kit's `dp compress` decides:
+/// only the strip mode without attention layers has a geometric network to tabulate.
+fn compressible(d: &Dpa1) -> Result<(), GraphError> {
+    let why = match (d.tebd_input, d.attention.is_empty()) {
+        (TebdInput::Concat, _) => {
+            "its type embedding enters the network by concatenation (tebd_input_mode \
+             concat), which DeePMD-kit cannot compress either"
+        }
+        (_, false) => {
+            "with attention layers DeePMD-kit compresses only the strip type embedding, \
+             which dpc already evaluates once per type pair, so the uncompressed model runs \
+             the same computation"
+        }
+        (TebdInput::Strip, true) => return Ok(()),
+    };
+    Err(GraphError(format!(
+        "compression of this se_atten/DPA-1 block (DPA-2's repinit is one): {why}; run the \
+         model without --compress"
+    )))
+}
+
+/// Types a tabulated strip block splits its contraction by (see
+/// `strip_contract_tabulated`): its channels grow as `4 (1 + ntypes)`.
+const MAX_TABULATED_TYPES: usize = 8;
+
+/// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a strip-mode block without attention, with the
+/// geometric network `gs` tabulated (DeePMD-kit's `tabulate_fusion_se_atten`):
+/// `G_j = gs(s_j) (1 + w_j U[c_i, t_j])`, `U` the strip network on the type embedding
+/// (of the neighbour's type `t_j`, and with `type_one_side` false the centre's `c_i`), `w_j`
+/// the switch with `smooth_type_embedding`, else 1. Since `U` takes one value per type, the
+/// sum splits as `sum_j gs_j R_j^T + sum_t U[c_i, t] * sum_(j of type t) gs_j (w_j R_j)^T`:
+/// one fused table contraction over `R` and its per-type masked copies, then a weighted sum
+/// over types.
+fn strip_contract_tabulated(
+    g: &mut Graph,
+    inp: &Inputs,
+    d: &Dpa1,
+    plan: &super::compress::Plan,
+    (rr, sw, nei_type): (ValueId, ValueId, ValueId),
+    table: ValueId,
+) -> R {
+    let dt = d.dtype;
+    let nt = d.ntypes;
+    if nt > MAX_TABULATED_TYPES {
+        return Err(GraphError(format!(
+            "compression of a strip-mode se_atten/DPA-1 block with {nt} types is not \
+             implemented (at most {MAX_TABULATED_TYPES}: the tabulated contraction is split \
+             by neighbour type); run the model without --compress"
+        )));
+    }
+    let mlp = fusable(&d.embedding, dt).ok_or_else(|| {
+        GraphError(
+            "compression of this se_atten/DPA-1 block: its embedding network uses an \
+             activation the table builder does not take (tanh or linear); run the model \
+             without --compress"
+                .into(),
+        )
+    })?;
+    let (lo, hi) = plan.radial_range(&d.env, &d.stats, 0..d.nnei, None)?;
+    let tab = plan.table(&mlp, lo, hi)?;
+    let nnei = Dim::fixed(d.nnei);
+    let r3 = vec![Dim::NLOC, nnei, Dim::ONE];
+    let w = if d.smooth_type_embedding {
+        Some(g.reshape(sw, r3.clone())?)
+    } else {
+        None
+    };
+    // R, then for each type t, R masked to the neighbours of type t (and weighted by w).
+    let mut parts = vec![rr];
+    for t in 0..nt {
+        let tv = g.scalar(t as f64, DType::I32);
+        let is_t = g.cmp(Cmp::Eq, nei_type, tv)?;
+        let is_t = g.cast(is_t, dt)?;
+        let mut f = g.reshape(is_t, r3.clone())?;
+        if let Some(w) = w {
+            f = g.mul(f, w)?;
+        }
+        parts.push(g.mul(rr, f)?);
+    }
+    let split = g.concat(&parts, 2)?; // [nloc, nnei, 4 (1 + nt)]
+    let sums = if inp.fuse {
+        g.embed_contract(split, mlp, Some(tab), None)?
+    } else {
+        let ss = g.slice_n(rr, 2, 0, 1)?;
+        let gs = table_eval(g, ss, &tab)?; // [nloc, nnei, ng]
+        let gst = g.transpose(gs, vec![0, 2, 1])?;
+        g.matmul(gst, split)?
+    }; // [nloc, ng, 4 (1 + nt)]
+    let ng = g.shape(sums)[1];
+    let sums = g.reshape(sums, vec![Dim::NLOC, ng, Dim::fixed(1 + nt), Dim::fixed(4)])?;
+    let base = g.slice_n(sums, 2, 0, 1)?;
+    let base = g.reshape(base, vec![Dim::NLOC, ng, Dim::fixed(4)])?;
+    let by_type = g.slice_n(sums, 2, 1, 1 + nt)?; // [nloc, ng, nt, 4]
+    let strip = d
+        .embedding_strip
+        .as_ref()
+        .expect("validated: strip mode has embeddings_strip");
+    let u = if d.type_one_side {
+        let tt = net(g, table, strip)?; // [ntp, ng]
+        let tt = g.slice_n(tt, 0, 0, nt)?;
+        let tt = g.transpose(tt, vec![1, 0])?; // [ng, nt]
+        g.reshape(tt, vec![Dim::ONE, ng, Dim::fixed(nt), Dim::ONE])?
+    } else {
+        // Row c*ntp + n of the pair table is [T[n], T[c]].
+        let ntp = g.shape(table)[0].factor;
+        let pair = type_pairs(g, table, true)?;
+        let tt = net(g, pair, strip)?; // [ntp*ntp, ng]
+        let ci = g.reshape(inp.atype_loc, vec![Dim::NLOC, Dim::ONE])?;
+        let ntp_c = g.scalar(ntp as f64, DType::I32);
+        let ci = g.mul(ci, ntp_c)?;
+        let types = g.constant(Tensor::i32(vec![1, nt], (0..nt as i32).collect()));
+        let idx = g.add(ci, types)?; // [nloc, nt]
+        let u = g.gather(tt, idx)?; // [nloc, nt, ng]
+        let u = g.transpose(u, vec![0, 2, 1])?;
+        g.reshape(u, vec![Dim::NLOC, ng, Dim::fixed(nt), Dim::ONE])?
+    };
+    let weighted = g.mul(by_type, u)?;
+    let weighted = g.sum(weighted, &[2], false)?; // [nloc, ng, 4]
+    g.add(base, weighted)
 }
 
 /// The layer as one fused op (residual and layer norm included), if its projections are

@@ -256,31 +256,9 @@ pub(crate) fn descriptor(
         Descriptor::SeA(d) => se_a::build(g, inp, d, nlist)?,
         Descriptor::SeR(d) => se_r::build(g, inp, d, nlist)?,
         Descriptor::SeT(d) => se_t::build(g, inp, d, nlist)?,
-        Descriptor::Dpa1(d) if inp.compress.is_some() => {
-            // What DeePMD-kit's `dp compress` would do with the model, so the user knows
-            // what running it uncompressed gives up (nothing, where only its type
-            // embedding would be tabulated: dpc evaluates that once per type pair anyway).
-            let why = match (d.tebd_input, d.attention.is_empty()) {
-                (crate::model::TebdInput::Concat, _) => {
-                    "its type embedding enters the network by concatenation \
-                     (tebd_input_mode concat), which DeePMD-kit cannot compress either"
-                }
-                (_, false) => {
-                    "with attention layers DeePMD-kit compresses only the strip type \
-                     embedding, which dpc already evaluates once per type pair, so the \
-                     uncompressed model runs the same computation"
-                }
-                (_, true) => "tabulating its strip embedding (attn_layer 0) is not implemented",
-            };
-            return Err(GraphError(format!(
-                "compression of this se_atten/DPA-1 descriptor: {why}; run the model \
-                 without --compress"
-            )));
-        }
         Descriptor::Dpa1(d) => dpa1::build(g, inp, d, nlist)?,
         Descriptor::Dpa3(_) if inp.compress.is_some() => return Err(refuse("DPA-3")),
         Descriptor::Dpa3(d) => dpa3::build(g, inp, d, nlist)?,
-        Descriptor::Dpa2(_) if inp.compress.is_some() => return Err(refuse("DPA-2")),
         Descriptor::Dpa2(d) => dpa2::build(g, inp, d, nlist)?,
         Descriptor::SeTTebd(_) if inp.compress.is_some() => return Err(refuse("se_e3_tebd")),
         Descriptor::SeTTebd(d) => dpa2::se_t_tebd(g, inp, d, nlist)?,
