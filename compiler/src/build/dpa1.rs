@@ -45,9 +45,15 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let ntp = g.shape(table)[0].factor;
     let nt = g.shape(table)[1];
 
-    if let (Some(plan), TebdInput::Strip) = (&inp.compress, d.tebd_input) {
+    // A strip block without attention never needs `G` itself: with the table, or with the
+    // network where the fused kernel runs it, its contraction splits by neighbour type.
+    let split = matches!(d.tebd_input, TebdInput::Strip)
+        && d.attention.is_empty()
+        && (inp.compress.is_some()
+            || (inp.fuse && d.ntypes <= MAX_SPLIT_TYPES && fusable(&d.embedding, dt).is_some()));
+    if split {
         let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
-        let gr = strip_contract_tabulated(g, inp, d, plan, (rr, sw, nei_type), table)?;
+        let gr = strip_contract_split(g, inp, d, (rr, sw, nei_type), table)?;
         return descriptor_of(g, inp, d, gr, table);
     }
 
@@ -156,32 +162,32 @@ fn compressible(d: &Dpa1) -> Result<(), GraphError> {
     )))
 }
 
-/// Types a tabulated strip block splits its contraction by (see
-/// `strip_contract_tabulated`): its channels grow as `4 (1 + ntypes)`.
-const MAX_TABULATED_TYPES: usize = 8;
+/// Types a strip block splits its contraction by (see `strip_contract_split`): its
+/// channels grow as `4 (1 + ntypes)`.
+const MAX_SPLIT_TYPES: usize = 8;
 
 /// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a strip-mode block without attention, with the
-/// geometric network `gs` tabulated (DeePMD-kit's `tabulate_fusion_se_atten`):
+/// geometric network `gs` in one fused op, tabulated with `--compress` (DeePMD-kit's
+/// `tabulate_fusion_se_atten`):
 /// `G_j = gs(s_j) (1 + w_j U[c_i, t_j])`, `U` the strip network on the type embedding
 /// (of the neighbour's type `t_j`, and with `type_one_side` false the centre's `c_i`), `w_j`
 /// the switch with `smooth_type_embedding`, else 1. Since `U` takes one value per type, the
 /// sum splits as `sum_j gs_j R_j^T + sum_t U[c_i, t] * sum_(j of type t) gs_j (w_j R_j)^T`:
 /// one fused table contraction over `R` and its per-type masked copies, then a weighted sum
 /// over types.
-fn strip_contract_tabulated(
+fn strip_contract_split(
     g: &mut Graph,
     inp: &Inputs,
     d: &Dpa1,
-    plan: &super::compress::Plan,
     (rr, sw, nei_type): (ValueId, ValueId, ValueId),
     table: ValueId,
 ) -> R {
     let dt = d.dtype;
     let nt = d.ntypes;
-    if nt > MAX_TABULATED_TYPES {
+    if nt > MAX_SPLIT_TYPES {
         return Err(GraphError(format!(
             "compression of a strip-mode se_atten/DPA-1 block with {nt} types is not \
-             implemented (at most {MAX_TABULATED_TYPES}: the tabulated contraction is split \
+             implemented (at most {MAX_SPLIT_TYPES}: the tabulated contraction is split \
              by neighbour type); run the model without --compress"
         )));
     }
@@ -193,8 +199,13 @@ fn strip_contract_tabulated(
                 .into(),
         )
     })?;
-    let (lo, hi) = plan.radial_range(&d.env, &d.stats, 0..d.nnei, None)?;
-    let tab = plan.table(&mlp, lo, hi)?;
+    let tab = match &inp.compress {
+        Some(plan) => {
+            let (lo, hi) = plan.radial_range(&d.env, &d.stats, 0..d.nnei, None)?;
+            Some(plan.table(&mlp, lo, hi)?)
+        }
+        None => None,
+    };
     let nnei = Dim::fixed(d.nnei);
     let r3 = vec![Dim::NLOC, nnei, Dim::ONE];
     let w = if d.smooth_type_embedding {
@@ -216,10 +227,13 @@ fn strip_contract_tabulated(
     }
     let split = g.concat(&parts, 2)?; // [nloc, nnei, 4 (1 + nt)]
     let sums = if inp.fuse {
-        g.embed_contract(split, mlp, Some(tab), None)?
+        g.embed_contract(split, mlp, tab, None)?
     } else {
         let ss = g.slice_n(rr, 2, 0, 1)?;
-        let gs = table_eval(g, ss, &tab)?; // [nloc, nnei, ng]
+        let gs = match &tab {
+            Some(tab) => table_eval(g, ss, tab)?,
+            None => net(g, ss, &d.embedding)?,
+        }; // [nloc, nnei, ng]
         let gst = g.transpose(gs, vec![0, 2, 1])?;
         g.matmul(gst, split)?
     }; // [nloc, ng, 4 (1 + nt)]
