@@ -46,11 +46,17 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let nt = g.shape(table)[1];
 
     // A strip block without attention never needs `G` itself: with the table, or with the
-    // network where the fused kernel runs it, its contraction splits by neighbour type.
+    // network where the fused kernel runs it, its contraction splits by neighbour type. The
+    // split's channels outnumber a small network's outputs (neuron [4, 8], 3 types: 15%
+    // slower), so uncompressed it runs where they do not ([8, 16, 32] and sel 120: 1.8x
+    // faster; [25, 50, 100]: 2.6x).
     let split = matches!(d.tebd_input, TebdInput::Strip)
         && d.attention.is_empty()
         && (inp.compress.is_some()
-            || (inp.fuse && d.ntypes <= MAX_SPLIT_TYPES && fusable(&d.embedding, dt).is_some()));
+            || (inp.fuse
+                && d.ntypes <= MAX_SPLIT_TYPES
+                && split_channels(d) <= d.embedding.n_out().unwrap_or(0)
+                && fusable(&d.embedding, dt).is_some()));
     if split {
         let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
         let gr = strip_contract_split(g, inp, d, (rr, sw, nei_type), table)?;
@@ -166,6 +172,17 @@ fn compressible(d: &Dpa1) -> Result<(), GraphError> {
 /// channels grow as `4 (1 + ntypes)`.
 const MAX_SPLIT_TYPES: usize = 8;
 
+/// The channels of `strip_contract_split`'s contraction: `R`, and `R` masked to each
+/// neighbour type but the last (all of them when weighted by the switch).
+fn split_channels(d: &Dpa1) -> usize {
+    let typed = if d.smooth_type_embedding {
+        d.ntypes
+    } else {
+        d.ntypes.saturating_sub(1)
+    };
+    4 * (1 + typed)
+}
+
 /// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a strip-mode block without attention, with the
 /// geometric network `gs` in one fused op, tabulated with `--compress` (DeePMD-kit's
 /// `tabulate_fusion_se_atten`):
@@ -214,8 +231,10 @@ fn strip_contract_split(
         None
     };
     // R, then for each type t, R masked to the neighbours of type t (and weighted by w).
+    // Unweighted, the last type's part is R less the others', so it is left out.
+    let typed = split_channels(d) / 4 - 1;
     let mut parts = vec![rr];
-    for t in 0..nt {
+    for t in 0..typed {
         let tv = g.scalar(t as f64, DType::I32);
         let is_t = g.cmp(Cmp::Eq, nei_type, tv)?;
         let is_t = g.cast(is_t, dt)?;
@@ -225,7 +244,7 @@ fn strip_contract_split(
         }
         parts.push(g.mul(rr, f)?);
     }
-    let split = g.concat(&parts, 2)?; // [nloc, nnei, 4 (1 + nt)]
+    let split = g.concat(&parts, 2)?; // [nloc, nnei, 4 (1 + typed)]
     let sums = if inp.fuse {
         g.embed_contract(split, mlp, tab, None)?
     } else {
@@ -236,12 +255,14 @@ fn strip_contract_split(
         }; // [nloc, nnei, ng]
         let gst = g.transpose(gs, vec![0, 2, 1])?;
         g.matmul(gst, split)?
-    }; // [nloc, ng, 4 (1 + nt)]
+    }; // [nloc, ng, 4 (1 + typed)]
     let ng = g.shape(sums)[1];
-    let sums = g.reshape(sums, vec![Dim::NLOC, ng, Dim::fixed(1 + nt), Dim::fixed(4)])?;
-    let base = g.slice_n(sums, 2, 0, 1)?;
-    let base = g.reshape(base, vec![Dim::NLOC, ng, Dim::fixed(4)])?;
-    let by_type = g.slice_n(sums, 2, 1, 1 + nt)?; // [nloc, ng, nt, 4]
+    let sums = g.reshape(
+        sums,
+        vec![Dim::NLOC, ng, Dim::fixed(1 + typed), Dim::fixed(4)],
+    )?;
+    let base = g.slice_n(sums, 2, 0, 1)?; // [nloc, ng, 1, 4]
+    let by_type = g.slice_n(sums, 2, 1, 1 + typed)?; // [nloc, ng, typed, 4]
     let strip = d
         .embedding_strip
         .as_ref()
@@ -265,6 +286,22 @@ fn strip_contract_split(
         let u = g.transpose(u, vec![0, 2, 1])?;
         g.reshape(u, vec![Dim::NLOC, ng, Dim::fixed(nt), Dim::ONE])?
     };
+    // `base + sum_t U_t P_t`; unweighted, `(1 + U_last) base + sum_(t < last) (U_t -
+    // U_last) P_t`, the same sum with `P_last = base - sum_(t < last) P_t`.
+    let (base, u) = if typed == nt {
+        (base, u)
+    } else {
+        let last = g.slice_n(u, 2, nt - 1, nt)?;
+        let one = g.scalar(1.0, dt);
+        let scale = g.add(last, one)?;
+        let base = g.mul(base, scale)?;
+        let rest = g.slice_n(u, 2, 0, nt - 1)?;
+        (base, g.sub(rest, last)?)
+    };
+    let base = g.reshape(base, vec![Dim::NLOC, ng, Dim::fixed(4)])?;
+    if typed == 0 {
+        return Ok(base);
+    }
     let weighted = g.mul(by_type, u)?;
     let weighted = g.sum(weighted, &[2], false)?; // [nloc, ng, 4]
     g.add(base, weighted)
