@@ -11,7 +11,10 @@ use super::compress::table_eval;
 use super::env_mat::{apply_keep, env_mat, pair_keep};
 use super::nn::{cast_tensor, fusable, fusable_layers, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
-use crate::graph::{Attention, Cmp, DType, Dim, Graph, GraphError, Op, Tensor, ValueId};
+use crate::graph::{
+    Act, Attention, Cmp, DType, Dim, Graph, GraphError, Mlp, MlpLayer, Op, Residual, Tensor,
+    ValueId,
+};
 use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
 
 type R = Result<ValueId, GraphError>;
@@ -61,6 +64,14 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
         let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
         let gr = strip_contract_split(g, inp, d, (rr, sw, nei_type), table)?;
         return descriptor_of(g, inp, d, gr, table);
+    }
+
+    if inp.compress.is_none() && inp.fuse && d.attention.is_empty() {
+        if let Some(nets) = concat_split_nets(d) {
+            let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
+            let gr = concat_contract_split(g, inp, d, rr, nei_type, nets)?;
+            return descriptor_of(g, inp, d, gr, table);
+        }
     }
 
     let gmat = match d.tebd_input {
@@ -305,6 +316,156 @@ fn strip_contract_split(
     let weighted = g.mul(by_type, u)?;
     let weighted = g.sum(weighted, &[2], false)?; // [nloc, ng, 4]
     g.add(base, weighted)
+}
+
+/// One network of `concat_split_nets`: for centres of one type (all with `type_one_side`),
+/// on neighbours of one type.
+type SplitNet = (Option<usize>, usize, Arc<Mlp>);
+
+/// A concat-mode block's network as one network of `s` per neighbour type `t` (and with
+/// `type_one_side` false, per centre type `c`), as `(c, t, net)`: the input is `[s, T[t]
+/// (, T[c])]`, so the type columns of the first layer add a constant per type to its bias.
+/// `None` where the split does not apply or would not pay: attention layers, a first layer
+/// with a residual, a network the fused kernel does not run, a type embedding that is not
+/// tanh/linear, or more split channels (4 per network) than the network has outputs.
+fn concat_split_nets(d: &Dpa1) -> Option<Vec<SplitNet>> {
+    if !matches!(d.tebd_input, TebdInput::Concat) || !d.attention.is_empty() {
+        return None;
+    }
+    let dt = d.dtype;
+    let nt = d.ntypes;
+    let mlp = fusable(&d.embedding, dt)?;
+    let centres = if d.type_one_side { 1 } else { nt };
+    if 4 * centres * nt > mlp.n_out() {
+        return None;
+    }
+    let first = &mlp.layers[0];
+    let tebd = type_values(&d.type_embedding)?;
+    let dim = tebd.first()?.len();
+    let sides = if d.type_one_side { 1 } else { 2 };
+    if first.residual != Residual::None || first.n_in() != 1 + sides * dim || tebd.len() < nt {
+        return None;
+    }
+    let n1 = first.n_out();
+    let w = first.w.to_f64_vec();
+    let b = first.b.as_ref().map_or(vec![0.0; n1], |b| b.to_f64_vec());
+    // Input row `1 + k` (`k < dim`) takes T[t][k], row `1 + dim + k` takes T[c][k].
+    let add_rows = |bias: &mut [f64], from: usize, v: &[f64]| {
+        for (k, &tv) in v.iter().enumerate() {
+            let row = &w[(from + k) * n1..(from + k + 1) * n1];
+            for (o, &wv) in bias.iter_mut().zip(row) {
+                *o += tv * wv;
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for c in 0..centres {
+        for t in 0..nt {
+            let mut bias = b.clone();
+            add_rows(&mut bias, 1, &tebd[t]);
+            if !d.type_one_side {
+                add_rows(&mut bias, 1 + dim, &tebd[c]);
+            }
+            let mut layers = mlp.layers.clone();
+            layers[0] = MlpLayer {
+                w: Arc::new(cast_tensor(&Tensor::f64(vec![1, n1], w[..n1].to_vec()), dt)),
+                b: Some(Arc::new(cast_tensor(&Tensor::f64(vec![n1], bias), dt))),
+                ..first.clone()
+            };
+            let net = Mlp { dtype: dt, layers };
+            net.check().ok()?;
+            out.push(((!d.type_one_side).then_some(c), t, Arc::new(net)));
+        }
+    }
+    Some(out)
+}
+
+/// The type embedding's rows `T[t]` for the real types, evaluated once here in float64 (the
+/// graph's `type_table` computes the same network); `None` for a network the fused kernels
+/// would not run (other activations).
+fn type_values(te: &TypeEmbedding) -> Option<Vec<Vec<f64>>> {
+    let n = te.ntypes;
+    let eye = |i: usize| {
+        (0..n)
+            .map(|j| if i == j { 1.0 } else { 0.0 })
+            .collect::<Vec<f64>>()
+    };
+    if te.net.layers.is_empty() {
+        return Some((0..n).map(eye).collect());
+    }
+    let netdt = te.net.layers[0].dtype;
+    let mlp = fusable_layers(&te.net.layers, netdt)?;
+    Some((0..n).map(|i| mlp_row(&mlp, eye(i))).collect())
+}
+
+/// `mlp` on one row, in float64.
+fn mlp_row(mlp: &Mlp, mut x: Vec<f64>) -> Vec<f64> {
+    for l in &mlp.layers {
+        let (n_in, n_out) = (l.n_in(), l.n_out());
+        let w = l.w.to_f64_vec();
+        let mut z = l.b.as_ref().map_or(vec![0.0; n_out], |b| b.to_f64_vec());
+        for (i, &xv) in x.iter().enumerate() {
+            for (zo, &wv) in z.iter_mut().zip(&w[i * n_out..(i + 1) * n_out]) {
+                *zo += xv * wv;
+            }
+        }
+        if l.act == Act::Tanh {
+            z.iter_mut().for_each(|v| *v = v.tanh());
+        }
+        if let Some(idt) = &l.idt {
+            z.iter_mut()
+                .zip(idt.to_f64_vec())
+                .for_each(|(v, s)| *v *= s);
+        }
+        match l.residual {
+            Residual::None => {}
+            Residual::Same | Residual::Doubled => {
+                for (o, v) in z.iter_mut().enumerate() {
+                    *v += x[o % n_in];
+                }
+            }
+        }
+        x = z;
+    }
+    x
+}
+
+/// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a concat-mode block without attention from
+/// `concat_split_nets`: one fused `EmbedContract` per network on `R` masked to the
+/// neighbours of its type (a masked row's input is 0, one network evaluation for all of
+/// them, and its `R` is 0), over the centres of its type.
+fn concat_contract_split(
+    g: &mut Graph,
+    inp: &Inputs,
+    d: &Dpa1,
+    rr: ValueId,
+    nei_type: ValueId,
+    nets: Vec<SplitNet>,
+) -> R {
+    let dt = d.dtype;
+    let r3 = vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE];
+    let mut masked: Vec<Option<ValueId>> = vec![None; d.ntypes];
+    let mut gr: Option<ValueId> = None;
+    for (c, t, net) in nets {
+        let rr_t = match masked[t] {
+            Some(v) => v,
+            None => {
+                let tv = g.scalar(t as f64, DType::I32);
+                let is_t = g.cmp(Cmp::Eq, nei_type, tv)?;
+                let is_t = g.cast(is_t, dt)?;
+                let is_t = g.reshape(is_t, r3.clone())?;
+                let v = g.mul(rr, is_t)?;
+                masked[t] = Some(v);
+                v
+            }
+        };
+        let part = g.embed_contract(rr_t, net, None, c.map(|c| (c as i32, inp.atype_loc)))?;
+        gr = Some(match gr {
+            None => part,
+            Some(acc) => g.add(acc, part)?,
+        });
+    }
+    gr.ok_or_else(|| GraphError("se_atten: no embedding network applies".into()))
 }
 
 /// The layer as one fused op (residual and layer norm included), if its projections are
