@@ -179,8 +179,8 @@ fn compressible(d: &Dpa1) -> Result<(), GraphError> {
     )))
 }
 
-/// Types a strip block splits its contraction by (see `strip_contract_split`): its
-/// channels grow as `4 (1 + ntypes)`.
+/// The most types a strip block splits its contraction by (see `strip_contract_split`):
+/// its channels grow as `4 (1 + ntypes)`.
 const MAX_SPLIT_TYPES: usize = 8;
 
 /// The channels of `strip_contract_split`'s contraction: `R`, and `R` masked to each
@@ -201,8 +201,8 @@ fn split_channels(d: &Dpa1) -> usize {
 /// (of the neighbour's type `t_j`, and with `type_one_side` false the centre's `c_i`), `w_j`
 /// the switch with `smooth_type_embedding`, else 1. Since `U` takes one value per type, the
 /// sum splits as `sum_j gs_j R_j^T + sum_t U[c_i, t] * sum_(j of type t) gs_j (w_j R_j)^T`:
-/// one fused table contraction over `R` and its per-type masked copies, then a weighted sum
-/// over types.
+/// one fused contraction (of the network, or its table) over `R` and its per-type masked
+/// copies, then a weighted sum over types.
 fn strip_contract_split(
     g: &mut Graph,
     inp: &Inputs,
