@@ -45,7 +45,6 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let ss = g.slice_n(rr, 2, 0, 1)?;
 
     let table = type_table(g, &d.type_embedding, dt)?; // [ntp, nt]
-    let ntp = g.shape(table)[0].factor;
     let nt = g.shape(table)[1];
 
     // A strip block without attention never needs `G` itself: with the table, or with the
@@ -88,24 +87,8 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
             }
         }
         TebdInput::Strip => {
-            let strip = d
-                .embedding_strip
-                .as_ref()
-                .expect("validated: strip mode has embeddings_strip");
             let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
-            let gt = if d.type_one_side {
-                let tt = net(g, table, strip)?; // [ntp, ng]
-                g.gather(tt, nei_type)?
-            } else {
-                // Row c*ntp + n of the pair table is [T[n], T[c]].
-                let pair = type_pairs(g, table, true)?;
-                let tt = net(g, pair, strip)?; // [ntp*ntp, ng]
-                let ci = g.reshape(inp.atype_loc, vec![Dim::NLOC, Dim::ONE])?;
-                let ntp_c = g.scalar(ntp as f64, DType::I32);
-                let ci = g.mul(ci, ntp_c)?;
-                let idx = g.add(ci, nei_type)?;
-                g.gather(tt, idx)?
-            };
+            let gt = strip_values(g, inp, d, table, nei_type)?; // [nloc, nnei, ng]
             let gt = if d.smooth_type_embedding {
                 let sw3 = g.reshape(sw, vec![Dim::NLOC, nnei, Dim::ONE])?;
                 g.mul(gt, sw3)?
@@ -194,6 +177,37 @@ fn split_channels(d: &Dpa1) -> usize {
     4 * (1 + typed)
 }
 
+/// The strip network's values `U[c_i, t]` for the types `types` (`i32`): `[..types.., ng]`
+/// with `type_one_side` (no centre), else `[nloc, ..types.., ng]` for `types` `[nloc or 1,
+/// ...]`.
+fn strip_values(g: &mut Graph, inp: &Inputs, d: &Dpa1, table: ValueId, types: ValueId) -> R {
+    let strip = d
+        .embedding_strip
+        .as_ref()
+        .expect("validated: strip mode has embeddings_strip");
+    if d.type_one_side {
+        let tt = net(g, table, strip)?; // [ntp, ng]
+        return g.gather(tt, types);
+    }
+    // Row c*ntp + n of the pair table is [T[n], T[c]].
+    let ntp = g.shape(table)[0].factor;
+    let pair = type_pairs(g, table, true)?;
+    let tt = net(g, pair, strip)?; // [ntp*ntp, ng]
+    let ci = g.reshape(inp.atype_loc, vec![Dim::NLOC, Dim::ONE])?;
+    let ntp_c = g.scalar(ntp as f64, DType::I32);
+    let ci = g.mul(ci, ntp_c)?;
+    let idx = g.add(ci, types)?;
+    g.gather(tt, idx)
+}
+
+/// `[nloc, nnei, 1]`: 1 where the neighbour is of type `t`, else 0.
+fn type_mask(g: &mut Graph, d: &Dpa1, nei_type: ValueId, t: usize) -> R {
+    let tv = g.scalar(t as f64, DType::I32);
+    let is_t = g.cmp(Cmp::Eq, nei_type, tv)?;
+    let is_t = g.cast(is_t, d.dtype)?;
+    g.reshape(is_t, vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE])
+}
+
 /// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a strip-mode block without attention, with the
 /// geometric network `gs` in one fused op, tabulated with `--compress` (DeePMD-kit's
 /// `tabulate_fusion_se_atten`):
@@ -246,10 +260,7 @@ fn strip_contract_split(
     let typed = split_channels(d) / 4 - 1;
     let mut parts = vec![rr];
     for t in 0..typed {
-        let tv = g.scalar(t as f64, DType::I32);
-        let is_t = g.cmp(Cmp::Eq, nei_type, tv)?;
-        let is_t = g.cast(is_t, dt)?;
-        let mut f = g.reshape(is_t, r3.clone())?;
+        let mut f = type_mask(g, d, nei_type, t)?;
         if let Some(w) = w {
             f = g.mul(f, w)?;
         }
@@ -274,29 +285,13 @@ fn strip_contract_split(
     )?;
     let base = g.slice_n(sums, 2, 0, 1)?; // [nloc, ng, 1, 4]
     let by_type = g.slice_n(sums, 2, 1, 1 + typed)?; // [nloc, ng, typed, 4]
-    let strip = d
-        .embedding_strip
-        .as_ref()
-        .expect("validated: strip mode has embeddings_strip");
-    let u = if d.type_one_side {
-        let tt = net(g, table, strip)?; // [ntp, ng]
-        let tt = g.slice_n(tt, 0, 0, nt)?;
-        let tt = g.transpose(tt, vec![1, 0])?; // [ng, nt]
-        g.reshape(tt, vec![Dim::ONE, ng, Dim::fixed(nt), Dim::ONE])?
-    } else {
-        // Row c*ntp + n of the pair table is [T[n], T[c]].
-        let ntp = g.shape(table)[0].factor;
-        let pair = type_pairs(g, table, true)?;
-        let tt = net(g, pair, strip)?; // [ntp*ntp, ng]
-        let ci = g.reshape(inp.atype_loc, vec![Dim::NLOC, Dim::ONE])?;
-        let ntp_c = g.scalar(ntp as f64, DType::I32);
-        let ci = g.mul(ci, ntp_c)?;
-        let types = g.constant(Tensor::i32(vec![1, nt], (0..nt as i32).collect()));
-        let idx = g.add(ci, types)?; // [nloc, nt]
-        let u = g.gather(tt, idx)?; // [nloc, nt, ng]
-        let u = g.transpose(u, vec![0, 2, 1])?;
-        g.reshape(u, vec![Dim::NLOC, ng, Dim::fixed(nt), Dim::ONE])?
-    };
+                                                     // U of every type, `[1 or nloc, nt, ng]` (one row with `type_one_side`), as
+                                                     // `[.., ng, nt, 1]`.
+    let types = g.constant(Tensor::i32(vec![1, nt], (0..nt as i32).collect()));
+    let u = strip_values(g, inp, d, table, types)?;
+    let lead = g.shape(u)[0];
+    let u = g.transpose(u, vec![0, 2, 1])?;
+    let u = g.reshape(u, vec![lead, ng, Dim::fixed(nt), Dim::ONE])?;
     // `base + sum_t U_t P_t`; unweighted, `(1 + U_last) base + sum_(t < last) (U_t -
     // U_last) P_t`, the same sum with `P_last = base - sum_(t < last) P_t`.
     let (base, u) = if typed == nt {
@@ -442,18 +437,13 @@ fn concat_contract_split(
     nei_type: ValueId,
     nets: Vec<SplitNet>,
 ) -> R {
-    let dt = d.dtype;
-    let r3 = vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE];
     let mut masked: Vec<Option<ValueId>> = vec![None; d.ntypes];
     let mut gr: Option<ValueId> = None;
     for (c, t, net) in nets {
         let rr_t = match masked[t] {
             Some(v) => v,
             None => {
-                let tv = g.scalar(t as f64, DType::I32);
-                let is_t = g.cmp(Cmp::Eq, nei_type, tv)?;
-                let is_t = g.cast(is_t, dt)?;
-                let is_t = g.reshape(is_t, r3.clone())?;
+                let is_t = type_mask(g, d, nei_type, t)?;
                 let v = g.mul(rr, is_t)?;
                 masked[t] = Some(v);
                 v
