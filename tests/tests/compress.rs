@@ -128,10 +128,8 @@ fn compressed_variants_match_the_uncompressed_model() {
         ) else {
             continue; // concat or attention se_atten blocks: refused (tested below)
         };
-        if tables(&pot) == 0 {
-            // A network the table builder does not take (gelu, relu) runs as it is.
-            continue;
-        }
+        // Every embedding network of a model that compresses is tabulated: gelu's too.
+        assert!(tables(&pot) > 0, "{name} compressed without a table");
         let f32 = name.ends_with("f32");
         for c in entry.get("configs").unwrap().as_list().unwrap() {
             let cfg = common::Config::from_value(c);
@@ -286,4 +284,86 @@ fn strip_tables_in_elementary_ops_match_the_fused_kernel() {
             assert!(d.0 < 1e-12 && d.1 < 1e-11 && d.2 < 1e-11, "{name}: {d:?}");
         }
     }
+}
+
+/// `v` with every string `from` replaced by `to`.
+fn rename(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::Str(s) if s == from => *s = to.to_string(),
+        Value::Dict(d) => d.iter_mut().for_each(|(_, x)| rename(x, from, to)),
+        Value::List(l) => l.iter_mut().for_each(|x| rename(x, from, to)),
+        _ => {}
+    }
+}
+
+/// Each activation DeePMD-kit's `dp compress` tabulates, in the embedding networks of the
+/// gelu variant (its fitting is relu, and untouched): the compressed model, fused and in
+/// elementary ops (the StableHLO lowering's form), against the uncompressed one on every
+/// configuration. relu's and relu6's kinked intervals go through the network, so they
+/// stay at rounding too. (gelu itself is checked against DeePMD-kit's numbers above.)
+/// silut, which DeePMD-kit does not tabulate, is refused by name.
+#[test]
+fn every_activation_deepmd_kit_tabulates_compresses() {
+    let text =
+        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
+    let doc = dpc_formats::json::parse(&text).unwrap();
+    let entry = doc.get("se_e2_a_gelu_relu").unwrap();
+    let path = common::local_fixtures()
+        .join("variants")
+        .join(entry.get("model").unwrap().as_str().unwrap());
+    let tree = dpc_formats::read_model(&path).unwrap();
+    let c = Compress {
+        min_nbor_dist: Some(0.8),
+        ..Compress::default()
+    };
+    for act in [
+        "tanh", "relu", "relu6", "softplus", "sigmoid", "silu", "gelu_tf",
+    ] {
+        let mut t = tree.clone();
+        rename(&mut t, "gelu", act);
+        let plain = DeepPot::from_tree(t.clone()).unwrap();
+        let pot = compressed(t.clone(), c);
+        let unfused = DeepPot::from_tree_opts(
+            t,
+            BuildOptions {
+                compress: Some(c),
+                unfused: true,
+                ..BuildOptions::default()
+            },
+        )
+        .unwrap();
+        for cfg in entry.get("configs").unwrap().as_list().unwrap() {
+            let config = common::Config::from_value(cfg);
+            let frame = config.frame();
+            let b = plain.compute(&frame, false).unwrap();
+            let label = format!("{act} {}", cfg.get("name").unwrap().as_str().unwrap());
+            for (how, p) in [("fused", &pot), ("elementary", &unfused)] {
+                let d = diffs(
+                    &p.compute(&frame, false).unwrap(),
+                    b.energy,
+                    &b.force,
+                    &b.virial,
+                );
+                within_bound(&format!("{label} {how}"), d);
+                // Far inside the bound: the tables are at rounding on these networks.
+                assert!(d.0 < 1e-12 && d.1 < 1e-10, "{label} {how}: {d:?}");
+            }
+        }
+    }
+    let mut t = tree;
+    rename(&mut t, "gelu", "silut:3.0");
+    let err = DeepPot::from_tree_opts(
+        t,
+        BuildOptions {
+            compress: Some(c),
+            ..BuildOptions::default()
+        },
+    )
+    .err()
+    .expect("silut compressed")
+    .to_string();
+    assert!(
+        err.contains("Silut") && err.contains("dp compress"),
+        "{err}"
+    );
 }

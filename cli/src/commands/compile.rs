@@ -156,7 +156,7 @@ fn report(out: &mut String, graph: &dpc_compiler::graph::Graph) {
         "max err",
         "max err'"
     );
-    let (mut e0, mut e1, mut bytes) = (0.0f64, 0.0f64, 0usize);
+    let (mut e0, mut e1, mut bytes, mut kinked) = (0.0f64, 0.0f64, 0usize, 0usize);
     for (k, t) in tables.iter().enumerate() {
         outln!(
             out,
@@ -172,10 +172,25 @@ fn report(out: &mut String, graph: &dpc_compiler::graph::Graph) {
         e0 = e0.max(t.max_err);
         e1 = e1.max(t.max_err_deriv);
         bytes += t.bytes;
+        kinked += t.kinked;
     }
     outln!(
         out,
         "all  max err {e0:.2e}, max err of the derivative {e1:.2e}, {:.1} MiB of tables",
         bytes as f64 / (1024.0 * 1024.0)
     );
+    if kinked > 0 {
+        outln!(
+            out,
+            "     {kinked} interval(s) hold a relu kink, which a quintic cannot follow: inputs \
+             there go through the network (DeePMD-kit's tables follow the quintic)"
+        );
+    }
+    if e0 > 1e-7 || e1 > 1e-6 {
+        outln!(
+            out,
+            "warning: the tables are off their networks by up to {e0:.1e} ({e1:.1e} in the \
+             derivative); a smaller --compress-stride narrows it"
+        );
+    }
 }

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use super::nn::{fusable, tabulable};
 use crate::graph::{DType, Data, Graph, Knots, Mlp, Op, Table, Tensor};
-use crate::model::{EnvParams, Stats};
+use crate::model::{EnvParams, Net, Stats};
 
 /// The `--compress` settings (DeePMD-kit's `dp compress` flags and defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,6 +69,27 @@ impl Plan {
         Table::build(net, knots).map(Arc::new)
     }
 
+    /// `n` as the network to tabulate, or why it cannot be: DeePMD-kit's `dp compress`
+    /// tabulates tanh, gelu, relu, relu6, softplus, sigmoid and silu networks.
+    pub fn net(&self, n: &Net, dtype: DType) -> Result<Arc<Mlp>, String> {
+        if let Some(net) = tabulable(n, dtype) {
+            return Ok(net);
+        }
+        Err(match n.layers.iter().find(|l| l.dtype != dtype) {
+            Some(l) => format!(
+                "compression of an embedding network with {} layers in a {dtype} model is \
+                 not implemented; run the model without --compress",
+                l.dtype
+            ),
+            None => format!(
+                "compression of an embedding network with activations {:?}: DeePMD-kit's \
+                 dp compress tabulates tanh, gelu, relu, relu6, softplus, sigmoid and silu \
+                 networks; run the model without --compress",
+                n.layers.iter().map(|l| l.activation).collect::<Vec<_>>()
+            ),
+        })
+    }
+
     /// The largest value of the radial column `sw(r)/r`, at the closest distance.
     fn radial_max(&self, env: &EnvParams) -> f64 {
         let r = self.rmin;
@@ -124,6 +146,27 @@ impl Plan {
     }
 }
 
+/// A fused network and its table, either absent.
+pub(crate) type NetTable = (Option<Arc<Mlp>>, Option<Arc<Table>>);
+
+/// The fused network of embedding `n` and its table: with `--compress` (`plan`) the
+/// network tabulated over `range(plan)`; without, the network if the fused kernels run it
+/// (`None`: the caller builds it from elementary ops).
+pub(crate) fn embedding(
+    plan: Option<&Plan>,
+    n: &Net,
+    dtype: DType,
+    range: impl FnOnce(&Plan) -> Result<(f64, f64), String>,
+) -> Result<NetTable, String> {
+    let Some(p) = plan else {
+        return Ok((fusable(n, dtype), None));
+    };
+    let net = p.net(n, dtype)?;
+    let (lo, hi) = range(p)?;
+    let table = p.table(&net, lo, hi)?;
+    Ok((Some(net), Some(table)))
+}
+
 /// Call `f(davg[t, j, :], dstd[t, j, :])` for the chosen centre types and slots.
 fn for_stats(
     stats: &Stats,
@@ -167,6 +210,8 @@ pub struct TableReport {
     pub bytes: usize,
     pub max_err: f64,
     pub max_err_deriv: f64,
+    /// Intervals holding a relu kink, where the network runs instead.
+    pub kinked: usize,
 }
 
 /// The tables of a built graph (each once, in graph order).
@@ -193,20 +238,24 @@ pub fn tables(g: &Graph) -> Vec<TableReport> {
                 * if coef.dtype() == DType::F32 { 4 } else { 8 },
             max_err: t.max_err,
             max_err_deriv: t.max_err_deriv,
+            kinked: t.kinked.iter().filter(|&&k| k).count(),
         });
     }
     out
 }
 
-/// A table evaluated with elementary ops, for targets without the fused kernels (the
-/// StableHLO lowering): `x [..., 1]` -> `[..., m]`. The interval and its start are constants
-/// to autodiff, so the derivative is the polynomial's. Inputs outside the table use the
-/// polynomial of the nearest end interval (the fused kernel runs the network there instead;
-/// inside the table the two agree to rounding).
+/// A table of network `n` evaluated with elementary ops, for targets without the fused
+/// kernels (the StableHLO lowering): `x [..., 1]` -> `[..., m]`. The interval and its start
+/// are constants to autodiff, so the derivative is the polynomial's. A smooth network's
+/// inputs outside the table use the polynomial of the nearest end interval (the fused
+/// kernel runs the network there instead; inside the table the two agree to rounding). A
+/// network with kinks (relu, relu6) is also evaluated whole, and taken where the fused
+/// kernel takes it: in the kinked intervals and off the table.
 pub(crate) fn table_eval(
     g: &mut Graph,
     x: crate::graph::ValueId,
     t: &Table,
+    n: &Net,
 ) -> Result<crate::graph::ValueId, crate::graph::GraphError> {
     use crate::graph::{Cmp, Dim};
     let dt = g.dtype(x);
@@ -268,5 +317,28 @@ pub(crate) fn table_eval(
         let cp = coeff(g, p)?;
         v = g.add(v, cp)?;
     }
-    Ok(v)
+    if !t.kinked.iter().any(|&k| k) {
+        return Ok(v);
+    }
+    let kinked = g.constant(Tensor {
+        shape: vec![nk],
+        data: match dt {
+            DType::F32 => Data::F32(t.kinked.iter().map(|&k| f32::from(u8::from(k))).collect()),
+            _ => Data::F64(t.kinked.iter().map(|&k| f64::from(u8::from(k))).collect()),
+        },
+    });
+    let kink = g.gather(kinked, idx)?; // [...]
+    let half = g.scalar(0.5, dt);
+    let kink = g.cmp(Cmp::Gt, kink, half)?;
+    let mut one = lead.clone();
+    one.push(Dim::ONE);
+    let kink = g.reshape(kink, one)?; // [..., 1]
+    let lo = g.scalar(k.lower, dt);
+    let hi = g.scalar(k.max(), dt);
+    let below = g.cmp(Cmp::Lt, xs, lo)?;
+    let above = g.cmp(Cmp::Ge, xs, hi)?;
+    let off = g.or(below, above)?;
+    let exact = g.or(kink, off)?;
+    let y = super::nn::net(g, x, n)?;
+    g.select(exact, y, v)
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::compress::table_eval;
+use super::compress::{embedding, table_eval};
 use super::env_mat::{apply_keep, env_mat, pair_keep};
 use super::nn::{cast_tensor, fusable, fusable_layers, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
@@ -233,21 +233,12 @@ fn strip_contract_split(
              by neighbour type); run the model without --compress"
         )));
     }
-    let mlp = fusable(&d.embedding, dt).ok_or_else(|| {
-        GraphError(
-            "compression of this se_atten/DPA-1 block: its embedding network uses an \
-             activation the table builder does not take (tanh or linear); run the model \
-             without --compress"
-                .into(),
-        )
+    let (mlp, tab) = embedding(inp.compress.as_ref(), &d.embedding, dt, |p| {
+        p.radial_range(&d.env, &d.stats, 0..d.nnei, None)
     })?;
-    let tab = match &inp.compress {
-        Some(plan) => {
-            let (lo, hi) = plan.radial_range(&d.env, &d.stats, 0..d.nnei, None)?;
-            Some(plan.table(&mlp, lo, hi)?)
-        }
-        None => None,
-    };
+    let mlp = mlp.ok_or_else(|| {
+        GraphError("the strip split needs an embedding network the fused kernels run".into())
+    })?;
     let nnei = Dim::fixed(d.nnei);
     let r3 = vec![Dim::NLOC, nnei, Dim::ONE];
     let w = if d.smooth_type_embedding {
@@ -272,7 +263,7 @@ fn strip_contract_split(
     } else {
         let ss = g.slice_n(rr, 2, 0, 1)?;
         let gs = match &tab {
-            Some(tab) => table_eval(g, ss, tab)?,
+            Some(tab) => table_eval(g, ss, tab, &d.embedding)?,
             None => net(g, ss, &d.embedding)?,
         }; // [nloc, nnei, ng]
         let gst = g.transpose(gs, vec![0, 2, 1])?;
@@ -404,8 +395,8 @@ fn mlp_row(mlp: &Mlp, mut x: Vec<f64>) -> Vec<f64> {
                 *zo += xv * wv;
             }
         }
-        if l.act == Act::Tanh {
-            z.iter_mut().for_each(|v| *v = v.tanh());
+        if l.act != Act::Linear {
+            z.iter_mut().for_each(|v| *v = l.act.eval(*v).0);
         }
         if let Some(idt) = &l.idt {
             z.iter_mut()

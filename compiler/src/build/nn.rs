@@ -176,9 +176,20 @@ pub fn fusable(n: &Net, dtype: DType) -> Option<Arc<Mlp>> {
 
 /// `fusable` for a run of layers.
 pub fn fusable_layers(layers: &[Layer], dtype: DType) -> Option<Arc<Mlp>> {
+    as_mlp(layers, dtype, false)
+}
+
+/// `n` as a fused network to tabulate (`--compress`): as `fusable`, and also with the
+/// other activations DeePMD-kit's `dp compress` tabulates (gelu, relu, relu6, softplus,
+/// sigmoid, silu). Such a network may only go into an op with its table (`Mlp::check_native`).
+pub fn tabulable(n: &Net, dtype: DType) -> Option<Arc<Mlp>> {
+    as_mlp(&n.layers, dtype, true)
+}
+
+fn as_mlp(layers: &[Layer], dtype: DType, tabulated: bool) -> Option<Arc<Mlp>> {
     let layers = layers
         .iter()
-        .map(|l| fusable_layer(l, dtype))
+        .map(|l| fusable_layer(l, dtype, tabulated))
         .collect::<Option<Vec<_>>>()?;
     let mlp = Mlp { dtype, layers };
     mlp.check().ok()?;
@@ -186,11 +197,17 @@ pub fn fusable_layers(layers: &[Layer], dtype: DType) -> Option<Arc<Mlp>> {
 }
 
 /// One layer as a fused network's layer, if it computes in `dtype` with an activation the
-/// kernels implement.
-fn fusable_layer(l: &Layer, dtype: DType) -> Option<MlpLayer> {
+/// kernels implement (or, `tabulated`, one the table builder takes).
+fn fusable_layer(l: &Layer, dtype: DType, tabulated: bool) -> Option<MlpLayer> {
     let act = match l.activation {
         Activation::Tanh => Act::Tanh,
         Activation::Linear => Act::Linear,
+        Activation::Relu if tabulated => Act::Relu,
+        Activation::Relu6 if tabulated => Act::Relu6,
+        Activation::Softplus if tabulated => Act::Softplus,
+        Activation::Sigmoid if tabulated => Act::Sigmoid,
+        Activation::Silu if tabulated => Act::Silu,
+        Activation::Gelu if tabulated => Act::Gelu,
         _ => return None,
     };
     let residual = match (l.resnet, l.n_out()) {

@@ -1,9 +1,9 @@
 //! `se_e2_a` (`deepmd/dpmodel/descriptor/se_e2_a.py`):
 //! `G_ij = Emb(s_ij)`, `gr_i = (1/nnei) sum_j G_ij^T R_ij`, `D_i = gr_i gr_i[:axis]^T`.
 
-use super::compress::table_eval;
+use super::compress::{embedding, table_eval};
 use super::env_mat::{apply_keep, env_rr, pair_keep};
-use super::nn::{fusable, net};
+use super::nn::net;
 use super::Inputs;
 use crate::graph::{Cmp, DType, Dim, Graph, GraphError, ValueId};
 use crate::model::SeA;
@@ -70,20 +70,15 @@ fn contract(
     n: &crate::model::Net,
     centre: Option<usize>,
 ) -> Result<ValueId, GraphError> {
-    let mlp = fusable(n, g.dtype(tr));
-    let table = match (&inp.compress, &mlp) {
-        (Some(p), Some(mlp)) => {
-            // With type_one_side the net serves every centre type.
-            let (lo, hi) = p.radial_range(&d.env, &d.stats, slots, centre)?;
-            Some(p.table(mlp, lo, hi)?)
-        }
-        _ => None,
-    };
+    // With type_one_side the net serves every centre type.
+    let (mlp, table) = embedding(inp.compress.as_ref(), n, g.dtype(tr), |p| {
+        p.radial_range(&d.env, &d.stats, slots, centre)
+    })?;
     if let (true, Some(mlp)) = (inp.fuse, mlp) {
         return g.embed_contract(tr, mlp, table, centre.map(|t| (t as i32, inp.atype_loc)));
     }
     let gg = match &table {
-        Some(t) => table_eval(g, ss, t)?,
+        Some(t) => table_eval(g, ss, t, n)?,
         None => net(g, ss, n)?,
     }; // [nloc, s, ng]
     let ggt = g.transpose(gg, vec![0, 2, 1])?;

@@ -1,8 +1,8 @@
 //! `se_e2_r` (`deepmd/dpmodel/descriptor/se_r.py`): `D_i = (1/5) (1/nnei) sum_j Emb(s_ij)`.
 
-use super::compress::table_eval;
+use super::compress::{embedding, table_eval};
 use super::env_mat::{apply_keep, env_rr, pair_keep};
-use super::nn::{fusable, net};
+use super::nn::net;
 use super::Inputs;
 use crate::graph::{Dim, Graph, GraphError, ValueId};
 use crate::model::SeR;
@@ -27,14 +27,9 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<Val
         let Some(n) = d.embeddings.get(&[tt]) else {
             continue;
         };
-        let mlp = fusable(n, g.dtype(tr));
-        let table = match (&inp.compress, &mlp) {
-            (Some(p), Some(mlp)) => {
-                let (lo, hi) = p.radial_range(&d.env, &d.stats, start - s..start, None)?;
-                Some(p.table(mlp, lo, hi)?)
-            }
-            _ => None,
-        };
+        let (mlp, table) = embedding(inp.compress.as_ref(), n, g.dtype(tr), |p| {
+            p.radial_range(&d.env, &d.stats, start - s..start, None)
+        })?;
         let sum = match mlp.filter(|_| inp.fuse) {
             Some(mlp) => {
                 // sum_j G_j as the fused contraction of G with a channel of ones.
@@ -44,7 +39,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeR, nlist: ValueId) -> Result<Val
             }
             None => {
                 let gg = match &table {
-                    Some(t) => table_eval(g, tr, t)?,
+                    Some(t) => table_eval(g, tr, t, n)?,
                     None => net(g, tr, n)?,
                 }; // [nloc, s, ng]
                 g.sum(gg, &[1], false)? // [nloc, ng]

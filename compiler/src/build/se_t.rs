@@ -1,9 +1,9 @@
 //! `se_e3` (`deepmd/dpmodel/descriptor/se_t.py`): for neighbour-type pairs ti <= tj,
 //! `theta_ab = R_a[1:] . R_b[1:]`, `D_i += sum_ab theta_ab Emb(theta_ab) / (sel_i sel_j)`.
 
-use super::compress::table_eval;
+use super::compress::{embedding, table_eval};
 use super::env_mat::{apply_keep, env_rr, pair_keep};
-use super::nn::{fusable, net};
+use super::nn::net;
 use super::Inputs;
 use crate::graph::{Dim, Graph, GraphError, ValueId};
 use crate::model::SeT;
@@ -38,15 +38,11 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeT, nlist: ValueId) -> Result<Val
             let rj = block(g, tj)?;
             let rjt = g.transpose(rj, vec![0, 2, 1])?;
             let env_ij = g.matmul(ri, rjt)?; // [nloc, si, sj]
-            let mlp = fusable(n, g.dtype(env_ij));
-            let table = match (&inp.compress, &mlp) {
-                (Some(p), Some(mlp)) => {
-                    let bi = p.angular_bound(&d.env, &d.stats, starts[ti]..starts[ti + 1])?;
-                    let bj = p.angular_bound(&d.env, &d.stats, starts[tj]..starts[tj + 1])?;
-                    Some(p.table(mlp, -bi * bj, bi * bj)?)
-                }
-                _ => None,
-            };
+            let (mlp, table) = embedding(inp.compress.as_ref(), n, g.dtype(env_ij), |p| {
+                let bi = p.angular_bound(&d.env, &d.stats, starts[ti]..starts[ti + 1])?;
+                let bj = p.angular_bound(&d.env, &d.stats, starts[tj]..starts[tj + 1])?;
+                Ok((-bi * bj, bi * bj))
+            })?;
             let res = match mlp.filter(|_| inp.fuse) {
                 Some(mlp) => {
                     // sum_ab theta_ab G(theta_ab): the fused contraction with one channel.
@@ -61,7 +57,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &SeT, nlist: ValueId) -> Result<Val
                         vec![Dim::NLOC, Dim::fixed(si), Dim::fixed(sj), Dim::ONE],
                     )?;
                     let gg = match &table {
-                        Some(t) => table_eval(g, x, t)?,
+                        Some(t) => table_eval(g, x, t, n)?,
                         None => net(g, x, n)?,
                     }; // [nloc, si, sj, ng]
                     let ng = g.shape(gg)[3];

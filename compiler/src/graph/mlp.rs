@@ -7,11 +7,83 @@ use std::sync::Arc;
 use super::tensor::Tensor;
 use super::types::DType;
 
-/// The activations a fused network supports (those whose derivative the kernels know).
+/// A fused network's activation. The fused kernels run `Linear` and `Tanh` (their
+/// derivatives come from the layer's output); the others are DeePMD-kit's tabulated
+/// activations (`dp compress`), carried by an embedding network that has a table, whose
+/// kernel evaluates them only off the table, in float64 (`Act::eval`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Act {
     Linear,
     Tanh,
+    Relu,
+    Relu6,
+    /// PyTorch's: `x` above 20, else `ln(1 + e^x)`.
+    Softplus,
+    Sigmoid,
+    Silu,
+    /// The tanh approximation (DeePMD-kit's `gelu` and `gelu_tf`).
+    Gelu,
+}
+
+impl Act {
+    /// Whether the fused kernels run it (elsewhere than off a table).
+    pub fn kernel_native(self) -> bool {
+        matches!(self, Act::Linear | Act::Tanh)
+    }
+
+    /// Where its derivative jumps.
+    pub fn kinks(self) -> Option<&'static [f64]> {
+        match self {
+            Act::Relu => Some(&[0.0]),
+            Act::Relu6 => Some(&[0.0, 6.0]),
+            _ => None,
+        }
+    }
+
+    /// `(f(x), f'(x), f''(x))` in float64. At a kink (relu's 0, relu6's 0 and 6) the
+    /// one-sided values of the side PyTorch's gradient takes.
+    pub fn eval(self, x: f64) -> (f64, f64, f64) {
+        let sigmoid = |v: f64| 1.0 / (1.0 + (-v).exp());
+        match self {
+            Act::Linear => (x, 1.0, 0.0),
+            Act::Tanh => {
+                let t = x.tanh();
+                let g = 1.0 - t * t;
+                (t, g, -2.0 * t * g)
+            }
+            Act::Relu if x > 0.0 => (x, 1.0, 0.0),
+            Act::Relu => (0.0, 0.0, 0.0),
+            Act::Relu6 if x > 0.0 && x < 6.0 => (x, 1.0, 0.0),
+            Act::Relu6 => (x.clamp(0.0, 6.0), 0.0, 0.0),
+            Act::Softplus if x > 20.0 => (x, 1.0, 0.0),
+            Act::Softplus => {
+                let s = sigmoid(x);
+                (x.exp().ln_1p(), s, s * (1.0 - s))
+            }
+            Act::Sigmoid => {
+                let s = sigmoid(x);
+                let d = s * (1.0 - s);
+                (s, d, d * (1.0 - 2.0 * s))
+            }
+            Act::Silu => {
+                let s = sigmoid(x);
+                let d = s * (1.0 - s);
+                (x * s, s + x * d, d * (2.0 + x * (1.0 - 2.0 * s)))
+            }
+            Act::Gelu => {
+                const A: f64 = 0.044715;
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                let u = c * (x + A * x * x * x);
+                let (du, ddu) = (c * (1.0 + 3.0 * A * x * x), 6.0 * c * A * x);
+                let t = u.tanh();
+                let g = 1.0 - t * t;
+                let f = 0.5 * x * (1.0 + t);
+                let df = 0.5 * (1.0 + t) + 0.5 * x * g * du;
+                let ddf = g * du + 0.5 * x * (g * ddu - 2.0 * t * g * du * du);
+                (f, df, ddf)
+            }
+        }
+    }
 }
 
 /// How a layer adds its input back (DeePMD-kit's `resnet`/timestep rules).
@@ -67,6 +139,20 @@ impl Mlp {
         let mut w = vec![self.n_in()];
         w.extend(self.layers.iter().map(|l| l.n_out()));
         w
+    }
+
+    /// `check`, and every activation one the fused kernels run (`Act::kernel_native`): what
+    /// a network without a table must be.
+    pub fn check_native(&self) -> Result<(), String> {
+        self.check()?;
+        match self.layers.iter().find(|l| !l.act.kernel_native()) {
+            Some(l) => Err(format!(
+                "the fused kernels run tanh and linear layers only, not {:?} (a network \
+                 with a compression table evaluates it off the table)",
+                l.act
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Whether the weights are consistent: widths chain, vectors match, one dtype.
@@ -180,7 +266,7 @@ impl RowNets {
     pub fn check(&self) -> Result<(), String> {
         let first = self.first().ok_or("dense has no network")?;
         for (_, n) in self.iter() {
-            n.check()?;
+            n.check_native()?;
             if n.n_in() != first.n_in() || n.n_out() != first.n_out() || n.dtype != first.dtype {
                 return Err("dense networks of different widths or dtypes".into());
             }

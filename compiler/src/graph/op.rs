@@ -632,7 +632,10 @@ fn env_input(e: &EnvSpec, args: &[&TensorType]) -> Result<(), String> {
 /// The checks `EmbedContract` and its VJP share on `rr`, the network and the types.
 fn embed_input(e: &Embed, rr: &TensorType, last: Option<&TensorType>) -> Result<(), String> {
     let net: &Mlp = &e.net;
-    net.check()?;
+    match e.table {
+        Some(_) => net.check()?,
+        None => net.check_native()?,
+    }
     if e.centre_type.is_some() {
         let t = last.ok_or("embed_contract needs the centres' types")?;
         if t.dtype != DType::I32 || t.rank() != 1 || rr.rank() < 1 || t.shape[0] != rr.shape[0] {

@@ -100,9 +100,12 @@ pub struct Table {
     /// `k` at `[k, p, o]`, so a kernel's inner loop runs along the outputs.
     pub coef: Arc<Tensor>,
     /// Largest `|table - net|` and `|table' - net'|` seen at sample points of every interval
-    /// (the ends and three inner points), over all outputs.
+    /// (the ends and three inner points) but the kinked ones, over all outputs.
     pub max_err: f64,
     pub max_err_deriv: f64,
+    /// Per interval, whether a relu or relu6 neuron has a kink inside it (empty when none
+    /// does). A quintic cannot follow a kink, so kernels evaluate the network there.
+    pub kinked: Arc<Vec<bool>>,
 }
 
 impl Table {
@@ -125,6 +128,23 @@ impl Table {
         let f = Scalar::new(net);
         let m = net.n_out();
         let nk = knots.intervals();
+        // Each neuron with a kink is piecewise linear in the input between the kinks of the
+        // layers before it, so an interval holds a kink exactly where some neuron's side
+        // of its kink differs between the interval's ends.
+        let kinked: Vec<bool> = if f.has_kinks() {
+            let mut left = f.sides(knots.lower);
+            (0..nk)
+                .map(|k| {
+                    let (x0, h) = knots.interval(k);
+                    let right = f.sides(x0 + h);
+                    let kink = left != right;
+                    left = right;
+                    kink
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut coef = vec![0.0; nk * 6 * m];
         let mut left = f.eval(knots.interval(0).0);
         for k in 0..nk {
@@ -144,7 +164,7 @@ impl Table {
             left = right;
         }
         let (mut e0, mut e1) = (0.0f64, 0.0f64);
-        for k in 0..nk {
+        for k in (0..nk).filter(|&k| !kinked.get(k).copied().unwrap_or(false)) {
             let (x0, h) = knots.interval(k);
             for frac in [0.0, 0.25, 0.5, 0.75, 1.0] {
                 let t = frac * h;
@@ -170,7 +190,14 @@ impl Table {
             coef: Arc::new(coef),
             max_err: e0,
             max_err_deriv: e1,
+            kinked: Arc::new(kinked),
         })
+    }
+
+    /// Whether interval `k` is evaluated with the network (it holds a kink).
+    #[inline]
+    pub fn is_kinked(&self, k: usize) -> bool {
+        self.kinked.get(k).copied().unwrap_or(false)
     }
 }
 
@@ -236,8 +263,29 @@ impl Scalar {
         }
     }
 
+    /// Whether a layer's activation has kinks (relu, relu6).
+    pub fn has_kinks(&self) -> bool {
+        self.layers.iter().any(|l| l.act.kinks().is_some())
+    }
+
     /// `(y, dy/dx, d2y/dx2)` at `x`.
     pub fn eval(&self, x: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        self.eval_sides(x, None)
+    }
+
+    /// At `x`, for each neuron whose activation has kinks, how many of them its
+    /// pre-activation is above.
+    pub fn sides(&self, x: f64) -> Vec<u8> {
+        let mut sides = Vec::new();
+        self.eval_sides(x, Some(&mut sides));
+        sides
+    }
+
+    fn eval_sides(
+        &self,
+        x: f64,
+        mut sides: Option<&mut Vec<u8>>,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let (mut h, mut d, mut s) = (vec![x], vec![1.0], vec![0.0]);
         for l in &self.layers {
             let mut z = l.b.clone().unwrap_or_else(|| vec![0.0; l.n_out]);
@@ -251,14 +299,19 @@ impl Scalar {
                     sz[o] += s[i] * w;
                 }
             }
-            if l.act == Act::Tanh {
+            if let (Some(sides), Some(kinks)) = (sides.as_deref_mut(), l.act.kinks()) {
+                sides.extend(
+                    z.iter()
+                        .map(|&v| kinks.iter().filter(|&&c| v > c).count() as u8),
+                );
+            }
+            if l.act != Act::Linear {
                 for o in 0..l.n_out {
-                    let t = z[o].tanh();
-                    let g = 1.0 - t * t;
+                    let (f, f1, f2) = l.act.eval(z[o]);
                     let (dzo, szo) = (dz[o], sz[o]);
-                    z[o] = t;
-                    dz[o] = g * dzo;
-                    sz[o] = g * szo - 2.0 * t * g * dzo * dzo;
+                    z[o] = f;
+                    dz[o] = f1 * dzo;
+                    sz[o] = f1 * szo + f2 * dzo * dzo;
                 }
             }
             if let Some(idt) = &l.idt {
@@ -294,6 +347,10 @@ mod tests {
     use crate::graph::mlp::MlpLayer;
 
     fn net() -> Mlp {
+        net_with(Act::Tanh)
+    }
+
+    fn net_with(act: Act) -> Mlp {
         let t = |shape: Vec<usize>, seed: f64| {
             let n: usize = shape.iter().product();
             let v = (0..n)
@@ -305,7 +362,7 @@ mod tests {
             w: t(vec![i, o], seed).unwrap(),
             b: t(vec![o], seed * 1.3),
             idt: None,
-            act: Act::Tanh,
+            act,
             residual: res,
         };
         Mlp {
@@ -329,6 +386,113 @@ mod tests {
             assert!((d[o] - (yp[o] - ym[o]) / (2.0 * h)).abs() < 1e-8);
             assert!((s[o] - (dp[o] - dm[o]) / (2.0 * h)).abs() < 1e-8);
         }
+    }
+
+    /// Every activation DeePMD-kit tabulates, away from kinks and from softplus's switch.
+    const ACTS: [Act; 8] = [
+        Act::Linear,
+        Act::Tanh,
+        Act::Relu,
+        Act::Relu6,
+        Act::Softplus,
+        Act::Sigmoid,
+        Act::Silu,
+        Act::Gelu,
+    ];
+
+    #[test]
+    fn activation_derivatives_match_finite_differences() {
+        let h = 1e-5;
+        for act in ACTS {
+            for x in [-7.3, -2.1, -0.4, 0.3, 1.7, 4.9, 8.2, 19.0, 23.0] {
+                let (f, d, s) = act.eval(x);
+                let (fp, dp, _) = act.eval(x + h);
+                let (fm, dm, _) = act.eval(x - h);
+                let tol = 1e-7 * (1.0 + f.abs());
+                assert!((d - (fp - fm) / (2.0 * h)).abs() < tol, "{act:?} {x}");
+                assert!((s - (dp - dm) / (2.0 * h)).abs() < tol, "{act:?} {x}");
+            }
+        }
+        // The values themselves, against their textbook forms.
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let x = 0.83;
+        let gelu = 0.5
+            * x
+            * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+        assert_eq!(Act::Gelu.eval(x).0, gelu);
+        assert_eq!(Act::Silu.eval(x).0, x * sig(x));
+        assert_eq!(Act::Softplus.eval(x).0, (1.0 + x.exp()).ln());
+        assert_eq!(Act::Softplus.eval(21.0).0, 21.0);
+        assert_eq!(Act::Relu6.eval(7.5), (6.0, 0.0, 0.0));
+        assert_eq!(Act::Relu.eval(-1.0), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn tables_of_smooth_activations_match_their_networks() {
+        let knots = Knots::cover(-1.0, 2.0, 10.0, 0.01, 0.1);
+        for act in [Act::Softplus, Act::Sigmoid, Act::Silu, Act::Gelu] {
+            let net = net_with(act);
+            let (_, d, s) = Scalar::new(&net).eval(0.3);
+            let f = Scalar::new(&net);
+            let h = 1e-5;
+            let (dp, dm) = (f.eval(0.3 + h), f.eval(0.3 - h));
+            for o in 0..8 {
+                assert!(
+                    (d[o] - (dp.0[o] - dm.0[o]) / (2.0 * h)).abs() < 1e-8,
+                    "{act:?}"
+                );
+                assert!(
+                    (s[o] - (dp.1[o] - dm.1[o]) / (2.0 * h)).abs() < 1e-8,
+                    "{act:?}"
+                );
+            }
+            let t = Table::build(&net, knots).unwrap();
+            let e = (t.max_err, t.max_err_deriv);
+            assert!(e.0 < 1e-10 && e.1 < 1e-8, "{act:?} {e:?}");
+            assert!(t.kinked.is_empty(), "{act:?}");
+        }
+    }
+
+    /// relu and relu6 networks: the intervals holding a kink are found, and everywhere
+    /// else the quintics match the network (sampled densely, so a kink missed would show).
+    #[test]
+    fn kinked_intervals_are_found_and_the_rest_match() {
+        let knots = Knots::cover(-3.0, 3.0, 12.0, 0.01, 0.1);
+        for act in [Act::Relu, Act::Relu6] {
+            let mut net = net_with(act);
+            // Pre-activations past 6 somewhere, for relu6's upper kink.
+            let w = Arc::make_mut(&mut net.layers[0].w);
+            let Data::F64(v) = &mut w.data else { panic!() };
+            v.iter_mut().for_each(|x| *x *= 12.0);
+            let t = Table::build(&net, knots).unwrap();
+            let n_kinked = t.kinked.iter().filter(|&&k| k).count();
+            assert!((4..100).contains(&n_kinked), "{act:?}: {n_kinked} kinked");
+            let e = (t.max_err, t.max_err_deriv);
+            assert!(e.0 < 1e-11 && e.1 < 1e-9, "{act:?} {e:?}");
+            let f = Scalar::new(&net);
+            let Data::F64(c) = &t.coef.data else { panic!() };
+            let mut upper_kink = false;
+            for k in 0..knots.intervals() {
+                let (x0, h) = knots.interval(k);
+                upper_kink |=
+                    t.is_kinked(k) && f.sides(x0).iter().chain(&f.sides(x0 + h)).any(|&s| s == 2);
+                if t.is_kinked(k) {
+                    continue;
+                }
+                for i in 0..=40 {
+                    let dx = h * i as f64 / 40.0;
+                    let (y, dy, _) = f.eval(x0 + dx);
+                    for o in 0..8 {
+                        let (v, d) = poly(&c[k * 48..(k + 1) * 48], 8, o, dx);
+                        assert!((v - y[o]).abs() < 1e-11, "{act:?} {k} {o}");
+                        assert!((d - dy[o]).abs() < 1e-9, "{act:?} {k} {o}");
+                    }
+                }
+            }
+            assert_eq!(upper_kink, act == Act::Relu6);
+        }
+        // A smooth network has none.
+        assert!(Table::build(&net(), knots).unwrap().kinked.is_empty());
     }
 
     #[test]

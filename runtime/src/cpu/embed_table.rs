@@ -11,9 +11,9 @@
 //!
 //! Consecutive slots of one atom with one input (the padding past its last neighbour) are
 //! one entry: forward their `rr` rows are summed first, backward they share `gy^T G` and
-//! `gy^T dG/dx`. Inputs off the table go through the network itself (`Scalar`). The
-//! polynomials and sums use fused multiply-adds (`Real::mul_add`), as `fastmath` does, so
-//! every CPU gives the same bits.
+//! `gy^T dG/dx`. Inputs off the table, and in an interval holding a relu kink, go through
+//! the network itself (`Scalar`). The polynomials and sums use fused multiply-adds
+//! (`Real::mul_add`), as `fastmath` does, so every CPU gives the same bits.
 
 use dpc_compiler::graph::table::Scalar;
 use dpc_compiler::graph::{Embed, Knots};
@@ -40,8 +40,10 @@ pub(super) struct Table<'a, T> {
     m: usize,
     /// `[intervals, 6, m]`.
     coef: &'a [T],
-    /// For inputs off the table.
+    /// For inputs off the table, and in its kinked intervals.
     exact: Scalar,
+    /// Per interval, whether the network runs there instead (`graph::Table::kinked`).
+    kinked: &'a [bool],
 }
 
 impl<'a, T: Real> Table<'a, T> {
@@ -53,7 +55,11 @@ impl<'a, T: Real> Table<'a, T> {
         one_input(e)?;
         let coef = T::slice(&t.coef.data)
             .ok_or_else(|| ExecError::Type("compression table of another dtype".into()))?;
-        if coef.len() != t.knots.intervals() * 6 * t.m || t.m != e.net.n_out() {
+        let nk = t.knots.intervals();
+        if coef.len() != nk * 6 * t.m
+            || t.m != e.net.n_out()
+            || !(t.kinked.is_empty() || t.kinked.len() == nk)
+        {
             return Err(ExecError::Shape("compression table size".into()));
         }
         Ok(Some(Table {
@@ -61,6 +67,7 @@ impl<'a, T: Real> Table<'a, T> {
             m: t.m,
             coef,
             exact: Scalar::new(&e.net),
+            kinked: &t.kinked,
         }))
     }
 
@@ -139,8 +146,10 @@ fn sort_entries<T: Real>(t: &Table<T>, rows: &[&[T]], s: usize, c: usize, sc: &m
                 e += 1;
             }
             let (key, dx) = match t.knots.locate(x.to_f64()) {
-                Some((k, dx)) => (k as u32, T::from_f64(dx)),
-                None => (t.off(), x),
+                Some((k, dx)) if !t.kinked.get(k).copied().unwrap_or(false) => {
+                    (k as u32, T::from_f64(dx))
+                }
+                _ => (t.off(), x),
             };
             entries.push(Entry {
                 key,

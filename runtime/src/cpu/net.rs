@@ -195,6 +195,9 @@ pub(super) fn layers<'a, T: Real>(
     packs: &'a Packs,
     fold: Option<(usize, usize)>,
 ) -> R<Vec<Layer<'a, T>>> {
+    // The kernels below know tanh's and linear's derivatives only (a network with another
+    // activation runs off its compression table, `embed_table`).
+    net.check_native().map_err(ExecError::Type)?;
     net.layers
         .iter()
         .enumerate()
