@@ -102,8 +102,9 @@ fn off_table_inputs_go_through_the_network() {
 
 /// Every variant that compresses, on every configuration, against DeePMD-kit's uncompressed
 /// numbers (`reference.json`), and against dpc's uncompressed model. The strip-mode
-/// se_atten blocks without attention (DPA-1, and DPA-2's repinit) must compress, as
-/// DeePMD-kit's `dp compress` does them.
+/// se_atten blocks without attention (DPA-1, and DPA-2's repinit) and the strip-mode
+/// se_e3_tebd must compress, as DeePMD-kit's `dp compress` does them; the concat-mode
+/// se_e3_tebd is refused, as DeePMD-kit refuses it.
 #[test]
 fn compressed_variants_match_the_uncompressed_model() {
     let text =
@@ -154,10 +155,29 @@ fn compressed_variants_match_the_uncompressed_model() {
         "dpa1_strip_noattn_tos",
         "dpa1_strip_noattn_smooth",
         "dpa2_strip_three_body",
+        "se_e3_tebd_strip",
     ] {
         assert!(done.iter().any(|n| n == want), "{want} did not compress");
     }
-    assert!(done.len() >= 7, "only {done:?} compressed");
+    assert!(done.len() >= 8, "only {done:?} compressed");
+    let entry = doc.get("se_e3_tebd_concat").unwrap();
+    let path = common::local_fixtures()
+        .join("variants")
+        .join(entry.get("model").unwrap().as_str().unwrap());
+    let err = DeepPot::from_tree_opts(
+        dpc_formats::read_model(&path).unwrap(),
+        BuildOptions {
+            compress: Some(Compress {
+                min_nbor_dist: Some(0.8),
+                ..Compress::default()
+            }),
+            ..BuildOptions::default()
+        },
+    )
+    .err()
+    .expect("concat se_e3_tebd compressed")
+    .to_string();
+    assert!(err.contains("strip mode only"), "{err}");
 }
 
 #[test]
@@ -259,6 +279,7 @@ fn strip_tables_in_elementary_ops_match_the_fused_kernel() {
         "dpa1_strip_noattn_tos",
         "dpa1_strip_noattn_smooth",
         "dpa2_strip_three_body",
+        "se_e3_tebd_strip",
     ] {
         let entry = doc.get(name).unwrap();
         let path = common::local_fixtures()
@@ -366,4 +387,67 @@ fn every_activation_deepmd_kit_tabulates_compresses() {
         err.contains("Silut") && err.contains("dp compress"),
         "{err}"
     );
+}
+
+/// The strip-mode se_e3_tebd variant made non-smooth (no switch weighting: the tabulated
+/// split then leaves the last type pair's part out), compressed, fused and in elementary
+/// ops, against the same model uncompressed (whose non-smooth three-body block DPA-2's
+/// variants check against DeePMD-kit).
+#[test]
+fn non_smooth_three_body_compresses() {
+    fn unsmooth(v: &mut Value) {
+        if let Value::Dict(d) = v {
+            for (k, x) in d.iter_mut() {
+                match x {
+                    Value::Bool(b) if k == "smooth" => *b = false,
+                    _ => unsmooth(x),
+                }
+            }
+        }
+    }
+    let text =
+        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
+    let doc = dpc_formats::json::parse(&text).unwrap();
+    let entry = doc.get("se_e3_tebd_strip").unwrap();
+    let path = common::local_fixtures()
+        .join("variants")
+        .join(entry.get("model").unwrap().as_str().unwrap());
+    let mut tree = dpc_formats::read_model(&path).unwrap();
+    unsmooth(&mut tree);
+    let c = Compress {
+        min_nbor_dist: Some(0.8),
+        ..Compress::default()
+    };
+    let plain = DeepPot::from_tree(tree.clone()).unwrap();
+    let fused = compressed(tree.clone(), c);
+    let unfused = DeepPot::from_tree_opts(
+        tree,
+        BuildOptions {
+            compress: Some(c),
+            unfused: true,
+            ..BuildOptions::default()
+        },
+    )
+    .unwrap();
+    for cv in entry.get("configs").unwrap().as_list().unwrap() {
+        let cfg = common::Config::from_value(cv);
+        let b = plain.compute(&cfg.frame(), false).unwrap();
+        // The switch weighting matters here: the smooth model's energy is elsewhere.
+        let x = cv.get("expected").unwrap();
+        let smooth_e = common::floats(x.get("energy").unwrap())[0];
+        assert!(
+            (b.energy - smooth_e).abs() > 1e-6,
+            "smooth flag had no effect"
+        );
+        for (how, p) in [("fused", &fused), ("elementary", &unfused)] {
+            let d = diffs(
+                &p.compute(&cfg.frame(), false).unwrap(),
+                b.energy,
+                &b.force,
+                &b.virial,
+            );
+            within_bound(&format!("non-smooth se_e3_tebd {how}"), d);
+            assert!(d.0 < 1e-12 && d.1 < 1e-10, "{how}: {d:?}");
+        }
+    }
 }

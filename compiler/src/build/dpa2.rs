@@ -8,12 +8,13 @@
 //! layers update atom (`g1`), pair (`g2`) and pair-direction (`h2`) features; a neighbour's
 //! `g1` is read through the extended system's `mapping`.
 
+use super::compress::{table_eval, Plan};
 use super::dpa1::{pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
 use super::dpa3::list_update;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
 use super::nn::{activation, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
-use crate::graph::{Cmp, DType, Dim, Graph, GraphError, ValueId};
+use crate::graph::{Cmp, DType, Dim, Graph, GraphError, Tensor, ValueId};
 use crate::model::dpa2::{Atten2, Dpa2, LocalAtten, RepformerLayer, Repformers, ThreeBody};
 use crate::model::se_t_tebd::SeTTebd;
 use crate::model::{EnvParams, Layer, TebdInput};
@@ -49,7 +50,8 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa2, nlist: ValueId) -> R {
     let table = type_table(g, &d.type_embedding, dt)?;
     if let Some(tb) = &d.three_body {
         let nl3 = cut(g, tb.env.rcut, tb.nnei)?;
-        let t = three_body(g, inp, tb, table, nl3, dt)?;
+        // DeePMD-kit's dp compress leaves DPA-2's three-body block as it is.
+        let t = three_body(g, inp, tb, (table, nl3), None, dt)?;
         g1 = g.concat(&[g1, t], 1)?;
     }
     let mut g1 = layer(g, g1, &d.g1_shape_tranform)?;
@@ -72,7 +74,15 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa2, nlist: ValueId) -> R {
 pub fn se_t_tebd(g: &mut Graph, inp: &Inputs, d: &SeTTebd, nlist: ValueId) -> R {
     let dt = d.dtype;
     let table = type_table(g, &d.type_embedding, dt)?;
-    let out = three_body(g, inp, &d.block, table, nlist, dt)?;
+    let compress = inp.compress.as_ref();
+    if compress.is_some() && !matches!(d.block.tebd_input, TebdInput::Strip) {
+        return Err(GraphError(
+            "compression of a se_e3_tebd descriptor in concat mode: DeePMD-kit's dp compress \
+             takes strip mode only, and so does dpc; run the model without --compress"
+                .into(),
+        ));
+    }
+    let out = three_body(g, inp, &d.block, (table, nlist), compress, dt)?;
     if d.concat_output_tebd {
         let cen = g.gather(table, inp.atype_loc)?;
         g.concat(&[out, cen], 1)
@@ -89,8 +99,8 @@ fn three_body(
     g: &mut Graph,
     inp: &Inputs,
     tb: &ThreeBody,
-    table: ValueId,
-    nlist: ValueId,
+    (table, nlist): (ValueId, ValueId),
+    compress: Option<&Plan>,
     dt: DType,
 ) -> R {
     let nnei = tb.nnei;
@@ -128,24 +138,32 @@ fn three_body(
                 .embedding_strip
                 .as_ref()
                 .expect("validated: strip mode has embeddings_strip");
-            let gs = net(g, ss, &tb.embedding)?; // [nloc, nnei, nnei, ng]
-                                                 // Row a * ntp + b of the pair table is [T[a], T[b]].
+            // Row a * ntp + b of the pair table is [T[a], T[b]].
             let ntp = g.shape(table)[0].factor;
             let pair = type_pairs(g, table, false)?;
             let tt = net(g, pair, strip)?; // [ntp * ntp, ng]
             let ty = g.gather(inp.atype, nl0)?; // [nloc, nnei]
+            let w = if tb.smooth {
+                let nf = g.cast(nmask, dt)?;
+                let sw = g.mul(env.sw, nf)?; // [nloc, nnei], zero off the list
+                let swj = g.reshape(sw, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, Dim::ONE])?;
+                let swk = g.reshape(sw, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), Dim::ONE])?;
+                Some(g.mul(swj, swk)?)
+            } else {
+                None
+            };
+            if let Some(p) = compress {
+                let sum = strip_tabulated(g, inp, tb, p, (ss, ty, w), (tt, ntp))?;
+                return g.scale(sum, 1.0 / (nnei * nnei) as f64);
+            }
+            let gs = net(g, ss, &tb.embedding)?; // [nloc, nnei, nnei, ng]
             let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
             let ntp_c = g.scalar(ntp as f64, DType::I32);
             let tj = g.mul(tj, ntp_c)?;
             let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
             let idx = g.add(tj, tk)?; // [nloc, nnei, nnei]
             let mut gt = g.gather(tt, idx)?; // [nloc, nnei, nnei, ng]
-            if tb.smooth {
-                let nf = g.cast(nmask, dt)?;
-                let sw = g.mul(env.sw, nf)?; // [nloc, nnei], zero off the list
-                let swj = g.reshape(sw, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, Dim::ONE])?;
-                let swk = g.reshape(sw, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), Dim::ONE])?;
-                let w = g.mul(swj, swk)?;
+            if let Some(w) = w {
                 gt = g.mul(gt, w)?;
             }
             let prod = g.mul(gs, gt)?;
@@ -155,6 +173,100 @@ fn three_body(
     let gg = g.mul(gg, ss)?;
     let res = g.sum(gg, &[1, 2], false)?;
     g.scale(res, 1.0 / (nnei * nnei) as f64)
+}
+
+/// Types of a three-body block whose tabulated contraction is split by type pair (its
+/// channels grow as the square).
+const MAX_TABULATED_TYPES: usize = 4;
+
+/// `sum_jk x_jk G_jk` `[nloc, ng]` of a strip-mode three-body block with its geometric
+/// network `gs` tabulated (`--compress`, DeePMD-kit's `tabulate_fusion_se_t_tebd`), for `x =
+/// r_j . r_k` (`ss`, `[nloc, nnei, nnei, 1]`), `G_jk = gs(x_jk) (1 + t[T_j, T_k] w_jk)`,
+/// `t` the strip network's value of each type pair (`tt`, row `a * ntp + b`), `w` the
+/// switches' product with `smooth`, else 1. `t` takes one value per type pair, so the sum
+/// is one fused contraction of the table over `x` and `x` masked to each type pair
+/// (weighted by `w`), then a weighted sum over pairs. Without `w` the pairs' parts sum to
+/// the whole, so the last pair's is left out.
+fn strip_tabulated(
+    g: &mut Graph,
+    inp: &Inputs,
+    tb: &ThreeBody,
+    p: &Plan,
+    (ss, ty, w): (ValueId, ValueId, Option<ValueId>),
+    (tt, ntp): (ValueId, usize),
+) -> R {
+    let dt = g.dtype(ss);
+    let nnei = tb.nnei;
+    let nt = tb.stats.davg.shape[0];
+    if nt > MAX_TABULATED_TYPES {
+        return Err(GraphError(format!(
+            "compression of a strip-mode three-body (se_e3_tebd) block with {nt} types is not \
+             implemented (at most {MAX_TABULATED_TYPES}: the tabulated contraction is split by \
+             type pair); run the model without --compress"
+        )));
+    }
+    let mlp = p.net(&tb.embedding, dt)?;
+    let b = p.angular_bound(&tb.env, &tb.stats, 0..nnei)?;
+    let tab = p.table(&mlp, -b * b, b * b)?;
+    let rows = vec![Dim::NLOC, Dim::fixed(nnei * nnei), Dim::ONE];
+    let x = g.reshape(ss, rows.clone())?;
+    let xw = match w {
+        Some(w) => g.mul(ss, w)?,
+        None => ss,
+    };
+    let is = |g: &mut Graph, a: usize, shape: Vec<Dim>| {
+        let av = g.scalar(a as f64, DType::I32);
+        let m = g.cmp(Cmp::Eq, ty, av)?;
+        let m = g.cast(m, dt)?;
+        g.reshape(m, shape)
+    };
+    let pairs = if w.is_some() { nt * nt } else { nt * nt - 1 };
+    let mut parts = vec![x];
+    for a in 0..nt {
+        let ma = is(g, a, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, Dim::ONE])?;
+        let xa = g.mul(xw, ma)?;
+        for b in (0..nt).filter(|b| a * nt + b < pairs) {
+            let mb = is(g, b, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), Dim::ONE])?;
+            let xab = g.mul(xa, mb)?;
+            parts.push(g.reshape(xab, rows.clone())?);
+        }
+    }
+    let split = g.concat(&parts, 2)?; // [nloc, nnei^2, 1 + pairs], the network's input first
+    let sums = if inp.fuse {
+        g.embed_contract(split, mlp, Some(tab), None)?
+    } else {
+        let gs = table_eval(g, x, &tab, &tb.embedding)?; // [nloc, nnei^2, ng]
+        let gst = g.transpose(gs, vec![0, 2, 1])?;
+        g.matmul(gst, split)?
+    }; // [nloc, ng, 1 + pairs]
+    let ng = g.shape(sums)[1];
+    let idx: Vec<i32> = (0..nt * nt)
+        .map(|ab| ((ab / nt) * ntp + ab % nt) as i32)
+        .collect();
+    let idx = g.constant(Tensor::i32(vec![nt * nt], idx));
+    let t = g.gather(tt, idx)?; // [nt^2, ng]
+    let t = g.transpose(t, vec![1, 0])?;
+    let t = g.reshape(t, vec![Dim::ONE, ng, Dim::fixed(nt * nt)])?;
+    let base = g.slice_n(sums, 2, 0, 1)?; // [nloc, ng, 1]
+                                          // `base + sum_ab t_ab P_ab`; without w, `(1 + t_last) base + sum_(ab < last) (t_ab -
+                                          // t_last) P_ab`, the same sum with `P_last = base - sum_(ab < last) P_ab`.
+    let (base, t) = if pairs == nt * nt {
+        (base, t)
+    } else {
+        let last = g.slice_n(t, 2, pairs, pairs + 1)?;
+        let scale = g.add_scalar(last, 1.0)?;
+        let base = g.mul(base, scale)?;
+        let rest = g.slice_n(t, 2, 0, pairs)?;
+        (base, g.sub(rest, last)?)
+    };
+    let base = g.reshape(base, vec![Dim::NLOC, ng])?;
+    if pairs == 0 {
+        return Ok(base); // one type, no switch: (1 + t) base
+    }
+    let by_pair = g.slice_n(sums, 2, 1, 1 + pairs)?; // [nloc, ng, pairs]
+    let weighted = g.mul(by_pair, t)?;
+    let weighted = g.sum(weighted, &[2], false)?; // [nloc, ng]
+    g.add(base, weighted)
 }
 
 /// What every repformer layer reads besides the features.

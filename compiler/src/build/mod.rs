@@ -260,7 +260,6 @@ pub(crate) fn descriptor(
         Descriptor::Dpa3(_) if inp.compress.is_some() => return Err(refuse("DPA-3")),
         Descriptor::Dpa3(d) => dpa3::build(g, inp, d, nlist)?,
         Descriptor::Dpa2(d) => dpa2::build(g, inp, d, nlist)?,
-        Descriptor::SeTTebd(_) if inp.compress.is_some() => return Err(refuse("se_e3_tebd")),
         Descriptor::SeTTebd(d) => dpa2::se_t_tebd(g, inp, d, nlist)?,
         Descriptor::Hybrid(list) => hybrid::build(g, inp, d, list, nlist)?,
     })
