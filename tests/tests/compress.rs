@@ -390,9 +390,9 @@ fn every_activation_deepmd_kit_tabulates_compresses() {
 }
 
 /// The strip-mode se_e3_tebd variant made non-smooth (no switch weighting: the tabulated
-/// split then leaves the last type pair's part out), compressed, fused and in elementary
-/// ops, against the same model uncompressed (whose non-smooth three-body block DPA-2's
-/// variants check against DeePMD-kit).
+/// split by type pair then leaves the last pair's part out), compressed, fused and in
+/// elementary ops, against the same model uncompressed in elementary ops (whose non-smooth
+/// three-body block DPA-2's variants check against DeePMD-kit).
 #[test]
 fn non_smooth_three_body_compresses() {
     fn unsmooth(v: &mut Value) {
@@ -418,7 +418,14 @@ fn non_smooth_three_body_compresses() {
         min_nbor_dist: Some(0.8),
         ..Compress::default()
     };
-    let plain = DeepPot::from_tree(tree.clone()).unwrap();
+    let plain = DeepPot::from_tree_opts(
+        tree.clone(),
+        BuildOptions {
+            unfused: true,
+            ..BuildOptions::default()
+        },
+    )
+    .unwrap();
     let fused = compressed(tree.clone(), c);
     let unfused = DeepPot::from_tree_opts(
         tree,

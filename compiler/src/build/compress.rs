@@ -1,7 +1,8 @@
-//! Compile-time compression (`--compress`): each fused embedding network of se_e2_a,
-//! se_e2_r and se_e3 becomes a table of quintic polynomials (`graph::table`) over the range
-//! its input takes, found as DeePMD-kit's `DPTabulate._get_env_mat_range` does: from the
-//! descriptor's normalisation and the closest neighbour distance seen in training
+//! Compile-time compression (`--compress`): each embedding network of se_e2_a, se_e2_r,
+//! se_e3, and the geometric one of strip-mode se_atten/DPA-1 without attention (DPA-2's
+//! repinit) and se_e3_tebd, becomes a table of quintic polynomials (`graph::table`) over
+//! the range its input takes, found as DeePMD-kit's `DPTabulate._get_env_mat_range` does:
+//! from the descriptor's normalisation and the closest neighbour distance seen in training
 //! (`min_nbor_dist`). Inputs outside the table are evaluated with the network itself.
 
 use std::sync::Arc;
