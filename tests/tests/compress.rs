@@ -22,6 +22,24 @@ fn compressed(tree: Value, c: Compress) -> DeepPot {
     pot
 }
 
+/// `tree` built in elementary ops (as the StableHLO lowering builds it), with `compress`.
+fn elementary(tree: Value, compress: Option<Compress>) -> DeepPot {
+    let opts = BuildOptions {
+        compress,
+        unfused: true,
+        ..BuildOptions::default()
+    };
+    DeepPot::from_tree_opts(tree, opts).unwrap()
+}
+
+/// The model of variant `entry` (of `variants/reference.json`).
+fn variant_model(entry: &Value) -> Value {
+    let path = common::local_fixtures()
+        .join("variants")
+        .join(entry.get("model").unwrap().as_str().unwrap());
+    dpc_formats::read_model(&path).unwrap()
+}
+
 /// The tabulated embedding ops of `pot`'s graph.
 fn tables(pot: &DeepPot) -> usize {
     pot.executor(false)
@@ -112,10 +130,7 @@ fn compressed_variants_match_the_uncompressed_model() {
     let doc = dpc_formats::json::parse(&text).unwrap();
     let mut done = Vec::new();
     for (name, entry) in doc.as_dict().unwrap() {
-        let path = common::local_fixtures()
-            .join("variants")
-            .join(entry.get("model").unwrap().as_str().unwrap());
-        let tree = dpc_formats::read_model(&path).unwrap();
+        let tree = variant_model(entry);
         let plain = DeepPot::from_tree(tree.clone()).unwrap();
         let Ok(pot) = DeepPot::from_tree_opts(
             tree,
@@ -160,12 +175,8 @@ fn compressed_variants_match_the_uncompressed_model() {
         assert!(done.iter().any(|n| n == want), "{want} did not compress");
     }
     assert!(done.len() >= 8, "only {done:?} compressed");
-    let entry = doc.get("se_e3_tebd_concat").unwrap();
-    let path = common::local_fixtures()
-        .join("variants")
-        .join(entry.get("model").unwrap().as_str().unwrap());
     let err = DeepPot::from_tree_opts(
-        dpc_formats::read_model(&path).unwrap(),
+        variant_model(doc.get("se_e3_tebd_concat").unwrap()),
         BuildOptions {
             compress: Some(Compress {
                 min_nbor_dist: Some(0.8),
@@ -234,15 +245,7 @@ fn tables_in_elementary_ops_match_the_fused_kernel() {
         let path = common::model_file(name, "model.dp");
         let tree = dpc_formats::read_model(&path).unwrap();
         let fused = compressed(tree.clone(), Compress::default());
-        let plain = DeepPot::from_tree_opts(
-            tree,
-            BuildOptions {
-                compress: Some(Compress::default()),
-                unfused: true,
-                ..BuildOptions::default()
-            },
-        )
-        .unwrap();
+        let plain = elementary(tree, Some(Compress::default()));
         let floors = plain
             .executor(false)
             .unwrap()
@@ -282,21 +285,13 @@ fn strip_tables_in_elementary_ops_match_the_fused_kernel() {
         "se_e3_tebd_strip",
     ] {
         let entry = doc.get(name).unwrap();
-        let path = common::local_fixtures()
-            .join("variants")
-            .join(entry.get("model").unwrap().as_str().unwrap());
-        let tree = dpc_formats::read_model(&path).unwrap();
+        let tree = variant_model(entry);
         let c = Compress {
             min_nbor_dist: Some(0.8),
             ..Compress::default()
         };
         let fused = compressed(tree.clone(), c);
-        let opts = BuildOptions {
-            compress: Some(c),
-            unfused: true,
-            ..BuildOptions::default()
-        };
-        let plain = DeepPot::from_tree_opts(tree, opts).unwrap();
+        let plain = elementary(tree, Some(c));
         for cv in entry.get("configs").unwrap().as_list().unwrap() {
             let cfg = common::Config::from_value(cv);
             let a = fused.compute(&cfg.frame(), false).unwrap();
@@ -329,10 +324,7 @@ fn every_activation_deepmd_kit_tabulates_compresses() {
         std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
     let doc = dpc_formats::json::parse(&text).unwrap();
     let entry = doc.get("se_e2_a_gelu_relu").unwrap();
-    let path = common::local_fixtures()
-        .join("variants")
-        .join(entry.get("model").unwrap().as_str().unwrap());
-    let tree = dpc_formats::read_model(&path).unwrap();
+    let tree = variant_model(entry);
     let c = Compress {
         min_nbor_dist: Some(0.8),
         ..Compress::default()
@@ -344,15 +336,7 @@ fn every_activation_deepmd_kit_tabulates_compresses() {
         rename(&mut t, "gelu", act);
         let plain = DeepPot::from_tree(t.clone()).unwrap();
         let pot = compressed(t.clone(), c);
-        let unfused = DeepPot::from_tree_opts(
-            t,
-            BuildOptions {
-                compress: Some(c),
-                unfused: true,
-                ..BuildOptions::default()
-            },
-        )
-        .unwrap();
+        let unfused = elementary(t, Some(c));
         for cfg in entry.get("configs").unwrap().as_list().unwrap() {
             let config = common::Config::from_value(cfg);
             let frame = config.frame();
@@ -409,33 +393,15 @@ fn non_smooth_three_body_compresses() {
         std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
     let doc = dpc_formats::json::parse(&text).unwrap();
     let entry = doc.get("se_e3_tebd_strip").unwrap();
-    let path = common::local_fixtures()
-        .join("variants")
-        .join(entry.get("model").unwrap().as_str().unwrap());
-    let mut tree = dpc_formats::read_model(&path).unwrap();
+    let mut tree = variant_model(entry);
     unsmooth(&mut tree);
     let c = Compress {
         min_nbor_dist: Some(0.8),
         ..Compress::default()
     };
-    let plain = DeepPot::from_tree_opts(
-        tree.clone(),
-        BuildOptions {
-            unfused: true,
-            ..BuildOptions::default()
-        },
-    )
-    .unwrap();
+    let plain = elementary(tree.clone(), None);
     let fused = compressed(tree.clone(), c);
-    let unfused = DeepPot::from_tree_opts(
-        tree,
-        BuildOptions {
-            compress: Some(c),
-            unfused: true,
-            ..BuildOptions::default()
-        },
-    )
-    .unwrap();
+    let unfused = elementary(tree, Some(c));
     for cv in entry.get("configs").unwrap().as_list().unwrap() {
         let cfg = common::Config::from_value(cv);
         let b = plain.compute(&cfg.frame(), false).unwrap();
