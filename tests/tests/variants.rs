@@ -54,6 +54,8 @@ variants!(
     se_e2_a_excl,
     se_e2_a_tos_pairexcl,
     se_e2_a_gelu_relu,
+    se_e2_a_relu_emb,
+    se_e2_a_gelu_emb,
     se_e2_r_excl,
     se_e3_3types,
     dpa1_strip_smooth,
