@@ -38,7 +38,8 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     };
     let nmask_f = g.cast(nmask, dt)?;
     let sw = g.mul(env.sw, nmask_f)?; // [nloc, nnei]
-                                      // Padded slots read the type of the system's atom 0, as DeePMD-kit does.
+
+    // Padded slots read the type of the system's atom 0, as DeePMD-kit does.
     let pad = pad_atom(g, inp)?;
     let nl0 = g.select(nmask, nlist, pad)?;
     let rr = apply_keep(g, env.rr, keep)?; // [nloc, nnei, 4]
@@ -77,7 +78,8 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
         TebdInput::Concat => {
             let temb_ext = g.gather(table, inp.atype)?; // [nall, nt]
             let nei_t = g.gather(temb_ext, nl0)?; // [nloc, nnei, nt]
-                                                  // The network on [s, T_j(, T_i)], its first layer split by input block.
+
+            // The network on [s, T_j(, T_i)], its first layer split by input block.
             if d.type_one_side {
                 net_on_parts(g, &[ss, nei_t], &d.embedding, inp.fuse)?
             } else {
@@ -276,8 +278,9 @@ fn strip_contract_split(
     )?;
     let base = g.slice_n(sums, 2, 0, 1)?; // [nloc, ng, 1, 4]
     let by_type = g.slice_n(sums, 2, 1, 1 + typed)?; // [nloc, ng, typed, 4]
-                                                     // U of every type, `[1 or nloc, nt, ng]` (one row with `type_one_side`), as
-                                                     // `[.., ng, nt, 1]`.
+
+    // U of every type, `[1 or nloc, nt, ng]` (one row with `type_one_side`), as
+    // `[.., ng, nt, 1]`.
     let types = g.constant(Tensor::i32(vec![1, nt], (0..nt as i32).collect()));
     let u = strip_values(g, inp, d, table, types)?;
     let lead = g.shape(u)[0];

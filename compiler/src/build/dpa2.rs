@@ -247,9 +247,9 @@ fn strip_tabulated(
     let t = g.gather(tt, idx)?; // [nt^2, ng]
     let t = g.transpose(t, vec![1, 0])?;
     let t = g.reshape(t, vec![Dim::ONE, ng, Dim::fixed(nt * nt)])?;
+    // `base + sum_ab t_ab P_ab`; without w, `(1 + t_last) base + sum_(ab < last) (t_ab -
+    // t_last) P_ab`, the same sum with `P_last = base - sum_(ab < last) P_ab`.
     let base = g.slice_n(sums, 2, 0, 1)?; // [nloc, ng, 1]
-                                          // `base + sum_ab t_ab P_ab`; without w, `(1 + t_last) base + sum_(ab < last) (t_ab -
-                                          // t_last) P_ab`, the same sum with `P_last = base - sum_(ab < last) P_ab`.
     let (base, t) = if pairs == nt * nt {
         (base, t)
     } else {
