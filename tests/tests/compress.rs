@@ -32,7 +32,14 @@ fn elementary(tree: Value, compress: Option<Compress>) -> DeepPot {
     DeepPot::from_tree_opts(tree, opts).unwrap()
 }
 
-/// The model of variant `entry` (of `variants/reference.json`).
+/// The variants' references, `variants/reference.json`.
+fn variants() -> Value {
+    let text =
+        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
+    dpc_formats::json::parse(&text).unwrap()
+}
+
+/// The model of variant `entry` (of `variants()`).
 fn variant_model(entry: &Value) -> Value {
     let path = common::local_fixtures()
         .join("variants")
@@ -125,9 +132,7 @@ fn off_table_inputs_go_through_the_network() {
 /// se_e3_tebd is refused, as DeePMD-kit refuses it.
 #[test]
 fn compressed_variants_match_the_uncompressed_model() {
-    let text =
-        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
-    let doc = dpc_formats::json::parse(&text).unwrap();
+    let doc = variants();
     let mut done = Vec::new();
     for (name, entry) in doc.as_dict().unwrap() {
         let tree = variant_model(entry);
@@ -285,9 +290,7 @@ fn tables_in_elementary_ops_match_the_fused_kernel() {
 /// elementary ops against the fused table kernel: the same split contraction.
 #[test]
 fn strip_tables_in_elementary_ops_match_the_fused_kernel() {
-    let text =
-        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
-    let doc = dpc_formats::json::parse(&text).unwrap();
+    let doc = variants();
     for name in [
         "dpa1_strip_noattn_tos",
         "dpa1_strip_noattn_smooth",
@@ -330,9 +333,7 @@ fn rename(v: &mut Value, from: &str, to: &str) {
 /// silut, which DeePMD-kit does not tabulate, is refused by name.
 #[test]
 fn every_activation_deepmd_kit_tabulates_compresses() {
-    let text =
-        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
-    let doc = dpc_formats::json::parse(&text).unwrap();
+    let doc = variants();
     let entry = doc.get("se_e2_a_gelu_relu").unwrap();
     let tree = variant_model(entry);
     let c = Compress {
@@ -399,9 +400,7 @@ fn non_smooth_three_body_compresses() {
             }
         }
     }
-    let text =
-        std::fs::read_to_string(common::local_fixtures().join("variants/reference.json")).unwrap();
-    let doc = dpc_formats::json::parse(&text).unwrap();
+    let doc = variants();
     let entry = doc.get("se_e3_tebd_strip").unwrap();
     let mut tree = variant_model(entry);
     unsmooth(&mut tree);

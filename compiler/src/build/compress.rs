@@ -91,6 +91,19 @@ impl Plan {
         })
     }
 
+    /// `n` as the network to tabulate (`net`) and its table over `range(self)`.
+    pub fn tabulate(
+        &self,
+        n: &Net,
+        dtype: DType,
+        range: impl FnOnce(&Plan) -> Result<(f64, f64), String>,
+    ) -> Result<(Arc<Mlp>, Arc<Table>), String> {
+        let net = self.net(n, dtype)?;
+        let (lo, hi) = range(self)?;
+        let table = self.table(&net, lo, hi)?;
+        Ok((net, table))
+    }
+
     /// The largest value of the radial column `sw(r)/r`, at the closest distance.
     fn radial_max(&self, env: &EnvParams) -> f64 {
         let r = self.rmin;
@@ -162,9 +175,7 @@ pub(crate) fn embedding(
     let Some(p) = plan else {
         return Ok((fusable(n, dtype), None));
     };
-    let net = p.net(n, dtype)?;
-    let (lo, hi) = range(p)?;
-    let table = p.table(&net, lo, hi)?;
+    let (net, table) = p.tabulate(n, dtype, range)?;
     Ok((Some(net), Some(table)))
 }
 

@@ -11,9 +11,9 @@ use super::compress::{embedding, table_eval};
 use super::env_mat::{apply_keep, env_mat, pair_keep};
 use super::nn::{cast_tensor, fusable, fusable_layers, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
+use crate::graph::table::Scalar;
 use crate::graph::{
-    Act, Attention, Cmp, DType, Dim, Graph, GraphError, Mlp, MlpLayer, Op, Residual, Tensor,
-    ValueId,
+    Attention, Cmp, DType, Dim, Graph, GraphError, Mlp, MlpLayer, Op, Residual, Tensor, ValueId,
 };
 use crate::model::{AttentionLayer, Dpa1, TebdInput, TypeEmbedding};
 
@@ -204,10 +204,16 @@ fn strip_values(g: &mut Graph, inp: &Inputs, d: &Dpa1, table: ValueId, types: Va
 
 /// `[nloc, nnei, 1]`: 1 where the neighbour is of type `t`, else 0.
 fn type_mask(g: &mut Graph, d: &Dpa1, nei_type: ValueId, t: usize) -> R {
+    let shape = vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE];
+    is_type(g, nei_type, t, d.dtype, shape)
+}
+
+/// `types == t` (`types` `i32`) as 1 or 0 in `dt`, reshaped to `shape`.
+pub(super) fn is_type(g: &mut Graph, types: ValueId, t: usize, dt: DType, shape: Vec<Dim>) -> R {
     let tv = g.scalar(t as f64, DType::I32);
-    let is_t = g.cmp(Cmp::Eq, nei_type, tv)?;
-    let is_t = g.cast(is_t, d.dtype)?;
-    g.reshape(is_t, vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE])
+    let is_t = g.cmp(Cmp::Eq, types, tv)?;
+    let is_t = g.cast(is_t, dt)?;
+    g.reshape(is_t, shape)
 }
 
 /// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a strip-mode block without attention, with the
@@ -383,40 +389,8 @@ fn type_values(te: &TypeEmbedding) -> Option<Vec<Vec<f64>>> {
         return Some((0..n).map(eye).collect());
     }
     let netdt = te.net.layers[0].dtype;
-    let mlp = fusable_layers(&te.net.layers, netdt)?;
-    Some((0..n).map(|i| mlp_row(&mlp, eye(i))).collect())
-}
-
-/// `mlp` on one row, in float64.
-fn mlp_row(mlp: &Mlp, mut x: Vec<f64>) -> Vec<f64> {
-    for l in &mlp.layers {
-        let (n_in, n_out) = (l.n_in(), l.n_out());
-        let w = l.w.to_f64_vec();
-        let mut z = l.b.as_ref().map_or(vec![0.0; n_out], |b| b.to_f64_vec());
-        for (i, &xv) in x.iter().enumerate() {
-            for (zo, &wv) in z.iter_mut().zip(&w[i * n_out..(i + 1) * n_out]) {
-                *zo += xv * wv;
-            }
-        }
-        if l.act != Act::Linear {
-            z.iter_mut().for_each(|v| *v = l.act.eval(*v).0);
-        }
-        if let Some(idt) = &l.idt {
-            z.iter_mut()
-                .zip(idt.to_f64_vec())
-                .for_each(|(v, s)| *v *= s);
-        }
-        match l.residual {
-            Residual::None => {}
-            Residual::Same | Residual::Doubled => {
-                for (o, v) in z.iter_mut().enumerate() {
-                    *v += x[o % n_in];
-                }
-            }
-        }
-        x = z;
-    }
-    x
+    let net = Scalar::new(&*fusable_layers(&te.net.layers, netdt)?);
+    Some((0..n).map(|i| net.values(eye(i))).collect())
 }
 
 /// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a concat-mode block without attention from

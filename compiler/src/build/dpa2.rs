@@ -9,7 +9,7 @@
 //! `g1` is read through the extended system's `mapping`.
 
 use super::compress::{table_eval, Plan};
-use super::dpa1::{pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
+use super::dpa1::{is_type, pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
 use super::dpa3::list_update;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
 use super::nn::{activation, layer, layer_norm, net, net_on_parts};
@@ -205,28 +205,35 @@ fn strip_tabulated(
              type pair); run the model without --compress"
         )));
     }
-    let mlp = p.net(&tb.embedding, dt)?;
-    let b = p.angular_bound(&tb.env, &tb.stats, 0..nnei)?;
-    let tab = p.table(&mlp, -b * b, b * b)?;
+    let (mlp, tab) = p.tabulate(&tb.embedding, dt, |p| {
+        let b = p.angular_bound(&tb.env, &tb.stats, 0..nnei)?;
+        Ok((-b * b, b * b))
+    })?;
     let rows = vec![Dim::NLOC, Dim::fixed(nnei * nnei), Dim::ONE];
     let x = g.reshape(ss, rows.clone())?;
     let xw = match w {
         Some(w) => g.mul(ss, w)?,
         None => ss,
     };
-    let is = |g: &mut Graph, a: usize, shape: Vec<Dim>| {
-        let av = g.scalar(a as f64, DType::I32);
-        let m = g.cmp(Cmp::Eq, ty, av)?;
-        let m = g.cast(m, dt)?;
-        g.reshape(m, shape)
-    };
     let pairs = if w.is_some() { nt * nt } else { nt * nt - 1 };
     let mut parts = vec![x];
     for a in 0..nt {
-        let ma = is(g, a, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, Dim::ONE])?;
+        let ma = is_type(
+            g,
+            ty,
+            a,
+            dt,
+            vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, Dim::ONE],
+        )?;
         let xa = g.mul(xw, ma)?;
         for b in (0..nt).filter(|b| a * nt + b < pairs) {
-            let mb = is(g, b, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), Dim::ONE])?;
+            let mb = is_type(
+                g,
+                ty,
+                b,
+                dt,
+                vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), Dim::ONE],
+            )?;
             let xab = g.mul(xa, mb)?;
             parts.push(g.reshape(xab, rows.clone())?);
         }

@@ -131,25 +131,23 @@ impl Table {
         // Each neuron with a kink is piecewise linear in the input between the kinks of the
         // layers before it, so an interval holds a kink exactly where some neuron's side
         // of its kink differs between the interval's ends.
-        let kinked: Vec<bool> = if f.has_kinks() {
-            let mut left = f.sides(knots.lower);
-            (0..nk)
-                .map(|k| {
-                    let (x0, h) = knots.interval(k);
-                    let right = f.sides(x0 + h);
-                    let kink = left != right;
-                    left = right;
-                    kink
-                })
-                .collect()
-        } else {
-            Vec::new()
+        // The sides come from the same evaluation at each knot as the polynomials.
+        let kinks = f.has_kinks();
+        let at = |x: f64| {
+            let mut sides = Vec::new();
+            let v = f.eval_sides(x, kinks.then_some(&mut sides));
+            (v, sides)
         };
+        let mut kinked = Vec::with_capacity(if kinks { nk } else { 0 });
         let mut coef = vec![0.0; nk * 6 * m];
-        let mut left = f.eval(knots.interval(0).0);
+        let (mut left, mut left_sides) = at(knots.interval(0).0);
         for k in 0..nk {
             let (x0, h) = knots.interval(k);
-            let right = f.eval(x0 + h);
+            let (right, right_sides) = at(x0 + h);
+            if kinks {
+                kinked.push(left_sides != right_sides);
+            }
+            left_sides = right_sides;
             let c = &mut coef[k * 6 * m..(k + 1) * 6 * m];
             for o in 0..m {
                 let q = hermite5(
@@ -273,6 +271,12 @@ impl Scalar {
         self.eval_sides(x, None)
     }
 
+    /// The network's outputs on one row `x` of any input width (no derivatives).
+    pub fn values(&self, x: Vec<f64>) -> Vec<f64> {
+        let zeros = vec![0.0; x.len()];
+        self.run((x, zeros.clone(), zeros), None).0
+    }
+
     /// At `x`, for each neuron whose activation has kinks, how many of them its
     /// pre-activation is above.
     pub fn sides(&self, x: f64) -> Vec<u8> {
@@ -281,12 +285,16 @@ impl Scalar {
         sides
     }
 
-    fn eval_sides(
+    fn eval_sides(&self, x: f64, sides: Option<&mut Vec<u8>>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        self.run((vec![x], vec![1.0], vec![0.0]), sides)
+    }
+
+    /// Forward mode from the input's value, slope and curvature `(h, d, s)`.
+    fn run(
         &self,
-        x: f64,
+        (mut h, mut d, mut s): (Vec<f64>, Vec<f64>, Vec<f64>),
         mut sides: Option<&mut Vec<u8>>,
     ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (mut h, mut d, mut s) = (vec![x], vec![1.0], vec![0.0]);
         for l in &self.layers {
             let mut z = l.b.clone().unwrap_or_else(|| vec![0.0; l.n_out]);
             let mut dz = vec![0.0; l.n_out];

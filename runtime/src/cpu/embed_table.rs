@@ -15,7 +15,7 @@
 //! the network itself (`Scalar`). The polynomials and sums use fused multiply-adds
 //! (`Real::mul_add`), as `fastmath` does, so every CPU gives the same bits.
 
-use dpc_compiler::graph::table::Scalar;
+use dpc_compiler::graph::table::{Scalar, Table as NetTable};
 use dpc_compiler::graph::{Embed, Knots};
 use rayon::prelude::*;
 
@@ -42,8 +42,8 @@ pub(super) struct Table<'a, T> {
     coef: &'a [T],
     /// For inputs off the table, and in its kinked intervals.
     exact: Scalar,
-    /// Per interval, whether the network runs there instead (`graph::Table::kinked`).
-    kinked: &'a [bool],
+    /// The table as built: which intervals the network runs instead (`is_kinked`).
+    built: &'a NetTable,
 }
 
 impl<'a, T: Real> Table<'a, T> {
@@ -67,7 +67,7 @@ impl<'a, T: Real> Table<'a, T> {
             m: t.m,
             coef,
             exact: Scalar::new(&e.net),
-            kinked: &t.kinked,
+            built: t,
         }))
     }
 
@@ -146,9 +146,7 @@ fn sort_entries<T: Real>(t: &Table<T>, rows: &[&[T]], s: usize, c: usize, sc: &m
                 e += 1;
             }
             let (key, dx) = match t.knots.locate(x.to_f64()) {
-                Some((k, dx)) if !t.kinked.get(k).copied().unwrap_or(false) => {
-                    (k as u32, T::from_f64(dx))
-                }
+                Some((k, dx)) if !t.built.is_kinked(k) => (k as u32, T::from_f64(dx)),
                 _ => (t.off(), x),
             };
             entries.push(Entry {
