@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::compress::{embedding, table_eval};
+use super::compress::table_eval;
 use super::env_mat::{apply_keep, env_mat, pair_keep};
 use super::nn::{cast_tensor, fusable, fusable_layers, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
@@ -48,21 +48,25 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
     let table = type_table(g, &d.type_embedding, dt)?; // [ntp, nt]
     let nt = g.shape(table)[1];
 
-    // A strip block without attention never needs `G` itself: with the table, or with the
-    // network where the fused kernel runs it, its contraction splits by neighbour type. The
-    // split's channels outnumber a small network's outputs (neuron [4, 8], 3 types: 15%
-    // slower), so uncompressed it runs where they do not ([8, 16, 32] and sel 120: 1.8x
-    // faster; [25, 50, 100]: 2.6x).
-    let split = matches!(d.tebd_input, TebdInput::Strip)
-        && d.attention.is_empty()
-        && (inp.compress.is_some()
-            || (inp.fuse
-                && d.ntypes <= MAX_SPLIT_TYPES
-                && split_channels(d) <= d.embedding.n_out().unwrap_or(0)
-                && fusable(&d.embedding, dt).is_some()));
-    if split {
+    // A strip block without attention never needs `G` itself. Tabulated, one fused op
+    // takes the type factor per row. With the network where the fused kernel runs it, the
+    // contraction splits by neighbour type; the split's channels outnumber a small
+    // network's outputs (neuron [4, 8], 3 types: 15% slower), so it runs where they do not
+    // ([8, 16, 32] and sel 120: 1.8x faster; [25, 50, 100]: 2.6x).
+    let strip = matches!(d.tebd_input, TebdInput::Strip) && d.attention.is_empty();
+    if strip && inp.fuse && inp.compress.is_some() {
         let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
-        let gr = strip_contract_split(g, inp, d, (rr, sw, nei_type), table)?;
+        let gr = strip_contract_tabulated(g, inp, d, (rr, sw, nei_type), table)?;
+        return descriptor_of(g, inp, d, gr, table);
+    }
+    let split = strip
+        && inp.fuse
+        && inp.compress.is_none()
+        && d.ntypes <= MAX_SPLIT_TYPES
+        && split_channels(d) <= d.embedding.n_out().unwrap_or(0);
+    if let Some(mlp) = fusable(&d.embedding, dt).filter(|_| split) {
+        let nei_type = g.gather(inp.atype, nl0)?; // [nloc, nnei]
+        let gr = strip_contract_split(g, inp, d, (rr, sw, nei_type), table, mlp)?;
         return descriptor_of(g, inp, d, gr, table);
     }
 
@@ -97,7 +101,16 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
             } else {
                 gt
             };
-            let gs = net(g, ss, &d.embedding)?;
+            // With `--compress` (elementary ops: the fused form is above), the table.
+            let gs = match inp.compress.as_ref() {
+                Some(p) => {
+                    let (_, tab) = p.tabulate(&d.embedding, dt, |p| {
+                        p.radial_range(&d.env, &d.stats, 0..d.nnei, None)
+                    })?;
+                    table_eval(g, ss, &tab, &d.embedding)?
+                }
+                None => net(g, ss, &d.embedding)?,
+            };
             let prod = g.mul(gs, gt)?;
             g.add(prod, gs)?
         }
@@ -164,8 +177,8 @@ fn compressible(d: &Dpa1) -> Result<(), GraphError> {
     )))
 }
 
-/// The most types a strip block splits its contraction by (see `strip_contract_split`):
-/// its channels grow as `4 (1 + ntypes)`.
+/// The most types an uncompressed strip block splits its contraction by (see
+/// `strip_contract_split`): its channels grow as `4 (1 + ntypes)`.
 const MAX_SPLIT_TYPES: usize = 8;
 
 /// The channels of `strip_contract_split`'s contraction: `R`, and `R` masked to each
@@ -183,23 +196,66 @@ fn split_channels(d: &Dpa1) -> usize {
 /// with `type_one_side` (no centre), else `[nloc, ..types.., ng]` for `types` `[nloc or 1,
 /// ...]`.
 fn strip_values(g: &mut Graph, inp: &Inputs, d: &Dpa1, table: ValueId, types: ValueId) -> R {
+    let (tt, idx) = strip_rows(g, inp, d, table, types)?;
+    g.gather(tt, idx)
+}
+
+/// The strip network on every type (pair) `[ntp, ng]` (`[ntp * ntp, ng]` without
+/// `type_one_side`: row `c * ntp + n` is centre type `c`, neighbour type `n`), and the row
+/// each of `types` takes (`[..types..]`, or `[nloc, ..types..]` for `types` `[nloc or 1,
+/// ...]`).
+fn strip_rows(
+    g: &mut Graph,
+    inp: &Inputs,
+    d: &Dpa1,
+    table: ValueId,
+    types: ValueId,
+) -> Result<(ValueId, ValueId), GraphError> {
     let strip = d
         .embedding_strip
         .as_ref()
         .expect("validated: strip mode has embeddings_strip");
     if d.type_one_side {
-        let tt = net(g, table, strip)?; // [ntp, ng]
-        return g.gather(tt, types);
+        return Ok((net(g, table, strip)?, types));
     }
-    // Row c*ntp + n of the pair table is [T[n], T[c]].
     let ntp = g.shape(table)[0].factor;
     let pair = type_pairs(g, table, true)?;
-    let tt = net(g, pair, strip)?; // [ntp*ntp, ng]
+    let tt = net(g, pair, strip)?;
     let ci = g.reshape(inp.atype_loc, vec![Dim::NLOC, Dim::ONE])?;
     let ntp_c = g.scalar(ntp as f64, DType::I32);
     let ci = g.mul(ci, ntp_c)?;
-    let idx = g.add(ci, types)?;
-    g.gather(tt, idx)
+    Ok((tt, g.add(ci, types)?))
+}
+
+/// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a strip-mode block without attention, its
+/// geometric network `gs` tabulated (`--compress`, DeePMD-kit's `tabulate_fusion_se_atten`):
+/// `G_j = gs(s_j) (1 + w_j U[c_i, t_j])` (see `strip_contract_split`) in one fused op whose
+/// per-row factor is the strip network's row `U[c_i, t_j]` (`Embed::factor`): over `[R, w
+/// R]`, the factor on the second half; without the switch, over `R` with the factor `1 +
+/// U`. Any number of types.
+fn strip_contract_tabulated(
+    g: &mut Graph,
+    inp: &Inputs,
+    d: &Dpa1,
+    (rr, sw, nei_type): (ValueId, ValueId, ValueId),
+    table: ValueId,
+) -> R {
+    let plan = inp.compress.as_ref().expect("called with --compress");
+    let (mlp, tab) = plan.tabulate(&d.embedding, d.dtype, |p| {
+        p.radial_range(&d.env, &d.stats, 0..d.nnei, None)
+    })?;
+    let (u, idx) = strip_rows(g, inp, d, table, nei_type)?; // idx [nloc, nnei]
+    if !d.smooth_type_embedding {
+        let u1 = g.add_scalar(u, 1.0)?;
+        return g.embed_contract_factor(rr, (mlp, tab), (0, idx, u1));
+    }
+    let w = g.reshape(sw, vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE])?;
+    let rw = g.mul(rr, w)?;
+    let both = g.concat(&[rr, rw], 2)?; // [nloc, nnei, 8]
+    let sums = g.embed_contract_factor(both, (mlp, tab), (4, idx, u))?; // [nloc, ng, 8]
+    let plain = g.slice_n(sums, 2, 0, 4)?;
+    let scaled = g.slice_n(sums, 2, 4, 8)?;
+    g.add(plain, scaled)
 }
 
 /// `[nloc, nnei, 1]`: 1 where the neighbour is of type `t`, else 0.
@@ -217,8 +273,7 @@ pub(super) fn is_type(g: &mut Graph, types: ValueId, t: usize, dt: DType, shape:
 }
 
 /// `sum_j G_j^T R_j` `[nloc, ng, 4]` of a strip-mode block without attention, with the
-/// geometric network `gs` in one fused op, tabulated with `--compress` (DeePMD-kit's
-/// `tabulate_fusion_se_atten`):
+/// geometric network `gs` (`mlp`) in one fused op:
 /// `G_j = gs(s_j) (1 + w_j U[c_i, t_j])`, `U` the strip network on the type embedding
 /// (of the neighbour's type `t_j`, and with `type_one_side` false the centre's `c_i`), `w_j`
 /// the switch with `smooth_type_embedding`, else 1. Since `U` takes one value per type, the
@@ -231,22 +286,10 @@ fn strip_contract_split(
     d: &Dpa1,
     (rr, sw, nei_type): (ValueId, ValueId, ValueId),
     table: ValueId,
+    mlp: Arc<Mlp>,
 ) -> R {
     let dt = d.dtype;
     let nt = d.ntypes;
-    if nt > MAX_SPLIT_TYPES {
-        return Err(GraphError(format!(
-            "compression of a strip-mode se_atten/DPA-1 block with {nt} types is not \
-             implemented (at most {MAX_SPLIT_TYPES}: the tabulated contraction is split \
-             by neighbour type); run the model without --compress"
-        )));
-    }
-    let (mlp, tab) = embedding(inp.compress.as_ref(), &d.embedding, dt, |p| {
-        p.radial_range(&d.env, &d.stats, 0..d.nnei, None)
-    })?;
-    let mlp = mlp.ok_or_else(|| {
-        GraphError("the strip split needs an embedding network the fused kernels run".into())
-    })?;
     let nnei = Dim::fixed(d.nnei);
     let r3 = vec![Dim::NLOC, nnei, Dim::ONE];
     let w = if d.smooth_type_embedding {
@@ -266,17 +309,7 @@ fn strip_contract_split(
         parts.push(g.mul(rr, f)?);
     }
     let split = g.concat(&parts, 2)?; // [nloc, nnei, 4 (1 + typed)]
-    let sums = if inp.fuse {
-        g.embed_contract(split, mlp, tab, None)?
-    } else {
-        let ss = g.slice_n(rr, 2, 0, 1)?;
-        let gs = match &tab {
-            Some(tab) => table_eval(g, ss, tab, &d.embedding)?,
-            None => net(g, ss, &d.embedding)?,
-        }; // [nloc, nnei, ng]
-        let gst = g.transpose(gs, vec![0, 2, 1])?;
-        g.matmul(gst, split)?
-    }; // [nloc, ng, 4 (1 + typed)]
+    let sums = g.embed_contract(split, mlp, None, None)?; // [nloc, ng, 4 (1 + typed)]
     let ng = g.shape(sums)[1];
     let sums = g.reshape(
         sums,

@@ -8,13 +8,16 @@
 //! layers update atom (`g1`), pair (`g2`) and pair-direction (`h2`) features; a neighbour's
 //! `g1` is read through the extended system's `mapping`.
 
+use std::sync::Arc;
+
 use super::compress::{table_eval, Plan};
-use super::dpa1::{is_type, pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
+use super::dpa1::{pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
 use super::dpa3::list_update;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
 use super::nn::{activation, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
-use crate::graph::{Cmp, DType, Dim, Graph, GraphError, Tensor, ValueId};
+use crate::graph::table::Table;
+use crate::graph::{Cmp, DType, Dim, Graph, GraphError, Mlp, ValueId};
 use crate::model::dpa2::{Atten2, Dpa2, LocalAtten, RepformerLayer, Repformers, ThreeBody};
 use crate::model::se_t_tebd::SeTTebd;
 use crate::model::{EnvParams, Layer, TebdInput};
@@ -152,11 +155,18 @@ fn three_body(
             } else {
                 None
             };
-            if let Some(p) = compress {
-                let sum = strip_tabulated(g, inp, tb, p, (ss, ty, w), (tt, ntp))?;
-                return g.scale(sum, 1.0 / (nnei * nnei) as f64);
-            }
-            let gs = net(g, ss, &tb.embedding)?; // [nloc, nnei, nnei, ng]
+            let gs = match compress {
+                Some(p) if inp.fuse => {
+                    let sum = strip_tabulated(g, tb, p, (ss, ty, w), (tt, ntp))?;
+                    return g.scale(sum, 1.0 / (nnei * nnei) as f64);
+                }
+                // Elementary ops (the StableHLO lowering): the table's values.
+                Some(p) => {
+                    let (_, tab) = three_body_table(p, tb, dt)?;
+                    table_eval(g, ss, &tab, &tb.embedding)?
+                }
+                None => net(g, ss, &tb.embedding)?,
+            }; // [nloc, nnei, nnei, ng]
             let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
             let ntp_c = g.scalar(ntp as f64, DType::I32);
             let tj = g.mul(tj, ntp_c)?;
@@ -175,21 +185,28 @@ fn three_body(
     g.scale(res, 1.0 / (nnei * nnei) as f64)
 }
 
-/// Types of a three-body block whose tabulated contraction is split by type pair (its
-/// channels grow as the square).
-const MAX_TABULATED_TYPES: usize = 4;
+/// The three-body block's geometric network `gs` and its table over `x = r_j . r_k`:
+/// `[-b^2, b^2]` for `b` the largest `|r|` (`--compress`).
+fn three_body_table(
+    p: &Plan,
+    tb: &ThreeBody,
+    dt: DType,
+) -> Result<(Arc<Mlp>, Arc<Table>), GraphError> {
+    Ok(p.tabulate(&tb.embedding, dt, |p| {
+        let b = p.angular_bound(&tb.env, &tb.stats, 0..tb.nnei)?;
+        Ok((-b * b, b * b))
+    })?)
+}
 
 /// `sum_jk x_jk G_jk` `[nloc, ng]` of a strip-mode three-body block with its geometric
 /// network `gs` tabulated (`--compress`, DeePMD-kit's `tabulate_fusion_se_t_tebd`), for `x =
 /// r_j . r_k` (`ss`, `[nloc, nnei, nnei, 1]`), `G_jk = gs(x_jk) (1 + t[T_j, T_k] w_jk)`,
 /// `t` the strip network's value of each type pair (`tt`, row `a * ntp + b`), `w` the
-/// switches' product with `smooth`, else 1. `t` takes one value per type pair, so the sum
-/// is one fused contraction of the table over `x` and `x` masked to each type pair
-/// (weighted by `w`), then a weighted sum over pairs. Without `w` the pairs' parts sum to
-/// the whole, so the last pair's is left out.
+/// switches' product with `smooth`, else 1: one fused op whose per-row factor is `t`'s row
+/// of the pair (`Embed::factor`), over `[x, w x]` with the factor on the second, or without
+/// `w` over `x` with the factor `1 + t`. Any number of types.
 fn strip_tabulated(
     g: &mut Graph,
-    inp: &Inputs,
     tb: &ThreeBody,
     p: &Plan,
     (ss, ty, w): (ValueId, ValueId, Option<ValueId>),
@@ -197,83 +214,28 @@ fn strip_tabulated(
 ) -> R {
     let dt = g.dtype(ss);
     let nnei = tb.nnei;
-    let nt = tb.stats.davg.shape[0];
-    if nt > MAX_TABULATED_TYPES {
-        return Err(GraphError(format!(
-            "compression of a strip-mode three-body (se_e3_tebd) block with {nt} types is not \
-             implemented (at most {MAX_TABULATED_TYPES}: the tabulated contraction is split by \
-             type pair); run the model without --compress"
-        )));
-    }
-    let (mlp, tab) = p.tabulate(&tb.embedding, dt, |p| {
-        let b = p.angular_bound(&tb.env, &tb.stats, 0..nnei)?;
-        Ok((-b * b, b * b))
-    })?;
-    let rows = vec![Dim::NLOC, Dim::fixed(nnei * nnei), Dim::ONE];
-    let x = g.reshape(ss, rows.clone())?;
-    let xw = match w {
-        Some(w) => g.mul(ss, w)?,
-        None => ss,
+    let (mlp, tab) = three_body_table(p, tb, dt)?;
+    let rows = vec![Dim::NLOC, Dim::fixed(nnei * nnei)];
+    let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
+    let ntp_c = g.scalar(ntp as f64, DType::I32);
+    let tj = g.mul(tj, ntp_c)?;
+    let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
+    let idx = g.add(tj, tk)?; // [nloc, nnei, nnei]
+    let idx = g.reshape(idx, rows.clone())?;
+    let mut ch = rows;
+    ch.push(Dim::ONE);
+    let x = g.reshape(ss, ch)?; // [nloc, nnei^2, 1]
+    let ng = Dim::fixed(mlp.n_out());
+    let Some(w) = w else {
+        let t1 = g.add_scalar(tt, 1.0)?;
+        let sums = g.embed_contract_factor(x, (mlp, tab), (0, idx, t1))?;
+        return g.reshape(sums, vec![Dim::NLOC, ng]);
     };
-    let pairs = if w.is_some() { nt * nt } else { nt * nt - 1 };
-    let mut parts = vec![x];
-    for a in 0..nt {
-        let ma = is_type(
-            g,
-            ty,
-            a,
-            dt,
-            vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, Dim::ONE],
-        )?;
-        let xa = g.mul(xw, ma)?;
-        for b in (0..nt).filter(|b| a * nt + b < pairs) {
-            let mb = is_type(
-                g,
-                ty,
-                b,
-                dt,
-                vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), Dim::ONE],
-            )?;
-            let xab = g.mul(xa, mb)?;
-            parts.push(g.reshape(xab, rows.clone())?);
-        }
-    }
-    let split = g.concat(&parts, 2)?; // [nloc, nnei^2, 1 + pairs], the network's input first
-    let sums = if inp.fuse {
-        g.embed_contract(split, mlp, Some(tab), None)?
-    } else {
-        let gs = table_eval(g, x, &tab, &tb.embedding)?; // [nloc, nnei^2, ng]
-        let gst = g.transpose(gs, vec![0, 2, 1])?;
-        g.matmul(gst, split)?
-    }; // [nloc, ng, 1 + pairs]
-    let ng = g.shape(sums)[1];
-    let idx: Vec<i32> = (0..nt * nt)
-        .map(|ab| ((ab / nt) * ntp + ab % nt) as i32)
-        .collect();
-    let idx = g.constant(Tensor::i32(vec![nt * nt], idx));
-    let t = g.gather(tt, idx)?; // [nt^2, ng]
-    let t = g.transpose(t, vec![1, 0])?;
-    let t = g.reshape(t, vec![Dim::ONE, ng, Dim::fixed(nt * nt)])?;
-    // `base + sum_ab t_ab P_ab`; without w, `(1 + t_last) base + sum_(ab < last) (t_ab -
-    // t_last) P_ab`, the same sum with `P_last = base - sum_(ab < last) P_ab`.
-    let base = g.slice_n(sums, 2, 0, 1)?; // [nloc, ng, 1]
-    let (base, t) = if pairs == nt * nt {
-        (base, t)
-    } else {
-        let last = g.slice_n(t, 2, pairs, pairs + 1)?;
-        let scale = g.add_scalar(last, 1.0)?;
-        let base = g.mul(base, scale)?;
-        let rest = g.slice_n(t, 2, 0, pairs)?;
-        (base, g.sub(rest, last)?)
-    };
-    let base = g.reshape(base, vec![Dim::NLOC, ng])?;
-    if pairs == 0 {
-        return Ok(base); // one type, no switch: (1 + t) base
-    }
-    let by_pair = g.slice_n(sums, 2, 1, 1 + pairs)?; // [nloc, ng, pairs]
-    let weighted = g.mul(by_pair, t)?;
-    let weighted = g.sum(weighted, &[2], false)?; // [nloc, ng]
-    g.add(base, weighted)
+    let xw = g.mul(ss, w)?;
+    let xw = g.reshape(xw, g.shape(x).to_vec())?;
+    let both = g.concat(&[x, xw], 2)?; // [nloc, nnei^2, 2]
+    let sums = g.embed_contract_factor(both, (mlp, tab), (1, idx, tt))?; // [nloc, ng, 2]
+    g.sum(sums, &[2], false)
 }
 
 /// What every repformer layer reads besides the features.

@@ -271,11 +271,18 @@ fn rule(
         }
         Op::ScatterAdd { .. } => Ok(vec![None, Some(g.gather(gy, args[0])?)]),
         Op::EmbedContract(e) => {
+            // The factor's rows are constants of the model (DPA-1's strip network on the
+            // type embedding): the VJP has no rule for them.
+            if e.factor.is_some() && wanted[2] {
+                return Err(GraphError(
+                    "embed_contract's factor rows take no gradient".into(),
+                ));
+            }
             let mut vargs = vec![args[0], gy];
-            vargs.extend(args.get(1).copied());
+            vargs.extend_from_slice(&args[1..]);
             let d = g.push(Op::EmbedContractVjp(e.clone()), &vargs)?;
             let mut out = vec![Some(d)];
-            out.extend(args.get(1).map(|_| None));
+            out.extend(args[1..].iter().map(|_| None));
             Ok(out)
         }
         Op::Dense(e) => {

@@ -160,6 +160,25 @@ impl Graph {
         self.embed_op(rr, net, table, centre, false)
     }
 
+    /// `EmbedContract` with a per-row factor on channels `split..` (see `Embed::factor`):
+    /// those channels contract with `Net(rr[:, j, 0]) * u[idx[:, j]]`. `table` is required.
+    pub fn embed_contract_factor(
+        &mut self,
+        rr: ValueId,
+        (net, table): (Arc<super::mlp::Mlp>, Arc<super::table::Table>),
+        (split, idx, u): (usize, ValueId, ValueId),
+    ) -> R {
+        check_table(&net, &table)?;
+        let e = super::mlp::Embed {
+            net,
+            centre_type: None,
+            table: Some(table),
+            ones: false,
+            factor: Some(split),
+        };
+        self.push(Op::EmbedContract(e), &[rr, idx, u])
+    }
+
     /// `sum_j Net(rr[:, j, 0])` (`rr [n, s, 1]`) as one fused op, `[n, m, 1]`: the
     /// contraction with a channel of ones (see `Embed::ones`).
     pub fn embed_sum(
@@ -180,17 +199,14 @@ impl Graph {
         ones: bool,
     ) -> R {
         if let Some(t) = &table {
-            if t.m != net.n_out() || t.coef.dtype() != net.dtype {
-                return Err(GraphError(
-                    "embed_contract table does not match its network".into(),
-                ));
-            }
+            check_table(&net, t)?;
         }
         let e = super::mlp::Embed {
             net,
             centre_type: centre.map(|c| c.0),
             table,
             ones,
+            factor: None,
         };
         match centre {
             Some((_, types)) => self.push(Op::EmbedContract(e), &[rr, types]),
@@ -412,6 +428,16 @@ impl Graph {
         s.insert(axis, Dim::ONE);
         self.reshape(x, s)
     }
+}
+
+/// A compression table fits its network: one row of `m` outputs each, in its dtype.
+fn check_table(net: &super::mlp::Mlp, t: &super::table::Table) -> Result<(), GraphError> {
+    if t.m != net.n_out() || t.coef.dtype() != net.dtype {
+        return Err(GraphError(
+            "embed_contract table does not match its network".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

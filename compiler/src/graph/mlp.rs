@@ -200,6 +200,22 @@ pub struct Embed {
     /// Contract with a channel of ones instead of `rr`'s channels: `out[i] = sum_j
     /// Net(rr[i, j, 0])`, `[n, m, 1]` for `rr [n, s, 1]` (se_e2_r's sum over neighbours).
     pub ones: bool,
+    /// A per-row factor on part of the contraction: channels `split..c` of `rr` are
+    /// contracted with `G_j * u[idx_j]` (elementwise, `u [k, m]` a table of rows, `idx_j` the
+    /// row's index into it) instead of `G_j`. The op then takes `(idx i32 [n, s], u)` after
+    /// `rr` (and the VJP's cotangent). This is DPA-1's strip-mode `G_j (1 + w_j U[t_j])`
+    /// with `rr`'s channels twice, the second time scaled by `w` (DeePMD-kit's
+    /// `tabulate_fusion_se_atten` takes the same factor per row). `u` takes no gradient.
+    /// Tabulated networks only.
+    pub factor: Option<usize>,
+}
+
+impl Embed {
+    /// The op's arguments besides `rr` (and the VJP's cotangent): the factor's index and
+    /// rows, then the centres' types.
+    pub fn extra_args(&self) -> usize {
+        2 * usize::from(self.factor.is_some()) + usize::from(self.centre_type.is_some())
+    }
 }
 
 /// The attributes of `Op::Dense` and its VJP: a network on the rows of a matrix.

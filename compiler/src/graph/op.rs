@@ -233,8 +233,8 @@ impl Op {
             | Op::Softmax
             | Op::Act(_) => 1,
             Op::SoftmaxVjp | Op::ActVjp(_) => 2,
-            Op::EmbedContract(e) => 1 + usize::from(e.centre_type.is_some()),
-            Op::EmbedContractVjp(e) => 2 + usize::from(e.centre_type.is_some()),
+            Op::EmbedContract(e) => 1 + e.extra_args(),
+            Op::EmbedContractVjp(e) => 2 + e.extra_args(),
             Op::Dense(e) => 1 + usize::from(e.nets.by_type()),
             Op::DenseVjp(e) => 2 + usize::from(e.nets.by_type()),
             Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather | Op::ScatterAdd { .. } => 2,
@@ -495,13 +495,13 @@ impl Op {
             }
             Op::EmbedContract(e) => {
                 let rr = a.unwrap();
-                embed_input(e, rr, args.last().copied())?;
+                embed_input(e, rr, &args[1..])?;
                 let s = vec![rr.shape[0], Dim::fixed(e.net.n_out()), rr.shape[2]];
                 Ok(TensorType::new(rr.dtype, s))
             }
             Op::EmbedContractVjp(e) => {
                 let (rr, g) = (args[0], args[1]);
-                embed_input(e, rr, args.last().copied())?;
+                embed_input(e, rr, &args[2..])?;
                 let want = [rr.shape[0], Dim::fixed(e.net.n_out()), rr.shape[2]];
                 if g.dtype != rr.dtype || g.shape != want {
                     return Err(format!(
@@ -629,15 +629,41 @@ fn env_input(e: &EnvSpec, args: &[&TensorType]) -> Result<(), String> {
     }
 }
 
-/// The checks `EmbedContract` and its VJP share on `rr`, the network and the types.
-fn embed_input(e: &Embed, rr: &TensorType, last: Option<&TensorType>) -> Result<(), String> {
+/// The checks `EmbedContract` and its VJP share on `rr`, the network, the factor's index
+/// and rows, and the types (`rest`: the arguments after `rr`, and after the VJP's
+/// cotangent).
+fn embed_input(e: &Embed, rr: &TensorType, rest: &[&TensorType]) -> Result<(), String> {
     let net: &Mlp = &e.net;
     match e.table {
         Some(_) => net.check()?,
         None => net.check_native()?,
     }
+    if let Some(split) = e.factor {
+        let (idx, u) = (rest[0], rest[1]);
+        if e.table.is_none() || e.ones {
+            return Err("embed_contract's per-row factor needs a table (and no ones)".into());
+        }
+        if rr.rank() != 3 || rr.shape[2].sym.is_some() || split > rr.shape[2].factor {
+            return Err(format!(
+                "embed_contract factor from channel {split} of rr {rr}"
+            ));
+        }
+        if idx.dtype != DType::I32 || idx.shape[..] != rr.shape[..2] {
+            return Err(format!(
+                "embed_contract factor index {idx} does not match rr {rr}"
+            ));
+        }
+        let m = Dim::fixed(net.n_out());
+        if u.dtype != rr.dtype || u.rank() != 2 || u.shape[1] != m || u.shape[0].sym.is_some() {
+            return Err(format!(
+                "embed_contract factor rows {u} (want [k, {m}] of rr's dtype)"
+            ));
+        }
+    }
     if e.centre_type.is_some() {
-        let t = last.ok_or("embed_contract needs the centres' types")?;
+        let t = *rest
+            .last()
+            .ok_or("embed_contract needs the centres' types")?;
         if t.dtype != DType::I32 || t.rank() != 1 || rr.rank() < 1 || t.shape[0] != rr.shape[0] {
             return Err(format!(
                 "embed_contract centre types {t} do not match rr {rr}"
@@ -769,6 +795,9 @@ impl fmt::Display for Op {
                 }
                 if let Some(t) = e.centre_type {
                     write!(f, " centre_type={t}")?;
+                }
+                if let Some(s) = e.factor {
+                    write!(f, " factor_from={s}")?;
                 }
                 match &e.table {
                     Some(t) => write!(

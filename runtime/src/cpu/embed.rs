@@ -20,7 +20,7 @@
 use dpc_compiler::graph::{Data, Embed, Mlp, Tensor};
 use rayon::prelude::*;
 
-use super::embed_table::{self, Table};
+use super::embed_table::{self, Factor, Table};
 use super::net::{forward, forward_tangent, layers, sized, Layer, Packs};
 use super::real::Real;
 use super::reduce::dot;
@@ -43,6 +43,77 @@ const KEEP_LIMIT_BYTES: usize = 512 << 20;
 /// `limit` in tests).
 fn whole_op<T>(rows: usize, m: usize, limit: usize) -> bool {
     (rows * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= limit
+}
+
+/// An embedding op's arguments besides `rr` (and the VJP's cotangent): the per-row
+/// factor's index and rows (`Embed::factor`), and the centres' types.
+#[derive(Clone, Copy, Default)]
+pub struct Extra<'a> {
+    pub factor: Option<(&'a Tensor, &'a Tensor)>,
+    pub types: Option<&'a Tensor>,
+}
+
+impl<'a> Extra<'a> {
+    /// From the op's arguments after `rr` (and the cotangent), as `Embed::extra_args` lists
+    /// them.
+    pub fn of(e: &Embed, rest: &[&'a Tensor]) -> Extra<'a> {
+        let factor = match (e.factor, rest) {
+            (Some(_), [idx, u, ..]) => Some((*idx, *u)),
+            _ => None,
+        };
+        let types = e.centre_type.and(rest.last().copied());
+        Extra { factor, types }
+    }
+
+    /// Only the centres' types.
+    #[cfg(test)]
+    pub fn types(types: Option<&'a Tensor>) -> Extra<'a> {
+        Extra {
+            factor: None,
+            types,
+        }
+    }
+}
+
+/// The factor of `e` over `n` atoms of `s` slots, checked: an index per slot into `u [k,
+/// m]` of the op's dtype.
+fn factor_of<'a, T: Real>(
+    e: &Embed,
+    x: Extra<'a>,
+    (n, s): (usize, usize),
+    window: Option<(usize, usize)>,
+) -> R<Option<Factor<'a, T>>> {
+    let (Some(split), Some((idx, u))) = (e.factor, x.factor) else {
+        return match e.factor {
+            Some(_) => Err(ExecError::Type("embed_contract needs its factor".into())),
+            None => Ok(None),
+        };
+    };
+    let m = e.net.n_out();
+    let (Data::I32(idx), Some(rows)) = (&idx.data, T::slice(&u.data)) else {
+        return Err(ExecError::Type(
+            "embed_contract factor of other dtypes".into(),
+        ));
+    };
+    let k = rows.len() / m.max(1);
+    if window.is_some() || idx.len() != n * s || rows.len() != k * m || u.shape != [k, m] {
+        return Err(ExecError::Shape(format!(
+            "embed_contract factor index of {} for [{n}, {s}], rows {:?}",
+            idx.len(),
+            u.shape
+        )));
+    }
+    if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= k) {
+        return Err(ExecError::Shape(format!(
+            "embed_contract factor index {bad} outside its {k} rows"
+        )));
+    }
+    Ok(Some(Factor {
+        idx,
+        u: rows,
+        split,
+        s,
+    }))
 }
 
 /// The embedding network (an embedding with a compression table goes to `embed_table`).
@@ -647,7 +718,7 @@ impl<T: Real> Scratch<T> {
 #[allow(clippy::too_many_arguments)]
 fn contract_t<T: Real>(
     e: &Embed,
-    rr: &[T],
+    (rr, factor): (&[T], Option<Factor<T>>),
     atoms: &[usize],
     (n, s, c): (usize, usize, usize),
     win: Slots,
@@ -660,7 +731,7 @@ fn contract_t<T: Real>(
     let row = |a: usize| win.rows(rr, a, s, c);
     if let Some(t) = Table::<T>::of(e)? {
         if s > 0 {
-            embed_table::contract(&t, row, atoms, (s, c), e.ones, &mut out);
+            embed_table::contract(&t, row, factor, atoms, (s, c), e.ones, &mut out);
         }
         return Ok((out, None));
     }
@@ -712,7 +783,7 @@ fn contract_t<T: Real>(
 #[allow(clippy::too_many_arguments)]
 fn contract_vjp_t<T: Real>(
     e: &Embed,
-    (rr, gy): (&[T], &[T]),
+    (rr, gy, factor): (&[T], &[T], Option<Factor<T>>),
     kept: Option<&KeptRows<T>>,
     atoms: &[usize],
     (n, s, c): (usize, usize, usize),
@@ -728,7 +799,7 @@ fn contract_vjp_t<T: Real>(
     let row = |a: usize| win.rows(rr, a, s, c);
     if let Some(t) = Table::<T>::of(e)? {
         let work = rows_by_block(d_rr.as_mut_slice(), atoms, t.group_atoms(s, c), s * c);
-        embed_table::contract_vjp(&t, row, gy, work, (s, c), e.ones);
+        embed_table::contract_vjp(&t, row, factor, gy, work, (s, c), e.ones);
         return Ok(d_rr);
     }
     let src = Source::<T>::new(e, packs)?;
@@ -865,22 +936,42 @@ pub fn embed_contract(
     e: &Embed,
     rr: &Tensor,
     window: Option<(usize, usize)>,
-    types: Option<&Tensor>,
+    x: Extra,
     keep: bool,
     packs: &Packs,
 ) -> R<(Tensor, Option<Kept>)> {
     let net: &Mlp = &e.net;
     let m = net.n_out();
     let (dims, slots) = dims(e, rr, window)?;
-    let (n, _, c) = dims;
-    let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
+    let (n, s, c) = dims;
+    let atoms = atom_list(selected(e.centre_type, x.types, n, "embed_contract")?, n);
     let (data, kept) = match &rr.data {
         Data::F64(v) => {
-            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs, KEEP_LIMIT_BYTES)?;
+            let f = factor_of(e, x, (n, s), window)?;
+            let (o, k) = contract_t(
+                e,
+                (v, f),
+                &atoms,
+                dims,
+                slots,
+                keep,
+                packs,
+                KEEP_LIMIT_BYTES,
+            )?;
             (f64::wrap(o), k.map(|k| Kept(KeptData::F64(k))))
         }
         Data::F32(v) => {
-            let (o, k) = contract_t(e, v, &atoms, dims, slots, keep, packs, KEEP_LIMIT_BYTES)?;
+            let f = factor_of(e, x, (n, s), window)?;
+            let (o, k) = contract_t(
+                e,
+                (v, f),
+                &atoms,
+                dims,
+                slots,
+                keep,
+                packs,
+                KEEP_LIMIT_BYTES,
+            )?;
             (f32::wrap(o), k.map(|k| Kept(KeptData::F32(k))))
         }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
@@ -902,7 +993,7 @@ pub fn embed_contract_vjp(
     rr: &Tensor,
     window: Option<(usize, usize)>,
     gy: &Tensor,
-    types: Option<&Tensor>,
+    x: Extra,
     kept: Option<&Kept>,
     packs: &Packs,
 ) -> R<Tensor> {
@@ -916,13 +1007,33 @@ pub fn embed_contract_vjp(
             gy.shape, rr.shape
         )));
     }
-    let atoms = atom_list(selected(e.centre_type, types, n, "embed_contract")?, n);
+    let atoms = atom_list(selected(e.centre_type, x.types, n, "embed_contract")?, n);
     let kept = kept.map(|k| &k.0);
-    let run = |rg: (&[f64], &[f64]), k: Option<&KeptRows<f64>>| {
-        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs, KEEP_LIMIT_BYTES)
+    let run = |(r, g): (&[f64], &[f64]), k: Option<&KeptRows<f64>>| {
+        let f = factor_of(e, x, (n, s), window)?;
+        contract_vjp_t(
+            e,
+            (r, g, f),
+            k,
+            &atoms,
+            dims,
+            slots,
+            packs,
+            KEEP_LIMIT_BYTES,
+        )
     };
-    let run32 = |rg: (&[f32], &[f32]), k: Option<&KeptRows<f32>>| {
-        contract_vjp_t(e, rg, k, &atoms, dims, slots, packs, KEEP_LIMIT_BYTES)
+    let run32 = |(r, g): (&[f32], &[f32]), k: Option<&KeptRows<f32>>| {
+        let f = factor_of(e, x, (n, s), window)?;
+        contract_vjp_t(
+            e,
+            (r, g, f),
+            k,
+            &atoms,
+            dims,
+            slots,
+            packs,
+            KEEP_LIMIT_BYTES,
+        )
     };
     let data = match (&rr.data, &gy.data, kept) {
         (Data::F64(v), Data::F64(g), None) => f64::wrap(run((v, g), None)?),
@@ -983,6 +1094,7 @@ mod tests {
             centre_type,
             table: None,
             ones: false,
+            factor: None,
         }
     }
 
@@ -1019,22 +1131,42 @@ mod tests {
                 // Packed once (the executor's way) or per call: the same numbers.
                 np.add(&e.net, false, None);
             }
-            let (plain, none) = embed_contract(&e, &rr, None, Some(&types), false, &np).unwrap();
-            let (out, kept) = embed_contract(&e, &rr, None, Some(&types), true, &np).unwrap();
+            let (plain, none) =
+                embed_contract(&e, &rr, None, Extra::types(Some(&types)), false, &np).unwrap();
+            let (out, kept) =
+                embed_contract(&e, &rr, None, Extra::types(Some(&types)), true, &np).unwrap();
             assert!(none.is_none());
             assert_eq!(plain, out, "the forward result does not depend on keeping");
             let kept = kept.expect("the values fit");
-            let again = embed_contract_vjp(&e, &rr, None, &gy, Some(&types), None, &np).unwrap();
-            let from_kept =
-                embed_contract_vjp(&e, &rr, None, &gy, Some(&types), Some(&kept), &np).unwrap();
+            let again =
+                embed_contract_vjp(&e, &rr, None, &gy, Extra::types(Some(&types)), None, &np)
+                    .unwrap();
+            let from_kept = embed_contract_vjp(
+                &e,
+                &rr,
+                None,
+                &gy,
+                Extra::types(Some(&types)),
+                Some(&kept),
+                &np,
+            )
+            .unwrap();
             assert_eq!(again, from_kept, "centre type {ct:?}");
             assert!(again.as_f64().unwrap().iter().any(|v| *v != 0.0));
             // Values kept for other rows are refused, not misread.
             let (rr2, _, t2) = inputs(2, s, c);
-            let (_, other) = embed_contract(&e, &rr2, None, Some(&t2), true, &np).unwrap();
-            assert!(
-                embed_contract_vjp(&e, &rr, None, &gy, Some(&types), other.as_ref(), &np).is_err()
-            );
+            let (_, other) =
+                embed_contract(&e, &rr2, None, Extra::types(Some(&t2)), true, &np).unwrap();
+            assert!(embed_contract_vjp(
+                &e,
+                &rr,
+                None,
+                &gy,
+                Extra::types(Some(&types)),
+                other.as_ref(),
+                &np
+            )
+            .is_err());
         }
     }
 
@@ -1055,12 +1187,23 @@ mod tests {
         };
         let dims = (n, s, c);
         for limit in [KEEP_LIMIT_BYTES, 0] {
-            let (o, kept) = contract_t(&e, rv, &atoms, dims, win, true, &np, limit).unwrap();
+            let (o, kept) =
+                contract_t(&e, (rv, None), &atoms, dims, win, true, &np, limit).unwrap();
             assert_eq!(kept.is_some(), limit > 0);
-            let d =
-                contract_vjp_t(&e, (rv, gv), kept.as_ref(), &atoms, dims, win, &np, limit).unwrap();
-            let (want, _) = embed_contract(&e, &rr, None, None, false, &np).unwrap();
-            let want_d = embed_contract_vjp(&e, &rr, None, &gy, None, None, &np).unwrap();
+            let d = contract_vjp_t(
+                &e,
+                (rv, gv, None),
+                kept.as_ref(),
+                &atoms,
+                dims,
+                win,
+                &np,
+                limit,
+            )
+            .unwrap();
+            let (want, _) = embed_contract(&e, &rr, None, Extra::types(None), false, &np).unwrap();
+            let want_d =
+                embed_contract_vjp(&e, &rr, None, &gy, Extra::types(None), None, &np).unwrap();
             assert_eq!(o, want.as_f64().unwrap(), "limit {limit}");
             assert_eq!(d, want_d.as_f64().unwrap(), "limit {limit}");
         }
@@ -1120,9 +1263,11 @@ mod tests {
                 ones,
                 ..embed(None)
             };
-            let (out, kept) = embed_contract(&e, &rr, None, None, true, &np).unwrap();
-            let d = embed_contract_vjp(&e, &rr, None, &gy, None, kept.as_ref(), &np).unwrap();
-            let d_again = embed_contract_vjp(&e, &rr, None, &gy, None, None, &np).unwrap();
+            let (out, kept) = embed_contract(&e, &rr, None, Extra::types(None), true, &np).unwrap();
+            let d = embed_contract_vjp(&e, &rr, None, &gy, Extra::types(None), kept.as_ref(), &np)
+                .unwrap();
+            let d_again =
+                embed_contract_vjp(&e, &rr, None, &gy, Extra::types(None), None, &np).unwrap();
             assert_eq!(d, d_again);
             let (o, dv) = (out.as_f64().unwrap(), d.as_f64().unwrap());
             let (rv, gv) = (rr.as_f64().unwrap(), gy.as_f64().unwrap());
@@ -1131,13 +1276,16 @@ mod tests {
                     Tensor::f64(vec![1, w, c], t[a * w * c..(a + 1) * w * c].to_vec())
                 };
                 let ra = one(rv, s);
-                let (oa, _) = embed_contract(&e, &ra, None, None, false, &np).unwrap();
+                let (oa, _) =
+                    embed_contract(&e, &ra, None, Extra::types(None), false, &np).unwrap();
                 assert_eq!(
                     oa.as_f64().unwrap(),
                     &o[a * 8 * c..(a + 1) * 8 * c],
                     "atom {a}"
                 );
-                let da = embed_contract_vjp(&e, &ra, None, &one(gv, 8), None, None, &np).unwrap();
+                let da =
+                    embed_contract_vjp(&e, &ra, None, &one(gv, 8), Extra::types(None), None, &np)
+                        .unwrap();
                 assert_eq!(
                     da.as_f64().unwrap(),
                     &dv[a * s * c..(a + 1) * s * c],
@@ -1162,13 +1310,24 @@ mod tests {
         let e = embed(Some(0));
         let np = Packs::default();
         let t = Some(&types);
-        let (want, _) = embed_contract(&e, &sliced, None, t, false, &np).unwrap();
-        let (got, kept) = embed_contract(&e, &rr, Some((a, b)), t, true, &np).unwrap();
+        let (want, _) = embed_contract(&e, &sliced, None, Extra::types(t), false, &np).unwrap();
+        let (got, kept) =
+            embed_contract(&e, &rr, Some((a, b)), Extra::types(t), true, &np).unwrap();
         assert_eq!(want, got);
-        let want_d = embed_contract_vjp(&e, &sliced, None, &gy, t, None, &np).unwrap();
-        let got_d = embed_contract_vjp(&e, &rr, Some((a, b)), &gy, t, kept.as_ref(), &np).unwrap();
+        let want_d =
+            embed_contract_vjp(&e, &sliced, None, &gy, Extra::types(t), None, &np).unwrap();
+        let got_d = embed_contract_vjp(
+            &e,
+            &rr,
+            Some((a, b)),
+            &gy,
+            Extra::types(t),
+            kept.as_ref(),
+            &np,
+        )
+        .unwrap();
         assert_eq!(want_d, got_d);
-        assert!(embed_contract(&e, &rr, Some((a, s + 1)), t, false, &np).is_err());
+        assert!(embed_contract(&e, &rr, Some((a, s + 1)), Extra::types(t), false, &np).is_err());
     }
 
     #[test]
@@ -1183,9 +1342,9 @@ mod tests {
                 ..embed(None)
             };
             let np = Packs::default();
-            let d = embed_contract_vjp(&e, &rr, None, &gy, None, None, &np).unwrap();
+            let d = embed_contract_vjp(&e, &rr, None, &gy, Extra::types(None), None, &np).unwrap();
             let f = |x: &Tensor| -> f64 {
-                let (y, _) = embed_contract(&e, x, None, None, false, &np).unwrap();
+                let (y, _) = embed_contract(&e, x, None, Extra::default(), false, &np).unwrap();
                 let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
                 y.iter().zip(g).map(|(a, b)| a * b).sum()
             };
@@ -1211,7 +1370,9 @@ mod tests {
             ones: true,
             ..embed(None)
         };
-        assert!(embed_contract(&e, &rr, None, None, false, &Packs::default()).is_err());
+        assert!(
+            embed_contract(&e, &rr, None, Extra::types(None), false, &Packs::default()).is_err()
+        );
     }
 
     #[test]
@@ -1247,14 +1408,111 @@ mod tests {
                     assert!(a.iter().any(|v| *v != 0.0), "{what} all zero");
                 };
                 let t = Some(&types);
-                let (want, _) = embed_contract(&net, &rr, None, t, false, &np).unwrap();
-                let (got, kept) = embed_contract(&tab, &rr, None, t, true, &np).unwrap();
+                let (want, _) =
+                    embed_contract(&net, &rr, None, Extra::types(t), false, &np).unwrap();
+                let (got, kept) =
+                    embed_contract(&tab, &rr, None, Extra::types(t), true, &np).unwrap();
                 assert!(kept.is_none(), "a table keeps nothing");
                 close(&got, &want, 1e-9, "forward");
-                let want_d = embed_contract_vjp(&net, &rr, None, &gy, t, None, &np).unwrap();
-                let got_d = embed_contract_vjp(&tab, &rr, None, &gy, t, None, &np).unwrap();
+                let want_d =
+                    embed_contract_vjp(&net, &rr, None, &gy, Extra::types(t), None, &np).unwrap();
+                let got_d =
+                    embed_contract_vjp(&tab, &rr, None, &gy, Extra::types(t), None, &np).unwrap();
                 close(&got_d, &want_d, 1e-8, "vjp");
             }
         }
+    }
+
+    #[test]
+    fn a_factor_scales_its_channels_by_the_rows_it_indexes() {
+        // Channels `split..` contract with `G * u[idx]`: against the table's network run row
+        // by row, and the VJP against central differences. Without a split (all channels
+        // take the factor) and with one; runs of equal inputs with different indices stay
+        // apart (the repeated padding rows of `inputs` get two indices).
+        use dpc_compiler::graph::table::{Scalar, Table as NetTable};
+        use dpc_compiler::graph::Knots;
+        let (n, s, m) = (3, 40, 8);
+        let knots = Knots::cover(-0.6, 0.5, 0.7, 0.002, 0.01);
+        let net = embed(None);
+        let table = Arc::new(NetTable::build(&net.net, knots).unwrap());
+        let exact = Scalar::new(&net.net);
+        let k = 5;
+        let u = Tensor::f64(
+            vec![k, m],
+            (0..k * m).map(|i| 0.5 + (i as f64 * 0.37).sin()).collect(),
+        );
+        let idx: Vec<i32> = (0..n * s).map(|i| ((i * 7 + i / 3) % k) as i32).collect();
+        let idx = Tensor::i32(vec![n, s], idx);
+        let np = Packs::default();
+        for (c, split) in [(8, 4), (2, 1), (4, 0), (3, 1)] {
+            let (rr, gy, _) = inputs(n, s, c);
+            let e = Embed {
+                table: Some(table.clone()),
+                factor: Some(split),
+                ..net.clone()
+            };
+            let x = Extra {
+                factor: Some((&idx, &u)),
+                types: None,
+            };
+            let (out, _) = embed_contract(&e, &rr, None, x, false, &np).unwrap();
+            let (r, o, uf, id) = (
+                rr.as_f64().unwrap(),
+                out.as_f64().unwrap(),
+                u.as_f64().unwrap(),
+                idx.as_i32().unwrap(),
+            );
+            for a in 0..n {
+                let mut want = vec![0.0; m * c];
+                for j in 0..s {
+                    let row = &r[(a * s + j) * c..(a * s + j + 1) * c];
+                    let g = exact.eval(row[0]).0;
+                    let ui = id[a * s + j] as usize;
+                    for (o, gv) in g.iter().enumerate() {
+                        for (ci, rv) in row.iter().enumerate() {
+                            let f = if ci < split { 1.0 } else { uf[ui * m + o] };
+                            want[o * c + ci] += gv * f * rv;
+                        }
+                    }
+                }
+                let got = &o[a * m * c..(a + 1) * m * c];
+                for (w, g) in want.iter().zip(got) {
+                    assert!((w - g).abs() < 1e-10, "c {c} split {split}: {w} vs {g}");
+                }
+            }
+            let d = embed_contract_vjp(&e, &rr, None, &gy, x, None, &np).unwrap();
+            let f = |xr: &Tensor| -> f64 {
+                let (y, _) = embed_contract(&e, xr, None, x, false, &np).unwrap();
+                let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
+                y.iter().zip(g).map(|(a, b)| a * b).sum()
+            };
+            let h = 1e-6;
+            for i in (0..n * s * c).step_by(7) {
+                let (mut plus, mut minus) = (rr.clone(), rr.clone());
+                if let (Data::F64(p), Data::F64(q)) = (&mut plus.data, &mut minus.data) {
+                    p[i] += h;
+                    q[i] -= h;
+                }
+                let fd = (f(&plus) - f(&minus)) / (2.0 * h);
+                let got = d.as_f64().unwrap()[i];
+                assert!(
+                    (fd - got).abs() < 1e-6 * (1.0 + got.abs()),
+                    "c {c} split {split}: rr[{i}]: {got} vs {fd}"
+                );
+            }
+        }
+        // An index outside the rows is an error, not a read past them.
+        let bad = Tensor::i32(vec![n, s], vec![k as i32; n * s]);
+        let (rr, _, _) = inputs(n, s, 2);
+        let e = Embed {
+            table: Some(table),
+            factor: Some(1),
+            ..net
+        };
+        let x = Extra {
+            factor: Some((&bad, &u)),
+            types: None,
+        };
+        assert!(embed_contract(&e, &rr, None, x, false, &np).is_err());
     }
 }

@@ -85,13 +85,45 @@ impl<'a, T: Real> Table<'a, T> {
     }
 }
 
-/// A run of consecutive slots of one atom with one input.
+/// A per-row factor on channels `split..` (`Embed::factor`): slot `j` of atom `a` is
+/// contracted there with `G * u[idx[a s + j]]`, `u [k, m]` (indices checked).
+#[derive(Clone, Copy)]
+pub(super) struct Factor<'a, T> {
+    pub idx: &'a [i32],
+    pub u: &'a [T],
+    pub split: usize,
+    pub s: usize,
+}
+
+impl<'a, T> Factor<'a, T> {
+    /// Atom `a`'s indices, one per slot.
+    fn slots(&self, a: usize) -> &'a [i32] {
+        &self.idx[a * self.s..(a + 1) * self.s]
+    }
+
+    /// Row `r` of `u`.
+    fn row(&self, r: u32, m: usize) -> &'a [T] {
+        &self.u[r as usize * m..(r as usize + 1) * m]
+    }
+}
+
+/// A group's factor: the factor, and its atoms' indices.
+type GroupFactor<'f, 'a, T> = Option<(&'f Factor<'a, T>, Vec<&'a [i32]>)>;
+
+fn group_factor<'f, 'a, T>(f: &'f Option<Factor<'a, T>>, ids: &[usize]) -> GroupFactor<'f, 'a, T> {
+    f.as_ref()
+        .map(|f| (f, ids.iter().map(|&a| f.slots(a)).collect()))
+}
+
+/// A run of consecutive slots of one atom with one input (and one factor row).
 #[derive(Clone, Copy)]
 struct Entry<T> {
     /// The input's interval (`Table::off` for an input off the table).
     key: u32,
     /// The atom, in its group.
     atom: u32,
+    /// The factor's row (0 without one).
+    row: u32,
     /// First slot and number of slots.
     start: u32,
     len: u32,
@@ -110,6 +142,9 @@ struct Scratch<T> {
     g: Vec<T>,
     dg: Vec<T>,
     rs: Vec<T>,
+    /// `G` and `dG/dx` times the factor's row (backward).
+    gu: Vec<T>,
+    dgu: Vec<T>,
 }
 
 impl<T> Default for Scratch<T> {
@@ -122,13 +157,22 @@ impl<T> Default for Scratch<T> {
             g: Vec::new(),
             dg: Vec::new(),
             rs: Vec::new(),
+            gu: Vec::new(),
+            dgu: Vec::new(),
         }
     }
 }
 
-/// The group's entries (`rows`, each atom's `s` slots of `c`) into `sc.sorted`, in order of
-/// interval and, within one, of atom and slot (a stable counting sort).
-fn sort_entries<T: Real>(t: &Table<T>, rows: &[&[T]], s: usize, c: usize, sc: &mut Scratch<T>) {
+/// The group's entries (`rows`, each atom's `s` slots of `c`; `fidx`, each atom's factor
+/// indices, or none) into `sc.sorted`, in order of interval and, within one, of atom and
+/// slot (a stable counting sort).
+fn sort_entries<T: Real>(
+    t: &Table<T>,
+    (rows, fidx): (&[&[T]], &[&[i32]]),
+    s: usize,
+    c: usize,
+    sc: &mut Scratch<T>,
+) {
     let Scratch {
         entries,
         sorted,
@@ -137,12 +181,15 @@ fn sort_entries<T: Real>(t: &Table<T>, rows: &[&[T]], s: usize, c: usize, sc: &m
     } = sc;
     entries.clear();
     for (a, ra) in rows.iter().enumerate() {
+        let fa = fidx.get(a).copied();
+        let row_of = |j: usize| fa.map_or(0, |f| f[j] as u32);
         let mut j = 0;
         while j < s {
             let x = ra[j * c];
             let bits = x.to_f64().to_bits();
+            let row = row_of(j);
             let mut e = j + 1;
-            while e < s && ra[e * c].to_f64().to_bits() == bits {
+            while e < s && ra[e * c].to_f64().to_bits() == bits && row_of(e) == row {
                 e += 1;
             }
             let (key, dx) = match t.knots.locate(x.to_f64()) {
@@ -152,6 +199,7 @@ fn sort_entries<T: Real>(t: &Table<T>, rows: &[&[T]], s: usize, c: usize, sc: &m
             entries.push(Entry {
                 key,
                 atom: a as u32,
+                row,
                 start: j as u32,
                 len: (e - j) as u32,
                 dx,
@@ -217,6 +265,68 @@ fn accumulate<T: Real>(cf: [&[T]; 6], dx: T, rs: &[T], acc: &mut [T], m: usize) 
         }
     }
 }
+}
+
+simd_fn! {
+/// `accumulate` with a factor: channels `split..` of `rs` take `G * u`.
+fn accumulate_factor<T: Real>(
+    cf: [&[T]; 6],
+    dx: T,
+    rs: &[T],
+    u: &[T],
+    split: usize,
+    acc: &mut [T],
+    m: usize,
+) {
+    match (rs.len(), split) {
+        (8, 4) => accumulate_split::<T, 4, 4>(cf, dx, rs, u, acc, m),
+        (2, 1) => accumulate_split::<T, 1, 1>(cf, dx, rs, u, acc, m),
+        (4, 0) => accumulate_split::<T, 0, 4>(cf, dx, rs, u, acc, m),
+        (1, 0) => accumulate_split::<T, 0, 1>(cf, dx, rs, u, acc, m),
+        _ => {
+            for o in 0..m {
+                let g = quintic(&cf, dx, o);
+                let gu = g * u[o];
+                for (ci, &r) in rs.iter().enumerate() {
+                    let v = if ci < split { g } else { gu };
+                    acc[ci * m + o] = r.mul_add(v, acc[ci * m + o]);
+                }
+            }
+        }
+    }
+}
+}
+
+/// `accumulate_factor` for `A` channels of `G` then `B` of `G * u`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `o` indexes the coefficient rows, `u` and the sums
+fn accumulate_split<T: Real, const A: usize, const B: usize>(
+    cf: [&[T]; 6],
+    dx: T,
+    rs: &[T],
+    u: &[T],
+    acc: &mut [T],
+    m: usize,
+) {
+    let cf: [&[T]; 6] = std::array::from_fn(|p| &cf[p][..m]);
+    let u = &u[..m];
+    let (ra, rb): ([T; A], [T; B]) = (
+        std::array::from_fn(|ci| rs[ci]),
+        std::array::from_fn(|ci| rs[A + ci]),
+    );
+    let mut rows = acc.chunks_exact_mut(m);
+    let a: [&mut [T]; A] = std::array::from_fn(|_| rows.next().expect("A rows of acc"));
+    let b: [&mut [T]; B] = std::array::from_fn(|_| rows.next().expect("B rows of acc"));
+    for o in 0..m {
+        let g = quintic(&cf, dx, o);
+        let gu = g * u[o];
+        for ci in 0..A {
+            a[ci][o] = ra[ci].mul_add(g, a[ci][o]);
+        }
+        for ci in 0..B {
+            b[ci][o] = rb[ci].mul_add(gu, b[ci][o]);
+        }
+    }
 }
 
 /// `accumulate` for `C` channels, each an `m`-long row of `acc` (so the loop vectorizes
@@ -378,18 +488,104 @@ fn products_c<T: Real, const C: usize>(gy: &[T], g: &[T], dg: &[T], p: &mut [T],
     }
 }
 
+/// `products` with a factor: channels `split..` of `gy` project `gu = G * u` and `dgu`
+/// instead of `g` and `dg`.
+fn products_factor<T: Real>(
+    gy: &[T],
+    (g, dg): (&[T], &[T]),
+    (gu, dgu, split): (&[T], &[T], usize),
+    p: &mut [T],
+    q: &mut [T],
+) {
+    if split == 0 {
+        products(gy, gu, dgu, p, q)
+    } else {
+        products_factor_any(gy, g, dg, gu, dgu, split, p, q)
+    }
+}
+
+simd_fn! {
+/// `products_factor` with `G` on some channels.
+fn products_factor_any<T: Real>(
+    gy: &[T],
+    g: &[T],
+    dg: &[T],
+    gu: &[T],
+    dgu: &[T],
+    split: usize,
+    p: &mut [T],
+    q: &mut [T],
+) {
+    match (p.len(), split) {
+        (8, 4) => products_split::<T, 4, 4>(gy, (g, dg), (gu, dgu), p, q),
+        (2, 1) => products_split::<T, 1, 1>(gy, (g, dg), (gu, dgu), p, q),
+        (c, _) => {
+            p.fill(T::default());
+            q.fill(T::default());
+            for (o, y) in gy.chunks_exact(c).take(g.len()).enumerate() {
+                for (ci, &yv) in y.iter().enumerate() {
+                    let (a, b) = if ci < split {
+                        (g[o], dg[o])
+                    } else {
+                        (gu[o], dgu[o])
+                    };
+                    p[ci] = yv.mul_add(a, p[ci]);
+                    q[ci] = yv.mul_add(b, q[ci]);
+                }
+            }
+        }
+    }
+}
+}
+
+/// `products_factor` for `A` channels of `G` then `B` of `G * u`, with `products_c`'s four
+/// partial sums.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `k` and `ci` index the partial sums
+fn products_split<T: Real, const A: usize, const B: usize>(
+    gy: &[T],
+    (g, dg): (&[T], &[T]),
+    (gu, dgu): (&[T], &[T]),
+    p: &mut [T],
+    q: &mut [T],
+) {
+    const K: usize = 4;
+    let m = g.len();
+    let c = A + B;
+    let (gy, dg, gu, dgu) = (&gy[..m * c], &dg[..m], &gu[..m], &dgu[..m]);
+    let mut ap = [[T::default(); K]; 8];
+    let mut aq = [[T::default(); K]; 8];
+    for o in 0..m {
+        let k = o % K;
+        let y = &gy[o * c..(o + 1) * c];
+        for ci in 0..A {
+            ap[ci][k] = y[ci].mul_add(g[o], ap[ci][k]);
+            aq[ci][k] = y[ci].mul_add(dg[o], aq[ci][k]);
+        }
+        for ci in A..A + B {
+            ap[ci][k] = y[ci].mul_add(gu[o], ap[ci][k]);
+            aq[ci][k] = y[ci].mul_add(dgu[o], aq[ci][k]);
+        }
+    }
+    for ci in 0..c {
+        p[ci] = (ap[ci][0] + ap[ci][1]) + (ap[ci][2] + ap[ci][3]);
+        q[ci] = (aq[ci][0] + aq[ci][1]) + (aq[ci][2] + aq[ci][3]);
+    }
+}
+
 /// `out_a [m, c] = sum_j G(x_j)^T rr_j` for each atom of a group (`rows`, `s` slots of `c`
 /// each); with `ones` (`c` 1), `sum_j G(x_j)`.
 fn contract_group<T: Real>(
     t: &Table<T>,
-    rows: &[&[T]],
+    (rows, fac): (&[&[T]], &GroupFactor<T>),
     (s, c): (usize, usize),
     ones: bool,
     sc: &mut Scratch<T>,
     out: &mut [T],
 ) {
     let m = t.m;
-    sort_entries(t, rows, s, c, sc);
+    let fidx = fac.as_ref().map_or(&[][..], |f| &f.1[..]);
+    sort_entries(t, (rows, fidx), s, c, sc);
     let Scratch {
         sorted, acc, g, rs, ..
     } = sc;
@@ -410,14 +606,19 @@ fn contract_group<T: Real>(
             }
         }
         let acc_a = &mut acc[e.atom as usize * c * m..(e.atom as usize + 1) * c * m];
+        let factor = fac.as_ref().map(|(f, _)| (f.row(e.row, m), f.split));
         if e.key == t.off() {
             let g = sized(g, m);
             exact(t, e.dx, g, None);
             for (ci, &r) in rs.iter().enumerate() {
-                for (a, &gv) in acc_a[ci * m..(ci + 1) * m].iter_mut().zip(g.iter()) {
+                let u = factor.filter(|f| ci >= f.1).map(|f| f.0);
+                for (o, a) in acc_a[ci * m..(ci + 1) * m].iter_mut().enumerate() {
+                    let gv = u.map_or(g[o], |u| g[o] * u[o]);
                     *a = r.mul_add(gv, *a);
                 }
             }
+        } else if let Some((u, split)) = factor {
+            accumulate_factor(coefficients(t, e.key), e.dx, rs, u, split, acc_a, m);
         } else {
             accumulate(coefficients(t, e.key), e.dx, rs, acc_a, m);
         }
@@ -432,18 +633,25 @@ fn contract_group<T: Real>(
 /// `d_rr_j = gy_a . dG/dx (x_j)`.
 fn contract_vjp_group<T: Real>(
     t: &Table<T>,
-    (rows, gy): (&[&[T]], &[&[T]]),
+    (rows, gy, fac): (&[&[T]], &[&[T]], &GroupFactor<T>),
     d: &mut [&mut [T]],
     (s, c): (usize, usize),
     ones: bool,
     sc: &mut Scratch<T>,
 ) {
     let m = t.m;
-    sort_entries(t, rows, s, c, sc);
+    let fidx = fac.as_ref().map_or(&[][..], |f| &f.1[..]);
+    sort_entries(t, (rows, fidx), s, c, sc);
     let Scratch {
-        sorted, g, dg, rs, ..
+        sorted,
+        g,
+        dg,
+        rs,
+        gu,
+        dgu,
+        ..
     } = sc;
-    let (g, dg) = (sized(g, m), sized(dg, m));
+    let (g, dg, gu, dgu) = (sized(g, m), sized(dg, m), sized(gu, m), sized(dgu, m));
     // `gy^T G` then `gy^T dG/dx`, `c` each.
     let pq = sized(rs, 2 * c);
     for e in sorted.iter() {
@@ -453,7 +661,18 @@ fn contract_vjp_group<T: Real>(
             quintic_and_slope(coefficients(t, e.key), e.dx, g, dg);
         }
         let (p, q) = pq.split_at_mut(c);
-        products(gy[e.atom as usize], g, dg, p, q);
+        let gya = gy[e.atom as usize];
+        match fac {
+            Some((f, _)) => {
+                let u = f.row(e.row, m);
+                for o in 0..m {
+                    gu[o] = g[o] * u[o];
+                    dgu[o] = dg[o] * u[o];
+                }
+                products_factor(gya, (g, dg), (gu, dgu, f.split), p, q);
+            }
+            None => products(gya, g, dg, p, q),
+        }
         let (a, j0, j1) = (
             e.atom as usize,
             e.start as usize,
@@ -477,6 +696,7 @@ fn contract_vjp_group<T: Real>(
 pub(super) fn contract<'r, T: Real>(
     t: &Table<T>,
     row: impl Fn(usize) -> &'r [T] + Sync,
+    factor: Option<Factor<T>>,
     atoms: &[usize],
     (s, c): (usize, usize),
     ones: bool,
@@ -488,8 +708,9 @@ pub(super) fn contract<'r, T: Real>(
         .par_chunks(ga)
         .map_init(Scratch::default, |sc, ids| {
             let rows: Vec<&[T]> = ids.iter().map(|&a| row(a)).collect();
+            let fac = group_factor(&factor, ids);
             let mut o = vec![T::default(); ids.len() * m * c];
-            contract_group(t, &rows, (s, c), ones, sc, &mut o);
+            contract_group(t, (&rows, &fac), (s, c), ones, sc, &mut o);
             o
         })
         .collect();
@@ -501,6 +722,7 @@ pub(super) fn contract<'r, T: Real>(
 pub(super) fn contract_vjp<'r, T: Real>(
     t: &Table<T>,
     row: impl Fn(usize) -> &'r [T] + Sync,
+    factor: Option<Factor<T>>,
     gy: &[T],
     work: Vec<(&[usize], Vec<&mut [T]>)>,
     (s, c): (usize, usize),
@@ -514,6 +736,7 @@ pub(super) fn contract_vjp<'r, T: Real>(
                 .iter()
                 .map(|&a| &gy[a * m * c..(a + 1) * m * c])
                 .collect();
-            contract_vjp_group(t, (&rows, &g), &mut d, (s, c), ones, sc);
+            let fac = group_factor(&factor, ids);
+            contract_vjp_group(t, (&rows, &g, &fac), &mut d, (s, c), ones, sc);
         });
 }

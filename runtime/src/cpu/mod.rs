@@ -103,7 +103,9 @@ pub struct Executor {
 fn fold_slices(graph: &Graph, args: &mut [Vec<usize>]) -> Vec<Option<(usize, usize)>> {
     let mut windows = vec![None; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        if !matches!(node.op, Op::EmbedContract(_) | Op::EmbedContractVjp(_)) {
+        // A factor's index is by slot too; those ops read `rr` whole.
+        if !matches!(&node.op, Op::EmbedContract(e) | Op::EmbedContractVjp(e) if e.factor.is_none())
+        {
             continue;
         }
         let src = &graph.nodes[args[i][0]];
@@ -195,12 +197,13 @@ fn kept_for(graph: &Graph, needed: &[bool]) -> Vec<Option<usize>> {
         if !needed[j] {
             continue;
         }
-        let (rr, types) = (node.args[0], node.args.get(2));
+        // The same `rr`, factor and types: every argument but the cotangent.
+        let (rr, rest) = (node.args[0], &node.args[2..]);
         pair[j] = graph.nodes[..j].iter().enumerate().position(|(i, f)| {
             needed[i]
                 && matches!(&f.op, Op::EmbedContract(fe) if fe == e)
                 && f.args[0] == rr
-                && f.args.get(1) == types
+                && f.args[1..] == *rest
         });
     }
     pair
@@ -434,7 +437,7 @@ impl Executor {
                             e,
                             args[0],
                             self.windows[i],
-                            args.get(1).copied(),
+                            embed::Extra::of(e, &args[1..]),
                             self.kept_until[i].is_some(),
                             &self.packs,
                         )?;
@@ -448,7 +451,7 @@ impl Executor {
                             args[0],
                             self.windows[i],
                             args[1],
-                            args.get(2).copied(),
+                            embed::Extra::of(e, &args[2..]),
                             f.and_then(|f| kept[f].as_ref()),
                             &self.packs,
                         )?;
