@@ -206,7 +206,12 @@ pub fn run(a: Args) -> Result<String> {
         let mut nodes = prof.nodes.clone();
         nodes.sort_by(|a, b| b.3.total_cmp(&a.3));
         outln!(out, "slowest nodes (node, op, output shape):");
-        for (id, op, shape, t) in nodes.iter().take(10) {
+        for (id, op, shape, t) in nodes.iter().take(
+            std::env::var("DPC_PROFILE_NODES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10),
+        ) {
             outln!(out, "  %{id:<6} {op:<14} {:>8.1} ms  {shape:?}", t * 1e3);
         }
     }

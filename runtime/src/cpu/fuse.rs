@@ -22,8 +22,8 @@ use rayon::prelude::*;
 use super::fastmath as fm;
 use super::gemm::{PackedB, PackedB32};
 use super::kernels::{
-    adjacent_axes, bcast_strides, broadcast_shape, run32, run32_vjp, silut_consts, strides,
-    unary_fn, ROWS_MATMUL_MAX_K,
+    adjacent_axes, bcast_strides, broadcast_shape, collapse, run32, run32_vjp, silut_consts,
+    strides, unary_fn, ROWS_MATMUL_MAX_K,
 };
 use super::real::Real;
 use super::ExecError;
@@ -702,32 +702,6 @@ impl FuseReal for f32 {
     fn act_vjp(f: ActFn, x: &[f32], g: &[f32], o: &mut [f32]) {
         o.copy_from_slice(&run32_vjp(f, x, g));
     }
-}
-
-/// Drop unit axes, then merge neighbouring axes that every leaf walks the same way (both
-/// broadcast, or the outer stride equal to the inner one times the inner size), so runs
-/// are as long as possible.
-fn collapse(shape: &[usize], st: Vec<Vec<usize>>) -> (Vec<usize>, Vec<Vec<usize>>) {
-    let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
-    let mut shape: Vec<usize> = keep.iter().map(|&d| shape[d]).collect();
-    let mut st: Vec<Vec<usize>> = st
-        .into_iter()
-        .map(|s| keep.iter().map(|&d| s[d]).collect())
-        .collect();
-    let mut d = shape.len();
-    while d >= 2 {
-        let (a, b) = (d - 2, d - 1);
-        if st.iter().all(|s| s[a] == s[b] * shape[b]) {
-            shape[a] *= shape[b];
-            shape.remove(b);
-            for s in st.iter_mut() {
-                s[a] = s[b];
-                s.remove(b);
-            }
-        }
-        d -= 1;
-    }
-    (shape, st)
 }
 
 #[cfg(test)]

@@ -76,7 +76,35 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
         .collect()
 }
 
-/// Call `f(out_index, [offset in each input])` for every element of `out`, in order.
+/// Drop unit axes, then merge neighbouring axes that every operand walks the same way (both
+/// broadcast, or the outer stride equal to the inner one times the inner size), so runs
+/// are as long as possible.
+pub(crate) fn collapse(shape: &[usize], st: Vec<Vec<usize>>) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
+    let mut shape: Vec<usize> = keep.iter().map(|&d| shape[d]).collect();
+    let mut st: Vec<Vec<usize>> = st
+        .into_iter()
+        .map(|s| keep.iter().map(|&d| s[d]).collect())
+        .collect();
+    let mut d = shape.len();
+    while d >= 2 {
+        let (a, b) = (d - 2, d - 1);
+        if st.iter().all(|s| s[a] == s[b] * shape[b]) {
+            shape[a] *= shape[b];
+            shape.remove(b);
+            for s in st.iter_mut() {
+                s[a] = s[b];
+                s.remove(b);
+            }
+        }
+        d -= 1;
+    }
+    (shape, st)
+}
+
+/// Call `f(out_index, [offset in each input])` for every element of `out`, in order (the
+/// tests' reference for `bcast_runs`).
+#[cfg(test)]
 fn for_each_bcast<const N: usize>(
     out: &[usize],
     inputs: [&[usize]; N],
@@ -271,6 +299,59 @@ fn fill_par<C: Default + Clone + Send>(
     o
 }
 
+/// `out` filled run by run with `N` operands read through numpy broadcasting: `out`'s axes
+/// are collapsed where every operand walks them alike (`collapse`), and `run(o, offs,
+/// steps)` fills `o`, a run along the last collapsed axis, for which operand `k` starts at
+/// offset `offs[k]` and advances `steps[k]` (0 when broadcast) per element. Runs go to the
+/// thread pool; each chunk finds its first run's offsets once and carries them along.
+fn bcast_runs<const N: usize, C: Default + Clone + Send>(
+    out: &[usize],
+    shapes: [&[usize]; N],
+    run: impl Fn(&mut [C], [usize; N], [usize; N]) + Sync,
+) -> Vec<C> {
+    let n: usize = out.iter().product();
+    if n == 0 {
+        return Vec::new();
+    }
+    let st = shapes.iter().map(|s| bcast_strides(s, out)).collect();
+    let (shape, st) = collapse(out, st);
+    let Some(&len) = shape.last() else {
+        // Every axis of size 1: one element.
+        let mut o = vec![C::default(); 1];
+        run(&mut o, [0; N], [0; N]);
+        return o;
+    };
+    let outer = shape.len() - 1;
+    let steps: [usize; N] = std::array::from_fn(|k| st[k][outer]);
+    fill_par(n, len, |start, o| {
+        let mut idx = vec![0usize; outer];
+        let mut rem = start / len;
+        for d in (0..outer).rev() {
+            idx[d] = rem % shape[d];
+            rem /= shape[d];
+        }
+        let mut offs: [usize; N] =
+            std::array::from_fn(|k| idx.iter().zip(&st[k]).map(|(i, s)| i * s).sum());
+        for orow in o.chunks_mut(len) {
+            run(orow, offs, steps);
+            // The next run: carry through the outer axes.
+            for d in (0..outer).rev() {
+                idx[d] += 1;
+                for k in 0..N {
+                    offs[k] += st[k][d];
+                }
+                if idx[d] < shape[d] {
+                    break;
+                }
+                for k in 0..N {
+                    offs[k] -= st[k][d] * shape[d];
+                }
+                idx[d] = 0;
+            }
+        }
+    })
+}
+
 fn zip_bcast<A: Copy + Sync, B: Copy + Sync, C: Default + Clone + Send>(
     out: &[usize],
     a: (&[A], &[usize]),
@@ -348,9 +429,31 @@ fn zip_bcast<A: Copy + Sync, B: Copy + Sync, C: Default + Clone + Send>(
             });
         }
     }
-    let mut o = vec![C::default(); n];
-    for_each_bcast(out, [a.1, b.1], |i, [ia, ib]| o[i] = f(a.0[ia], b.0[ib]));
-    o
+    // Any other broadcast (a mask over the middle axes), run by run.
+    bcast_runs(out, [a.1, b.1], |o, [ia, ib], steps| match steps {
+        [1, 1] => {
+            for ((v, &x), &y) in o.iter_mut().zip(&a.0[ia..]).zip(&b.0[ib..]) {
+                *v = f(x, y);
+            }
+        }
+        [1, 0] => {
+            let y = b.0[ib];
+            for (v, &x) in o.iter_mut().zip(&a.0[ia..]) {
+                *v = f(x, y);
+            }
+        }
+        [0, 1] => {
+            let x = a.0[ia];
+            for (v, &y) in o.iter_mut().zip(&b.0[ib..]) {
+                *v = f(x, y);
+            }
+        }
+        [sa, sb] => {
+            for (q, v) in o.iter_mut().enumerate() {
+                *v = f(a.0[ia + q * sa], b.0[ib + q * sb]);
+            }
+        }
+    })
 }
 
 /// If `inner` (left-padded with ones to `outer`'s rank) is `outer` with its trailing axes set
@@ -496,11 +599,15 @@ pub fn select(c: &Tensor, x: &Tensor, y: &Tensor) -> R<Tensor> {
                 }
             });
         }
-        let mut o = vec![T::default(); n];
-        for_each_bcast(out, [c.1, x.1, y.1], |i, [ic, ix, iy]| {
-            o[i] = if c.0[ic] { x.0[ix] } else { y.0[iy] }
-        });
-        o
+        bcast_runs(out, [c.1, x.1, y.1], |o, [ic, ix, iy], [sc, sx, sy]| {
+            for (q, v) in o.iter_mut().enumerate() {
+                *v = if c.0[ic + q * sc] {
+                    x.0[ix + q * sx]
+                } else {
+                    y.0[iy + q * sy]
+                };
+            }
+        })
     }
     let cc = (&cv[..], &c.shape[..]);
     let data = match (&x.data, &y.data) {
@@ -1375,15 +1482,20 @@ mod tests {
     /// `select`'s fast path against the general broadcasting loop.
     #[test]
     fn select_fast_path_equals_the_general_loop() {
-        let out = [2usize, 3, 4];
-        let cases: [(&[usize], &[usize], &[usize]); 5] = [
+        let cases: [(&[usize], &[usize], &[usize]); 9] = [
             (&[2, 3, 4], &[2, 3, 4], &[2, 3, 4]),
             (&[2, 3, 1], &[2, 3, 4], &[]),
             (&[2, 1, 1], &[2, 3, 4], &[2, 3, 1]),
             (&[], &[2, 3, 4], &[2, 3, 4]),
             (&[1, 3, 1], &[2, 3, 4], &[]),
+            // Masks over middle and last axes (DPA-2's attention), run by run.
+            (&[2, 1, 1, 4], &[2, 2, 4, 4], &[]),
+            (&[2, 1, 4, 1], &[2, 2, 4, 4], &[]),
+            (&[2, 1, 4, 1], &[2, 1, 1, 4], &[2, 2, 1, 1]),
+            (&[1, 1, 1, 1], &[1, 1], &[1]),
         ];
         for (sc, sx, sy) in cases {
+            let out = broadcast_shape(&broadcast_shape(sc, sx).unwrap(), sy).unwrap();
             let len = |s: &[usize]| s.iter().product::<usize>();
             let c = Tensor::bool(sc.to_vec(), (0..len(sc)).map(|i| i % 3 != 1).collect());
             let x = Tensor::f64(sx.to_vec(), (0..len(sx)).map(|i| i as f64).collect());
@@ -1395,7 +1507,7 @@ mod tests {
             let (Data::Bool(cv), Data::F64(xv), Data::F64(yv)) = (&c.data, &x.data, &y.data) else {
                 unreachable!()
             };
-            let mut want = vec![0.0; 24];
+            let mut want = vec![0.0; out.iter().product()];
             for_each_bcast(&out, [sc, sx, sy], |i, [ic, ix, iy]| {
                 want[i] = if cv[ic] { xv[ix] } else { yv[iy] }
             });
@@ -1440,7 +1552,15 @@ mod tests {
     /// Every fast path of `zip_bcast` against the general broadcasting loop.
     #[test]
     fn binary_fast_paths_equal_the_general_loop() {
-        let shapes: [(&[usize], &[usize]); 8] = [
+        let shapes: [(&[usize], &[usize]); 13] = [
+            // Middle-axis broadcasts (DPA-2's attention weights by a switch of j or k),
+            // run by run; also runs of one, a single element, and one large enough to be
+            // split between threads at a run that is not the first.
+            (&[3, 2, 4, 4], &[3, 1, 1, 4]),
+            (&[3, 2, 4, 4], &[3, 1, 4, 1]),
+            (&[3, 1, 4, 1], &[3, 2, 1, 4]),
+            (&[1, 1], &[1]),
+            (&[97, 3, 61, 7], &[97, 1, 61, 1]),
             (&[2, 3, 4], &[2, 3, 4]),
             (&[2, 3, 4], &[4]),
             (&[2, 3, 4], &[1, 1, 4]),
