@@ -831,48 +831,57 @@ fn small_matmul<T: Real>(
         bt.extend((0..k).flat_map(|p| (0..n).map(move |q| b[p * rsb + q * csb])));
         &bt[..]
     };
-    // A row of `c` in registers for the widths the descriptors use.
-    match n {
-        4 => rows_of::<T, 4>(a, b, m, k, (rsa, csa), c),
-        8 => rows_of::<T, 8>(a, b, m, k, (rsa, csa), c),
-        16 => rows_of::<T, 16>(a, b, m, k, (rsa, csa), c),
-        32 => rows_of::<T, 32>(a, b, m, k, (rsa, csa), c),
-        _ => {
-            for (i, crow) in c[..m * n].chunks_exact_mut(n).enumerate() {
-                crow.fill(T::default());
-                for (p, brow) in b.chunks_exact(n).enumerate() {
-                    let av = a[i * rsa + p * csa];
-                    for (cv, &bv) in crow.iter_mut().zip(brow) {
-                        *cv = *cv + av * bv;
+    // A row of `c` in registers, a block of 32, 16, 8 or 4 columns at a time (any `n`:
+    // DPA-2's attention over 24 neighbours is 16 + 8), the last few columns in memory.
+    let mut j0 = 0;
+    while j0 < n {
+        let w = n - j0;
+        let (b, c) = (&b[j0..], &mut c[j0..]);
+        let ab = (a, (rsa, csa));
+        j0 += match w {
+            32.. => rows_of::<T, 32>(ab, (b, n), (m, k), (c, n)),
+            16.. => rows_of::<T, 16>(ab, (b, n), (m, k), (c, n)),
+            8.. => rows_of::<T, 8>(ab, (b, n), (m, k), (c, n)),
+            4.. => rows_of::<T, 4>(ab, (b, n), (m, k), (c, n)),
+            _ => {
+                for i in 0..m {
+                    let crow = &mut c[i * n..i * n + w];
+                    crow.fill(T::default());
+                    for p in 0..k {
+                        let av = a[i * rsa + p * csa];
+                        for (cv, &bv) in crow.iter_mut().zip(&b[p * n..p * n + w]) {
+                            *cv = *cv + av * bv;
+                        }
                     }
                 }
+                w
             }
-        }
+        };
     }
 }
 }
 
-/// `small_matmul`'s loop for `n = N`: each row of `c` accumulated in an `[T; N]`.
+/// `small_matmul`'s loop for `N` columns (of `b` and `c`, rows `ldb` and `ldc` apart):
+/// each row of `c` accumulated in an `[T; N]`. Returns `N`.
 #[inline(always)]
 fn rows_of<T: Real, const N: usize>(
-    a: &[T],
-    b: &[T],
-    m: usize,
-    k: usize,
-    (rsa, csa): (usize, usize),
-    c: &mut [T],
-) {
-    let b = &b[..k * N];
-    for (i, crow) in c[..m * N].chunks_exact_mut(N).enumerate() {
+    (a, (rsa, csa)): (&[T], (usize, usize)),
+    (b, ldb): (&[T], usize),
+    (m, k): (usize, usize),
+    (c, ldc): (&mut [T], usize),
+) -> usize {
+    for i in 0..m {
         let mut acc = [T::default(); N];
-        for (p, brow) in b.chunks_exact(N).enumerate() {
+        for p in 0..k {
             let av = a[i * rsa + p * csa];
+            let brow = &b[p * ldb..p * ldb + N];
             for (x, &bv) in acc.iter_mut().zip(brow) {
                 *x = *x + av * bv;
             }
         }
-        crow.copy_from_slice(&acc);
+        c[i * ldc..i * ldc + N].copy_from_slice(&acc);
     }
+    N
 }
 
 /// The widest `k` `rows_times_matrix` takes (one slice of the packed kernel; the fused
@@ -1353,6 +1362,10 @@ mod tests {
             (2, 70, 33, 9, false),
             (1, 300, 40, 120, false),
             (40, 72, 32, 4, true),
+            // Small products of widths split into column blocks (16 + 8, 32 + 8 + 3, 2).
+            (64, 24, 16, 24, true),
+            (5, 6, 7, 43, true),
+            (9, 3, 5, 2, false),
         ] {
             let a = fill(vec![batch, m, k], 1);
             let b = if b_batched {
