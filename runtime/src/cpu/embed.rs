@@ -81,7 +81,7 @@ fn factor_of<'a, T: Real>(
     e: &Embed,
     x: Extra<'a>,
     (n, s): (usize, usize),
-    window: Option<(usize, usize)>,
+    win: Slots,
 ) -> R<Option<Factor<'a, T>>> {
     let (Some(split), Some((idx, u))) = (e.factor, x.factor) else {
         return match e.factor {
@@ -96,7 +96,8 @@ fn factor_of<'a, T: Real>(
         ));
     };
     let k = rows.len() / m.max(1);
-    if window.is_some() || idx.len() != n * s || rows.len() != k * m || u.shape != [k, m] {
+    let whole = win.start == 0 && win.stride == s;
+    if !whole || idx.len() != n * s || rows.len() != k * m || u.shape != [k, m] {
         return Err(ExecError::Shape(format!(
             "embed_contract factor index of {} for [{n}, {s}], rows {:?}",
             idx.len(),
@@ -718,7 +719,7 @@ impl<T: Real> Scratch<T> {
 #[allow(clippy::too_many_arguments)]
 fn contract_t<T: Real>(
     e: &Embed,
-    (rr, factor): (&[T], Option<Factor<T>>),
+    (rr, x): (&[T], Extra),
     atoms: &[usize],
     (n, s, c): (usize, usize, usize),
     win: Slots,
@@ -727,6 +728,7 @@ fn contract_t<T: Real>(
     limit: usize,
 ) -> R<(Vec<T>, Option<KeptRows<T>>)> {
     let m = e.net.n_out();
+    let factor = factor_of(e, x, (n, s), win)?;
     let mut out = vec![T::default(); n * m * c];
     let row = |a: usize| win.rows(rr, a, s, c);
     if let Some(t) = Table::<T>::of(e)? {
@@ -783,7 +785,7 @@ fn contract_t<T: Real>(
 #[allow(clippy::too_many_arguments)]
 fn contract_vjp_t<T: Real>(
     e: &Embed,
-    (rr, gy, factor): (&[T], &[T], Option<Factor<T>>),
+    (rr, gy, x): (&[T], &[T], Extra),
     kept: Option<&KeptRows<T>>,
     atoms: &[usize],
     (n, s, c): (usize, usize, usize),
@@ -792,6 +794,7 @@ fn contract_vjp_t<T: Real>(
     limit: usize,
 ) -> R<Vec<T>> {
     let m = e.net.n_out();
+    let factor = factor_of(e, x, (n, s), win)?;
     let mut d_rr = vec![T::default(); n * s * c];
     if atoms.is_empty() || s == 0 {
         return Ok(d_rr);
@@ -943,35 +946,16 @@ pub fn embed_contract(
     let net: &Mlp = &e.net;
     let m = net.n_out();
     let (dims, slots) = dims(e, rr, window)?;
-    let (n, s, c) = dims;
+    let (n, _, c) = dims;
+    let limit = KEEP_LIMIT_BYTES;
     let atoms = atom_list(selected(e.centre_type, x.types, n, "embed_contract")?, n);
     let (data, kept) = match &rr.data {
         Data::F64(v) => {
-            let f = factor_of(e, x, (n, s), window)?;
-            let (o, k) = contract_t(
-                e,
-                (v, f),
-                &atoms,
-                dims,
-                slots,
-                keep,
-                packs,
-                KEEP_LIMIT_BYTES,
-            )?;
+            let (o, k) = contract_t(e, (v, x), &atoms, dims, slots, keep, packs, limit)?;
             (f64::wrap(o), k.map(|k| Kept(KeptData::F64(k))))
         }
         Data::F32(v) => {
-            let f = factor_of(e, x, (n, s), window)?;
-            let (o, k) = contract_t(
-                e,
-                (v, f),
-                &atoms,
-                dims,
-                slots,
-                keep,
-                packs,
-                KEEP_LIMIT_BYTES,
-            )?;
+            let (o, k) = contract_t(e, (v, x), &atoms, dims, slots, keep, packs, limit)?;
             (f32::wrap(o), k.map(|k| Kept(KeptData::F32(k))))
         }
         _ => return Err(ExecError::Type("embed_contract of non-floats".into())),
@@ -1010,10 +994,9 @@ pub fn embed_contract_vjp(
     let atoms = atom_list(selected(e.centre_type, x.types, n, "embed_contract")?, n);
     let kept = kept.map(|k| &k.0);
     let run = |(r, g): (&[f64], &[f64]), k: Option<&KeptRows<f64>>| {
-        let f = factor_of(e, x, (n, s), window)?;
         contract_vjp_t(
             e,
-            (r, g, f),
+            (r, g, x),
             k,
             &atoms,
             dims,
@@ -1023,10 +1006,9 @@ pub fn embed_contract_vjp(
         )
     };
     let run32 = |(r, g): (&[f32], &[f32]), k: Option<&KeptRows<f32>>| {
-        let f = factor_of(e, x, (n, s), window)?;
         contract_vjp_t(
             e,
-            (r, g, f),
+            (r, g, x),
             k,
             &atoms,
             dims,
@@ -1187,12 +1169,21 @@ mod tests {
         };
         let dims = (n, s, c);
         for limit in [KEEP_LIMIT_BYTES, 0] {
-            let (o, kept) =
-                contract_t(&e, (rv, None), &atoms, dims, win, true, &np, limit).unwrap();
+            let (o, kept) = contract_t(
+                &e,
+                (rv, Extra::default()),
+                &atoms,
+                dims,
+                win,
+                true,
+                &np,
+                limit,
+            )
+            .unwrap();
             assert_eq!(kept.is_some(), limit > 0);
             let d = contract_vjp_t(
                 &e,
-                (rv, gv, None),
+                (rv, gv, Extra::default()),
                 kept.as_ref(),
                 &atoms,
                 dims,
