@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::nn::{fusable, tabulable};
-use crate::graph::{DType, Data, Graph, Knots, Mlp, Op, Table, Tensor};
+use crate::graph::{DType, Data, Graph, GraphError, Knots, Mlp, Op, Table, Tensor, ValueId};
 use crate::model::{EnvParams, Net, Stats};
 
 /// The `--compress` settings (DeePMD-kit's `dp compress` flags and defaults).
@@ -254,6 +254,32 @@ pub fn tables(g: &Graph) -> Vec<TableReport> {
         });
     }
     out
+}
+
+/// `sum_j G(x_j) (1 + w_j u[idx_j]) rr_j^T` `[n, m, c]` for `rr [n, s, c]` (`x` its channel
+/// 0), `G` the tabulated network `mt`, `w [n, s, 1]` (1 where `None`), `u [k, m]` and `idx
+/// [n, s]`: the strip-mode type factor of DPA-1 and of the three-body block (DeePMD-kit's
+/// `tabulate_fusion_se_atten` and `_se_t_tebd`), as one fused op with a per-row factor
+/// (`Embed::factor`): over `[rr, w rr]`, the factor `u` on the second half, or without `w`
+/// over `rr` with the factor `1 + u`.
+pub(crate) fn factor_contract(
+    g: &mut Graph,
+    rr: ValueId,
+    w: Option<ValueId>,
+    mt: (Arc<Mlp>, Arc<Table>),
+    (idx, u): (ValueId, ValueId),
+) -> Result<ValueId, GraphError> {
+    let Some(w) = w else {
+        let u1 = g.add_scalar(u, 1.0)?;
+        return g.embed_contract_factor(rr, mt, (0, idx, u1));
+    };
+    let c = g.shape(rr)[2].factor;
+    let rw = g.mul(rr, w)?;
+    let both = g.concat(&[rr, rw], 2)?; // [n, s, 2c]
+    let sums = g.embed_contract_factor(both, mt, (c, idx, u))?; // [n, m, 2c]
+    let plain = g.slice_n(sums, 2, 0, c)?;
+    let scaled = g.slice_n(sums, 2, c, 2 * c)?;
+    g.add(plain, scaled)
 }
 
 /// A table of network `n` evaluated with elementary ops, for targets without the fused

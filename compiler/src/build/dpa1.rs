@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use super::compress::table_eval;
+use super::compress::{factor_contract, table_eval, Plan};
 use super::env_mat::{apply_keep, env_mat, pair_keep};
 use super::nn::{cast_tensor, fusable, fusable_layers, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
-use crate::graph::table::Scalar;
+use crate::graph::table::{Scalar, Table};
 use crate::graph::{
     Attention, Cmp, DType, Dim, Graph, GraphError, Mlp, MlpLayer, Op, Residual, Tensor, ValueId,
 };
@@ -103,12 +103,7 @@ pub fn build(g: &mut Graph, inp: &Inputs, d: &Dpa1, nlist: ValueId) -> R {
             };
             // With `--compress` (elementary ops: the fused form is above), the table.
             let gs = match inp.compress.as_ref() {
-                Some(p) => {
-                    let (_, tab) = p.tabulate(&d.embedding, dt, |p| {
-                        p.radial_range(&d.env, &d.stats, 0..d.nnei, None)
-                    })?;
-                    table_eval(g, ss, &tab, &d.embedding)?
-                }
+                Some(p) => table_eval(g, ss, &strip_table(p, d)?.1, &d.embedding)?,
                 None => net(g, ss, &d.embedding)?,
             };
             let prod = g.mul(gs, gt)?;
@@ -241,21 +236,22 @@ fn strip_contract_tabulated(
     table: ValueId,
 ) -> R {
     let plan = inp.compress.as_ref().expect("called with --compress");
-    let (mlp, tab) = plan.tabulate(&d.embedding, d.dtype, |p| {
-        p.radial_range(&d.env, &d.stats, 0..d.nnei, None)
-    })?;
+    let mt = strip_table(plan, d)?;
     let (u, idx) = strip_rows(g, inp, d, table, nei_type)?; // idx [nloc, nnei]
-    if !d.smooth_type_embedding {
-        let u1 = g.add_scalar(u, 1.0)?;
-        return g.embed_contract_factor(rr, (mlp, tab), (0, idx, u1));
-    }
-    let w = g.reshape(sw, vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE])?;
-    let rw = g.mul(rr, w)?;
-    let both = g.concat(&[rr, rw], 2)?; // [nloc, nnei, 8]
-    let sums = g.embed_contract_factor(both, (mlp, tab), (4, idx, u))?; // [nloc, ng, 8]
-    let plain = g.slice_n(sums, 2, 0, 4)?;
-    let scaled = g.slice_n(sums, 2, 4, 8)?;
-    g.add(plain, scaled)
+    let w = if d.smooth_type_embedding {
+        Some(g.reshape(sw, vec![Dim::NLOC, Dim::fixed(d.nnei), Dim::ONE])?)
+    } else {
+        None
+    };
+    factor_contract(g, rr, w, mt, (idx, u))
+}
+
+/// The strip block's geometric network and its table over the radial column's range
+/// (`--compress`).
+fn strip_table(p: &Plan, d: &Dpa1) -> Result<(Arc<Mlp>, Arc<Table>), GraphError> {
+    Ok(p.tabulate(&d.embedding, d.dtype, |p| {
+        p.radial_range(&d.env, &d.stats, 0..d.nnei, None)
+    })?)
 }
 
 /// `[nloc, nnei, 1]`: 1 where the neighbour is of type `t`, else 0.

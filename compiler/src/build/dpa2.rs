@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::compress::{table_eval, Plan};
+use super::compress::{factor_contract, table_eval, Plan};
 use super::dpa1::{pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
 use super::dpa3::list_update;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
@@ -155,9 +155,15 @@ fn three_body(
             } else {
                 None
             };
+            // Each pair's row of `tt`: `T_j * ntp + T_k`.
+            let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
+            let ntp_c = g.scalar(ntp as f64, DType::I32);
+            let tj = g.mul(tj, ntp_c)?;
+            let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
+            let idx = g.add(tj, tk)?; // [nloc, nnei, nnei]
             let gs = match compress {
                 Some(p) if inp.fuse => {
-                    let sum = strip_tabulated(g, tb, p, (ss, ty, w), (tt, ntp))?;
+                    let sum = strip_tabulated(g, tb, p, (ss, idx, w), tt)?;
                     return g.scale(sum, 1.0 / (nnei * nnei) as f64);
                 }
                 // Elementary ops (the StableHLO lowering): the table's values.
@@ -167,11 +173,6 @@ fn three_body(
                 }
                 None => net(g, ss, &tb.embedding)?,
             }; // [nloc, nnei, nnei, ng]
-            let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
-            let ntp_c = g.scalar(ntp as f64, DType::I32);
-            let tj = g.mul(tj, ntp_c)?;
-            let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
-            let idx = g.add(tj, tk)?; // [nloc, nnei, nnei]
             let mut gt = g.gather(tt, idx)?; // [nloc, nnei, nnei, ng]
             if let Some(w) = w {
                 gt = g.mul(gt, w)?;
@@ -202,40 +203,27 @@ fn three_body_table(
 /// network `gs` tabulated (`--compress`, DeePMD-kit's `tabulate_fusion_se_t_tebd`), for `x =
 /// r_j . r_k` (`ss`, `[nloc, nnei, nnei, 1]`), `G_jk = gs(x_jk) (1 + t[T_j, T_k] w_jk)`,
 /// `t` the strip network's value of each type pair (`tt`, row `a * ntp + b`), `w` the
-/// switches' product with `smooth`, else 1: one fused op whose per-row factor is `t`'s row
-/// of the pair (`Embed::factor`), over `[x, w x]` with the factor on the second, or without
-/// `w` over `x` with the factor `1 + t`. Any number of types.
+/// switches' product with `smooth`, else 1, and `idx` each pair's row: `factor_contract`
+/// over the pairs as rows. Any number of types.
 fn strip_tabulated(
     g: &mut Graph,
     tb: &ThreeBody,
     p: &Plan,
-    (ss, ty, w): (ValueId, ValueId, Option<ValueId>),
-    (tt, ntp): (ValueId, usize),
+    (ss, idx, w): (ValueId, ValueId, Option<ValueId>),
+    tt: ValueId,
 ) -> R {
-    let dt = g.dtype(ss);
     let nnei = tb.nnei;
-    let (mlp, tab) = three_body_table(p, tb, dt)?;
-    let rows = vec![Dim::NLOC, Dim::fixed(nnei * nnei)];
-    let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
-    let ntp_c = g.scalar(ntp as f64, DType::I32);
-    let tj = g.mul(tj, ntp_c)?;
-    let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
-    let idx = g.add(tj, tk)?; // [nloc, nnei, nnei]
-    let idx = g.reshape(idx, rows.clone())?;
-    let mut ch = rows;
-    ch.push(Dim::ONE);
-    let x = g.reshape(ss, ch)?; // [nloc, nnei^2, 1]
-    let ng = Dim::fixed(mlp.n_out());
-    let Some(w) = w else {
-        let t1 = g.add_scalar(tt, 1.0)?;
-        let sums = g.embed_contract_factor(x, (mlp, tab), (0, idx, t1))?;
-        return g.reshape(sums, vec![Dim::NLOC, ng]);
+    let mt = three_body_table(p, tb, g.dtype(ss))?;
+    let ng = Dim::fixed(mt.0.n_out());
+    let rows = vec![Dim::NLOC, Dim::fixed(nnei * nnei), Dim::ONE];
+    let x = g.reshape(ss, rows.clone())?; // [nloc, nnei^2, 1]
+    let idx = g.reshape(idx, rows[..2].to_vec())?;
+    let w = match w {
+        Some(w) => Some(g.reshape(w, rows)?),
+        None => None,
     };
-    let xw = g.mul(ss, w)?;
-    let xw = g.reshape(xw, g.shape(x).to_vec())?;
-    let both = g.concat(&[x, xw], 2)?; // [nloc, nnei^2, 2]
-    let sums = g.embed_contract_factor(both, (mlp, tab), (1, idx, tt))?; // [nloc, ng, 2]
-    g.sum(sums, &[2], false)
+    let sums = factor_contract(g, x, w, mt, (idx, tt))?; // [nloc, ng, 1]
+    g.reshape(sums, vec![Dim::NLOC, ng])
 }
 
 /// What every repformer layer reads besides the features.

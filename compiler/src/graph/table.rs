@@ -278,8 +278,10 @@ impl Scalar {
     }
 
     /// At `x`, for each neuron whose activation has kinks, how many of them its
-    /// pre-activation is above.
-    pub fn sides(&self, x: f64) -> Vec<u8> {
+    /// pre-activation is above (`Table::build` takes them from its own evaluations; the
+    /// tests read them here).
+    #[cfg(test)]
+    fn sides(&self, x: f64) -> Vec<u8> {
         let mut sides = Vec::new();
         self.eval_sides(x, Some(&mut sides));
         sides

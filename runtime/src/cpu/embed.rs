@@ -993,29 +993,12 @@ pub fn embed_contract_vjp(
     }
     let atoms = atom_list(selected(e.centre_type, x.types, n, "embed_contract")?, n);
     let kept = kept.map(|k| &k.0);
+    let limit = KEEP_LIMIT_BYTES;
     let run = |(r, g): (&[f64], &[f64]), k: Option<&KeptRows<f64>>| {
-        contract_vjp_t(
-            e,
-            (r, g, x),
-            k,
-            &atoms,
-            dims,
-            slots,
-            packs,
-            KEEP_LIMIT_BYTES,
-        )
+        contract_vjp_t(e, (r, g, x), k, &atoms, dims, slots, packs, limit)
     };
     let run32 = |(r, g): (&[f32], &[f32]), k: Option<&KeptRows<f32>>| {
-        contract_vjp_t(
-            e,
-            (r, g, x),
-            k,
-            &atoms,
-            dims,
-            slots,
-            packs,
-            KEEP_LIMIT_BYTES,
-        )
+        contract_vjp_t(e, (r, g, x), k, &atoms, dims, slots, packs, limit)
     };
     let data = match (&rr.data, &gy.data, kept) {
         (Data::F64(v), Data::F64(g), None) => f64::wrap(run((v, g), None)?),
@@ -1321,6 +1304,39 @@ mod tests {
         assert!(embed_contract(&e, &rr, Some((a, s + 1)), Extra::types(t), false, &np).is_err());
     }
 
+    /// `embed_contract_vjp` of `e` at `rr` for the cotangent `gy` against central
+    /// differences of `<gy, embed_contract(rr)>`, every `step`-th entry of `rr`, within `tol`
+    /// relative to `1 + |d|`.
+    fn vjp_matches_differences(
+        e: &Embed,
+        (rr, gy): (&Tensor, &Tensor),
+        x: Extra,
+        (step, tol): (usize, f64),
+        what: &str,
+    ) {
+        let np = Packs::default();
+        let d = embed_contract_vjp(e, rr, None, gy, x, None, &np).unwrap();
+        let f = |xr: &Tensor| -> f64 {
+            let (y, _) = embed_contract(e, xr, None, x, false, &np).unwrap();
+            let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
+            y.iter().zip(g).map(|(a, b)| a * b).sum()
+        };
+        let h = 1e-6;
+        for i in (0..rr.len()).step_by(step) {
+            let (mut plus, mut minus) = (rr.clone(), rr.clone());
+            if let (Data::F64(p), Data::F64(q)) = (&mut plus.data, &mut minus.data) {
+                p[i] += h;
+                q[i] -= h;
+            }
+            let fd = (f(&plus) - f(&minus)) / (2.0 * h);
+            let got = d.as_f64().unwrap()[i];
+            assert!(
+                (fd - got).abs() < tol * (1.0 + got.abs()),
+                "{what}: rr[{i}]: {got} vs {fd}"
+            );
+        }
+    }
+
     #[test]
     fn the_vjp_is_the_derivative_of_the_contraction() {
         // <gy, f(rr)> against central differences, one entry of rr at a time; also for the
@@ -1332,28 +1348,14 @@ mod tests {
                 ones,
                 ..embed(None)
             };
-            let np = Packs::default();
-            let d = embed_contract_vjp(&e, &rr, None, &gy, Extra::types(None), None, &np).unwrap();
-            let f = |x: &Tensor| -> f64 {
-                let (y, _) = embed_contract(&e, x, None, Extra::default(), false, &np).unwrap();
-                let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
-                y.iter().zip(g).map(|(a, b)| a * b).sum()
-            };
-            let h = 1e-6;
-            for i in (0..n * s * c).step_by(if ones { 1 } else { 5 }) {
-                let mut plus = rr.clone();
-                let mut minus = rr.clone();
-                if let (Data::F64(p), Data::F64(m)) = (&mut plus.data, &mut minus.data) {
-                    p[i] += h;
-                    m[i] -= h;
-                }
-                let fd = (f(&plus) - f(&minus)) / (2.0 * h);
-                let got = d.as_f64().unwrap()[i];
-                assert!(
-                    (fd - got).abs() < 1e-7 * (1.0 + got.abs()),
-                    "ones {ones}: rr[{i}]: {got} vs {fd}"
-                );
-            }
+            let step = if ones { 1 } else { 5 };
+            vjp_matches_differences(
+                &e,
+                (&rr, &gy),
+                Extra::default(),
+                (step, 1e-7),
+                "ones {ones}",
+            );
         }
         // The sum needs one channel.
         let (rr, _, _) = inputs(2, 12, 4);
@@ -1471,26 +1473,8 @@ mod tests {
                     assert!((w - g).abs() < 1e-10, "c {c} split {split}: {w} vs {g}");
                 }
             }
-            let d = embed_contract_vjp(&e, &rr, None, &gy, x, None, &np).unwrap();
-            let f = |xr: &Tensor| -> f64 {
-                let (y, _) = embed_contract(&e, xr, None, x, false, &np).unwrap();
-                let (y, g) = (y.as_f64().unwrap(), gy.as_f64().unwrap());
-                y.iter().zip(g).map(|(a, b)| a * b).sum()
-            };
-            let h = 1e-6;
-            for i in (0..n * s * c).step_by(7) {
-                let (mut plus, mut minus) = (rr.clone(), rr.clone());
-                if let (Data::F64(p), Data::F64(q)) = (&mut plus.data, &mut minus.data) {
-                    p[i] += h;
-                    q[i] -= h;
-                }
-                let fd = (f(&plus) - f(&minus)) / (2.0 * h);
-                let got = d.as_f64().unwrap()[i];
-                assert!(
-                    (fd - got).abs() < 1e-6 * (1.0 + got.abs()),
-                    "c {c} split {split}: rr[{i}]: {got} vs {fd}"
-                );
-            }
+            let what = format!("c {c} split {split}");
+            vjp_matches_differences(&e, (&rr, &gy), x, (7, 1e-6), &what);
         }
         // An index outside the rows is an error, not a read past them.
         let bad = Tensor::i32(vec![n, s], vec![k as i32; n * s]);
