@@ -14,13 +14,13 @@ use super::compress::{factor_contract, table_eval, Plan};
 use super::dpa1::{pad_atom, softmax_last, type_pairs, type_table, MASKED_LOGIT};
 use super::dpa3::list_update;
 use super::env_mat::{env_from, geometry, nlist_mask, pair_keep, Switch};
-use super::nn::{activation, layer, layer_norm, net, net_on_parts};
+use super::nn::{activation, cast_tensor, fusable, layer, layer_norm, net, net_on_parts};
 use super::Inputs;
 use crate::graph::table::Table;
-use crate::graph::{Cmp, DType, Dim, Graph, GraphError, Mlp, ValueId};
+use crate::graph::{Cmp, DType, Dim, Graph, GraphError, Mlp, Tensor, ValueId};
 use crate::model::dpa2::{Atten2, Dpa2, LocalAtten, RepformerLayer, Repformers, ThreeBody};
 use crate::model::se_t_tebd::SeTTebd;
-use crate::model::{EnvParams, Layer, TebdInput};
+use crate::model::{Activation, EnvParams, Layer, Net, TebdInput};
 
 type R = Result<ValueId, GraphError>;
 
@@ -128,6 +128,16 @@ fn three_body(
     let nl0 = g.select(nmask, nlist, pad)?;
     let nt = g.shape(table)[1];
     let gg = match tb.tebd_input {
+        TebdInput::Concat if inp.fuse => {
+            if let Some(sum) = concat_fused(g, inp, tb, (ss, nl0), table)? {
+                return g.scale(sum, 1.0 / (nnei * nnei) as f64);
+            }
+            let emb = g.gather(inp.atype, nl0)?;
+            let emb = g.gather(table, emb)?; // [nloc, nnei, nt]
+            let ej = g.reshape(emb, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, nt])?;
+            let ek = g.reshape(emb, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), nt])?;
+            net_on_parts(g, &[ss, ej, ek], &tb.embedding, inp.fuse)?
+        }
         TebdInput::Concat => {
             let emb = g.gather(inp.atype, nl0)?;
             let emb = g.gather(table, emb)?; // [nloc, nnei, nt]
@@ -142,10 +152,8 @@ fn three_body(
                 .as_ref()
                 .expect("validated: strip mode has embeddings_strip");
             // Row a * ntp + b of the pair table is [T[a], T[b]].
-            let ntp = g.shape(table)[0].factor;
             let pair = type_pairs(g, table, false)?;
             let tt = net(g, pair, strip)?; // [ntp * ntp, ng]
-            let ty = g.gather(inp.atype, nl0)?; // [nloc, nnei]
             let w = if tb.smooth {
                 let nf = g.cast(nmask, dt)?;
                 let sw = g.mul(env.sw, nf)?; // [nloc, nnei], zero off the list
@@ -155,12 +163,8 @@ fn three_body(
             } else {
                 None
             };
-            // Each pair's row of `tt`: `T_j * ntp + T_k`.
-            let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
-            let ntp_c = g.scalar(ntp as f64, DType::I32);
-            let tj = g.mul(tj, ntp_c)?;
-            let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
-            let idx = g.add(tj, tk)?; // [nloc, nnei, nnei]
+            // Each pair's row of `tt`.
+            let idx = pair_index(g, inp, nl0, table, nnei)?; // [nloc, nnei, nnei]
             let gs = match compress {
                 Some(p) if inp.fuse => {
                     let sum = strip_tabulated(g, tb, p, (ss, idx, w), tt)?;
@@ -184,6 +188,81 @@ fn three_body(
     let gg = g.mul(gg, ss)?;
     let res = g.sum(gg, &[1, 2], false)?;
     g.scale(res, 1.0 / (nnei * nnei) as f64)
+}
+
+/// Each neighbour pair's row `T_j * ntp + T_k` of a table over type pairs (`type_pairs`,
+/// `ntp` the type embedding's rows), `[nloc, nnei, nnei]`, for `nl0` the neighbour list
+/// with padded slots on a real atom.
+fn pair_index(g: &mut Graph, inp: &Inputs, nl0: ValueId, table: ValueId, nnei: usize) -> R {
+    let ntp = g.shape(table)[0].factor;
+    let ty = g.gather(inp.atype, nl0)?; // [nloc, nnei]
+    let tj = g.reshape(ty, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE])?;
+    let ntp_c = g.scalar(ntp as f64, DType::I32);
+    let tj = g.mul(tj, ntp_c)?;
+    let tk = g.reshape(ty, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei)])?;
+    g.add(tj, tk)
+}
+
+/// `sum_jk x_jk G([x_jk, T_j, T_k])` `[nloc, ng]` of a concat-mode three-body block as one
+/// fused op (`Embed::shift`), for `x = r_j . r_k` (`ss`, `[nloc, nnei, nnei, 1]`): the first
+/// layer's rows for `T_j` and `T_k` give each type pair's shift of its pre-activation (one
+/// small product per type pair instead of one per neighbour pair), and the network runs
+/// on `x` alone. `None` where the network is not fusable or its first layer is a residual
+/// one (its input would be the whole concatenation).
+fn concat_fused(
+    g: &mut Graph,
+    inp: &Inputs,
+    tb: &ThreeBody,
+    (ss, nl0): (ValueId, ValueId),
+    table: ValueId,
+) -> Result<Option<ValueId>, GraphError> {
+    let nnei = tb.nnei;
+    let dt = g.dtype(ss);
+    let Some((first, rest)) = tb.embedding.layers.split_first() else {
+        return Ok(None);
+    };
+    let nt = g.shape(table)[1].factor;
+    let n1 = first.n_out();
+    let total = 1 + 2 * nt;
+    if first.n_in() != total || (first.resnet && (n1 == total || n1 == 2 * total)) {
+        return Ok(None);
+    }
+    let w = first.w.to_f64_vec();
+    let rows = |from: usize, to: usize| {
+        let t = Tensor::f64(vec![to - from, n1], w[from * n1..to * n1].to_vec());
+        cast_tensor(&t, first.dtype)
+    };
+    let geo = Net {
+        layers: std::iter::once(Layer {
+            w: rows(0, 1),
+            resnet: false,
+            ..first.clone()
+        })
+        .chain(rest.iter().cloned())
+        .collect(),
+    };
+    let Some(mlp) = fusable(&geo, dt) else {
+        return Ok(None);
+    };
+    // Row a * ntp + b of `u`: T[a] W_j + T[b] W_k, the first layer's type rows.
+    let types = Layer {
+        w: rows(1, total),
+        b: None,
+        idt: None,
+        activation: Activation::Linear,
+        resnet: false,
+        dtype: first.dtype,
+    };
+    let pair = type_pairs(g, table, false)?; // [ntp * ntp, 2 nt]
+    let u = layer(g, pair, &types)?;
+    let u = g.cast(u, dt)?;
+    let idx = pair_index(g, inp, nl0, table, nnei)?;
+    let rows = vec![Dim::NLOC, Dim::fixed(nnei * nnei), Dim::ONE];
+    let x = g.reshape(ss, rows.clone())?; // [nloc, nnei^2, 1]
+    let idx = g.reshape(idx, rows[..2].to_vec())?;
+    let sums = g.embed_contract_shift(x, mlp, (idx, u))?; // [nloc, ng, 1]
+    let ng = Dim::fixed(tb.embedding.layers.last().map_or(0, |l| l.n_out()));
+    Ok(Some(g.reshape(sums, vec![Dim::NLOC, ng])?))
 }
 
 /// The three-body block's geometric network `gs` and its table over `x = r_j . r_k`:

@@ -271,11 +271,11 @@ fn rule(
         }
         Op::ScatterAdd { .. } => Ok(vec![None, Some(g.gather(gy, args[0])?)]),
         Op::EmbedContract(e) => {
-            // The factor's rows are constants of the model (DPA-1's strip network on the
-            // type embedding): the VJP has no rule for them.
-            if e.factor.is_some() && wanted[2] {
+            // The factor's and the shift's rows are constants of the model (networks on
+            // the type embedding): the VJP has no rule for them.
+            if (e.factor.is_some() || e.shift) && wanted[2] {
                 return Err(GraphError(
-                    "embed_contract's factor rows take no gradient".into(),
+                    "embed_contract's factor or shift rows take no gradient".into(),
                 ));
             }
             let mut vargs = vec![args[0], gy];

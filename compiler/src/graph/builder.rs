@@ -175,6 +175,27 @@ impl Graph {
             table: Some(table),
             ones: false,
             factor: Some(split),
+            shift: false,
+        };
+        self.push(Op::EmbedContract(e), &[rr, idx, u])
+    }
+
+    /// `EmbedContract` with a per-row shift of the network's first layer (see
+    /// `Embed::shift`): row `j` goes through `net` with `u[idx[:, j]]` added to its first
+    /// layer's pre-activation.
+    pub fn embed_contract_shift(
+        &mut self,
+        rr: ValueId,
+        net: Arc<super::mlp::Mlp>,
+        (idx, u): (ValueId, ValueId),
+    ) -> R {
+        let e = super::mlp::Embed {
+            net,
+            centre_type: None,
+            table: None,
+            ones: false,
+            factor: None,
+            shift: true,
         };
         self.push(Op::EmbedContract(e), &[rr, idx, u])
     }
@@ -207,6 +228,7 @@ impl Graph {
             table,
             ones,
             factor: None,
+            shift: false,
         };
         match centre {
             Some((_, types)) => self.push(Op::EmbedContract(e), &[rr, types]),
@@ -487,5 +509,41 @@ mod tests {
             },
         };
         assert!(g.push(Op::Dense(product), &[x]).is_err());
+    }
+
+    /// A first-layer shift needs an index per slot and rows as wide as the first layer,
+    /// in rr's dtype, and takes no table; its rows take no gradient.
+    #[test]
+    fn a_shift_checks_its_index_and_rows() {
+        use super::super::{Act, Mlp, MlpLayer, Residual};
+        let mut g = Graph::new();
+        let f64s = |d: Vec<Dim>| TensorType::new(DType::F64, d);
+        let rr = g.input("rr", f64s(vec![Dim::NLOC, Dim::fixed(6), Dim::ONE]));
+        let idx = g.input(
+            "idx",
+            TensorType::new(DType::I32, vec![Dim::NLOC, Dim::fixed(6)]),
+        );
+        let u2 = g.input("u2", f64s(vec![Dim::fixed(4), Dim::fixed(2)]));
+        let u3 = g.input("u3", f64s(vec![Dim::fixed(4), Dim::fixed(3)]));
+        let layer = |k: usize, n: usize| MlpLayer {
+            w: Arc::new(Tensor::f64(vec![k, n], vec![0.5; k * n])),
+            b: None,
+            idt: None,
+            act: Act::Tanh,
+            residual: Residual::None,
+        };
+        let net = Arc::new(Mlp {
+            dtype: DType::F64,
+            layers: vec![layer(1, 2), layer(2, 4)],
+        });
+        assert!(g.embed_contract_shift(rr, net.clone(), (idx, u3)).is_err());
+        assert!(g.embed_contract_shift(rr, net.clone(), (rr, u2)).is_err());
+        let y = g.embed_contract_shift(rr, net, (idx, u2)).unwrap();
+        assert_eq!(g.ty(y).shape, vec![Dim::NLOC, Dim::fixed(4), Dim::ONE]);
+        // The gradient with respect to rr, not to the rows.
+        let s = g.sum(y, &[0, 1, 2], false).unwrap();
+        let seed = g.scalar(1.0, DType::F64);
+        assert!(crate::graph::autodiff::vjp(&mut g, s, seed, &[rr]).is_ok());
+        assert!(crate::graph::autodiff::vjp(&mut g, s, seed, &[u2]).is_err());
     }
 }

@@ -208,13 +208,22 @@ pub struct Embed {
     /// `tabulate_fusion_se_atten` takes the same factor per row). `u` takes no gradient.
     /// Tabulated networks only.
     pub factor: Option<usize>,
+    /// A per-row shift of the first layer's pre-activation: row `j` enters the network as
+    /// `z1_j = x_j W1 + u[idx_j] + b1` (`u [k, n1]`, `n1` the first layer's width) instead
+    /// of `x_j W1 + b1`. The op then takes `(idx i32 [n, s], u)` after `rr` (and the VJP's
+    /// cotangent). This is DeePMD-kit's concat-mode three-body block (`se_e3_tebd`, DPA-2's
+    /// repinit): its first layer takes `[x_jk, T_j, T_k]`, and the type embeddings' part
+    /// depends on the pair of types alone, so it is one row of `u` per type pair. `u`
+    /// takes no gradient. Networks only (no table), without `factor`.
+    pub shift: bool,
 }
 
 impl Embed {
-    /// The op's arguments besides `rr` (and the VJP's cotangent): the factor's index and
-    /// rows, then the centres' types.
+    /// The op's arguments besides `rr` (and the VJP's cotangent): the factor's or the
+    /// shift's index and rows, then the centres' types.
     pub fn extra_args(&self) -> usize {
-        2 * usize::from(self.factor.is_some()) + usize::from(self.centre_type.is_some())
+        2 * usize::from(self.factor.is_some() || self.shift)
+            + usize::from(self.centre_type.is_some())
     }
 }
 

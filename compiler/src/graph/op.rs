@@ -629,8 +629,8 @@ fn env_input(e: &EnvSpec, args: &[&TensorType]) -> Result<(), String> {
     }
 }
 
-/// The checks `EmbedContract` and its VJP share on `rr`, the network, the factor's index
-/// and rows, and the types (`rest`: the arguments after `rr`, and after the VJP's
+/// The checks `EmbedContract` and its VJP share on `rr`, the network, the factor's or the
+/// shift's index and rows, and the types (`rest`: the arguments after `rr`, and after the VJP's
 /// cotangent).
 fn embed_input(e: &Embed, rr: &TensorType, rest: &[&TensorType]) -> Result<(), String> {
     let net: &Mlp = &e.net;
@@ -657,6 +657,27 @@ fn embed_input(e: &Embed, rr: &TensorType, rest: &[&TensorType]) -> Result<(), S
         if u.dtype != rr.dtype || u.rank() != 2 || u.shape[1] != m || u.shape[0].sym.is_some() {
             return Err(format!(
                 "embed_contract factor rows {u} (want [k, {m}] of rr's dtype)"
+            ));
+        }
+    }
+    if e.shift {
+        let (idx, u) = (rest[0], rest[1]);
+        if e.table.is_some() || e.factor.is_some() {
+            return Err("embed_contract's first-layer shift takes a network alone".into());
+        }
+        if rr.rank() != 3 || idx.dtype != DType::I32 || idx.shape[..] != rr.shape[..2] {
+            return Err(format!(
+                "embed_contract shift index {idx} does not match rr {rr}"
+            ));
+        }
+        let n1 = net.layers.first().map_or(0, |l| l.n_out());
+        if u.dtype != rr.dtype
+            || u.rank() != 2
+            || u.shape[1] != Dim::fixed(n1)
+            || u.shape[0].sym.is_some()
+        {
+            return Err(format!(
+                "embed_contract shift rows {u} (want [k, {n1}] of rr's dtype)"
             ));
         }
     }
@@ -798,6 +819,9 @@ impl fmt::Display for Op {
                 }
                 if let Some(s) = e.factor {
                     write!(f, " factor_from={s}")?;
+                }
+                if e.shift {
+                    write!(f, " shift")?;
                 }
                 match &e.table {
                     Some(t) => write!(

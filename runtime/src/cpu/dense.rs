@@ -270,7 +270,7 @@ fn dense_rows<T: Real>(
             let net = &nets[k];
             let nu = input.gather(idx, &mut sc.x0, isc, map);
             let acts = e.grad.then(|| sized(&mut sc.acts, nu * acts_width(net)));
-            forward(net, &sc.x0, &mut sc.h, acts);
+            forward(net, &sc.x0, None, &mut sc.h, acts);
             if !e.grad {
                 let y = &sc.h[net.len() - 1][..nu * m];
                 for (&i, &u) in idx.iter().zip(map.iter()) {
@@ -380,7 +380,7 @@ fn dense_vjp_t<T: Real>(
                 }
                 let nr = idx.len();
                 let acts = sized(&mut sc.acts, nr * acts_width(net));
-                forward(net, &sc.x0, &mut sc.h, Some(acts));
+                forward(net, &sc.x0, None, &mut sc.h, Some(acts));
                 let dh = sized(&mut sc.g.dh, nr * m);
                 for (&i, r) in idx.iter().zip(dh.chunks_exact_mut(m)) {
                     r.copy_from_slice(&gy[i * m..(i + 1) * m]);

@@ -21,7 +21,7 @@ use dpc_compiler::graph::{Data, Embed, Mlp, Tensor};
 use rayon::prelude::*;
 
 use super::embed_table::{self, Factor, Table};
-use super::net::{forward, forward_tangent, layers, sized, Layer, Packs};
+use super::net::{forward, forward_tangent, layers, sized, FirstShift, Layer, Packs};
 use super::real::Real;
 use super::reduce::dot;
 use super::ExecError;
@@ -45,11 +45,12 @@ fn whole_op<T>(rows: usize, m: usize, limit: usize) -> bool {
     (rows * 2 * m).saturating_mul(std::mem::size_of::<T>()) <= limit
 }
 
-/// An embedding op's arguments besides `rr` (and the VJP's cotangent): the per-row
-/// factor's index and rows (`Embed::factor`), and the centres' types.
+/// An embedding op's arguments besides `rr` (and the VJP's cotangent): the index and rows
+/// of the per-row factor (`Embed::factor`) or first-layer shift (`Embed::shift`), and the
+/// centres' types.
 #[derive(Clone, Copy, Default)]
 pub struct Extra<'a> {
-    pub factor: Option<(&'a Tensor, &'a Tensor)>,
+    pub rows: Option<(&'a Tensor, &'a Tensor)>,
     pub types: Option<&'a Tensor>,
 }
 
@@ -57,21 +58,18 @@ impl<'a> Extra<'a> {
     /// From the op's arguments after `rr` (and the cotangent), as `Embed::extra_args` lists
     /// them.
     pub fn of(e: &Embed, rest: &[&'a Tensor]) -> Extra<'a> {
-        let factor = match (e.factor, rest) {
-            (Some(_), [idx, u, ..]) => Some((*idx, *u)),
+        let rows = match (e.factor.is_some() || e.shift, rest) {
+            (true, [idx, u, ..]) => Some((*idx, *u)),
             _ => None,
         };
         let types = e.centre_type.and(rest.last().copied());
-        Extra { factor, types }
+        Extra { rows, types }
     }
 
     /// Only the centres' types.
     #[cfg(test)]
     pub fn types(types: Option<&'a Tensor>) -> Extra<'a> {
-        Extra {
-            factor: None,
-            types,
-        }
+        Extra { rows: None, types }
     }
 }
 
@@ -83,38 +81,76 @@ fn factor_of<'a, T: Real>(
     (n, s): (usize, usize),
     win: Slots,
 ) -> R<Option<Factor<'a, T>>> {
-    let (Some(split), Some((idx, u))) = (e.factor, x.factor) else {
-        return match e.factor {
-            Some(_) => Err(ExecError::Type("embed_contract needs its factor".into())),
-            None => Ok(None),
-        };
+    let Some(split) = e.factor else {
+        return Ok(None);
     };
-    let m = e.net.n_out();
+    let (idx, u) = indexed_rows(x, e.net.n_out(), (n, s), win, "factor")?;
+    Ok(Some(Factor { idx, u, split, s }))
+}
+
+/// The index (one per slot of `n` atoms of `s`) and rows (`[k, w]`) of a factor or shift,
+/// checked: every index inside the rows, the rows in the op's dtype.
+fn indexed_rows<'a, T: Real>(
+    x: Extra<'a>,
+    w: usize,
+    (n, s): (usize, usize),
+    win: Slots,
+    what: &str,
+) -> R<(&'a [i32], &'a [T])> {
+    let Some((idx, u)) = x.rows else {
+        return Err(ExecError::Type(format!("embed_contract needs its {what}")));
+    };
     let (Data::I32(idx), Some(rows)) = (&idx.data, T::slice(&u.data)) else {
-        return Err(ExecError::Type(
-            "embed_contract factor of other dtypes".into(),
-        ));
+        return Err(ExecError::Type(format!(
+            "embed_contract {what} of other dtypes"
+        )));
     };
-    let k = rows.len() / m.max(1);
+    let k = rows.len() / w.max(1);
     let whole = win.start == 0 && win.stride == s;
-    if !whole || idx.len() != n * s || rows.len() != k * m || u.shape != [k, m] {
+    if !whole || idx.len() != n * s || rows.len() != k * w || u.shape != [k, w] {
         return Err(ExecError::Shape(format!(
-            "embed_contract factor index of {} for [{n}, {s}], rows {:?}",
+            "embed_contract {what} index of {} for [{n}, {s}], rows {:?}",
             idx.len(),
             u.shape
         )));
     }
     if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= k) {
         return Err(ExecError::Shape(format!(
-            "embed_contract factor index {bad} outside its {k} rows"
+            "embed_contract {what} index {bad} outside its {k} rows"
         )));
     }
-    Ok(Some(Factor {
-        idx,
-        u: rows,
-        split,
-        s,
-    }))
+    Ok((idx, rows))
+}
+
+/// A first-layer shift (`Embed::shift`): slot `j` of atom `a` adds row `idx[a s + j]` of
+/// `u [k, n1]` to its first layer's pre-activation (indices checked).
+#[derive(Clone, Copy)]
+struct Shift<'a, T> {
+    idx: &'a [i32],
+    u: &'a [T],
+    s: usize,
+}
+
+impl<'a, T> Shift<'a, T> {
+    /// Atom `a`'s rows of `u`, one index per slot.
+    fn slots(&self, a: usize) -> &'a [i32] {
+        &self.idx[a * self.s..(a + 1) * self.s]
+    }
+}
+
+/// The shift of `e` over `n` atoms of `s` slots, checked.
+fn shift_of<'a, T: Real>(
+    e: &Embed,
+    x: Extra<'a>,
+    (n, s): (usize, usize),
+    win: Slots,
+) -> R<Option<Shift<'a, T>>> {
+    if !e.shift {
+        return Ok(None);
+    }
+    let n1 = e.net.layers.first().map_or(0, |l| l.n_out());
+    let (idx, u) = indexed_rows(x, n1, (n, s), win, "shift")?;
+    Ok(Some(Shift { idx, u, s }))
 }
 
 /// The embedding network (an embedding with a compression table goes to `embed_table`).
@@ -184,20 +220,27 @@ impl<'a, T: Real> Source<'a, T> {
         self.layers.len()
     }
 
-    /// `out` set to `G [rows, m]` of the inputs `x [rows]`, and with `tangent` to
-    /// `[G; dG/dx]` (`[2 rows, m]`).
-    fn eval(&self, x: &[T], tangent: bool, h: &mut [Vec<T>], out: &mut Vec<T>) {
+    /// `out` set to `G [rows, m]` of the inputs `x [rows]` (with `shift`, each input's
+    /// first layer shifted by its row), and with `tangent` to `[G; dG/dx]` (`[2 rows, m]`).
+    fn eval(
+        &self,
+        x: &[T],
+        shift: Option<FirstShift<'_, T>>,
+        tangent: bool,
+        h: &mut [Vec<T>],
+        out: &mut Vec<T>,
+    ) {
         let layers = &self.layers;
         let len = if tangent { 2 } else { 1 } * x.len() * self.width();
         if tangent {
             // Written whole by the network's last GEMM, so not zeroed first.
             out.clear();
             out.reserve(len);
-            forward_tangent(layers, x, h, &mut out.spare_capacity_mut()[..len]);
+            forward_tangent(layers, x, shift, h, &mut out.spare_capacity_mut()[..len]);
             // SAFETY: `forward_tangent` wrote all `len` elements.
             unsafe { out.set_len(len) };
         } else {
-            forward(layers, x, h, None);
+            forward(layers, x, shift, h, None);
             sized(out, len).copy_from_slice(&h[layers.len() - 1][..len]);
         }
     }
@@ -257,36 +300,52 @@ fn block_atoms(s: usize) -> usize {
     (ROWS_PER_BLOCK / s.max(1)).max(1)
 }
 
-/// One block's distinct inputs (`rr` the block's atoms' rows): `x` the network inputs,
-/// `idx` each row's position in it (a row whose input equals the row before's shares its
+/// One block's distinct inputs (`rr` the block's atoms' rows, `tags` their shift's rows):
+/// `x` the network inputs (and their rows of the shift in `tag`), `idx` each row's
+/// position in it (a row whose input and shift equal the row before's shares its
 /// evaluation).
 #[inline(always)]
-fn distinct_inputs<T: Real>(rr: &[&[T]], c: usize, x: &mut Vec<T>, idx: &mut Vec<u32>) {
+fn distinct_inputs<T: Real>(
+    rr: &[&[T]],
+    tags: Option<&[&[i32]]>,
+    c: usize,
+    (x, tag): (&mut Vec<T>, &mut Vec<u32>),
+    idx: &mut Vec<u32>,
+) {
     x.clear();
+    tag.clear();
     idx.clear();
-    let mut prev: Option<u64> = None;
-    for r in rr.iter().flat_map(|a| a.iter().step_by(c)) {
-        let bits = r.to_f64().to_bits();
-        if prev != Some(bits) {
-            x.push(*r);
-            prev = Some(bits);
+    let mut prev: Option<(u64, u32)> = None;
+    for (a, ra) in rr.iter().enumerate() {
+        let ta = tags.map(|t| t[a]);
+        for (j, r) in ra.iter().step_by(c).enumerate() {
+            let key = (r.to_f64().to_bits(), ta.map_or(0, |t| t[j] as u32));
+            if prev != Some(key) {
+                x.push(*r);
+                if ta.is_some() {
+                    tag.push(key.1);
+                }
+                prev = Some(key);
+            }
+            idx.push(x.len() as u32 - 1);
         }
-        idx.push(x.len() as u32 - 1);
     }
 }
 
 /// The distinct inputs of all of an op's rows (`rows`, one slice of `s` rows of `c` per
-/// atom), bit for bit: `x` in the order first seen, and each row's index into it. The two
+/// atom, with its slots' rows of the shift where there is one), bit for bit: `x` in the
+/// order first seen (with a shift, each one's row of it in `tag`), and each row's index
+/// into it. The two
 /// rows of a pair of same-type atoms, `(i, j)` and `(j, i)`, have the same input (the
 /// distance is the same bits either way), so one network evaluation serves both: on
 /// se_e2_a_big's 2048-atom bench system a 512-atom chunk has 22% fewer distinct inputs
 /// than rows that differ from the row before. An open-addressing table of the input bits;
 /// the padding slots (a run of one input) skip it.
 fn op_inputs<'a, T: Real + 'a>(
-    rows: impl Iterator<Item = &'a [T]>,
+    rows: impl Iterator<Item = (&'a [T], Option<&'a [i32]>)>,
     c: usize,
     n_rows: usize,
-) -> R<(Vec<T>, Vec<u32>)> {
+) -> R<(Vec<T>, Vec<u32>, Vec<u32>)> {
     if n_rows > u32::MAX as usize / 2 {
         return Err(ExecError::Shape(format!(
             "embed_contract of {n_rows} rows (at most {})",
@@ -297,39 +356,50 @@ fn op_inputs<'a, T: Real + 'a>(
     let mask = (1usize << bits_of) - 1;
     // `EMPTY` marks a free slot; its key is then unused.
     const EMPTY: u32 = u32::MAX;
-    let mut keys = vec![0u64; mask + 1];
+    let mut keys = vec![(0u64, 0u32); mask + 1];
     let mut vals = vec![EMPTY; mask + 1];
     let mut x = Vec::with_capacity(n_rows);
+    let mut tag = Vec::new();
     let mut uid = Vec::with_capacity(n_rows);
-    let mut prev: Option<(u64, u32)> = None;
-    for r in rows.flat_map(|a| a.iter().step_by(c)) {
-        let bits = r.to_f64().to_bits();
-        if let Some((b, u)) = prev {
-            if b == bits {
+    let mut prev: Option<((u64, u32), u32)> = None;
+    let inputs = rows.flat_map(|(a, t)| {
+        a.iter()
+            .step_by(c)
+            .enumerate()
+            .map(move |(j, r)| (*r, t.map(|t| t[j] as u32)))
+    });
+    for (r, t) in inputs {
+        let key = (r.to_f64().to_bits(), t.unwrap_or(0));
+        if let Some((k, u)) = prev {
+            if k == key {
                 uid.push(u);
                 continue;
             }
         }
         // The multiply carries the low mantissa bits (where nearby inputs differ) into
-        // the high bits taken as the slot.
-        let mut slot = (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits_of)) as usize;
+        // the high bits taken as the slot; a shift's row goes into the high bits first.
+        let h = key.0 ^ u64::from(key.1).rotate_right(16);
+        let mut slot = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits_of)) as usize;
         let u = loop {
             match vals[slot] {
                 EMPTY => {
                     let u = x.len() as u32;
-                    keys[slot] = bits;
+                    keys[slot] = key;
                     vals[slot] = u;
-                    x.push(*r);
+                    x.push(r);
+                    if t.is_some() {
+                        tag.push(key.1);
+                    }
                     break u;
                 }
-                v if keys[slot] == bits => break v,
+                v if keys[slot] == key => break v,
                 _ => slot = (slot + 1) & mask,
             }
         };
         uid.push(u);
-        prev = Some((bits, u));
+        prev = Some((key, u));
     }
-    Ok((x, uid))
+    Ok((x, tag, uid))
 }
 
 /// `log2(ROWS_PER_BLOCK)`: a distinct input's block and place in it are a shift and a mask.
@@ -402,14 +472,25 @@ impl<'a, T> GRows<'a, T> {
     }
 }
 
-/// `G` (and with `tangent`, `dG/dx`) of the inputs `x`, on the thread pool.
-fn evaluate<T: Real>(src: &Source<T>, x: &[T], tangent: bool) -> Vec<Vec<T>> {
+/// `G` (and with `tangent`, `dG/dx`) of the inputs `x` (with `shift`'s rows `u`, input
+/// `i` shifted by row `tag[i]`), on the thread pool.
+fn evaluate<T: Real>(
+    src: &Source<T>,
+    (x, tag): (&[T], &[u32]),
+    u: Option<&[T]>,
+    tangent: bool,
+) -> Vec<Vec<T>> {
     x.par_chunks(ROWS_PER_BLOCK)
+        .enumerate()
         .map_init(
             || Scratch::new(src.depth()),
-            |sc, xb| {
+            |sc, (b, xb)| {
+                let shift = u.map(|u| FirstShift {
+                    u,
+                    rows: &tag[b * ROWS_PER_BLOCK..b * ROWS_PER_BLOCK + xb.len()],
+                });
                 let mut out = Vec::new();
-                src.eval(xb, tangent, &mut sc.h, &mut out);
+                src.eval(xb, shift, tangent, &mut sc.h, &mut out);
                 out
             },
         )
@@ -674,6 +755,7 @@ struct KeptRows<T> {
 /// A worker's buffers, reused from block to block so the hot loop does not allocate.
 struct Scratch<T> {
     x: Vec<T>,
+    tag: Vec<u32>,
     idx: Vec<u32>,
     h: Vec<Vec<T>>,
     gt: Vec<T>,
@@ -683,25 +765,30 @@ impl<T: Real> Scratch<T> {
     fn new(depth: usize) -> Scratch<T> {
         Scratch {
             x: Vec::new(),
+            tag: Vec::new(),
             idx: Vec::new(),
             h: (0..depth).map(|_| Vec::new()).collect(),
             gt: Vec::new(),
         }
     }
 
-    /// A block's own rows (`r`, its atoms' rows of `c`) evaluated here, in cache, with
-    /// `tangent` also `dG/dx`: their inputs (a row sharing only with the row before it) and
-    /// each row's index among them.
+    /// A block's own rows (`r`, its atoms' rows of `c`; `shift`, their rows of it and its
+    /// `u`) evaluated here, in cache, with `tangent` also `dG/dx`: their inputs (a row
+    /// sharing only with the row before it) and each row's index among them.
+    #[allow(clippy::too_many_arguments)]
     fn local_rows<'s>(
         &'s mut self,
         src: &Source<'_, T>,
         r: &[&[T]],
+        shift: Option<(&[&[i32]], &[T])>,
         c: usize,
         m: usize,
         tangent: bool,
     ) -> (GRows<'s, T>, &'s [u32]) {
-        distinct_inputs(r, c, &mut self.x, &mut self.idx);
-        src.eval(&self.x, tangent, &mut self.h, &mut self.gt);
+        let tags = shift.map(|s| s.0);
+        distinct_inputs(r, tags, c, (&mut self.x, &mut self.tag), &mut self.idx);
+        let first = shift.map(|(_, u)| FirstShift { u, rows: &self.tag });
+        src.eval(&self.x, first, tangent, &mut self.h, &mut self.gt);
         let g = GRows::new(std::slice::from_ref(&self.gt), m, 31, tangent);
         (g, &self.idx)
     }
@@ -729,8 +816,10 @@ fn contract_t<T: Real>(
 ) -> R<(Vec<T>, Option<KeptRows<T>>)> {
     let m = e.net.n_out();
     let factor = factor_of(e, x, (n, s), win)?;
+    let shift = shift_of::<T>(e, x, (n, s), win)?;
     let mut out = vec![T::default(); n * m * c];
     let row = |a: usize| win.rows(rr, a, s, c);
+    let tags = |a: usize| shift.map(|sh| sh.slots(a));
     if let Some(t) = Table::<T>::of(e)? {
         if s > 0 {
             embed_table::contract(&t, row, factor, atoms, (s, c), e.ones, &mut out);
@@ -744,8 +833,9 @@ fn contract_t<T: Real>(
     let nb = block_atoms(s);
     let mut kept = None;
     let parts: Vec<Vec<T>> = if whole_op::<T>(atoms.len() * s, m, limit) {
-        let (x, uid) = op_inputs(atoms.iter().map(|&a| row(a)), c, atoms.len() * s)?;
-        let blocks = evaluate(&src, &x, keep);
+        let rows = atoms.iter().map(|&a| (row(a), tags(a)));
+        let (x, tag, uid) = op_inputs(rows, c, atoms.len() * s)?;
+        let blocks = evaluate(&src, (&x, &tag), shift.map(|sh| sh.u), keep);
         let g = GRows::new(&blocks, m, BLOCK_SHIFT, keep);
         let parts = atoms
             .par_chunks(nb)
@@ -768,7 +858,10 @@ fn contract_t<T: Real>(
                 || (Scratch::new(src.depth()), Vec::new()),
                 |(sc, acc), ids| {
                     let r: Vec<&[T]> = ids.iter().map(|&a| row(a)).collect();
-                    let (g, idx) = sc.local_rows(&src, &r, c, m, false);
+                    let t: Option<Vec<&[i32]>> =
+                        shift.map(|sh| ids.iter().map(|&a| sh.slots(a)).collect());
+                    let sh = t.as_deref().zip(shift.map(|sh| sh.u));
+                    let (g, idx) = sc.local_rows(&src, &r, sh, c, m, false);
                     let mut o = vec![T::default(); ids.len() * m * c];
                     contract_block(g, idx, &r, &mut o, (m, s, c), e.ones, sized(acc, m * c));
                     o
@@ -795,6 +888,7 @@ fn contract_vjp_t<T: Real>(
 ) -> R<Vec<T>> {
     let m = e.net.n_out();
     let factor = factor_of(e, x, (n, s), win)?;
+    let shift = shift_of::<T>(e, x, (n, s), win)?;
     let mut d_rr = vec![T::default(); n * s * c];
     if atoms.is_empty() || s == 0 {
         return Ok(d_rr);
@@ -817,7 +911,7 @@ fn contract_vjp_t<T: Real>(
     }
     // An op too large to evaluate whole, block by block in cache.
     if kept.is_none() && !whole_op::<T>(atoms.len() * s, m, limit) {
-        local_vjp(e, &src, (rr, gy), &mut d_rr, atoms, (m, s, c), win);
+        local_vjp(e, &src, (rr, gy, shift), &mut d_rr, atoms, (m, s, c), win);
         return Ok(d_rr);
     }
     // A network's inputs, evaluated over the whole op as the forward op does (unless it
@@ -826,8 +920,9 @@ fn contract_vjp_t<T: Real>(
     let (uid, blocks) = match kept {
         Some(k) => (&k.uid[..], &k.blocks[..]),
         None => {
-            let (x, uid) = op_inputs(atoms.iter().map(|&a| row(a)), c, atoms.len() * s)?;
-            owned = (uid, evaluate(&src, &x, true));
+            let rows = atoms.iter().map(|&a| (row(a), shift.map(|sh| sh.slots(a))));
+            let (x, tag, uid) = op_inputs(rows, c, atoms.len() * s)?;
+            owned = (uid, evaluate(&src, (&x, &tag), shift.map(|sh| sh.u), true));
             (&owned.0[..], &owned.1[..])
         }
     };
@@ -876,7 +971,7 @@ fn rows_by_block<'a, T>(
 fn local_vjp<T: Real>(
     e: &Embed,
     src: &Source<T>,
-    (rr, gy): (&[T], &[T]),
+    (rr, gy, shift): (&[T], &[T], Option<Shift<'_, T>>),
     d_rr: &mut [T],
     atoms: &[usize],
     (m, s, c): (usize, usize, usize),
@@ -891,7 +986,9 @@ fn local_vjp<T: Real>(
                 .iter()
                 .map(|&a| &gy[a * m * c..(a + 1) * m * c])
                 .collect();
-            let (rows, idx) = sc.local_rows(src, &r, c, m, true);
+            let t: Option<Vec<&[i32]>> = shift.map(|sh| ids.iter().map(|&a| sh.slots(a)).collect());
+            let sh = t.as_deref().zip(shift.map(|sh| sh.u));
+            let (rows, idx) = sc.local_rows(src, &r, sh, c, m, true);
             contract_vjp_block(rows, idx, &r, &g, &mut d, (m, s, c), e.ones, vs);
         },
     );
@@ -1060,6 +1157,7 @@ mod tests {
             table: None,
             ones: false,
             factor: None,
+            shift: false,
         }
     }
 
@@ -1189,7 +1287,8 @@ mod tests {
         // with a NaN of the same bits; channel 1 is not the input.
         let nan = f64::NAN;
         let v = [0.0, 9.0, -0.0, 9.0, nan, 1.0, nan, 2.0, 1.5, 3.0, 0.0, 4.0];
-        let (x, uid) = op_inputs([&v[..6], &v[6..]].into_iter(), 2, 6).unwrap();
+        let rows = [&v[..6], &v[6..]].map(|r| (r, None));
+        let (x, _, uid) = op_inputs(rows.into_iter(), 2, 6).unwrap();
         let bits: Vec<u64> = x.iter().map(|v| v.to_bits()).collect();
         let want = [0.0f64, -0.0, nan, 1.5].map(f64::to_bits);
         assert_eq!(bits, want);
@@ -1215,7 +1314,8 @@ mod tests {
             }
         }
         let rr = Tensor::f64(vec![n, s, c], v.clone());
-        let (x, uid) = op_inputs((0..n).map(|a| &v[a * s * c..(a + 1) * s * c]), c, n * s).unwrap();
+        let rows = (0..n).map(|a| (&v[a * s * c..(a + 1) * s * c], None));
+        let (x, _, uid) = op_inputs(rows, c, n * s).unwrap();
         assert!(x.len() > ROWS_PER_BLOCK && x.len() < n * s - (n - 1) * s / 3);
         for (j, &u) in uid.iter().enumerate() {
             assert_eq!(x[u as usize].to_bits(), v[j * c].to_bits(), "row {j}");
@@ -1445,7 +1545,7 @@ mod tests {
                 ..net.clone()
             };
             let x = Extra {
-                factor: Some((&idx, &u)),
+                rows: Some((&idx, &u)),
                 types: None,
             };
             let (out, _) = embed_contract(&e, &rr, None, x, false, &np).unwrap();
@@ -1485,7 +1585,106 @@ mod tests {
             ..net
         };
         let x = Extra {
-            factor: Some((&bad, &u)),
+            rows: Some((&bad, &u)),
+            types: None,
+        };
+        assert!(embed_contract(&e, &rr, None, x, false, &np).is_err());
+    }
+
+    #[test]
+    fn a_shift_adds_its_row_to_the_first_layer() {
+        // Row j enters the network as `x_j W1 + u[idx_j] + b1`: against each row's own
+        // network (the first layer's bias moved by its row of `u`) run row by row, for the
+        // op evaluated whole, kept or not, and block by block; the VJP against central
+        // differences. Runs of one input with different indices stay apart (the repeated
+        // padding rows of `inputs` get several indices).
+        use dpc_compiler::graph::table::Scalar;
+        let (n, s, k) = (3, 40, 5);
+        let base = embed(None);
+        let n1 = base.net.layers[0].n_out();
+        let m = base.net.n_out();
+        let u = Tensor::f64(
+            vec![k, n1],
+            (0..k * n1).map(|i| (i as f64 * 0.73).sin()).collect(),
+        );
+        let idx: Vec<i32> = (0..n * s).map(|i| ((i * 3 + i / 7) % k) as i32).collect();
+        let idx = Tensor::i32(vec![n, s], idx);
+        let e = Embed {
+            shift: true,
+            ..base.clone()
+        };
+        let x = Extra {
+            rows: Some((&idx, &u)),
+            types: None,
+        };
+        // Row k's network: the first layer's bias plus row k of u.
+        let exact: Vec<Scalar> = (0..k)
+            .map(|r| {
+                let mut net = (*base.net).clone();
+                let b = net.layers[0].b.as_ref().unwrap().as_f64().unwrap().to_vec();
+                let uf = &u.as_f64().unwrap()[r * n1..(r + 1) * n1];
+                let b: Vec<f64> = b.iter().zip(uf).map(|(a, v)| a + v).collect();
+                net.layers[0].b = Some(Arc::new(Tensor::f64(vec![n1], b)));
+                Scalar::new(&net)
+            })
+            .collect();
+        let np = Packs::default();
+        for c in [4, 1] {
+            let (rr, gy, _) = inputs(n, s, c);
+            let (out, _) = embed_contract(&e, &rr, None, x, false, &np).unwrap();
+            let (r, o, id) = (
+                rr.as_f64().unwrap(),
+                out.as_f64().unwrap(),
+                idx.as_i32().unwrap(),
+            );
+            for a in 0..n {
+                let mut want = vec![0.0; m * c];
+                for j in 0..s {
+                    let row = &r[(a * s + j) * c..(a * s + j + 1) * c];
+                    let g = exact[id[a * s + j] as usize].eval(row[0]).0;
+                    for (o, gv) in g.iter().enumerate() {
+                        for (ci, rv) in row.iter().enumerate() {
+                            want[o * c + ci] += gv * rv;
+                        }
+                    }
+                }
+                let got = &o[a * m * c..(a + 1) * m * c];
+                for (w, g) in want.iter().zip(got) {
+                    assert!((w - g).abs() < 1e-12, "c {c}: {w} vs {g}");
+                }
+            }
+            vjp_matches_differences(&e, (&rr, &gy), x, (7, 1e-6), &format!("shift, c {c}"));
+            // Kept, and block by block: the same bits as the op evaluated whole.
+            let want_d = embed_contract_vjp(&e, &rr, None, &gy, x, None, &np).unwrap();
+            let atoms: Vec<usize> = (0..n).collect();
+            let win = Slots {
+                stride: s,
+                start: 0,
+            };
+            let (rv, gv) = (rr.as_f64().unwrap(), gy.as_f64().unwrap());
+            for limit in [KEEP_LIMIT_BYTES, 0] {
+                let (o2, kept) =
+                    contract_t(&e, (rv, x), &atoms, (n, s, c), win, true, &np, limit).unwrap();
+                let d = contract_vjp_t(
+                    &e,
+                    (rv, gv, x),
+                    kept.as_ref(),
+                    &atoms,
+                    (n, s, c),
+                    win,
+                    &np,
+                    limit,
+                )
+                .unwrap();
+                assert_eq!(o2, o, "c {c}, limit {limit}");
+                assert_eq!(d, want_d.as_f64().unwrap(), "c {c}, limit {limit}");
+            }
+        }
+        // An index outside the rows is an error, not a read past them.
+        let bad = Tensor::i32(vec![n, s], vec![k as i32; n * s]);
+        let (rr, _, _) = inputs(n, s, 2);
+        let x = Extra {
+            rows: Some((&bad, &u)),
             types: None,
         };
         assert!(embed_contract(&e, &rr, None, x, false, &np).is_err());

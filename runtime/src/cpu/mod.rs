@@ -103,8 +103,8 @@ pub struct Executor {
 fn fold_slices(graph: &Graph, args: &mut [Vec<usize>]) -> Vec<Option<(usize, usize)>> {
     let mut windows = vec![None; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        // A factor's index is by slot too; those ops read `rr` whole.
-        if !matches!(&node.op, Op::EmbedContract(e) | Op::EmbedContractVjp(e) if e.factor.is_none())
+        // A factor's or shift's index is by slot too; those ops read `rr` whole.
+        if !matches!(&node.op, Op::EmbedContract(e) | Op::EmbedContractVjp(e) if e.factor.is_none() && !e.shift)
         {
             continue;
         }

@@ -316,12 +316,36 @@ fn finish_layer<T: Real>(l: &Layer<'_, T>, x: &[T], h: &mut [T]) {
     }
 }
 
+/// A per-row term added to the first layer's pre-activation (`Embed::shift`): row `r`
+/// adds row `rows[r]` of `u [k, n1]`.
+#[derive(Clone, Copy)]
+pub(super) struct FirstShift<'a, T> {
+    pub u: &'a [T],
+    pub rows: &'a [u32],
+}
+
+/// `z [rows, n1] += u[rows]`, before the first layer's bias and activation.
+#[inline(always)]
+fn add_shift<T: Real>(shift: Option<FirstShift<'_, T>>, n1: usize, z: &mut [T]) {
+    let Some(FirstShift { u, rows }) = shift else {
+        return;
+    };
+    for (zr, &k) in z.chunks_exact_mut(n1).zip(rows) {
+        let ur = &u[k as usize * n1..(k as usize + 1) * n1];
+        for (v, &a) in zr.iter_mut().zip(ur) {
+            *v = *v + a;
+        }
+    }
+}
+
 simd_fn! {
 /// Run the network on the rows of `x0` (`[rows, n_in]`), leaving each layer's output in
-/// `h`; with `acts` (`rows * acts_width` long), also each layer's activation there.
+/// `h`; with `acts` (`rows * acts_width` long), also each layer's activation there; with
+/// `shift`, the first layer's pre-activation shifted per row.
 pub(super) fn forward<T: Real>(
     net: &[Layer<'_, T>],
     x0: &[T],
+    shift: Option<FirstShift<'_, T>>,
     h: &mut [Vec<T>],
     acts: Option<&mut [T]>,
 ) {
@@ -342,6 +366,9 @@ pub(super) fn forward<T: Real>(
         } else {
             let w = l.fwd.as_deref().expect("layers() packs every GEMM layer");
             T::gemm_packed(w, rows, x, n_in, z, n_out, false);
+        }
+        if k == 0 {
+            add_shift(shift, n_out, z);
         }
         bias_act(l, z);
         if let Some(a) = acts.as_deref_mut() {
@@ -423,10 +450,12 @@ simd_fn! {
 /// second GEMM per layer and nothing is kept for a backward pass. `buf` holds the hidden
 /// layers' stacks. `out` need not be initialized: all of it is written (the last layer's
 /// GEMM writes it; the caller then skips zeroing a buffer as large as the block's `G` and
-/// `dG/dx`).
+/// `dG/dx`). With `shift`, the first layer's pre-activation is shifted per row (its
+/// tangent is not: the shift does not depend on `x`).
 pub(super) fn forward_tangent<T: Real>(
     net: &[Layer<'_, T>],
     x: &[T],
+    shift: Option<FirstShift<'_, T>>,
     buf: &mut [Vec<T>],
     out: &mut [MaybeUninit<T>],
 ) {
@@ -475,6 +504,9 @@ pub(super) fn forward_tangent<T: Real>(
         }
         let (zv, zt) = st.split_at_mut(rows * n_out);
         let tanh = l.act == Act::Tanh;
+        if k == 0 {
+            add_shift(shift, n_out, zv);
+        }
         bias_act(l, zv);
         match xt {
             // One pass for the tangent's tanh', both idt scales and both residuals.
