@@ -571,7 +571,13 @@ fn gather_tile<T: Copy>(l: &Leaf<T>, shape: &[usize], start: usize, buf: &mut [T
     let mut k = 0;
     while k < buf.len() {
         let run = (ld - idx[rank - 1]).min(buf.len() - k);
-        if ls == 0 {
+        if run < 16 {
+            // Short rows (a broadcast of a few values along an inner axis): a plain loop,
+            // not a call to memcpy or memset per row.
+            for (q, v) in buf[k..k + run].iter_mut().enumerate() {
+                *v = l.data[off + q * ls];
+            }
+        } else if ls == 0 {
             buf[k..k + run].fill(l.data[off]);
         } else if ls == 1 {
             buf[k..k + run].copy_from_slice(&l.data[off..off + run]);
@@ -599,38 +605,47 @@ fn gather_tile<T: Copy>(l: &Leaf<T>, shape: &[usize], start: usize, buf: &mut [T
 fn apply<T: FuseReal>(op: &Elem, x: &[T], y: Option<&[T]>, o: &mut [T]) {
     let y = || y.expect("binary operand");
     match *op {
-        Elem::Binary(b) => {
-            let y = y();
-            let f: fn(T, T) -> T = match b {
-                Binary::Add => |p, q| p + q,
-                Binary::Sub => |p, q| p - q,
-                Binary::Mul => |p, q| p * q,
-                Binary::Div => |p, q| p / q,
-                Binary::Max => |p, q| if p >= q { p } else { q },
-                Binary::Min => |p, q| if p <= q { p } else { q },
-                Binary::And | Binary::Or => unreachable!("not fused"),
-            };
-            match b {
-                // The common ones get their own loops so they vectorize.
-                Binary::Add => o
-                    .iter_mut()
-                    .zip(x.iter().zip(y))
-                    .for_each(|(v, (&p, &q))| *v = p + q),
-                Binary::Mul => o
-                    .iter_mut()
-                    .zip(x.iter().zip(y))
-                    .for_each(|(v, (&p, &q))| *v = p * q),
-                _ => o
-                    .iter_mut()
-                    .zip(x.iter().zip(y))
-                    .for_each(|(v, (&p, &q))| *v = f(p, q)),
-            }
-        }
+        Elem::Binary(b) => binary_into(b, x, y(), o),
+        Elem::Unary(u @ (Unary::Neg | Unary::Sqrt | Unary::Recip)) => unary_into(u, x, o),
         Elem::Unary(u) => T::unary(u, x, o),
         Elem::Act(f) => T::act(f, x, o),
         Elem::ActVjp(f) => T::act_vjp(f, x, y(), o),
         Elem::RowsMatmul(_) => unreachable!("products run in run_tile"),
     }
+}
+
+simd_fn! {
+/// `o = x (op) y` elementwise, one vectorized loop per op (with AVX2 where the CPU has it:
+/// the tiles are in L1, so the width of the loop is its speed). Each is one IEEE operation,
+/// so every width gives the same bits.
+fn binary_into<T: Real>(b: Binary, x: &[T], y: &[T], o: &mut [T]) {
+    let n = o.len();
+    let (x, y) = (&x[..n], &y[..n]);
+    match b {
+        Binary::Add => (0..n).for_each(|i| o[i] = x[i] + y[i]),
+        Binary::Sub => (0..n).for_each(|i| o[i] = x[i] - y[i]),
+        Binary::Mul => (0..n).for_each(|i| o[i] = x[i] * y[i]),
+        Binary::Div => (0..n).for_each(|i| o[i] = x[i] / y[i]),
+        Binary::Max => (0..n).for_each(|i| o[i] = if x[i] >= y[i] { x[i] } else { y[i] }),
+        Binary::Min => (0..n).for_each(|i| o[i] = if x[i] <= y[i] { x[i] } else { y[i] }),
+        Binary::And | Binary::Or => unreachable!("not fused"),
+    }
+}
+}
+
+simd_fn! {
+/// The unary ops that are one IEEE operation (`-x`, `sqrt`, `1 / x`) as vectorized loops:
+/// the same bits as `kernels::unary_fn`'s, without a call per element.
+fn unary_into<T: Real>(u: Unary, x: &[T], o: &mut [T]) {
+    let n = o.len();
+    let x = &x[..n];
+    match u {
+        Unary::Neg => (0..n).for_each(|i| o[i] = -x[i]),
+        Unary::Sqrt => (0..n).for_each(|i| o[i] = x[i].sqrt()),
+        Unary::Recip => (0..n).for_each(|i| o[i] = T::ONE / x[i]),
+        _ => unreachable!("only the one-operation unary ops"),
+    }
+}
 }
 
 /// A constant matrix packed for the fused products, in the cluster's type.
@@ -783,6 +798,48 @@ mod tests {
             "the chains were fused"
         );
         fused_equals_unfused(g, inputs, None, "chain");
+    }
+
+    /// Every one-operation elementwise op (the vectorized loops), on short broadcast rows
+    /// and signed zeros, bit for bit as node by node: `-0.0` and `0.0` differ in `1 / x`.
+    #[test]
+    fn the_vectorized_ops_keep_every_bit() {
+        let mut g = Graph::new();
+        let x = g.input("x", ty(&[4, 3, 5, 2]));
+        let y = g.input("y", ty(&[4, 1, 5, 2]));
+        let a = g.push(Op::Unary(Unary::Neg), &[x]).unwrap();
+        let b = g.push(Op::Unary(Unary::Recip), &[a]).unwrap();
+        let yy = g.mul(y, y).unwrap();
+        let c = g.push(Op::Unary(Unary::Sqrt), &[yy]).unwrap();
+        let d = g.maximum(b, c).unwrap();
+        let e = g.push(Op::Binary(Binary::Min), &[d, x]).unwrap();
+        let f = g.sub(e, y).unwrap();
+        let h = g.div(f, c).unwrap();
+        let out = g.add(h, b).unwrap();
+        g.set_output("out", out);
+        let vals = |n: usize, k: f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| match i % 7 {
+                    0 => 0.0,
+                    3 => -0.0,
+                    _ => ((i as f64) * k).sin() * 2.0,
+                })
+                .collect()
+        };
+        let inputs = vec![
+            Tensor::f64(vec![4, 3, 5, 2], vals(120, 0.37)),
+            Tensor::f64(vec![4, 1, 5, 2], vals(40, 1.1)),
+        ];
+        let fused = Executor::new(g.clone());
+        assert!(fused.fused_clusters() >= 2, "the chains were fused");
+        let got = fused.run(inputs.clone(), Bindings::default()).unwrap();
+        let want = Executor::unfused(g)
+            .run(inputs, Bindings::default())
+            .unwrap();
+        let bits =
+            |t: &Tensor| -> Vec<u64> { t.as_f64().unwrap().iter().map(|v| v.to_bits()).collect() };
+        assert_eq!(bits(&got[0]), bits(&want[0]));
+        assert!(got[0].as_f64().unwrap().iter().any(|v| v.is_infinite()));
     }
 
     /// A split linear layer: `reshape(x [rows, k] @ W) + broadcast rows`, activated, with

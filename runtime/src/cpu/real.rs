@@ -1,6 +1,6 @@
 //! The float types the fused kernels are generic over.
 
-use std::ops::{Add, Div, Mul, Sub};
+use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use dpc_compiler::graph::Data;
 
@@ -16,6 +16,7 @@ pub trait Real:
     + Sub<Output = Self>
     + Mul<Output = Self>
     + Div<Output = Self>
+    + Neg<Output = Self>
     + 'static
 {
     const ONE: Self;
