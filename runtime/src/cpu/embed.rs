@@ -354,45 +354,75 @@ fn op_inputs<'a, T: Real + 'a>(
     }
     let bits_of = (2 * n_rows).next_power_of_two().max(16).trailing_zeros();
     let mask = (1usize << bits_of) - 1;
-    // `EMPTY` marks a free slot; its key is then unused.
+    // The slot of a key: the multiply carries the low mantissa bits (where nearby inputs
+    // differ) into the high bits taken as the slot; a shift's row goes into the high bits
+    // first.
+    let slot_of = |(bits, t): (u64, u32)| {
+        let h = bits ^ u64::from(t).rotate_right(16);
+        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits_of)) as usize
+    };
+    // Every row's key and input, so the probes can be prefetched a few rows ahead: the
+    // table is megabytes (for DPA-2's three-body block, 1.2 M rows) and each probe of a
+    // new key is a cache miss.
+    let mut keys: Vec<(u64, u32)> = Vec::with_capacity(n_rows);
+    let mut xs: Vec<T> = Vec::with_capacity(n_rows);
+    let mut tagged = false;
+    for (a, t) in rows {
+        tagged |= t.is_some();
+        for (j, r) in a.iter().step_by(c).enumerate() {
+            keys.push((r.to_f64().to_bits(), t.map_or(0, |t| t[j] as u32)));
+            xs.push(*r);
+        }
+    }
+    // A slot is a quarter of a cache line: its key and value side by side. `EMPTY` marks
+    // a free slot.
+    #[derive(Clone, Copy)]
+    struct Slot {
+        bits: u64,
+        tag: u32,
+        val: u32,
+    }
     const EMPTY: u32 = u32::MAX;
-    let mut keys = vec![(0u64, 0u32); mask + 1];
-    let mut vals = vec![EMPTY; mask + 1];
+    let free = Slot {
+        bits: 0,
+        tag: 0,
+        val: EMPTY,
+    };
+    let mut table = vec![free; mask + 1];
+    // Rows ahead to prefetch: enough to cover a miss.
+    const AHEAD: usize = 32;
     let mut x = Vec::with_capacity(n_rows);
     let mut tag = Vec::new();
     let mut uid = Vec::with_capacity(n_rows);
     let mut prev: Option<((u64, u32), u32)> = None;
-    let inputs = rows.flat_map(|(a, t)| {
-        a.iter()
-            .step_by(c)
-            .enumerate()
-            .map(move |(j, r)| (*r, t.map(|t| t[j] as u32)))
-    });
-    for (r, t) in inputs {
-        let key = (r.to_f64().to_bits(), t.unwrap_or(0));
+    for (i, (&key, &r)) in keys.iter().zip(&xs).enumerate() {
         if let Some((k, u)) = prev {
             if k == key {
                 uid.push(u);
                 continue;
             }
         }
-        // The multiply carries the low mantissa bits (where nearby inputs differ) into
-        // the high bits taken as the slot; a shift's row goes into the high bits first.
-        let h = key.0 ^ u64::from(key.1).rotate_right(16);
-        let mut slot = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits_of)) as usize;
+        if let Some(&ahead) = keys.get(i + AHEAD) {
+            prefetch(table[slot_of(ahead)..].as_ptr());
+        }
+        let mut slot = slot_of(key);
         let u = loop {
-            match vals[slot] {
+            let e = &mut table[slot];
+            match e.val {
                 EMPTY => {
                     let u = x.len() as u32;
-                    keys[slot] = key;
-                    vals[slot] = u;
+                    *e = Slot {
+                        bits: key.0,
+                        tag: key.1,
+                        val: u,
+                    };
                     x.push(r);
-                    if t.is_some() {
+                    if tagged {
                         tag.push(key.1);
                     }
                     break u;
                 }
-                v if keys[slot] == key => break v,
+                v if (e.bits, e.tag) == key => break v,
                 _ => slot = (slot + 1) & mask,
             }
         };
