@@ -43,6 +43,8 @@ enum Elem {
     Binary(Binary),
     Act(ActFn),
     ActVjp(ActFn),
+    /// `select(cond, a, b)`, the condition a leaf read as 1 or 0 in the cluster's type.
+    Select,
     /// The rows of a `Rows` leaf times a constant matrix with the output's last axis as
     /// columns.
     RowsMatmul(Arc<Packed>),
@@ -86,6 +88,7 @@ fn elem(op: &Op) -> Option<Elem> {
         Op::Binary(b) if !matches!(b, Binary::And | Binary::Or) => Some(Elem::Binary(*b)),
         Op::Act(f) => Some(Elem::Act(*f)),
         Op::ActVjp(f) => Some(Elem::ActVjp(*f)),
+        Op::Select => Some(Elem::Select),
         _ => None,
     }
 }
@@ -331,10 +334,25 @@ fn run_t<T: FuseReal>(
 ) -> Result<Tensor, ExecError> {
     let full = bind.shape(&c.shape);
     let n: usize = full.iter().product();
+    // A select's condition, as 1 and 0 in `T` (a mask, broadcast: small).
+    let masks: Vec<Option<Vec<T>>> = leaves
+        .iter()
+        .map(|t| match &t.data {
+            Data::Bool(b) => Some(
+                b.iter()
+                    .map(|&v| if v { T::ONE } else { T::default() })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
     let mut raw: Vec<(&[T], Vec<usize>)> = Vec::with_capacity(leaves.len());
-    for (t, kind) in leaves.iter().zip(&c.kinds) {
-        let data = T::slice(&t.data)
-            .ok_or_else(|| ExecError::Type(format!("fused op on {:?}", t.dtype())))?;
+    for ((t, kind), mask) in leaves.iter().zip(&c.kinds).zip(&masks) {
+        let data = match mask {
+            Some(m) => &m[..],
+            None => T::slice(&t.data)
+                .ok_or_else(|| ExecError::Type(format!("fused op on {:?}", t.dtype())))?,
+        };
         let st = match *kind {
             LeafKind::Broadcast => {
                 if t.shape.len() > full.len() || broadcast_shape(&t.shape, &full)? != full {
@@ -549,6 +567,10 @@ fn run_tile<T: FuseReal>(
         }
         let x = read(ins.args[0]);
         let y = ins.args.get(1).map(|&a| read(a));
+        if let (Elem::Select, Some(&z)) = (&ins.op, ins.args.get(2)) {
+            select_into(x, y.expect("select's operands"), read(z), dst);
+            continue;
+        }
         apply(&ins.op, x, y, dst);
     }
 }
@@ -610,7 +632,7 @@ fn apply<T: FuseReal>(op: &Elem, x: &[T], y: Option<&[T]>, o: &mut [T]) {
         Elem::Unary(u) => T::unary(u, x, o),
         Elem::Act(f) => T::act(f, x, o),
         Elem::ActVjp(f) => T::act_vjp(f, x, y(), o),
-        Elem::RowsMatmul(_) => unreachable!("products run in run_tile"),
+        Elem::Select | Elem::RowsMatmul(_) => unreachable!("run_tile runs these"),
     }
 }
 
@@ -630,6 +652,16 @@ fn binary_into<T: Real>(b: Binary, x: &[T], y: &[T], o: &mut [T]) {
         Binary::Min => (0..n).for_each(|i| o[i] = if x[i] <= y[i] { x[i] } else { y[i] }),
         Binary::And | Binary::Or => unreachable!("not fused"),
     }
+}
+}
+
+simd_fn! {
+/// `o = c ? a : b` elementwise, the condition read as nonzero (one of `a`'s or `b`'s own
+/// values, as `kernels::select` picks them).
+fn select_into<T: Real>(c: &[T], a: &[T], b: &[T], o: &mut [T]) {
+    let n = o.len();
+    let (c, a, b) = (&c[..n], &a[..n], &b[..n]);
+    (0..n).for_each(|i| o[i] = if c[i] != T::default() { a[i] } else { b[i] });
 }
 }
 
@@ -815,7 +847,17 @@ mod tests {
         let e = g.push(Op::Binary(Binary::Min), &[d, x]).unwrap();
         let f = g.sub(e, y).unwrap();
         let h = g.div(f, c).unwrap();
-        let out = g.add(h, b).unwrap();
+        let o1 = g.add(h, b).unwrap();
+        // A select on a broadcast mask, fused too.
+        let m = g.input(
+            "m",
+            TensorType::new(
+                DType::Bool,
+                vec![Dim::fixed(4), Dim::fixed(3), Dim::ONE, Dim::fixed(2)],
+            ),
+        );
+        let s1 = g.select(m, o1, x).unwrap();
+        let out = g.mul(s1, y).unwrap();
         g.set_output("out", out);
         let vals = |n: usize, k: f64| -> Vec<f64> {
             (0..n)
@@ -829,9 +871,21 @@ mod tests {
         let inputs = vec![
             Tensor::f64(vec![4, 3, 5, 2], vals(120, 0.37)),
             Tensor::f64(vec![4, 1, 5, 2], vals(40, 1.1)),
+            Tensor {
+                shape: vec![4, 3, 1, 2],
+                data: Data::Bool((0..24).map(|i| i % 3 != 1).collect()),
+            },
         ];
         let fused = Executor::new(g.clone());
         assert!(fused.fused_clusters() >= 2, "the chains were fused");
+        let clusters = plan(&g, &vec![true; g.nodes.len()]);
+        let selects = clusters
+            .iter()
+            .flatten()
+            .flat_map(|c| &c.prog)
+            .filter(|i| matches!(i.op, Elem::Select))
+            .count();
+        assert_eq!(selects, 1, "the select was fused");
         let got = fused.run(inputs.clone(), Bindings::default()).unwrap();
         let want = Executor::unfused(g)
             .run(inputs, Bindings::default())

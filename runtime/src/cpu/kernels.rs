@@ -1223,28 +1223,91 @@ pub fn reduce_sum(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
     }
 }
 
-/// `reduce_sum` over any axes, through an index map.
+/// `reduce_sum` over any axes: the shape as runs of kept and summed axes (adjacent axes of
+/// one kind merged), walked in element order, so each output adds its inputs in increasing
+/// element order from zero (the order of every other path). Blocks of the leading kept run
+/// go to the thread pool.
 fn reduce_general(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
-    let (out, map) = reduce_map(&x.shape, axes, keepdims);
-    let n: usize = out.iter().product();
-    fn acc<T: Copy + Default + std::ops::Add<Output = T>>(
+    let mut groups: Vec<(usize, bool)> = Vec::new();
+    for (i, &d) in x.shape.iter().enumerate() {
+        let summed = axes.contains(&i);
+        match groups.last_mut() {
+            Some((n, s)) if *s == summed => *n *= d,
+            _ => groups.push((d, summed)),
+        }
+    }
+    let out: Vec<usize> = (0..x.shape.len())
+        .filter_map(|i| match (axes.contains(&i), keepdims) {
+            (false, _) => Some(x.shape[i]),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    fn sum<T: Copy + Default + Send + Sync + std::ops::Add<Output = T>>(
         v: &[T],
-        map: &[usize],
-        n: usize,
+        groups: &[(usize, bool)],
     ) -> Vec<T> {
+        let n: usize = groups.iter().filter(|g| !g.1).map(|g| g.0).product();
         let mut o = vec![T::default(); n];
-        for (x, &m) in v.iter().zip(map) {
-            o[m] = o[m] + *x;
+        if v.is_empty() || n == 0 {
+            return o;
+        }
+        match groups {
+            // A leading kept run: its blocks are independent.
+            [(lead, false), rest @ ..] => {
+                let (ib, ob) = (v.len() / lead, n / lead);
+                let per = (PAR_MIN / ib.max(1)).max(1);
+                o.par_chunks_mut(per * ob)
+                    .zip(v.par_chunks(per * ib))
+                    .for_each(|(oc, vc)| {
+                        for (os, vs) in oc.chunks_mut(ob).zip(vc.chunks(ib)) {
+                            sum_into(vs, rest, os);
+                        }
+                    });
+            }
+            _ => sum_into(v, groups, &mut o),
         }
         o
     }
     let data = match &x.data {
-        Data::F64(v) => Data::F64(acc(v, &map, n)),
-        Data::F32(v) => Data::F32(acc(v, &map, n)),
-        Data::I32(v) => Data::I32(acc(v, &map, n)),
+        Data::F64(v) => Data::F64(sum(v, &groups)),
+        Data::F32(v) => Data::F32(sum(v, &groups)),
+        Data::I32(v) => Data::I32(sum(v, &groups)),
         Data::Bool(_) => return Err(ExecError::Type("sum of bools".into())),
     };
     Ok(Tensor { shape: out, data })
+}
+
+/// `o += v` summed over `groups`' summed runs, `v` and `o` in element order (see
+/// `reduce_general`).
+fn sum_into<T: Copy + std::ops::Add<Output = T>>(v: &[T], groups: &[(usize, bool)], o: &mut [T]) {
+    match groups {
+        [] => o[0] = o[0] + v[0],
+        [(n, true)] => {
+            let mut a = o[0];
+            for &x in &v[..*n] {
+                a = a + x;
+            }
+            o[0] = a;
+        }
+        [(n, false)] => {
+            for (a, &x) in o[..*n].iter_mut().zip(v) {
+                *a = *a + x;
+            }
+        }
+        [(n, summed), rest @ ..] => {
+            let ib: usize = rest.iter().map(|g| g.0).product();
+            let ob: usize = rest.iter().filter(|g| !g.1).map(|g| g.0).product();
+            for i in 0..*n {
+                let os = if *summed {
+                    &mut o[..ob]
+                } else {
+                    &mut o[i * ob..(i + 1) * ob]
+                };
+                sum_into(&v[i * ib..(i + 1) * ib], rest, os);
+            }
+        }
+    }
 }
 
 pub fn reduce_max(x: &Tensor, axes: &[usize], keepdims: bool) -> R<Tensor> {
@@ -1532,23 +1595,42 @@ mod tests {
     /// The contiguous reductions against the general path, bit for bit.
     #[test]
     fn reduce_sum_fast_paths_equal_the_general_path() {
-        let shape = vec![3, 4, 5];
-        let x = Tensor::f64(
-            shape.clone(),
-            (0..60).map(|i| (i as f64 * 0.7).sin()).collect(),
-        );
-        for axes in [
-            vec![2],
-            vec![1, 2],
-            vec![0],
-            vec![0, 1],
-            vec![0, 1, 2],
-            vec![1],
-            vec![0, 2],
-        ] {
+        // Every path against an index map adding in element order: the contiguous ones, and
+        // runs of summed axes between kept ones (DPA-2's attention sums over heads and
+        // neighbours, `[n, 2, 24, 24]` over axes 1 and 3, large enough for the thread pool).
+        let cases: [(Vec<usize>, Vec<Vec<usize>>); 2] = [
+            (
+                vec![3, 4, 5],
+                vec![
+                    vec![2],
+                    vec![1, 2],
+                    vec![0],
+                    vec![0, 1],
+                    vec![0, 1, 2],
+                    vec![1],
+                    vec![0, 2],
+                ],
+            ),
+            (
+                vec![64, 2, 24, 24],
+                vec![vec![1, 3], vec![0, 2], vec![0, 3], vec![0, 1, 3], vec![2]],
+            ),
+        ];
+        for (shape, all) in cases {
+            let n: usize = shape.iter().product();
+            let x = Tensor::f64(
+                shape.clone(),
+                (0..n).map(|i| (i as f64 * 0.7).sin()).collect(),
+            );
+            reduce_cases(&x, &shape, &all);
+        }
+    }
+
+    fn reduce_cases(x: &Tensor, shape: &[usize], all: &[Vec<usize>]) {
+        for axes in all {
             for keep in [false, true] {
-                let got = reduce_sum(&x, &axes, keep).unwrap();
-                let (out, map) = reduce_map(&shape, &axes, keep);
+                let got = reduce_sum(x, axes, keep).unwrap();
+                let (out, map) = reduce_map(shape, axes, keep);
                 let Data::F64(v) = &x.data else {
                     unreachable!()
                 };
@@ -1697,8 +1779,31 @@ pub fn softmax(x: &Tensor) -> R<Tensor> {
         .shape
         .last()
         .ok_or_else(|| ExecError::Shape("softmax of a scalar".into()))?;
+    // float64: `exp` vectorized (`fastmath::exp_flush`, as the fused attention takes it)
+    // instead of a libm call per element.
+    fn rows_f64(v: &[f64], len: usize) -> Vec<f64> {
+        let mut o = vec![0.0; v.len()];
+        if len == 0 {
+            return o;
+        }
+        o.par_chunks_mut(len * 64)
+            .zip(v.par_chunks(len * 64))
+            .for_each(|(ob, xb)| {
+                for (orow, xrow) in ob.chunks_mut(len).zip(xb.chunks(len)) {
+                    let m = xrow
+                        .iter()
+                        .copied()
+                        .fold(xrow[0], |a, b| if b > a { b } else { a });
+                    super::fastmath::map_into(xrow, orow, |x| super::fastmath::exp_flush(x - m));
+                    let z = orow.iter().fold(0.0, |a, &b| a + b);
+                    let inv = 1.0 / z;
+                    orow.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        o
+    }
     let data = match &x.data {
-        Data::F64(v) => Data::F64(rows(v, len)),
+        Data::F64(v) => Data::F64(rows_f64(v, len)),
         Data::F32(v) => Data::F32(rows(v, len)),
         _ => return Err(ExecError::Type("softmax of integers".into())),
     };
