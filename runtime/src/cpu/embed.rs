@@ -1437,6 +1437,28 @@ mod tests {
     /// `embed_contract_vjp` of `e` at `rr` for the cotangent `gy` against central
     /// differences of `<gy, embed_contract(rr)>`, every `step`-th entry of `rr`, within `tol`
     /// relative to `1 + |d|`.
+    /// `sum_j G_j^T (f * rr_j)` `[n, m, c]` row by row, for `G_j = g(slot, x_j)` (`slot`
+    /// counting over all atoms' slots) and a weight `f(slot, output, channel)`.
+    fn row_by_row(
+        rr: &Tensor,
+        m: usize,
+        g: impl Fn(usize, f64) -> Vec<f64>,
+        f: impl Fn(usize, usize, usize) -> f64,
+    ) -> Vec<f64> {
+        let (n, s, c) = (rr.shape[0], rr.shape[1], rr.shape[2]);
+        let r = rr.as_f64().unwrap();
+        let mut want = vec![0.0; n * m * c];
+        for (slot, row) in r.chunks_exact(c).enumerate() {
+            let a = slot / s;
+            for (o, gv) in g(slot, row[0]).iter().enumerate() {
+                for (ci, rv) in row.iter().enumerate() {
+                    want[(a * m + o) * c + ci] += gv * f(slot, o, ci) * rv;
+                }
+            }
+        }
+        want
+    }
+
     fn vjp_matches_differences(
         e: &Embed,
         (rr, gy): (&Tensor, &Tensor),
@@ -1579,29 +1601,21 @@ mod tests {
                 types: None,
             };
             let (out, _) = embed_contract(&e, &rr, None, x, false, &np).unwrap();
-            let (r, o, uf, id) = (
-                rr.as_f64().unwrap(),
-                out.as_f64().unwrap(),
-                u.as_f64().unwrap(),
-                idx.as_i32().unwrap(),
-            );
-            for a in 0..n {
-                let mut want = vec![0.0; m * c];
-                for j in 0..s {
-                    let row = &r[(a * s + j) * c..(a * s + j + 1) * c];
-                    let g = exact.eval(row[0]).0;
-                    let ui = id[a * s + j] as usize;
-                    for (o, gv) in g.iter().enumerate() {
-                        for (ci, rv) in row.iter().enumerate() {
-                            let f = if ci < split { 1.0 } else { uf[ui * m + o] };
-                            want[o * c + ci] += gv * f * rv;
-                        }
+            let (uf, id) = (u.as_f64().unwrap(), idx.as_i32().unwrap());
+            let want = row_by_row(
+                &rr,
+                m,
+                |_, x| exact.eval(x).0,
+                |slot, o, ci| {
+                    if ci < split {
+                        1.0
+                    } else {
+                        uf[id[slot] as usize * m + o]
                     }
-                }
-                let got = &o[a * m * c..(a + 1) * m * c];
-                for (w, g) in want.iter().zip(got) {
-                    assert!((w - g).abs() < 1e-10, "c {c} split {split}: {w} vs {g}");
-                }
+                },
+            );
+            for (w, g) in want.iter().zip(out.as_f64().unwrap()) {
+                assert!((w - g).abs() < 1e-10, "c {c} split {split}: {w} vs {g}");
             }
             let what = format!("c {c} split {split}");
             vjp_matches_differences(&e, (&rr, &gy), x, (7, 1e-6), &what);
@@ -1662,26 +1676,16 @@ mod tests {
         for c in [4, 1] {
             let (rr, gy, _) = inputs(n, s, c);
             let (out, _) = embed_contract(&e, &rr, None, x, false, &np).unwrap();
-            let (r, o, id) = (
-                rr.as_f64().unwrap(),
-                out.as_f64().unwrap(),
-                idx.as_i32().unwrap(),
+            let o = out.as_f64().unwrap();
+            let id = idx.as_i32().unwrap();
+            let want = row_by_row(
+                &rr,
+                m,
+                |slot, x| exact[id[slot] as usize].eval(x).0,
+                |_, _, _| 1.0,
             );
-            for a in 0..n {
-                let mut want = vec![0.0; m * c];
-                for j in 0..s {
-                    let row = &r[(a * s + j) * c..(a * s + j + 1) * c];
-                    let g = exact[id[a * s + j] as usize].eval(row[0]).0;
-                    for (o, gv) in g.iter().enumerate() {
-                        for (ci, rv) in row.iter().enumerate() {
-                            want[o * c + ci] += gv * rv;
-                        }
-                    }
-                }
-                let got = &o[a * m * c..(a + 1) * m * c];
-                for (w, g) in want.iter().zip(got) {
-                    assert!((w - g).abs() < 1e-12, "c {c}: {w} vs {g}");
-                }
+            for (w, g) in want.iter().zip(o) {
+                assert!((w - g).abs() < 1e-12, "c {c}: {w} vs {g}");
             }
             vjp_matches_differences(&e, (&rr, &gy), x, (7, 1e-6), &format!("shift, c {c}"));
             // Kept, and block by block: the same bits as the op evaluated whole.

@@ -1751,7 +1751,9 @@ mod tests {
 
 /// Softmax over the last axis: per row, shift by the maximum, exponentiate, normalise.
 pub fn softmax(x: &Tensor) -> R<Tensor> {
-    fn rows<T: Float + Send + Sync>(v: &[T], len: usize) -> Vec<T> {
+    /// `exp(row - m)` of one row into `o`.
+    type ExpRow<T> = fn(&[T], T, &mut [T]);
+    fn rows<T: Float + Send + Sync>(v: &[T], len: usize, exp: ExpRow<T>) -> Vec<T> {
         let mut o = vec![T::default(); v.len()];
         if len == 0 {
             return o;
@@ -1764,11 +1766,8 @@ pub fn softmax(x: &Tensor) -> R<Tensor> {
                         .iter()
                         .copied()
                         .fold(xrow[0], |a, b| if b > a { b } else { a });
-                    let mut z = T::default();
-                    for (o, &x) in orow.iter_mut().zip(xrow) {
-                        *o = (x - m).exp();
-                        z = z + *o;
-                    }
+                    exp(xrow, m, orow);
+                    let z = orow.iter().fold(T::default(), |a, &b| a + b);
                     let inv = T::one() / z;
                     orow.iter_mut().for_each(|o| *o = *o * inv);
                 }
@@ -1781,30 +1780,19 @@ pub fn softmax(x: &Tensor) -> R<Tensor> {
         .ok_or_else(|| ExecError::Shape("softmax of a scalar".into()))?;
     // float64: `exp` vectorized (`fastmath::exp_flush`, as the fused attention takes it)
     // instead of a libm call per element.
-    fn rows_f64(v: &[f64], len: usize) -> Vec<f64> {
-        let mut o = vec![0.0; v.len()];
-        if len == 0 {
-            return o;
-        }
-        o.par_chunks_mut(len * 64)
-            .zip(v.par_chunks(len * 64))
-            .for_each(|(ob, xb)| {
-                for (orow, xrow) in ob.chunks_mut(len).zip(xb.chunks(len)) {
-                    let m = xrow
-                        .iter()
-                        .copied()
-                        .fold(xrow[0], |a, b| if b > a { b } else { a });
-                    super::fastmath::map_into(xrow, orow, |x| super::fastmath::exp_flush(x - m));
-                    let z = orow.iter().fold(0.0, |a, &b| a + b);
-                    let inv = 1.0 / z;
-                    orow.iter_mut().for_each(|o| *o *= inv);
-                }
-            });
-        o
-    }
+    let rows_f64 = |v: &[f64], len| {
+        rows(v, len, |x, m, o| {
+            super::fastmath::map_into(x, o, |x| super::fastmath::exp_flush(x - m))
+        })
+    };
+    let rows_f32 = |v: &[f32], len| {
+        rows(v, len, |x, m, o| {
+            o.iter_mut().zip(x).for_each(|(o, &x)| *o = (x - m).exp())
+        })
+    };
     let data = match &x.data {
         Data::F64(v) => Data::F64(rows_f64(v, len)),
-        Data::F32(v) => Data::F32(rows(v, len)),
+        Data::F32(v) => Data::F32(rows_f32(v, len)),
         _ => return Err(ExecError::Type("softmax of integers".into())),
     };
     Ok(Tensor {
