@@ -128,17 +128,12 @@ fn three_body(
     let nl0 = g.select(nmask, nlist, pad)?;
     let nt = g.shape(table)[1];
     let gg = match tb.tebd_input {
-        TebdInput::Concat if inp.fuse => {
-            if let Some(sum) = concat_fused(g, inp, tb, (ss, nl0), table)? {
-                return g.scale(sum, 1.0 / (nnei * nnei) as f64);
-            }
-            let emb = g.gather(inp.atype, nl0)?;
-            let emb = g.gather(table, emb)?; // [nloc, nnei, nt]
-            let ej = g.reshape(emb, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, nt])?;
-            let ek = g.reshape(emb, vec![Dim::NLOC, Dim::ONE, Dim::fixed(nnei), nt])?;
-            net_on_parts(g, &[ss, ej, ek], &tb.embedding, inp.fuse)?
-        }
         TebdInput::Concat => {
+            if inp.fuse {
+                if let Some(sum) = concat_fused(g, inp, tb, (ss, nl0), table)? {
+                    return g.scale(sum, 1.0 / (nnei * nnei) as f64);
+                }
+            }
             let emb = g.gather(inp.atype, nl0)?;
             let emb = g.gather(table, emb)?; // [nloc, nnei, nt]
             let ej = g.reshape(emb, vec![Dim::NLOC, Dim::fixed(nnei), Dim::ONE, nt])?;

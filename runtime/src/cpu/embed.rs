@@ -136,6 +136,11 @@ impl<'a, T> Shift<'a, T> {
     fn slots(&self, a: usize) -> &'a [i32] {
         &self.idx[a * self.s..(a + 1) * self.s]
     }
+
+    /// The slots' rows of the atoms `ids`.
+    fn of_atoms(&self, ids: &[usize]) -> Vec<&'a [i32]> {
+        ids.iter().map(|&a| self.slots(a)).collect()
+    }
 }
 
 /// The shift of `e` over `n` atoms of `s` slots, checked.
@@ -888,8 +893,7 @@ fn contract_t<T: Real>(
                 || (Scratch::new(src.depth()), Vec::new()),
                 |(sc, acc), ids| {
                     let r: Vec<&[T]> = ids.iter().map(|&a| row(a)).collect();
-                    let t: Option<Vec<&[i32]>> =
-                        shift.map(|sh| ids.iter().map(|&a| sh.slots(a)).collect());
+                    let t = shift.map(|sh| sh.of_atoms(ids));
                     let sh = t.as_deref().zip(shift.map(|sh| sh.u));
                     let (g, idx) = sc.local_rows(&src, &r, sh, c, m, false);
                     let mut o = vec![T::default(); ids.len() * m * c];
@@ -1016,7 +1020,7 @@ fn local_vjp<T: Real>(
                 .iter()
                 .map(|&a| &gy[a * m * c..(a + 1) * m * c])
                 .collect();
-            let t: Option<Vec<&[i32]>> = shift.map(|sh| ids.iter().map(|&a| sh.slots(a)).collect());
+            let t = shift.map(|sh| sh.of_atoms(ids));
             let sh = t.as_deref().zip(shift.map(|sh| sh.u));
             let (rows, idx) = sc.local_rows(src, &r, sh, c, m, true);
             contract_vjp_block(rows, idx, &r, &g, &mut d, (m, s, c), e.ones, vs);
