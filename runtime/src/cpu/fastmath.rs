@@ -382,54 +382,9 @@ macro_rules! biased_in_place {
     };
 }
 
-/// `$name(x, t, b)`: `x <- $f(x + b)` as `biased_in_place!`, and in the same pass the
-/// tangent rows `t <- t (1 - x^2)` (tanh's derivative from its value): an embedding layer's
-/// values and tangents in one pass instead of two. The same operations as the two passes,
-/// so the same bits.
-macro_rules! biased_tangent_in_place {
-    ($name:ident, $t:ty, $n:expr, $f:ident) => {
-        pub fn $name(x: &mut [$t], t: &mut [$t], b: &[$t]) {
-            #[inline(always)]
-            fn run(x: &mut [$t], t: &mut [$t], b: &[$t]) {
-                let n = b.len();
-                let wrapped: Vec<$t> = b.iter().cycle().take(n + $n).copied().collect();
-                let mut j = 0;
-                let mut chunks = x.chunks_exact_mut($n);
-                let mut tchunks = t.chunks_exact_mut($n);
-                for (c, tc) in (&mut chunks).zip(&mut tchunks) {
-                    let mut a = [0.0 as $t; $n];
-                    for ((v, &xv), &bv) in a.iter_mut().zip(c.iter()).zip(&wrapped[j..j + $n]) {
-                        *v = $f(xv + bv);
-                    }
-                    c.copy_from_slice(&a);
-                    for (tv, &av) in tc.iter_mut().zip(&a) {
-                        *tv *= 1.0 - av * av;
-                    }
-                    j += $n;
-                    while j >= n {
-                        j -= n;
-                    }
-                }
-                let rest = chunks.into_remainder().iter_mut().zip(tchunks.into_remainder());
-                for ((v, tv), &bv) in rest.zip(&wrapped[j..]) {
-                    *v = $f(*v + bv);
-                    *tv *= 1.0 - *v * *v;
-                }
-            }
-            assert!(
-                !b.is_empty() && x.len() % b.len() == 0 && t.len() == x.len(),
-                "rows of the bias's width, and as many tangents"
-            );
-            widest_build!(run(x: &mut [$t], t: &mut [$t], b: &[$t]))
-        }
-    };
-}
-
-// `x <- tanh(x + b)` for float64 and float32; with the tangents.
+// `x <- tanh(x + b)` for float64 and float32.
 biased_in_place!(bias_tanh_in_place, f64, 16, tanh);
 biased_in_place!(bias_tanh_in_place_f32, f32, 32, tanh_f32);
-biased_tangent_in_place!(bias_tanh_tangent, f64, 16, tanh);
-biased_tangent_in_place!(bias_tanh_tangent_f32, f32, 32, tanh_f32);
 
 // `x <- tanh(x)` for float64 (16 at a time) and float32 (32 at a time).
 elementwise_in_place!(tanh_in_place, f64, 16, tanh);
@@ -646,41 +601,5 @@ mod tests {
         let want: Vec<f64> = v.iter().map(|&x| tanh(x)).collect();
         tanh_in_place(&mut v);
         assert_eq!(v, want);
-    }
-
-    /// The one-pass bias, tanh and tangent equals the bias-and-tanh pass then `t (1 -
-    /// x^2)`, bit for bit, in both precisions, on rows that do not divide into chunks.
-    #[test]
-    fn the_tangent_pass_equals_the_two_passes() {
-        let (rows, n) = (7, 11);
-        let x: Vec<f64> = (0..rows * n)
-            .map(|i| (i as f64 * 0.37).sin() * 3.0)
-            .collect();
-        let t: Vec<f64> = (0..rows * n).map(|i| (i as f64 * 0.11).cos()).collect();
-        let b: Vec<f64> = (0..n).map(|i| i as f64 * 0.2 - 1.0).collect();
-        let (mut x1, mut t1) = (x.clone(), t.clone());
-        bias_tanh_tangent(&mut x1, &mut t1, &b);
-        let mut x2 = x.clone();
-        bias_tanh_in_place(&mut x2, &b);
-        let t2: Vec<f64> = t
-            .iter()
-            .zip(&x2)
-            .map(|(&t, &a)| t * (1.0 - a * a))
-            .collect();
-        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&x1), bits(&x2));
-        assert_eq!(bits(&t1), bits(&t2));
-        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let (mut x1, mut t1, b) = (f(&x), f(&t), f(&b));
-        bias_tanh_tangent_f32(&mut x1, &mut t1, &b);
-        let mut x2 = f(&x);
-        bias_tanh_in_place_f32(&mut x2, &b);
-        let t2: Vec<f32> = f(&t)
-            .iter()
-            .zip(&x2)
-            .map(|(&t, &a)| t * (1.0 - a * a))
-            .collect();
-        assert_eq!(x1, x2);
-        assert_eq!(t1, t2);
     }
 }

@@ -507,21 +507,9 @@ pub(super) fn forward_tangent<T: Real>(
         if k == 0 {
             add_shift(shift, n_out, zv);
         }
-        // A biased tanh layer takes its bias, tanh and the tangents' tanh' in one pass.
-        let biased = match (l.b, tanh) {
-            (Some(b), true) => {
-                T::bias_tanh_tangent(zv, zt, b);
-                true
-            }
-            _ => {
-                bias_act(l, zv);
-                false
-            }
-        };
-        let tanh = tanh && !biased;
+        bias_act(l, zv);
         match xt {
-            // One pass for the tangent's tanh' (unless done above), both idt scales and
-            // both residuals.
+            // One pass for the tangent's tanh', both idt scales and both residuals.
             Some(xt) if tanh => finish_pair::<T, true>(l, (xv, xt), zv, zt),
             Some(xt) => finish_pair::<T, false>(l, (xv, xt), zv, zt),
             None => {

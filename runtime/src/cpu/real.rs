@@ -46,8 +46,6 @@ pub trait Real:
     fn tanh_in_place(x: &mut [Self]);
     /// `x <- tanh(x + b)` for `x` rows of `b`'s width.
     fn bias_tanh_in_place(x: &mut [Self], b: &[Self]);
-    /// `x <- tanh(x + b)` and the tangents `t <- t (1 - x^2)`, in one pass.
-    fn bias_tanh_tangent(x: &mut [Self], t: &mut [Self], b: &[Self]);
     /// A weight matrix prepared as the right operand of `gemm_packed`.
     type Packed: Send + Sync;
     /// `B = w` (`w` row-major `[k, n]`) or `B = w^T` (`w` row-major `[n, k]`).
@@ -118,9 +116,6 @@ impl Real for f64 {
     }
     fn bias_tanh_in_place(x: &mut [f64], b: &[f64]) {
         super::fastmath::bias_tanh_in_place(x, b)
-    }
-    fn bias_tanh_tangent(x: &mut [f64], t: &mut [f64], b: &[f64]) {
-        super::fastmath::bias_tanh_tangent(x, t, b)
     }
     type Packed = super::gemm::PackedB;
     fn pack(w: &[f64], k: usize, n: usize, transpose: bool) -> Self::Packed {
@@ -202,9 +197,6 @@ impl Real for f32 {
     }
     fn bias_tanh_in_place(x: &mut [f32], b: &[f32]) {
         super::fastmath::bias_tanh_in_place_f32(x, b)
-    }
-    fn bias_tanh_tangent(x: &mut [f32], t: &mut [f32], b: &[f32]) {
-        super::fastmath::bias_tanh_tangent_f32(x, t, b)
     }
     type Packed = super::gemm::PackedB32;
     fn pack(w: &[f32], k: usize, n: usize, transpose: bool) -> Self::Packed {
