@@ -185,29 +185,17 @@ pub fn run(a: Args) -> Result<String> {
         outln!(out, "peak memory   {m:.0} MiB");
     }
     if a.profile {
-        // Each node's least time over a few profiled evaluations: one evaluation on a
-        // shared host moved single nodes by a factor of two.
+        // Each node's least time over a few profiled evaluations.
         let runs = a.reps.clamp(1, 5);
-        let mut nodes: Vec<(usize, &'static str, Vec<usize>, f64)> = Vec::new();
-        for r in 0..runs {
+        let mut profs = Vec::with_capacity(runs);
+        for _ in 0..runs {
             let mut prof = dpc_runtime::cpu::Profile::new();
             pot.compute_profiled(&frame, a.atomic_virial, &mut prof)?;
-            if r == 0 {
-                nodes = prof.nodes;
-            } else {
-                for (n, q) in nodes.iter_mut().zip(&prof.nodes) {
-                    n.3 = n.3.min(q.3);
-                }
-            }
+            profs.push(prof);
         }
-        let mut kinds: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
-        for (_, op, _, t) in &nodes {
-            let e = kinds.entry(op).or_default();
-            e.0 += t;
-            e.1 += 1;
-        }
-        let total: f64 = kinds.values().map(|k| k.0).sum();
-        let mut rows: Vec<_> = kinds.iter().collect();
+        let prof = dpc_runtime::cpu::Profile::least(&profs);
+        let total = prof.total();
+        let mut rows: Vec<_> = prof.kinds.iter().collect();
         rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
         outln!(
             out,
@@ -222,6 +210,7 @@ pub fn run(a: Args) -> Result<String> {
                 100.0 * t / total
             );
         }
+        let mut nodes = prof.nodes.clone();
         nodes.sort_by(|a, b| b.3.total_cmp(&a.3));
         outln!(out, "slowest nodes (node, op, output shape):");
         for (id, op, shape, t) in nodes.iter().take(

@@ -71,6 +71,23 @@ impl Profile {
     pub fn total(&self) -> f64 {
         self.kinds.values().map(|v| v.0).sum()
     }
+
+    /// One run's profile from profiles of the same runs repeated: each node's least time
+    /// (a shared host moves single nodes by a factor of two from run to run).
+    pub fn least(runs: &[Profile]) -> Profile {
+        let mut out = Profile::new();
+        let Some((first, rest)) = runs.split_first() else {
+            return out;
+        };
+        for (i, &(node, kind, ref shape, secs)) in first.nodes.iter().enumerate() {
+            let least = rest
+                .iter()
+                .filter_map(|p| p.nodes.get(i).map(|n| n.3))
+                .fold(secs, f64::min);
+            out.add(node, kind, shape, least);
+        }
+        out
+    }
 }
 
 /// A graph prepared for repeated runs: which nodes the outputs need, which run fused
@@ -573,4 +590,27 @@ pub fn run_once(
     bind: Bindings,
 ) -> Result<Vec<Tensor>, ExecError> {
     Executor::new(graph.clone()).run(inputs, bind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Profile;
+
+    /// Each node takes its least time over the runs, and the kinds sum those.
+    #[test]
+    fn the_least_profile_takes_each_nodes_least_time() {
+        let run = |t: [f64; 3]| {
+            let mut p = Profile::new();
+            p.add(0, "matmul", &[2], t[0]);
+            p.add(1, "add", &[2], t[1]);
+            p.add(2, "matmul", &[3], t[2]);
+            p
+        };
+        let p = Profile::least(&[run([3.0, 1.0, 2.0]), run([1.0, 4.0, 5.0])]);
+        let times: Vec<f64> = p.nodes.iter().map(|n| n.3).collect();
+        assert_eq!(times, [1.0, 1.0, 2.0]);
+        assert_eq!(p.kinds["matmul"], (3.0, 2));
+        assert_eq!(p.total(), 4.0);
+        assert!(Profile::least(&[]).nodes.is_empty());
+    }
 }
