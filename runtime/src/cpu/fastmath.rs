@@ -146,23 +146,48 @@ pub fn silut_grad(x: f64, thr: f64, slope: f64) -> f64 {
     }
 }
 
-/// `o = silut(x)` over slices: silu vectorized over all of them, then the few elements at
-/// or above `thr` redone one by one, so the common case pays for one `exp`.
+/// Elements per block of `silut_into` and `silut_vjp_into`: the block's second look at
+/// its inputs finds them in L1, so a tensor is streamed from memory once, not twice.
+const SILUT_BLOCK: usize = 1024;
+
+/// Whether some `x` is at or above `thr`: a count, not a search, so it runs as SIMD
+/// compares without a branch per element (most blocks have none).
+#[inline(always)]
+fn any_at_least(x: &[f64], thr: f64) -> bool {
+    x.iter().fold(0usize, |n, &v| n + usize::from(v >= thr)) > 0
+}
+
+/// `o = silut(x)` over slices: silu vectorized over a block, then the block's few
+/// elements at or above `thr` redone one by one, so the common case pays for one `exp`.
 pub fn silut_into(x: &[f64], o: &mut [f64], thr: f64, slope: f64, konst: f64) {
-    map_into(x, o, silu);
-    for (y, &v) in o.iter_mut().zip(x) {
-        if v >= thr {
-            *y = silut(v, thr, slope, konst);
+    assert_eq!(x.len(), o.len());
+    for (xb, ob) in x.chunks(SILUT_BLOCK).zip(o.chunks_mut(SILUT_BLOCK)) {
+        map_into(xb, ob, silu);
+        if any_at_least(xb, thr) {
+            for (y, &v) in ob.iter_mut().zip(xb) {
+                if v >= thr {
+                    *y = silut(v, thr, slope, konst);
+                }
+            }
         }
     }
 }
 
 /// `o = g silut'(x)` over slices, like `silut_into`.
 pub fn silut_vjp_into(x: &[f64], g: &[f64], o: &mut [f64], thr: f64, slope: f64) {
-    map2_into(x, g, o, |v, g| g * silu_grad(v));
-    for ((y, &v), &g) in o.iter_mut().zip(x).zip(g) {
-        if v >= thr {
-            *y = g * silut_grad(v, thr, slope);
+    assert!(x.len() == g.len() && x.len() == o.len());
+    for ((xb, gb), ob) in x
+        .chunks(SILUT_BLOCK)
+        .zip(g.chunks(SILUT_BLOCK))
+        .zip(o.chunks_mut(SILUT_BLOCK))
+    {
+        map2_into(xb, gb, ob, |v, g| g * silu_grad(v));
+        if any_at_least(xb, thr) {
+            for ((y, &v), &g) in ob.iter_mut().zip(xb).zip(gb) {
+                if v >= thr {
+                    *y = g * silut_grad(v, thr, slope);
+                }
+            }
         }
     }
 }
@@ -221,11 +246,11 @@ pub fn tanh_f32(x: f32) -> f32 {
 pub fn map_into(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
     #[inline(always)]
     fn run(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
-        let mut xs = x.chunks_exact(8);
-        let mut os = out.chunks_exact_mut(8);
+        let mut xs = x.chunks_exact(16);
+        let mut os = out.chunks_exact_mut(16);
         for (o, v) in (&mut os).zip(&mut xs) {
-            let mut a = [0.0; 8];
-            for k in 0..8 {
+            let mut a = [0.0; 16];
+            for k in 0..16 {
                 a[k] = f(v[k]);
             }
             o.copy_from_slice(&a);
@@ -239,7 +264,18 @@ pub fn map_into(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
     unsafe fn run_avx2(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
         run(x, out, f)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn run_avx512(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
+        run(x, out, f)
+    }
     assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx512() {
+        // SAFETY: the CPU has AVX-512 (F, DQ, VL), AVX2 and FMA.
+        unsafe { run_avx512(x, out, f) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
@@ -253,12 +289,12 @@ pub fn map_into(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
 pub fn map2_into(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64 + Copy) {
     #[inline(always)]
     fn run(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64 + Copy) {
-        let mut xs = x.chunks_exact(8);
-        let mut ys = y.chunks_exact(8);
-        let mut os = out.chunks_exact_mut(8);
+        let mut xs = x.chunks_exact(16);
+        let mut ys = y.chunks_exact(16);
+        let mut os = out.chunks_exact_mut(16);
         for ((o, v), w) in (&mut os).zip(&mut xs).zip(&mut ys) {
-            let mut a = [0.0; 8];
-            for k in 0..8 {
+            let mut a = [0.0; 16];
+            for k in 0..16 {
                 a[k] = f(v[k], w[k]);
             }
             o.copy_from_slice(&a);
@@ -277,7 +313,23 @@ pub fn map2_into(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> 
     unsafe fn run_avx2(x: &[f64], y: &[f64], out: &mut [f64], f: impl Fn(f64, f64) -> f64 + Copy) {
         run(x, y, out, f)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn run_avx512(
+        x: &[f64],
+        y: &[f64],
+        out: &mut [f64],
+        f: impl Fn(f64, f64) -> f64 + Copy,
+    ) {
+        run(x, y, out, f)
+    }
     assert!(x.len() == out.len() && y.len() == out.len());
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx512() {
+        // SAFETY: the CPU has AVX-512 (F, DQ, VL), AVX2 and FMA.
+        unsafe { run_avx512(x, y, out, f) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
@@ -534,6 +586,43 @@ mod tests {
         tanh_in_place_f32(&mut s);
         assert_eq!(s, want);
         assert!(worst <= 3);
+    }
+
+    /// `silut_into` and `silut_vjp_into` give each element what `silut` and `silut_grad`
+    /// give it, over several blocks and a partial one: elements past `thr` scattered
+    /// through them (a block with none is skipped, one with some is redone), NaN too.
+    #[test]
+    fn silut_over_blocks_is_silut_of_each_element() {
+        let (thr, n) = (3.0, 3 * SILUT_BLOCK + 37);
+        let x: Vec<f64> = (0..n)
+            .map(|i| match i {
+                _ if i == n - 1 => f64::NAN,
+                5 | 700 | 2100 => thr + (i % 7) as f64,
+                _ if i == n - 2 => thr + 0.5,
+                2500 => thr,
+                _ => (i as f64 * 0.37).sin() * 2.5,
+            })
+            .collect();
+        assert!(x[SILUT_BLOCK..2 * SILUT_BLOCK].iter().all(|&v| v < thr));
+        let g: Vec<f64> = (0..n).map(|i| (i as f64 * 0.11).cos()).collect();
+        let (slope, konst) = (0.9, 2.8);
+        let mut o = vec![0.0; n];
+        silut_into(&x, &mut o, thr, slope, konst);
+        let mut d = vec![0.0; n];
+        silut_vjp_into(&x, &g, &mut d, thr, slope);
+        // The same bits, or NaN for NaN (its sign bit is the SIMD unit's).
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for i in 0..n {
+            let want = silut(x[i], thr, slope, konst);
+            assert!(same(o[i], want), "silut at {i} ({}): {} {want}", x[i], o[i]);
+            let want = g[i] * silut_grad(x[i], thr, slope);
+            assert!(
+                same(d[i], want),
+                "silut' at {i} ({}): {} {want}",
+                x[i],
+                d[i]
+            );
+        }
     }
 
     #[test]
