@@ -827,8 +827,14 @@ fn small_matmul<T: Real>(
     let b: &[T] = if csb == 1 && rsb == n {
         &b[..k * n]
     } else {
+        // Plain loops: an iterator chain (`flat_map`) here took DPA-3 6% of its time.
         bt.clear();
-        bt.extend((0..k).flat_map(|p| (0..n).map(move |q| b[p * rsb + q * csb])));
+        bt.resize(k * n, T::default());
+        for (p, row) in bt.chunks_exact_mut(n.max(1)).enumerate() {
+            for (q, v) in row.iter_mut().enumerate() {
+                *v = b[p * rsb + q * csb];
+            }
+        }
         &bt[..]
     };
     // A row of `c` in registers, a block of 32, 16, 8 or 4 columns at a time (any `n`:
