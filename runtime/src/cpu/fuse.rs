@@ -396,31 +396,18 @@ fn run_t<T: FuseReal>(
     let threads = rayon::current_num_threads();
     let data = match c.reduce {
         None => {
-            // Not zeroed first: every element is written once, from a tile in L1. Zeroing
-            // was a pass of its own over the output (DPA-3: 67 MB for each of its two
-            // `[nloc, a, a, d]` clusters), out of the caches by the time the tiles came.
-            let mut out: Vec<T> = Vec::with_capacity(n);
+            let mut out = vec![T::default(); n];
             let per = if threads > 1 && n >= 1 << 15 {
                 n.div_ceil(threads * 8).div_ceil(tile).max(8) * tile
             } else {
                 n.max(1)
             };
-            out.spare_capacity_mut()[..n]
-                .par_chunks_mut(per)
-                .enumerate()
-                .for_each(|(b, blk)| {
-                    let mut scratch = Scratch::new(c, leaves.len(), tile);
-                    let mut buf = vec![T::default(); tile];
-                    for (t, part) in blk.chunks_mut(tile).enumerate() {
-                        let tb = &mut buf[..part.len()];
-                        run_tile(c, &leaves, &shape, b * per + t * tile, tb, &mut scratch);
-                        for (o, &v) in part.iter_mut().zip(tb.iter()) {
-                            o.write(v);
-                        }
-                    }
-                });
-            // SAFETY: the chunks cover `..n` and every element of each was written above.
-            unsafe { out.set_len(n) };
+            out.par_chunks_mut(per).enumerate().for_each(|(b, blk)| {
+                let mut scratch = Scratch::new(c, leaves.len(), tile);
+                for (t, part) in blk.chunks_mut(tile).enumerate() {
+                    run_tile(c, &leaves, &shape, b * per + t * tile, part, &mut scratch);
+                }
+            });
             out
         }
         Some((a, b)) => {
