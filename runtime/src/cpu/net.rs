@@ -380,8 +380,11 @@ pub(super) fn forward<T: Real>(
 }
 }
 
-/// The end of a layer for values `zv = act(z)` and tangents `zt = dz` at once, row by row:
-/// `zt <- zt tanh'(z) idt + residual(xt)` and `zv <- zv idt + residual(xv)`.
+/// The end of a layer for values `zv = act(z)` and tangents `zt = dz` at once:
+/// `zt <- zt tanh'(z) idt + residual(xt)` and `zv <- zv idt + residual(xv)`. Each step is a
+/// pass over the block (the block is in L2): a loop over one or two slices vectorizes,
+/// where one loop per row over four zipped rows of 8 to 32 went element by element. Every
+/// element gets the same operations in the same order either way.
 #[inline(always)]
 fn finish_pair<T: Real, const TANH: bool>(
     l: &Layer<'_, T>,
@@ -390,38 +393,37 @@ fn finish_pair<T: Real, const TANH: bool>(
     zt: &mut [T],
 ) {
     let (n_in, n_out) = (l.n_in, l.n_out);
-    // The residual's source column for each output: none, the same one, or o mod n_in.
-    let halves = match l.residual {
-        Residual::None => 0,
-        Residual::Same => 1,
-        Residual::Doubled => 2,
-    };
-    for (((vr, tr), xvr), xtr) in zv
-        .chunks_exact_mut(n_out)
-        .zip(zt.chunks_exact_mut(n_out))
-        .zip(xv.chunks_exact(n_in))
-        .zip(xt.chunks_exact(n_in))
-    {
-        if TANH {
-            for (t, &a) in tr.iter_mut().zip(vr.iter()) {
-                *t = *t * (T::ONE - a * a);
+    if TANH {
+        for (t, &a) in zt.iter_mut().zip(zv.iter()) {
+            *t = *t * (T::ONE - a * a);
+        }
+    }
+    if let Some(idt) = l.idt {
+        for h in [&mut *zv, &mut *zt] {
+            for row in h.chunks_exact_mut(n_out) {
+                for (v, &sc) in row.iter_mut().zip(idt) {
+                    *v = *v * sc;
+                }
             }
         }
-        if let Some(idt) = l.idt {
-            for ((v, t), &sc) in vr.iter_mut().zip(tr.iter_mut()).zip(idt) {
-                *v = *v * sc;
-                *t = *t * sc;
-            }
-        }
-        if halves > 0 {
-            for (vh, th) in vr
-                .chunks_exact_mut(n_in)
-                .zip(tr.chunks_exact_mut(n_in))
-                .take(halves)
-            {
-                for (((v, t), &a), &b) in vh.iter_mut().zip(th.iter_mut()).zip(xvr).zip(xtr) {
+    }
+    for (h, x) in [(zv, xv), (zt, xt)] {
+        match l.residual {
+            Residual::None => {}
+            Residual::Same => {
+                for (v, &a) in h.iter_mut().zip(x) {
                     *v = *v + a;
-                    *t = *t + b;
+                }
+            }
+            Residual::Doubled => {
+                for (row, xr) in h.chunks_exact_mut(n_out).zip(x.chunks_exact(n_in)) {
+                    let (lo, hi) = row.split_at_mut(n_in);
+                    for (v, &a) in lo.iter_mut().zip(xr) {
+                        *v = *v + a;
+                    }
+                    for (v, &a) in hi.iter_mut().zip(xr) {
+                        *v = *v + a;
+                    }
                 }
             }
         }
