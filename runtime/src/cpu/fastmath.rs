@@ -241,8 +241,9 @@ pub fn tanh_f32(x: f32) -> f32 {
     t.copysign(x)
 }
 
-/// `out[i] = f(x[i])`, 8 at a time, compiled for AVX2 and FMA where the CPU has them (`f` is
-/// inlined into that copy, so the fast functions above vectorize).
+/// `out[i] = f(x[i])`, 16 at a time, compiled for AVX-512 or AVX2 and FMA where the CPU has
+/// them (`f` is inlined into that copy, so the fast functions above vectorize; the same
+/// operations either way, so the same bits).
 pub fn map_into(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
     #[inline(always)]
     fn run(x: &[f64], out: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
