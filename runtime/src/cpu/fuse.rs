@@ -611,6 +611,24 @@ fn gather_tile<T: Copy>(l: &Leaf<T>, shape: &[usize], start: usize, buf: &mut [T
         k += run;
         idx[rank - 1] += run;
         off += run * ls;
+        // A whole row of a leaf broadcast along the next axis out (a `[.., 1, d]` read as
+        // `[.., n, d]`): the rows after it in the tile are copies of it, made by doubling
+        // copies within the tile instead of row by row.
+        if rank >= 2 && l.strides[rank - 2] == 0 && idx[rank - 1] == ld && run == ld {
+            let reps = (shape[rank - 2] - idx[rank - 2] - 1).min((buf.len() - k) / ld);
+            if reps > 0 {
+                let row = k - ld;
+                let mut have = ld;
+                let want = ld * (reps + 1);
+                while have < want {
+                    let n = have.min(want - have);
+                    buf.copy_within(row..row + n, row + have);
+                    have += n;
+                }
+                k += reps * ld;
+                idx[rank - 2] += reps;
+            }
+        }
         // Carry into the outer axes.
         let mut d = rank - 1;
         while idx[d] == shape[d] && d > 0 {
@@ -997,6 +1015,37 @@ mod tests {
             "float32 was fused"
         );
         fused_equals_unfused(g, inputs, None, "float32");
+    }
+
+    /// Leaves broadcast along the axis next to the last (`[a, 1, 1, d]`, `[a, b, 1, d]`) are
+    /// gathered a row and then doubling copies of it; tiles that start and end inside such
+    /// runs of copies, rows of 16 and of 5, one thread's share and several: bit for bit
+    /// as node by node.
+    #[test]
+    fn repeated_broadcast_rows_are_gathered_whole() {
+        for dims in [[7, 13, 11, 16], [9, 6, 19, 5], [9, 13, 23, 16]] {
+            let [a, b, c, d] = dims;
+            let mut g = Graph::new();
+            let x = g.input("x", ty(&dims));
+            let nd = g.input("nd", ty(&[a, 1, 1, d]));
+            let ej = g.input("ej", ty(&[a, b, 1, d]));
+            let ek = g.input("ek", ty(&[a, 1, c, d]));
+            let y = g.add(x, nd).unwrap();
+            let y = g.add(y, ej).unwrap();
+            let y = g.mul(y, ek).unwrap();
+            g.set_output("y", y);
+            let vals = |shape: Vec<usize>, k: f64| {
+                let n: usize = shape.iter().product();
+                Tensor::f64(shape, (0..n).map(|i| ((i as f64) * k).sin()).collect())
+            };
+            let inputs = vec![
+                vals(dims.to_vec(), 0.37),
+                vals(vec![a, 1, 1, d], 1.1),
+                vals(vec![a, b, 1, d], 0.53),
+                vals(vec![a, 1, c, d], 0.91),
+            ];
+            fused_equals_unfused(g, inputs, Some(1), &format!("{dims:?}"));
+        }
     }
 
     #[test]
