@@ -305,11 +305,14 @@ fn finish_layer<T: Real>(l: &Layer<'_, T>, x: &[T], h: &mut [T]) {
             }
         }
         Residual::Doubled => {
+            // Each half its own loop over two slices (one over three went element by
+            // element).
             for (row, xr) in h.chunks_exact_mut(n_out).zip(x.chunks_exact(n_in)) {
                 let (lo, hi) = row.split_at_mut(n_in);
-                for ((a, b), &xv) in lo.iter_mut().zip(hi.iter_mut()).zip(xr) {
-                    *a = *a + xv;
-                    *b = *b + xv;
+                for half in [lo, hi] {
+                    for (v, &xv) in half.iter_mut().zip(xr) {
+                        *v = *v + xv;
+                    }
                 }
             }
         }
@@ -392,42 +395,13 @@ fn finish_pair<T: Real, const TANH: bool>(
     zv: &mut [T],
     zt: &mut [T],
 ) {
-    let (n_in, n_out) = (l.n_in, l.n_out);
     if TANH {
         for (t, &a) in zt.iter_mut().zip(zv.iter()) {
             *t = *t * (T::ONE - a * a);
         }
     }
-    if let Some(idt) = l.idt {
-        for h in [&mut *zv, &mut *zt] {
-            for row in h.chunks_exact_mut(n_out) {
-                for (v, &sc) in row.iter_mut().zip(idt) {
-                    *v = *v * sc;
-                }
-            }
-        }
-    }
-    for (h, x) in [(zv, xv), (zt, xt)] {
-        match l.residual {
-            Residual::None => {}
-            Residual::Same => {
-                for (v, &a) in h.iter_mut().zip(x) {
-                    *v = *v + a;
-                }
-            }
-            Residual::Doubled => {
-                for (row, xr) in h.chunks_exact_mut(n_out).zip(x.chunks_exact(n_in)) {
-                    let (lo, hi) = row.split_at_mut(n_in);
-                    for (v, &a) in lo.iter_mut().zip(xr) {
-                        *v = *v + a;
-                    }
-                    for (v, &a) in hi.iter_mut().zip(xr) {
-                        *v = *v + a;
-                    }
-                }
-            }
-        }
-    }
+    finish_layer(l, xv, zv);
+    finish_layer(l, xt, zt);
 }
 
 /// `h <- h + residual(1)`: a residual whose input is the constant tangent 1 (of the
